@@ -1,0 +1,90 @@
+"""Tiny seeded Stable Diffusion components for tests (CPU, no network).
+
+Shaped like diffusers' own ``get_dummy_components()``: a 2-level UNet, a 2-layer CLIP
+text encoder with a tokenizer built from a handful of words, a 2-level VAE. Every
+module is created under a fixed seed, so two calls give identical weights.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+TINY_WORDS = ["a", "red", "blue", "green", "circle", "square", "triangle", "photo", "of", "cat", "dog"]
+
+
+def make_tiny_tokenizer(max_length: int = 16) -> CLIPTokenizer:
+    """A CLIP BPE tokenizer over byte-level characters plus whole-word merges for TINY_WORDS."""
+    from shapesworld.tokenizer import build_clip_tokenizer_files
+
+    folder = tempfile.mkdtemp(prefix="tiny-tok-")
+    vocab_path, merges_path = build_clip_tokenizer_files(TINY_WORDS, folder)
+    return CLIPTokenizer(vocab_path, merges_path, model_max_length=max_length)
+
+
+def make_tiny_components(prediction_type: str = "epsilon", seed: int = 0, zero_snr: bool = False) -> dict:
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(4, 8),
+        layers_per_block=1,
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=16,
+        norm_num_groups=2,
+        attention_head_dim=2,
+    )
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(
+        block_out_channels=(4, 8),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=4,
+        norm_num_groups=2,
+        sample_size=16,
+    )
+    tokenizer = make_tiny_tokenizer()
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            hidden_size=16,
+            intermediate_size=32,
+            layer_norm_eps=1e-05,
+            num_attention_heads=2,
+            num_hidden_layers=2,
+            vocab_size=len(tokenizer),
+            max_position_embeddings=tokenizer.model_max_length,
+        )
+    )
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type=prediction_type,
+        rescale_betas_zero_snr=zero_snr,
+        timestep_spacing="trailing" if zero_snr else "leading",
+    )
+    return {
+        "unet": unet.eval(),
+        "vae": vae.eval(),
+        "text_encoder": text_encoder.eval(),
+        "tokenizer": tokenizer,
+        "scheduler": scheduler,
+        "safety_checker": None,
+        "feature_extractor": None,
+        "image_encoder": None,
+    }
