@@ -1,0 +1,395 @@
+#!/usr/bin/env python
+"""Fine-tune LoRA adapters on a Stable Diffusion 1.x/2.x model (diffusers format) with accelerate.
+
+    accelerate launch train/train_lora.py --pretrained_model_name_or_path models/tiny-shapes \
+        --shapes_style outline --trigger_word "outline style" --output_dir outputs/lora-outline \
+        --max_train_steps 500 --checkpointing_steps 100 --validation_prompt "outline style, a red circle"
+    python train/train_lora.py ...                       # one process, no launcher
+    ACCELERATE_USE_CPU=true torchrun --nproc_per_node 2 train/train_lora.py ...   # 2 CPU processes (gloo)
+
+Flags follow diffusers' train_text_to_image_lora.py (see train/lora_args.py for the differences).
+Output: <output_dir>/pytorch_lora_weights.safetensors (stock `load_lora_weights`), README.md model
+card, validation/*.png, checkpoint-N/ folders, train_result.json. See train/README.md.
+
+Reproducibility: every random draw is keyed by the seed and a position (data: seed, epoch, index;
+noise and timesteps: seed, rank, micro-step), so a run resumed from a checkpoint continues
+exactly as the uninterrupted run would have.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:  # `python train/train_lora.py` puts train/ first, not the repo root
+    sys.path.insert(0, ROOT)
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from train.lora_args import parse_args, public_config  # noqa: E402
+from train.lora_checkpoints import (  # noqa: E402
+    latest_checkpoint, read_marker, register_lora_state_hooks, remove_stale_partials, save_checkpoint,
+)
+from train.lora_data import EpochShuffleSampler, build_dataset, collate, keyed_generator, render_shapes_dataset  # noqa: E402
+from train.lora_optim import (  # noqa: E402
+    build_lr_scheduler, build_optimizer, lora_param_groups, min_snr_loss_weights, snr_of_timesteps,
+)
+
+WEIGHT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def load_components(args):
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    src = dict(pretrained_model_name_or_path=args.pretrained_model_name_or_path, revision=args.revision,
+               cache_dir=args.cache_dir)
+    tokenizer = CLIPTokenizer.from_pretrained(subfolder="tokenizer", **src)
+    text_encoder = CLIPTextModel.from_pretrained(subfolder="text_encoder", variant=args.variant, **src)
+    vae = AutoencoderKL.from_pretrained(subfolder="vae", variant=args.variant, **src)
+    unet = UNet2DConditionModel.from_pretrained(subfolder="unet", variant=args.variant, **src)
+    noise_scheduler = DDPMScheduler.from_pretrained(subfolder="scheduler", **src)
+    if args.prediction_type is not None:
+        noise_scheduler.register_to_config(prediction_type=args.prediction_type)
+    return tokenizer, text_encoder, vae, unet, noise_scheduler
+
+
+def add_lora_adapters(unet, text_encoder, args) -> None:
+    from peft import LoraConfig
+
+    init = "gaussian" if args.init_lora_weights == "gaussian" else True
+
+    def config(targets: str) -> LoraConfig:
+        return LoraConfig(r=args.rank, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+                          init_lora_weights=init, target_modules=[m.strip() for m in targets.split(",") if m.strip()])
+
+    try:
+        unet.add_adapter(config(args.target_modules))
+    except ValueError as err:
+        raise ValueError(f"--target_modules={args.target_modules!r} matches no UNet layer ({err})") from None
+    if args.train_text_encoder:
+        try:
+            text_encoder.add_adapter(config(args.text_encoder_target_modules))
+        except ValueError as err:
+            raise ValueError(f"--text_encoder_target_modules={args.text_encoder_target_modules!r} matches no "
+                             f"text-encoder layer ({err})") from None
+
+
+def trainable(module) -> list[torch.nn.Parameter]:
+    return [p for p in module.parameters() if p.requires_grad]
+
+
+def training_loss(batch, unet, text_encoder, vae, noise_scheduler, args, generator, weight_dtype):
+    """One denoising-score-matching loss: encode, noise at a random t, predict, weighted MSE."""
+    pixel_values = batch["pixel_values"].to(dtype=weight_dtype)  # (B, 3, H, W)
+    with torch.no_grad():
+        posterior = vae.encode(pixel_values).latent_dist
+        latents = posterior.mean + posterior.std * torch.randn(
+            posterior.mean.shape, generator=generator).to(posterior.mean)
+        latents = latents.float() * vae.config.scaling_factor  # (B, 4, h, w)
+    bsz, channels = latents.shape[:2]
+    noise = torch.randn(latents.shape, generator=generator).to(latents)
+    if args.noise_offset:
+        # Crosslabs' offset noise: a per-channel constant lets the model shift mean brightness.
+        noise = noise + args.noise_offset * torch.randn((bsz, channels, 1, 1), generator=generator).to(latents)
+    num_t = noise_scheduler.config.num_train_timesteps
+    timesteps = torch.randint(0, num_t, (bsz,), generator=generator).to(latents.device)
+    noisy_latents = noise_scheduler.add_noise(latents, noise, timesteps)
+
+    encoder_hidden_states = text_encoder(batch["input_ids"], return_dict=False)[0]  # (B, L, D)
+    prediction_type = noise_scheduler.config.prediction_type
+    if prediction_type == "epsilon":
+        target = noise
+    elif prediction_type == "v_prediction":
+        target = noise_scheduler.get_velocity(latents, noise, timesteps)
+    else:
+        raise ValueError(f"prediction_type={prediction_type!r} (scheduler config or --prediction_type) is not supported")
+    model_pred = unet(noisy_latents, timesteps, encoder_hidden_states, return_dict=False)[0]
+
+    if args.snr_gamma is None:
+        return F.mse_loss(model_pred.float(), target.float(), reduction="mean")
+    per_sample = F.mse_loss(model_pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))  # (B,)
+    snr = snr_of_timesteps(noise_scheduler.alphas_cumprod, timesteps)
+    return (per_sample * min_snr_loss_weights(snr, args.snr_gamma, prediction_type)).mean()
+
+
+def run_validation(accelerator, args, unet, text_encoder, vae, tokenizer, weight_dtype, tag: str, lora_dir=None):
+    """Generate --num_validation_images for --validation_prompt, save PNGs, log them to the trackers."""
+    import numpy as np
+    from diffusers import StableDiffusionPipeline
+
+    common = dict(revision=args.revision, variant=args.variant, cache_dir=args.cache_dir, dtype=weight_dtype,
+                  safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    if lora_dir is None:  # the adapters being trained, in memory
+        pipe = StableDiffusionPipeline.from_pretrained(args.pretrained_model_name_or_path, unet=unet,
+                                                       text_encoder=text_encoder, vae=vae, tokenizer=tokenizer, **common)
+    else:  # final check: a fresh base model plus the written file, loaded the way users will load it
+        pipe = StableDiffusionPipeline.from_pretrained(args.pretrained_model_name_or_path, vae=vae, tokenizer=tokenizer,
+                                                       **common)
+        pipe.load_lora_weights(lora_dir)
+    pipe = pipe.to(accelerator.device)
+    pipe.set_progress_bar_config(disable=True)
+    was_training = unet.training
+    pipe.unet.eval()
+    pipe.text_encoder.eval()
+    generator = torch.Generator(device="cpu").manual_seed(args.seed)
+    # fork_rng: validation must not move the global RNG (LoRA dropout), or resumed runs would diverge.
+    with torch.random.fork_rng(devices=[]), torch.autocast(accelerator.device.type, enabled=weight_dtype != torch.float32):
+        images = pipe([args.validation_prompt] * args.num_validation_images, generator=generator,
+                      num_inference_steps=args.validation_inference_steps,
+                      height=args.resolution, width=args.resolution).images
+    if was_training and lora_dir is None:
+        unet.train()
+        if args.train_text_encoder:
+            text_encoder.train()
+    folder = os.path.join(args.output_dir, "validation")
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    for i, image in enumerate(images):
+        paths.append(os.path.join("validation", f"{tag}-{i}.png"))
+        image.save(os.path.join(args.output_dir, paths[-1]))
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            stacked = np.stack([np.asarray(im) for im in images])  # (N, H, W, 3)
+            tracker.writer.add_images(f"validation/{tag}", stacked, 0 if tag == "final" else int(tag.split("-")[-1]),
+                                      dataformats="NHWC")
+        elif tracker.name == "wandb":
+            import wandb
+
+            tracker.log({f"validation/{tag}": [wandb.Image(im, caption=f"{i}: {args.validation_prompt}")
+                                               for i, im in enumerate(images)]})
+    del pipe
+    return paths
+
+
+def lora_fingerprint(modules) -> str:
+    """sha256 of every LoRA tensor's bytes, in key order: equal across ranks iff the weights are identical."""
+    from peft.utils import get_peft_model_state_dict
+
+    digest = hashlib.sha256()
+    for module in modules:
+        for key, value in sorted(get_peft_model_state_dict(module).items()):
+            digest.update(key.encode())
+            digest.update(value.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from accelerate import Accelerator
+    from accelerate.logging import get_logger
+    from accelerate.utils import ProjectConfiguration, broadcast_object_list, gather_object
+    from tqdm.auto import tqdm
+
+    from train.lora_export import HubPushError, push_output_folder, save_adapter, write_model_card
+
+    report_to = args.report_to if args.report_to != "none" else None
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=report_to.split(",") if report_to and report_to != "all" else report_to,
+        project_config=ProjectConfiguration(project_dir=args.output_dir,
+                                            logging_dir=os.path.join(args.output_dir, args.logging_dir)),
+    )
+    logger = get_logger("train_lora", log_level="INFO")
+    logger.info(accelerator.state, main_process_only=False)
+    if args.allow_tf32 and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+
+    # 1. Resolve the resume point and seed: all ranks must share one seed (sampler order).
+    resume_dir = args.resume_from_checkpoint
+    if resume_dir == "latest":
+        resume_dir = latest_checkpoint(args.output_dir)
+        if resume_dir is None:
+            logger.info("--resume_from_checkpoint=latest: no complete checkpoint yet, starting fresh")
+    position = read_marker(resume_dir) if resume_dir else {}
+    seed = position.get("seed", args.seed)
+    if args.seed is not None and seed != args.seed:
+        logger.warning(f"--seed={args.seed} ignored: {resume_dir} was trained with seed {seed}")
+    if seed is None:
+        seed = [int(torch.randint(0, 2**31 - 1, (1,)))]
+        seed = broadcast_object_list(seed)[0]
+    args.seed = seed
+    if accelerator.is_main_process:
+        os.makedirs(args.output_dir, exist_ok=True)
+        remove_stale_partials(args.output_dir)
+        if args.shapes_style:
+            args.train_data_dir = render_shapes_dataset(os.path.join(args.output_dir, "data"), args.shapes_style,
+                                                        args.shapes_num_samples or 200, seed, args.trigger_word)
+    accelerator.wait_for_everyone()
+    if args.shapes_style:
+        args.train_data_dir = os.path.join(args.output_dir, "data")
+
+    # 2. Models: frozen base in the compute dtype, LoRA parameters in fp32 (so the fp16 grad scaler
+    #    never sees half-precision gradients: "Attempting to unscale FP16 gradients").
+    weight_dtype = WEIGHT_DTYPES.get(accelerator.mixed_precision, torch.float32)
+    tokenizer, text_encoder, vae, unet, noise_scheduler = load_components(args)
+    vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    if args.resolution is None:
+        args.resolution = unet.config.sample_size * vae_factor
+    if args.resolution % vae_factor:
+        raise ValueError(f"--resolution={args.resolution} must be a multiple of the VAE factor {vae_factor}")
+    for module in (unet, vae, text_encoder):
+        module.requires_grad_(False)
+        # Only cast when needed: diffusers warns on any dtype cast of a loaded model, even to fp32.
+        module.to(accelerator.device, **({"dtype": weight_dtype} if weight_dtype != torch.float32 else {}))
+    add_lora_adapters(unet, text_encoder, args)
+    for module in (unet, text_encoder):
+        for p in trainable(module):
+            p.data = p.data.float()
+    if args.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+        if args.train_text_encoder:
+            text_encoder.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+
+    # 3. Data: (epoch, index) keys in a seeded order; our own generator keeps DataLoader off the global RNG.
+    dataset = build_dataset(args, tokenizer, args.resolution, seed)
+    sampler = EpochShuffleSampler(len(dataset), seed)
+    train_dataloader = torch.utils.data.DataLoader(
+        dataset, sampler=sampler, batch_size=args.train_batch_size, collate_fn=collate,
+        num_workers=args.dataloader_num_workers, generator=torch.Generator().manual_seed(seed))
+
+    # 4. Optimizer and schedule.
+    lr_scale = (args.gradient_accumulation_steps * args.train_batch_size * accelerator.num_processes
+                if args.scale_lr else 1.0)
+    te_params = trainable(text_encoder) if args.train_text_encoder else []
+    optimizer = build_optimizer(lora_param_groups(trainable(unet), te_params, args, lr_scale), args)
+    batches_per_process = math.ceil(len(train_dataloader) / accelerator.num_processes)
+    updates_per_epoch = math.ceil(batches_per_process / args.gradient_accumulation_steps)
+    if args.max_train_steps is None:
+        args.max_train_steps = args.num_train_epochs * updates_per_epoch
+    lr_scheduler = build_lr_scheduler(optimizer, args, args.max_train_steps, accelerator.num_processes)
+
+    if args.train_text_encoder:
+        unet, text_encoder, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(
+            unet, text_encoder, optimizer, train_dataloader, lr_scheduler)
+    else:
+        unet, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(
+            unet, optimizer, train_dataloader, lr_scheduler)
+    lora_modules = {"unet": accelerator.unwrap_model(unet)}
+    if args.train_text_encoder:
+        lora_modules["text_encoder"] = accelerator.unwrap_model(text_encoder)
+    register_lora_state_hooks(accelerator, lora_modules)
+    args.num_train_epochs = math.ceil(args.max_train_steps / math.ceil(len(train_dataloader) / args.gradient_accumulation_steps))
+
+    config = public_config(args)
+    if accelerator.is_main_process and report_to:
+        accelerator.init_trackers("train_lora", config=config)
+
+    # 5. Resume: LoRA weights (checked key by key), optimizer, scheduler, RNG, accelerate's step counter.
+    global_step, first_epoch, skip_batches = 0, 0, 0
+    if resume_dir:
+        logger.info(f"Resuming from {resume_dir}")
+        accelerator.load_state(resume_dir)
+        global_step = position["global_step"]
+        first_epoch, skip_batches = position["epoch"], position["batches_in_epoch"]
+
+    total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    logger.info(f"{len(dataset)} examples, {args.max_train_steps} optimizer steps of {total_batch} examples "
+                f"({accelerator.num_processes} process(es)), resolution {args.resolution}, dtype {weight_dtype}")
+    progress = tqdm(range(args.max_train_steps), initial=global_step, desc="steps",
+                    disable=not accelerator.is_local_main_process)
+    models_to_accumulate = [unet, text_encoder] if args.train_text_encoder else [unet]
+    params_to_clip = [p for group in optimizer.param_groups for p in group["params"]]
+    loss_sum, loss_count, samples_seen, loop_start = 0.0, 0, 0, time.perf_counter()
+    last_loss, epoch = float("nan"), first_epoch
+
+    # 6. Training loop.
+    unet.train()
+    if args.train_text_encoder:
+        text_encoder.train()
+    for epoch in range(first_epoch, args.num_train_epochs):
+        if global_step >= args.max_train_steps:
+            break
+        sampler.set_epoch(epoch)
+        train_dataloader.set_epoch(epoch)
+        skip = skip_batches if epoch == first_epoch else 0
+        epoch_loader = accelerator.skip_first_batches(train_dataloader, skip) if skip else train_dataloader
+        for batch_in_epoch, batch in enumerate(epoch_loader, start=skip):
+            micro_step = epoch * len(train_dataloader) + batch_in_epoch
+            generator = keyed_generator(seed, accelerator.process_index, micro_step)
+            with accelerator.accumulate(*models_to_accumulate):
+                loss = training_loss(batch, unet, text_encoder, vae, noise_scheduler, args, generator, weight_dtype)
+                # Mean over all processes, for logging only (a collective: every rank reaches it).
+                loss_sum += accelerator.gather(loss.detach().repeat(args.train_batch_size)).mean().item()
+                loss_count += 1
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(params_to_clip, args.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            samples_seen += batch["pixel_values"].shape[0] * accelerator.num_processes
+
+            if not accelerator.sync_gradients:
+                continue
+            global_step += 1
+            progress.update(1)
+            last_loss = loss_sum / loss_count
+            logs = {"loss": last_loss, **{f"lr/{g['name']}": g["lr"] for g in optimizer.param_groups}}
+            loss_sum, loss_count = 0.0, 0
+            progress.set_postfix(loss=f"{last_loss:.4f}")
+            accelerator.log(logs, step=global_step)
+
+            if global_step % args.checkpointing_steps == 0 or global_step == args.max_train_steps:
+                saved = save_checkpoint(accelerator, args.output_dir, global_step,
+                                        {"epoch": epoch, "batches_in_epoch": batch_in_epoch + 1, "seed": seed},
+                                        args.checkpoints_total_limit)
+                logger.info(f"Saved {saved}")
+            if (args.validation_prompt and global_step % args.validation_steps == 0
+                    and accelerator.is_main_process):
+                run_validation(accelerator, args, accelerator.unwrap_model(unet),
+                               accelerator.unwrap_model(text_encoder), vae, tokenizer, weight_dtype,
+                               tag=f"step-{global_step}")
+            if global_step >= args.max_train_steps:
+                break
+    elapsed = time.perf_counter() - loop_start
+    progress.close()
+
+    # 7. Save: every rank must agree on the weights; the main process writes them.
+    accelerator.wait_for_everyone()
+    unet = accelerator.unwrap_model(unet)
+    text_encoder = accelerator.unwrap_model(text_encoder)
+    fingerprints = gather_object([lora_fingerprint(lora_modules.values())])
+    exit_code = 0
+    if accelerator.is_main_process:
+        save_adapter(args.output_dir, unet, text_encoder if args.train_text_encoder else None, args.export_kohya)
+        samples = []
+        if args.validation_prompt:
+            samples = run_validation(accelerator, args, unet, accelerator.unwrap_model(text_encoder), vae, tokenizer,
+                                     weight_dtype, tag="final", lora_dir=args.output_dir)
+        dataset_name = args.dataset_name or (f"shapes-world ({args.shapes_style})" if args.shapes_style
+                                             else os.path.basename(os.path.abspath(args.train_data_dir)))
+        write_model_card(args.output_dir, config, args.pretrained_model_name_or_path, dataset_name, samples,
+                         accelerator.num_processes)
+        result = {"global_step": global_step, "epoch": epoch, "final_loss": last_loss, "seed": seed,
+                  "num_processes": accelerator.num_processes, "rank_lora_sha256": fingerprints,
+                  "samples_per_second": samples_seen / elapsed if elapsed > 0 else None,
+                  "train_loop_seconds": elapsed}
+        with open(os.path.join(args.output_dir, "train_result.json"), "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2)
+        if len(set(fingerprints)) != 1:
+            logger.error(f"LoRA weights differ between ranks: {fingerprints}")
+            exit_code = 3
+        if args.push_to_hub and exit_code == 0:
+            try:
+                repo_id = push_output_folder(args.output_dir, args.hub_model_id, args.hub_token, args.hub_private)
+                logger.info(f"Pushed {args.output_dir} to {repo_id}")
+            except HubPushError as err:
+                logger.error(str(err))
+                exit_code = 2
+    accelerator.end_training()
+    return exit_code
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except ValueError as err:  # bad flags or data: one clear line, not a traceback
+        print(f"train_lora.py: error: {err}", file=sys.stderr)
+        sys.exit(2)
