@@ -1,0 +1,284 @@
+"""Model access for the app: one small interface between the handlers and the pipeline.
+
+The handlers never touch the pipeline directly. They call the module-level functions below
+(``stream_generation``, ``generate_batch``, ``decode_latents``, ``forward_noise_latents``),
+which are the app's GPU functions: on a ZeroGPU Space ``@spaces.GPU`` runs them in a worker
+with the GPU attached for a duration that follows the requested work (steps x images); anywhere
+else the decorator is a no-op. They take only picklable arguments (ZeroGPU pickles them) and
+reach the model through ``current()``, the engine the app was built with.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+
+import spaces
+import torch
+
+from pipelines.guidance import APGParams, CFGZeroParams, GuidanceConfig, PerpNegParams
+from pipelines.previews import decode_preview
+from pipelines.schedulers import make_scheduler, scheduler_names
+
+from .metadata import GenerationSettings
+
+log = logging.getLogger("diffusion_lab")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EMBEDDED_MODEL = "tiny-shapes"
+EMBEDDED_DIR = os.path.join(ROOT, "models", EMBEDDED_MODEL)
+GPU_DEFAULT_MODEL = "sd15"
+
+# Seconds of GPU time per (step x image) on a ZeroGPU slice, SD 1.5 at 512 px, plus a margin for
+# loading, encoding and decoding. Generous on purpose: a task killed at its limit shows nothing.
+GPU_SECONDS_PER_STEP_IMAGE = 0.12
+GPU_SECONDS_OVERHEAD = 15
+
+
+@dataclass
+class Engine:
+    """The loaded model, why it was chosen, and the lock that serializes global pipeline state."""
+
+    pipe: object
+    model_id: str
+    reason: str
+    device: str = "cpu"
+    blender: object | None = None  # pipelines.lora.LoraBlender when that module is available
+    lock: threading.RLock = field(default_factory=threading.RLock)
+
+    @property
+    def is_embedded(self) -> bool:
+        return self.model_id == EMBEDDED_MODEL
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return int(self.pipe.vae_scale_factor)
+
+    @property
+    def native_size(self) -> int:
+        size = self.pipe.unet.config.sample_size
+        return int((size if isinstance(size, int) else size[0]) * self.vae_scale_factor)
+
+    @property
+    def scheduler_config(self):
+        return self.pipe.scheduler.config
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return int(self.pipe.scheduler.config.num_train_timesteps)
+
+    def lora_presets(self) -> list:
+        if self.blender is None:
+            return []
+        return list(self.blender.presets())
+
+    @contextlib.contextmanager
+    def pipeline(self, lora: list[dict] | None = None):
+        """The pipeline, with the requested LoRA blend applied for the duration of the block.
+
+        peft's set_adapters is global pipeline state (peft issue 804): the blender's lock keeps
+        concurrent requests with different blends apart.
+        """
+        if lora and self.blender is not None:
+            from pipelines.lora import AdapterSetting, Blend
+
+            blend = Blend([AdapterSetting(**a) for a in lora])
+            with self.blender.apply(blend) as pipe:
+                yield pipe
+        elif lora:
+            raise ValueError("this build has no LoRA support (pipelines.lora is missing)")
+        else:
+            yield self.pipe
+
+
+_current: Engine | None = None
+
+
+def install(engine: Engine) -> Engine:
+    global _current
+    _current = engine
+    return engine
+
+
+def current() -> Engine:
+    if _current is None:
+        raise RuntimeError("no engine installed: call labapp.engine.install(engine) first")
+    return _current
+
+
+# ------------------------------------------------------------------------------ loading
+
+
+def choose_model(requested: str | None, cuda: bool) -> tuple[str, str]:
+    """(model id, the reason, in words) for the model to load at start."""
+    if requested:
+        return requested, f"--model {requested} was requested"
+    if cuda:
+        return GPU_DEFAULT_MODEL, "CUDA is available, so the app defaults to Stable Diffusion 1.5"
+    return EMBEDDED_MODEL, "no CUDA device: the embedded 32x32 shapes model runs fast on CPU"
+
+
+def model_choices() -> list[str]:
+    try:
+        from pipelines import models
+
+        return list(models.model_names())
+    except (ImportError, AttributeError):
+        return [EMBEDDED_MODEL, GPU_DEFAULT_MODEL]
+
+
+def load_engine(model_id: str, reason: str, device: str | None = None) -> Engine:
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.float16 if device == "cuda" else torch.float32
+    try:
+        from pipelines.models import load_pipeline
+    except ImportError:  # the registry has not landed: the embedded folder is all we can load
+        if model_id != EMBEDDED_MODEL:
+            raise
+        from pipelines.tracing import TracingStableDiffusionPipeline
+
+        pipe = TracingStableDiffusionPipeline.from_pretrained(EMBEDDED_DIR, torch_dtype=dtype).to(device)
+    else:
+        pipe = load_pipeline(model_id, device=device, dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    log.info("Diffusion Lab: loaded model %r on %s (%s)", model_id, device, reason)
+    return Engine(pipe=pipe, model_id=model_id, reason=reason, device=device, blender=_make_blender(pipe, model_id))
+
+
+def engine_from_pipe(pipe, model_id: str = "tiny-test", reason: str = "injected pipeline") -> Engine:
+    pipe.set_progress_bar_config(disable=True)
+    return Engine(pipe=pipe, model_id=model_id, reason=reason, device=str(pipe.device), blender=_make_blender(pipe, model_id))
+
+
+def _make_blender(pipe, model_id: str):
+    try:
+        from pipelines.lora import LoraBlender
+    except ImportError:
+        return None
+    try:
+        return LoraBlender(pipe, model_id)
+    except Exception as error:  # a missing preset folder must not take the app down
+        log.warning("LoRA mixer disabled: %s", error)
+        return None
+
+
+# ------------------------------------------------------------------------------ call arguments
+
+
+def guidance_config(s: GenerationSettings) -> GuidanceConfig:
+    return GuidanceConfig(
+        method=s.guidance_method,
+        rescale=s.guidance_rescale,
+        schedule=s.guidance_schedule,
+        interval=tuple(s.guidance_interval) if s.guidance_interval else None,
+        interval_space="fraction",
+        apg=APGParams(momentum=s.apg_momentum, norm_threshold=s.apg_norm_threshold, eta=s.apg_eta),
+        cfgzero=CFGZeroParams(zero_init_steps=int(s.cfg_zero_init_steps)),
+        perpneg=PerpNegParams(negative_scale=s.perp_neg_scale),
+    )
+
+
+def scheduler_options(s: GenerationSettings) -> dict:
+    options = {}
+    if s.timestep_spacing != "model default":
+        options["timestep_spacing"] = s.timestep_spacing
+    if s.sigmas != "default":
+        options["sigmas"] = s.sigmas
+    return options
+
+
+def call_kwargs(s: GenerationSettings) -> dict:
+    device = current().device
+    generator = torch.Generator(device="cpu" if device == "mps" else device).manual_seed(int(s.seed))
+    return dict(
+        prompt=s.prompt,
+        negative_prompt=s.negative_prompt or None,
+        num_inference_steps=int(s.steps),
+        guidance_scale=float(s.guidance_scale),
+        guidance=guidance_config(s),
+        height=int(s.height),
+        width=int(s.width),
+        num_images_per_prompt=int(s.num_images),
+        generator=generator,
+        scheduler=s.scheduler,
+        scheduler_options=scheduler_options(s),
+    )
+
+
+def _gpu_seconds(step_images: int) -> int:
+    return int(GPU_SECONDS_OVERHEAD + GPU_SECONDS_PER_STEP_IMAGE * step_images)
+
+
+# ------------------------------------------------------------------------------ GPU functions
+
+
+def _generation_duration(settings: GenerationSettings, preview_every: int = 0, preview_decoder: str = "linear") -> int:
+    previews = 0 if not preview_every else settings.steps // max(1, preview_every) + 1
+    return _gpu_seconds(settings.steps * settings.num_images + previews * settings.num_images)
+
+
+@spaces.GPU(duration=_generation_duration)
+def stream_generation(settings: GenerationSettings, preview_every: int = 0, preview_decoder: str = "linear"):
+    """Yields one StepRecord per step (record='full'), then the TracingPipelineOutput."""
+    engine = current()
+    with engine.pipeline(settings.lora) as pipe:
+        yield from pipe.iter_steps(
+            **call_kwargs(settings),
+            record="full",
+            preview_every=int(preview_every),
+            preview_decoder=preview_decoder,
+            preview_targets=("x_t", "x0_guided"),
+        )
+
+
+def _batch_duration(jobs: list[GenerationSettings], record: str = "off") -> int:
+    return _gpu_seconds(sum(j.steps * j.num_images for j in jobs))
+
+
+@spaces.GPU(duration=_batch_duration)
+def generate_batch(jobs: list[GenerationSettings], record: str = "off") -> list:
+    """Runs every job to the end; returns their TracingPipelineOutputs (trace when recording)."""
+    engine = current()
+    outputs = []
+    for job in jobs:
+        with engine.pipeline(job.lora) as pipe:
+            outputs.append(pipe(**call_kwargs(job), record=record))
+    return outputs
+
+
+@spaces.GPU(duration=20)
+def decode_latents(latents: torch.Tensor, decoder: str = "vae") -> list:
+    """UNet-space latents (B, C, h, w) -> PIL images with one of the preview decoders."""
+    pipe = current().pipe
+    with torch.no_grad():
+        return decode_preview(latents.to(pipe.device), decoder, factors=pipe.preview_factors, vae=pipe.vae,
+                              taesd=pipe.preview_taesd)
+
+
+@spaces.GPU(duration=20)
+def forward_noise_latents(image: torch.Tensor, timestep: int, seed: int) -> dict:
+    """The forward process q(x_t | x_0) with the model's own schedule (scheduler.add_noise).
+
+    ``image``: (1, 3, H, W) in [-1, 1] at the model's size. Returns the noised image in pixel
+    space and the noised latent (what the UNet would see), both from the same noise seed, and
+    the clean latent decoded (the VAE round trip, for reference).
+    """
+    engine = current()
+    pipe = engine.pipe
+    sched = make_scheduler("DDPM", engine.scheduler_config)
+    t = torch.tensor([int(timestep)])
+    generator = torch.Generator("cpu").manual_seed(int(seed))
+    with torch.no_grad():
+        z0 = pipe.vae.encode(image.to(pipe.device, pipe.vae.dtype)).latent_dist.mean * pipe.vae.config.scaling_factor
+        z0 = z0.float().cpu()
+        z_noise = torch.randn(z0.shape, generator=generator)
+        pixel_noise = torch.randn(image.shape, generator=generator)
+        z_t = sched.add_noise(z0, z_noise, t)
+        x_t = sched.add_noise(image.float().cpu(), pixel_noise, t)
+    return {"z0": z0, "z_t": z_t, "x_t_pixels": x_t}
+
+
+def known_schedulers() -> list[str]:
+    return scheduler_names()

@@ -1,0 +1,170 @@
+"""Handlers of the CFG, scheduler, forward-process and LoRA labs (each also an API endpoint)."""
+from __future__ import annotations
+
+import gradio as gr
+import numpy as np
+import torch
+
+from pipelines.guidance import GUIDANCE_METHODS
+from pipelines.schedulers import SIGMA_KINDS, sampling_schedule, training_schedule
+
+from . import engine as eng
+from . import plots
+from . import validation as check
+from .generate import GUIDANCE_RANGE, MAX_STEPS, SPACINGS, build_settings, parse_lora
+from .images import pil_to_tensor, strip, tensor_to_pil, upscale
+
+GRID_SIZE = 192
+MAX_ADHERENCE_PROMPTS = 32
+TRAJECTORY_FRAMES = 6
+
+
+def _settings(**kwargs):
+    engine = eng.current()
+    native = engine.native_size
+    return build_settings(engine, width=native, height=native, **kwargs)
+
+
+def _run(jobs, record="off"):
+    try:
+        return eng.generate_batch(jobs, record)
+    except ValueError as error:
+        raise gr.Error(str(error), title="Invalid settings") from None
+
+
+# ------------------------------------------------------------------------------ CFG lab
+
+
+def cfg_sweep(prompt, negative_prompt, scales, seed, steps, scheduler, adherence_prompts=8):
+    """One seed at several guidance scales (a grid); with the embedded model, also the scorer's
+    prompt-adherence accuracy per scale over `adherence_prompts` shapes-world prompts."""
+    scales = check.number_list("scales", scales, *GUIDANCE_RANGE)
+    n_prompts = check.integer("adherence_prompts", adherence_prompts, 0, MAX_ADHERENCE_PROMPTS)
+    jobs = [_settings(prompt=prompt, negative_prompt=negative_prompt, scheduler=scheduler, steps=steps,
+                      guidance_scale=w, seed=seed) for w in scales]
+    grid = [(upscale(out.images[0], GRID_SIZE), f"w = {w:g}") for w, out in zip(scales, _run(jobs))]
+    engine = eng.current()
+    if not engine.is_embedded or n_prompts == 0:
+        why = "the scorer reads shapes-world images: load the embedded model" if not engine.is_embedded else "0 prompts asked"
+        return grid, None, f"Adherence curve skipped ({why})."
+
+    from shapesworld import adherence, full_caption, sample, score_image
+
+    samples = [sample(10_000 + i, empty_prob=0.0) for i in range(n_prompts)]
+    captions = [full_caption(s.attributes) for s in samples]
+    jobs = [_settings(prompt="x", negative_prompt="", scheduler=scheduler, steps=steps, guidance_scale=w, seed=seed)
+            for w in scales]
+    for job in jobs:
+        job.prompt = captions  # one batch per scale, one generator: image i gets the same noise at every w
+    accuracy: dict[str, list[float]] = {}
+    rows = []
+    for w, out in zip(scales, _run(jobs)):
+        acc = adherence([score_image(im) for im in out.images], [s.attributes for s in samples])
+        for key in ("shape", "color", "size", "position"):
+            accuracy.setdefault(key, []).append(acc[key])
+        rows.append(f"| {w:g} | " + " | ".join(f"{acc[k]:.2f}" for k in ("shape", "color", "size", "position")) + " |")
+    table = "| w | shape | color | size | position |\n|---|---|---|---|---|\n" + "\n".join(rows)
+    return grid, plots.adherence_curve(scales, accuracy, n_prompts), table
+
+
+def compare_guidance(prompt, negative_prompt, methods, guidance_scale, seed, steps, scheduler):
+    """The same seed under several guidance methods (default knobs), side by side."""
+    methods = check.choices("methods", methods, GUIDANCE_METHODS)
+    jobs = [_settings(prompt=prompt, negative_prompt=negative_prompt, scheduler=scheduler, steps=steps,
+                      guidance_scale=guidance_scale, seed=seed, guidance_method=m) for m in methods]
+    return [(upscale(out.images[0], GRID_SIZE), m) for m, out in zip(methods, _run(jobs))]
+
+
+# ------------------------------------------------------------------------------ scheduler lab
+
+
+def schedule(schedulers, steps, timestep_spacing="model default", sigmas="default"):
+    """The model's training schedule (alpha_bar, sigma, log-SNR) with each scheduler's picks."""
+    engine = eng.current()
+    names = check.choices("schedulers", schedulers, eng.known_schedulers())
+    steps = check.integer("steps", steps, 1, MAX_STEPS)
+    check.choice("timestep_spacing", timestep_spacing, SPACINGS)
+    check.choice("sigmas", sigmas, SIGMA_KINDS)
+    options = {}
+    if timestep_spacing != "model default":
+        options["timestep_spacing"] = timestep_spacing
+    if sigmas != "default":
+        options["sigmas"] = sigmas
+    train = training_schedule(engine.scheduler_config)
+    chosen = {}
+    for name in names:
+        try:
+            chosen[name] = sampling_schedule(name, engine.scheduler_config, steps, **options)
+        except ValueError as error:
+            raise gr.Error(f"schedulers: {error}", title="Invalid settings") from None
+    data = {name: {"timesteps": [round(float(t), 3) for t in s["timesteps"]], "num_model_calls": s["num_model_calls"]}
+            for name, s in chosen.items()}
+    return plots.schedule_curves(train, chosen), data
+
+
+def compare_schedulers(prompt, negative_prompt, schedulers, steps, guidance_scale, seed):
+    """Several samplers on the same seed and steps: final images, x0 trajectories, model calls."""
+    names = check.choices("schedulers", schedulers, eng.known_schedulers())
+    jobs = [_settings(prompt=prompt, negative_prompt=negative_prompt, scheduler=n, steps=steps,
+                      guidance_scale=guidance_scale, seed=seed) for n in names]
+    outputs = _run(jobs, record="light")
+    finals, trajectories, calls = [], [], []
+    for name, out in zip(names, outputs):
+        records = out.trace or []
+        n_calls = records[-1].model_calls if records else 0
+        calls.append(n_calls)
+        finals.append((upscale(out.images[0], GRID_SIZE), f"{name} - {n_calls} model calls"))
+        picks = np.unique(np.linspace(0, len(records) - 1, min(TRAJECTORY_FRAMES, len(records))).round().astype(int))
+        frames = eng.decode_latents(torch.cat([records[i].x0_guided[:1] for i in picks]), "vae")
+        trajectories.append((strip(frames), f"{name}: predicted x0 at steps {', '.join(str(i + 1) for i in picks)}"))
+    return finals, trajectories, plots.model_calls_bars(names, calls)
+
+
+# ------------------------------------------------------------------------------ forward process
+
+
+def shapes_sample(index):
+    """A shapes-world image (the embedded model's domain) to noise."""
+    from shapesworld import sample
+
+    index = check.integer("sample", index, 0, 1_000_000)
+    return sample(index, empty_prob=0.0).image
+
+
+def forward_noise(image, timestep, seed=0):
+    """x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps with the model's own schedule,
+    in pixel space and in the latent space the UNet works in."""
+    engine = eng.current()
+    if image is None:
+        raise check.fail("image", None, "an image (upload one or pick a shapes-world sample)")
+    t = check.integer("timestep", timestep, 0, engine.num_train_timesteps - 1)
+    seed = check.integer("seed", seed, 0, check.MAX_SEED)
+    x0 = pil_to_tensor(image, engine.native_size)
+    result = eng.forward_noise_latents(x0, t, seed)
+    pixels = upscale(tensor_to_pil(result["x_t_pixels"][0]), GRID_SIZE)
+    latent_view = upscale(eng.decode_latents(result["z_t"], "vae")[0], GRID_SIZE)
+    train = training_schedule(engine.scheduler_config)
+    ab = float(train["alpha_bar"][t])
+    snr = "inf" if ab >= 1 else ("0" if ab <= 0 else f"{ab / (1 - ab):.4g}")
+    info = (f"**t = {t}** &nbsp; alpha_bar = {ab:.4f} &nbsp; signal sqrt(alpha_bar) = {ab ** 0.5:.3f} &nbsp; "
+            f"noise sqrt(1 - alpha_bar) = {(1 - ab) ** 0.5:.3f} &nbsp; SNR = {snr}")
+    return pixels, latent_view, info, plots.signal_noise(train, t)
+
+
+# ------------------------------------------------------------------------------ LoRA mixer
+
+
+def lora_grid(prompt, lora, seed, steps, guidance_scale, scheduler):
+    """Comparison grid: no adapter, each adapter alone (at its blend weight), then the blend."""
+    engine = eng.current()
+    blend = parse_lora("lora", lora, [p.name for p in engine.lora_presets()])
+    if not blend:
+        raise check.fail("lora", lora, "at least one adapter (e.g. 'outline:0.8')")
+    variants = [("none", [])] + [(a["name"], [a]) for a in blend] + ([("blend", blend)] if len(blend) > 1 else [])
+    jobs = []
+    for _, adapters in variants:
+        job = _settings(prompt=prompt, negative_prompt="", scheduler=scheduler, steps=steps,
+                        guidance_scale=guidance_scale, seed=seed)
+        job.lora = adapters
+        jobs.append(job)
+    return [(upscale(out.images[0], GRID_SIZE), label) for (label, _), out in zip(variants, _run(jobs))]
