@@ -1,0 +1,194 @@
+"""What a multi-LoRA blend asks for: ``AdapterSetting`` and ``Blend``, validated on construction.
+
+Plain data, no torch: the app builds a ``Blend`` from its controls and hands it to
+``LoraBlender.apply`` (pipelines/lora.py), which turns it into peft scales.
+
+Semantics
+- ``weight`` scales the adapter's UNet layers, ``text_encoder_weight`` its text-encoder layers
+  (None: same as ``weight``). Both in [-2, 2]; negative weights subtract the adapter's direction.
+- ``block_weights`` override ``weight`` for the UNet blocks they name and leave every other
+  layer at ``weight``. Shape as diffusers' nested ``set_adapters`` dicts:
+  ``{"down": 0.5, "mid": 1.0, "up": {"block_0": 0.2, "block_1": [0.5, 1.0, 0.8]}}``.
+  A number covers a whole block (attentions, resnets and its down/upsampler); a list gives one
+  value per layer of the block (layer j = resnets[j] + attentions[j]; the sampler takes the last).
+  Layers outside the three block groups (conv_in, time embedding, conv_out) keep ``weight``.
+  Values are absolute scales, like diffusers', each in [-2, 2].
+- ``step_range=(start, end)``, fractions of the run: the adapter's UNet layers are active at
+  step i of n when ``start <= i / n < end`` ((0, 0.4) of 25 steps: steps 0-9). The prompt is
+  encoded once, before the loop, so the text-encoder part applies to the whole run.
+- ``Blend.fuse`` merges the blend into the base weights for speed (no per-layer LoRA matmuls);
+  it cannot change adapters between steps, so it refuses step ranges.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from numbers import Real
+from typing import Iterable, Mapping
+
+WEIGHT_RANGE = (-2.0, 2.0)
+BLOCK_GROUPS = ("down", "mid", "up")
+_BLOCK_KEY = re.compile(r"^block_(\d+)$")
+
+
+def check_weight(value, what: str) -> float:
+    """Return ``value`` as float, or raise ValueError naming ``what``, the value and the range."""
+    low, high = WEIGHT_RANGE
+    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
+        raise ValueError(f"{what} must be a finite number in [{low:g}, {high:g}], got {value!r}")
+    if not low <= value <= high:
+        raise ValueError(f"{what} = {value!r} is out of range [{low:g}, {high:g}]")
+    return float(value)
+
+
+def normalize_block_weights(block_weights: Mapping | None, adapter: str) -> dict | None:
+    """Validate a nested block-weight dict and return it canonical.
+
+    Canonical form: ``{"down": {"*" | int: float | tuple}, "mid": float | None, "up": {...}}``
+    where "*" stands for "every block of the group". Block indices are checked against the
+    UNet later (``LoraBlender`` knows the model); here only structure and ranges.
+    """
+    if block_weights is None:
+        return None
+    if not isinstance(block_weights, Mapping):
+        raise ValueError(f"block_weights of adapter {adapter!r} must be a dict with keys {BLOCK_GROUPS}, "
+                         f"got {type(block_weights).__name__}")
+    unknown = sorted(set(block_weights) - set(BLOCK_GROUPS))
+    if unknown:
+        raise ValueError(f"block_weights of adapter {adapter!r} has unknown keys {unknown}; allowed: {BLOCK_GROUPS}")
+    canonical: dict = {"down": {}, "mid": None, "up": {}}
+    if "mid" in block_weights:
+        mid = block_weights["mid"]
+        if isinstance(mid, (list, tuple)):
+            if len(mid) != 1:
+                raise ValueError(f"block_weights['mid'] of adapter {adapter!r} must be one number, got {mid!r}")
+            mid = mid[0]
+        canonical["mid"] = check_weight(mid, f"block_weights['mid'] of adapter {adapter!r}")
+    for group in ("down", "up"):
+        if group not in block_weights:
+            continue
+        value = block_weights[group]
+        where = f"block_weights[{group!r}] of adapter {adapter!r}"
+        if isinstance(value, Mapping):
+            for key, per_block in value.items():
+                match = _BLOCK_KEY.match(key) if isinstance(key, str) else None
+                if match is None:
+                    raise ValueError(f"{where} has key {key!r}; keys look like 'block_0', 'block_1', ...")
+                canonical[group][int(match.group(1))] = _block_value(per_block, f"{where}[{key!r}]")
+        else:
+            canonical[group]["*"] = _block_value(value, where)
+    return canonical
+
+
+def _block_value(value, where: str):
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise ValueError(f"{where} is an empty list; give a number or one number per layer")
+        return tuple(check_weight(v, f"{where}[{j}]") for j, v in enumerate(value))
+    return check_weight(value, where)
+
+
+@dataclass(frozen=True)
+class AdapterSetting:
+    """One adapter's part in a blend (see the module docstring for the semantics)."""
+
+    name: str
+    weight: float = 1.0
+    text_encoder_weight: float | None = None
+    block_weights: dict | None = None
+    step_range: tuple[float, float] = (0.0, 1.0)
+    _blocks: dict | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise ValueError(f"adapter name must be a non-empty string, got {self.name!r}")
+        object.__setattr__(self, "weight", check_weight(self.weight, f"weight of adapter {self.name!r}"))
+        if self.text_encoder_weight is not None:
+            object.__setattr__(self, "text_encoder_weight", check_weight(
+                self.text_encoder_weight, f"text_encoder_weight of adapter {self.name!r}"))
+        object.__setattr__(self, "_blocks", normalize_block_weights(self.block_weights, self.name))
+        object.__setattr__(self, "step_range", _check_step_range(self.step_range, self.name))
+
+    @property
+    def te_weight(self) -> float:
+        """The text-encoder scale actually used."""
+        return self.weight if self.text_encoder_weight is None else self.text_encoder_weight
+
+    @property
+    def blocks(self) -> dict | None:
+        """Canonical block weights (``normalize_block_weights``), or None."""
+        return self._blocks
+
+    @property
+    def full_range(self) -> bool:
+        return self.step_range == (0.0, 1.0)
+
+    def active_at(self, step: int, num_steps: int) -> bool:
+        """Whether the UNet part is on at ``step`` of ``num_steps`` (start <= step/n < end)."""
+        start, end = self.step_range
+        return start <= step / num_steps < end
+
+
+def _check_step_range(step_range, adapter: str) -> tuple[float, float]:
+    if not isinstance(step_range, (list, tuple)) or len(step_range) != 2:
+        raise ValueError(f"step_range of adapter {adapter!r} must be (start, end), got {step_range!r}")
+    start, end = step_range
+    for v in (start, end):
+        if isinstance(v, bool) or not isinstance(v, Real) or not math.isfinite(v):
+            raise ValueError(f"step_range of adapter {adapter!r} must hold two numbers, got {step_range!r}")
+    if not 0.0 <= start < end <= 1.0:
+        raise ValueError(f"step_range of adapter {adapter!r} = {tuple(step_range)!r}; "
+                         "need 0 <= start < end <= 1 (fractions of the steps)")
+    return (float(start), float(end))
+
+
+@dataclass(frozen=True)
+class Blend:
+    """Any number of adapters, each with its own setting, plus an optional fuse for speed."""
+
+    adapters: tuple[AdapterSetting, ...] = ()
+    fuse: bool = False
+
+    def __post_init__(self):
+        adapters = tuple(self.adapters)
+        for a in adapters:
+            if not isinstance(a, AdapterSetting):
+                raise ValueError(f"Blend.adapters must hold AdapterSetting objects, got {a!r}")
+        names = [a.name for a in adapters]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"Blend names adapter(s) {repeated} more than once; give each one setting")
+        if not isinstance(self.fuse, bool):
+            raise ValueError(f"Blend.fuse must be True or False, got {self.fuse!r}")
+        if self.fuse:
+            ranged = [a.name for a in adapters if not a.full_range]
+            if ranged:
+                raise ValueError(f"Blend.fuse=True cannot be combined with step ranges (adapters {ranged}): "
+                                 "fused weights cannot change between steps; use fuse=False")
+        object.__setattr__(self, "adapters", adapters)
+
+    @classmethod
+    def of(cls, weights: Mapping[str, float] | Iterable[AdapterSetting] = (), fuse: bool = False) -> "Blend":
+        """``Blend.of({"a": 0.8, "b": -0.5})``: the common case of plain per-adapter weights."""
+        if isinstance(weights, Mapping):
+            weights = [AdapterSetting(name, weight) for name, weight in weights.items()]
+        return cls(tuple(weights), fuse=fuse)
+
+    @property
+    def names(self) -> list[str]:
+        return [a.name for a in self.adapters]
+
+    @property
+    def has_step_ranges(self) -> bool:
+        return any(not a.full_range for a in self.adapters)
+
+    def unet_active_at(self, step: int, num_steps: int) -> tuple[AdapterSetting, ...]:
+        return tuple(a for a in self.adapters if a.active_at(step, num_steps))
+
+    def alone(self, name: str) -> "Blend":
+        """This blend's setting of one adapter, on its own (for comparison grids)."""
+        setting = next((a for a in self.adapters if a.name == name), None)
+        if setting is None:
+            raise ValueError(f"adapter {name!r} is not in this blend; it has {self.names}")
+        return Blend((setting,), fuse=self.fuse)
