@@ -28,6 +28,11 @@ def save_adapter(output_dir: str, unet, text_encoder=None, export_kohya: bool = 
     from diffusers import StableDiffusionPipeline
     from diffusers.utils import convert_state_dict_to_diffusers, convert_state_dict_to_kohya
 
+    def inference_metadata(module) -> dict:
+        # Dropout is training-only; diffusers' loader builds the LoRA layers from this metadata and
+        # leaves them in train mode, so a nonzero value here would make inference random.
+        return {**module.peft_config["default"].to_dict(), "lora_dropout": 0.0}
+
     unet_state = peft_lora_state(unet)
     te_state = peft_lora_state(text_encoder) if text_encoder is not None else None
     tmp_dir = os.path.join(output_dir, ".tmp-export")
@@ -36,8 +41,8 @@ def save_adapter(output_dir: str, unet, text_encoder=None, export_kohya: bool = 
         tmp_dir,
         unet_lora_layers=convert_state_dict_to_diffusers(unet_state),
         text_encoder_lora_layers=convert_state_dict_to_diffusers(te_state) if te_state else None,
-        unet_lora_adapter_metadata=unet.peft_config["default"].to_dict(),
-        text_encoder_lora_adapter_metadata=text_encoder.peft_config["default"].to_dict() if te_state else None,
+        unet_lora_adapter_metadata=inference_metadata(unet),
+        text_encoder_lora_adapter_metadata=inference_metadata(text_encoder) if te_state else None,
     )
     written = [os.path.join(output_dir, LORA_WEIGHT_NAME)]
     os.replace(os.path.join(tmp_dir, LORA_WEIGHT_NAME), written[0])

@@ -60,24 +60,46 @@ def load_components(args):
 
 
 def add_lora_adapters(unet, text_encoder, args) -> None:
-    from peft import LoraConfig
+    """Inject a "default" LoRA adapter into the UNet and, with --train_text_encoder, the text encoder.
+
+    peft's `inject_adapter_in_model` is used for the text encoder rather than transformers'
+    `add_adapter`, which refuses peft < 0.22 (transformers 5.24 vs our pinned peft 0.21.2).
+    """
+    from peft import LoraConfig, inject_adapter_in_model
 
     init = "gaussian" if args.init_lora_weights == "gaussian" else True
-
-    def config(targets: str) -> LoraConfig:
-        return LoraConfig(r=args.rank, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
-                          init_lora_weights=init, target_modules=[m.strip() for m in targets.split(",") if m.strip()])
-
-    try:
-        unet.add_adapter(config(args.target_modules))
-    except ValueError as err:
-        raise ValueError(f"--target_modules={args.target_modules!r} matches no UNet layer ({err})") from None
-    if args.train_text_encoder:
+    for flag, module, targets in (("--target_modules", unet, args.target_modules),
+                                  ("--text_encoder_target_modules", text_encoder, args.text_encoder_target_modules)):
+        if module is text_encoder and not args.train_text_encoder:
+            continue
+        names = [m.strip() for m in targets.split(",") if m.strip()]
+        config = LoraConfig(r=args.rank, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+                            init_lora_weights=init, target_modules=names)
         try:
-            text_encoder.add_adapter(config(args.text_encoder_target_modules))
+            if module is unet:
+                unet.add_adapter(config)  # diffusers' PeftAdapterMixin: also marks the adapter as loaded
+            else:
+                inject_adapter_in_model(config, module, adapter_name="default")
         except ValueError as err:
-            raise ValueError(f"--text_encoder_target_modules={args.text_encoder_target_modules!r} matches no "
-                             f"text-encoder layer ({err})") from None
+            if "not found in the base model" in str(err) or "Target modules" in str(err):
+                raise ValueError(f"{flag}={targets!r} matches no layer of the {type(module).__name__}") from None
+            raise
+
+
+def setup_lora_models(unet, vae, text_encoder, args, device, weight_dtype) -> None:
+    """Freeze the base, cast it to the compute dtype, add LoRA, keep LoRA parameters in fp32.
+
+    fp32 trainable parameters are what lets the fp16 grad scaler work at all ("Attempting to
+    unscale FP16 gradients" otherwise) and keep small LoRA updates from rounding away.
+    """
+    for module in (unet, vae, text_encoder):
+        module.requires_grad_(False)
+        # Only cast when needed: diffusers warns on any dtype cast of a loaded model, even to fp32.
+        module.to(device, **({"dtype": weight_dtype} if weight_dtype != torch.float32 else {}))
+    add_lora_adapters(unet, text_encoder, args)
+    for module in (unet, text_encoder):
+        for p in trainable(module):
+            p.data = p.data.float()
 
 
 def trainable(module) -> list[torch.nn.Parameter]:
@@ -183,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from accelerate import Accelerator
     from accelerate.logging import get_logger
-    from accelerate.utils import ProjectConfiguration, broadcast_object_list, gather_object
+    from accelerate.utils import ProjectConfiguration, broadcast_object_list, gather_object, set_seed
     from tqdm.auto import tqdm
 
     from train.lora_export import HubPushError, push_output_folder, save_adapter, write_model_card
@@ -215,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         seed = [int(torch.randint(0, 2**31 - 1, (1,)))]
         seed = broadcast_object_list(seed)[0]
     args.seed = seed
+    set_seed(seed)  # LoRA init; LoRA dropout (whose RNG state checkpoints carry)
     if accelerator.is_main_process:
         os.makedirs(args.output_dir, exist_ok=True)
         remove_stale_partials(args.output_dir)
@@ -234,14 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         args.resolution = unet.config.sample_size * vae_factor
     if args.resolution % vae_factor:
         raise ValueError(f"--resolution={args.resolution} must be a multiple of the VAE factor {vae_factor}")
-    for module in (unet, vae, text_encoder):
-        module.requires_grad_(False)
-        # Only cast when needed: diffusers warns on any dtype cast of a loaded model, even to fp32.
-        module.to(accelerator.device, **({"dtype": weight_dtype} if weight_dtype != torch.float32 else {}))
-    add_lora_adapters(unet, text_encoder, args)
-    for module in (unet, text_encoder):
-        for p in trainable(module):
-            p.data = p.data.float()
+    setup_lora_models(unet, vae, text_encoder, args, accelerator.device, weight_dtype)
     if args.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
         if args.train_text_encoder:

@@ -1,0 +1,362 @@
+"""train/train_lora.py: end to end on tiny components (CPU, no network).
+
+The CLI runs in subprocesses (as users run it); the Hub is a local HTTP stand-in that answers
+the calls huggingface_hub's real client makes (only the transport is stood in).
+"""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "train", "train_lora.py")
+TOKEN = "hf_TESTtoken0123456789secret"
+
+# One config shared by the reference run and the killed/resumed runs. 10 images at batch 2 and
+# accumulation 2 -> 5 batches, 3 optimizer steps per epoch: checkpoints land mid-epoch and at
+# accelerate's end-of-epoch sync; every RNG path (flip, crop, caption dropout, LoRA dropout, noise
+# offset, timesteps) is on.
+TRAIN_ARGS = [
+    "--resolution", "16", "--train_batch_size", "2", "--gradient_accumulation_steps", "2",
+    "--max_train_steps", "16", "--checkpointing_steps", "2", "--checkpoints_total_limit", "3", "--seed", "7",
+    "--learning_rate", "5e-3", "--lr_scheduler", "warmup_cosine", "--lr_warmup_steps", "2", "--lr_min", "1e-5",
+    "--rank", "4", "--lora_alpha", "8", "--lora_dropout", "0.1", "--random_flip", "--caption_dropout_prob", "0.2",
+    "--noise_offset", "0.05", "--snr_gamma", "5", "--train_text_encoder", "--text_encoder_lr", "1e-3",
+    "--validation_prompt", "red circle", "--num_validation_images", "2", "--validation_steps", "4",
+    "--validation_inference_steps", "2", "--report_to", "tensorboard",
+]
+
+
+# ----------------------------------------------------------------------------- fixtures and helpers
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from diffusers import StableDiffusionPipeline
+
+    from tests.tiny import make_tiny_components
+
+    components = make_tiny_components()
+    components.pop("image_encoder")
+    folder = str(tmp_path_factory.mktemp("tiny-model"))
+    StableDiffusionPipeline(**components, requires_safety_checker=False).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    captions = ["red circle", "blue square", "green triangle", "a photo of a cat", "a dog"]
+    with open(folder / "metadata.jsonl", "w", encoding="utf-8") as f:
+        for i in range(10):
+            # Non-square and larger than 16 px, so resize + random crop both do something.
+            Image.fromarray(rng.integers(0, 256, (20, 18, 3), dtype=np.uint8)).save(folder / f"{i:02d}.png")
+            f.write(json.dumps({"file_name": f"{i:02d}.png", "text": captions[i % 5]}) + "\n")
+    return str(folder)
+
+
+def train_env(tmp_path, **extra) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf-home"),
+               TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+    env.pop("HF_TOKEN", None)
+    env.update(extra)
+    return env
+
+
+def run_train(args, env, timeout=300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, SCRIPT, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def load_tensors(path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(path)
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class HubStandIn:
+    """Answers what `create_repo` + `upload_folder` send (repo create, README check, preupload,
+    commit with inline files) and records the uploaded files and auth headers."""
+
+    def __init__(self):
+        self.requests, self.files, self.auth_headers = [], {}, set()
+        stand_in = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def reply(self, code, payload):
+                body = json.dumps(payload).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):
+                stand_in.requests.append(("GET", self.path))
+                self.reply(404, {"error": "not served by the stand-in"})
+
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                stand_in.requests.append(("POST", self.path))
+                stand_in.auth_headers.add(self.headers.get("Authorization"))
+                endpoint = f"http://127.0.0.1:{self.server.server_port}"
+                if self.path == "/api/repos/create":
+                    data = json.loads(body)
+                    repo = f"{data.get('organization') or 'user'}/{data['name']}"
+                    return self.reply(200, {"url": f"{endpoint}/{repo}", "name": repo, "id": repo})
+                if self.path == "/api/validate-yaml":
+                    return self.reply(200, {"errors": [], "warnings": []})
+                parts = self.path.split("/")  # /api/models/<owner>/<name>/<preupload|commit>/<rev>
+                if len(parts) >= 6 and parts[5] == "preupload":
+                    files = json.loads(body)["files"]
+                    return self.reply(200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
+                                                      for f in files]})
+                if len(parts) >= 6 and parts[5] == "commit":
+                    for line in body.decode().splitlines():
+                        item = json.loads(line)
+                        if item.get("key") == "file":
+                            stand_in.files[item["value"]["path"]] = base64.b64decode(item["value"]["content"])
+                    oid = "1" * 40
+                    return self.reply(200, {"commitUrl": f"{endpoint}/{parts[3]}/{parts[4]}/commit/{oid}",
+                                            "commitOid": oid, "success": True})
+                self.reply(404, {"error": "not served by the stand-in"})
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def assert_token_absent(folder, *texts):
+    for text in texts:
+        assert TOKEN not in text
+    for dirpath, _, filenames in os.walk(folder):
+        for name in filenames:
+            with open(os.path.join(dirpath, name), "rb") as f:
+                assert TOKEN.encode() not in f.read(), os.path.join(dirpath, name)
+
+
+@pytest.fixture(scope="module")
+def reference_run(tiny_model, image_folder, tmp_path_factory):
+    """One uninterrupted run that also pushes to the Hub stand-in (shared by several tests)."""
+    tmp = tmp_path_factory.mktemp("reference")
+    out = str(tmp / "out")
+    hub = HubStandIn()
+    try:
+        args = ["--pretrained_model_name_or_path", tiny_model, "--train_data_dir", image_folder, "--output_dir", out,
+                *TRAIN_ARGS, "--export_kohya", "--trigger_word", "sks style", "--push_to_hub",
+                "--hub_model_id", "me/tiny-lora", "--hub_token", TOKEN]
+        started = time.perf_counter()
+        proc = run_train(args, train_env(tmp, HF_HUB_OFFLINE="0", HF_ENDPOINT=hub.endpoint))
+        seconds = time.perf_counter() - started
+    finally:
+        hub.close()
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return {"out": out, "proc": proc, "hub": hub, "seconds": seconds}
+
+
+# ----------------------------------------------------------------------------- end to end
+
+def test_end_to_end_adapter_loads_with_stock_pipeline(reference_run, tiny_model):
+    from diffusers import StableDiffusionPipeline
+    from peft import LoraConfig, inject_adapter_in_model
+
+    from train.lora_checkpoints import load_lora_state
+
+    out = reference_run["out"]
+    for name in ("pytorch_lora_weights.safetensors", "pytorch_lora_weights_kohya.safetensors", "README.md",
+                 "train_result.json", "validation/final-0.png", "validation/step-4-0.png"):
+        assert os.path.isfile(os.path.join(out, name)), name
+    result = json.load(open(os.path.join(out, "train_result.json")))
+    assert result["global_step"] == 16 and np.isfinite(result["final_loss"])
+    # --checkpoints_total_limit 3 keeps the newest three complete checkpoints.
+    assert sorted(d for d in os.listdir(out) if d.startswith("checkpoint-")) == [
+        "checkpoint-12", "checkpoint-14", "checkpoint-16"]
+
+    def images(pipe):
+        pipe.set_progress_bar_config(disable=True)
+        return pipe("red circle", num_inference_steps=2, height=16, width=16, output_type="np",
+                    generator=torch.Generator().manual_seed(0)).images
+
+    base = StableDiffusionPipeline.from_pretrained(tiny_model, safety_checker=None, requires_safety_checker=False)
+    base_images = images(base)
+    base.load_lora_weights(out)  # stock loader, default weight name
+    lora_images = images(base)
+    # Deterministic: the exported metadata has lora_dropout 0 (diffusers leaves loaded LoRA layers in train mode).
+    np.testing.assert_array_equal(images(base), lora_images)
+    assert np.abs(lora_images - base_images).max() > 1e-3
+
+    # The same adapter applied by hand from the last checkpoint (peft keys, alpha 8 / rank 4):
+    # equality shows the file carries both modules and the alpha/rank scale.
+    manual = StableDiffusionPipeline.from_pretrained(tiny_model, safety_checker=None, requires_safety_checker=False)
+    for module, targets, name in ((manual.unet, ["to_q", "to_k", "to_v", "to_out.0"], "unet"),
+                                  (manual.text_encoder, ["q_proj", "k_proj", "v_proj", "out_proj"], "text_encoder")):
+        inject_adapter_in_model(LoraConfig(r=4, lora_alpha=8, target_modules=targets), module, adapter_name="default")
+        load_lora_state(module, os.path.join(out, "checkpoint-16", f"{name}_lora.safetensors"))
+    np.testing.assert_allclose(images(manual), lora_images, atol=1e-5)
+
+
+def test_kohya_export_and_model_card(reference_run):
+    from huggingface_hub import ModelCard
+
+    out = reference_run["out"]
+    kohya = load_tensors(os.path.join(out, "pytorch_lora_weights_kohya.safetensors"))
+    assert any(k.startswith("lora_unet_") for k in kohya) and any(k.startswith("lora_te1_") for k in kohya)
+    alphas = {float(v) for k, v in kohya.items() if k.endswith(".alpha")}
+    assert alphas == {8.0}  # --lora_alpha, not the converter's default (= rank)
+
+    card = ModelCard.load(os.path.join(out, "README.md"))
+    data = card.data.to_dict()
+    assert data["base_model"] and data["library_name"] == "diffusers" and data["license"] == "creativeml-openrail-m"
+    assert set(data["tags"]) >= {"stable-diffusion", "text-to-image", "lora", "diffusers-training"}
+    assert data["instance_prompt"] == "sks style"
+    assert "validation/final-0.png" in card.text and "| `rank` | `4` |" in card.text
+
+
+def test_push_to_hub_stand_in_receives_outputs_without_token_leak(reference_run):
+    hub, proc, out = reference_run["hub"], reference_run["proc"], reference_run["out"]
+    assert ("POST", "/api/repos/create") in hub.requests
+    uploaded = set(hub.files)
+    assert {"pytorch_lora_weights.safetensors", "README.md", "validation/final-0.png"} <= uploaded
+    assert not [p for p in uploaded if p.startswith(("checkpoint-", ".tmp-"))]
+    with open(os.path.join(out, "pytorch_lora_weights.safetensors"), "rb") as f:
+        assert hub.files["pytorch_lora_weights.safetensors"] == f.read()
+    assert hub.auth_headers == {f"Bearer {TOKEN}"}  # the token was used...
+    assert_token_absent(out, proc.stdout, proc.stderr)  # ...and written nowhere
+
+
+def test_push_failure_keeps_local_files_and_exits_nonzero(tiny_model, image_folder, tmp_path):
+    out = str(tmp_path / "out")
+    endpoint = f"http://127.0.0.1:{closed_port()}"
+    args = ["--pretrained_model_name_or_path", tiny_model, "--train_data_dir", image_folder, "--output_dir", out,
+            "--resolution", "16", "--train_batch_size", "2", "--max_train_steps", "1", "--seed", "0",
+            "--push_to_hub", "--hub_model_id", "me/unreachable", "--hub_token", TOKEN]
+    proc = run_train(args, train_env(tmp_path, HF_HUB_OFFLINE="0", HF_ENDPOINT=endpoint))
+    assert proc.returncode != 0
+    assert "--push_to_hub failed" in proc.stderr and endpoint in proc.stderr and "Nothing local was removed" in proc.stderr
+    for name in ("pytorch_lora_weights.safetensors", "README.md", "checkpoint-1/checkpoint_complete.json"):
+        assert os.path.isfile(os.path.join(out, name)), name
+    assert_token_absent(out, proc.stdout, proc.stderr)
+
+
+# ----------------------------------------------------------------------------- crash and resume
+
+def test_resume_after_kill_matches_uninterrupted_run(reference_run, tiny_model, image_folder, tmp_path):
+    out = str(tmp_path / "out")
+    args = ["--pretrained_model_name_or_path", tiny_model, "--train_data_dir", image_folder, "--output_dir", out,
+            *TRAIN_ARGS]
+    env = train_env(tmp_path)
+    proc = subprocess.Popen([sys.executable, SCRIPT, *args], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = os.path.join(out, "checkpoint-2", "checkpoint_complete.json")
+    deadline = time.time() + 240
+    while not os.path.exists(marker) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not os.path.exists(os.path.join(out, "pytorch_lora_weights.safetensors")), "killed too late to test resume"
+
+    resumed = run_train([*args, "--resume_from_checkpoint", "latest"], env)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert "Resuming from" in resumed.stderr
+    final = load_tensors(os.path.join(out, "pytorch_lora_weights.safetensors"))
+    reference = load_tensors(os.path.join(reference_run["out"], "pytorch_lora_weights.safetensors"))
+    assert final.keys() == reference.keys()
+    for key in reference:
+        torch.testing.assert_close(final[key], reference[key], rtol=0, atol=1e-6)
+
+
+def test_checkpoint_round_trip_restores_lora_weights(tmp_path):
+    """The diffusers-script bug this guards against: load_state returned without loading LoRA weights."""
+    from accelerate import Accelerator
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    from tests.tiny import make_tiny_components
+    from train.lora_checkpoints import latest_checkpoint, register_lora_state_hooks, save_checkpoint
+
+    def lora_unet(seed):
+        unet = make_tiny_components(seed=0)["unet"]
+        unet.requires_grad_(False)
+        torch.manual_seed(seed)
+        unet.add_adapter(LoraConfig(r=2, lora_alpha=2, init_lora_weights="gaussian", target_modules=["to_q", "to_v"]))
+        for p in unet.parameters():
+            if p.requires_grad:
+                p.data.normal_()
+        return unet
+
+    accelerator = Accelerator(cpu=True)
+    unet = lora_unet(1)
+    optimizer = torch.optim.AdamW([p for p in unet.parameters() if p.requires_grad])
+    unet, optimizer = accelerator.prepare(unet, optimizer)
+    register_lora_state_hooks(accelerator, {"unet": accelerator.unwrap_model(unet)})
+    saved = {k: v.clone() for k, v in get_peft_model_state_dict(unet).items()}
+    save_checkpoint(accelerator, str(tmp_path), 3, {"epoch": 0, "batches_in_epoch": 3, "seed": 0}, None)
+    assert sorted(os.listdir(tmp_path / "checkpoint-3")) == [
+        "checkpoint_complete.json", "optimizer.bin", "random_states_0.pkl", "unet_lora.safetensors"]
+
+    os.makedirs(tmp_path / "checkpoint-9")  # crashed before its marker: never "latest"
+    os.makedirs(tmp_path / ".tmp-checkpoint-11")
+    assert latest_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-3")
+
+    accelerator2 = Accelerator(cpu=True)
+    other = lora_unet(2)
+    other_opt = torch.optim.AdamW([p for p in other.parameters() if p.requires_grad])
+    other, other_opt = accelerator2.prepare(other, other_opt)
+    register_lora_state_hooks(accelerator2, {"unet": accelerator2.unwrap_model(other)})
+    before = get_peft_model_state_dict(other)
+    assert any(not torch.equal(before[k], saved[k]) for k in saved)
+    accelerator2.load_state(str(tmp_path / "checkpoint-3"))
+    loaded = get_peft_model_state_dict(other)
+    assert loaded.keys() == saved.keys()
+    for key in saved:
+        assert torch.equal(loaded[key], saved[key]), key
+
+
+# ----------------------------------------------------------------------------- distributed
+
+@pytest.mark.slow
+def test_two_cpu_processes_end_with_identical_weights(tiny_model, image_folder, tmp_path):
+    out = str(tmp_path / "out")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(closed_port()),
+           SCRIPT, "--pretrained_model_name_or_path", tiny_model, "--train_data_dir", image_folder,
+           "--output_dir", out, "--resolution", "16", "--train_batch_size", "2", "--max_train_steps", "3",
+           "--checkpointing_steps", "2", "--seed", "3", "--learning_rate", "1e-2", "--train_text_encoder",
+           "--report_to", "none"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=train_env(tmp_path, ACCELERATE_USE_CPU="true"), capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.load(open(os.path.join(out, "train_result.json")))
+    assert result["num_processes"] == 2 and result["global_step"] == 3
+    assert len(result["rank_lora_sha256"]) == 2 and len(set(result["rank_lora_sha256"])) == 1
+    assert sorted(os.listdir(os.path.join(out, "checkpoint-2"))) == [
+        "checkpoint_complete.json", "optimizer.bin", "random_states_0.pkl", "random_states_1.pkl", "scheduler.bin",
+        "text_encoder_lora.safetensors", "unet_lora.safetensors"]
