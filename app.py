@@ -255,7 +255,9 @@ def switch_model(model_id):
 
 
 def launch_kwargs() -> dict:
-    return dict(theme=THEME, css=CSS, max_file_size=MAX_FILE_SIZE, footer_links=["api", "gradio", "settings"])
+    # show_error: Gradio's own input errors (e.g. text where a number belongs) reach API clients too
+    return dict(theme=THEME, css=CSS, max_file_size=MAX_FILE_SIZE, show_error=True,
+                footer_links=["api", "gradio", "settings"])
 
 
 def main(argv=None):
