@@ -54,8 +54,9 @@ def check_safetensors_header(path: str | os.PathLike) -> None:
         raise ValueError(f"{path!r} is not a safetensors file (its header is not JSON)") from None
 
 
-def local_source_path(path: str, repo_root: Path = REPO_ROOT) -> Path:
+def local_source_path(path: str, repo_root: Path | None = None) -> Path:
     """Resolve a preset's repo-relative path; it must stay inside lora_presets/."""
+    repo_root = REPO_ROOT if repo_root is None else repo_root  # read at call time (tests point it elsewhere)
     presets_dir = (repo_root / "lora_presets").resolve()
     full = (repo_root / path).resolve()
     if full != presets_dir and presets_dir not in full.parents:

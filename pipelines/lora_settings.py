@@ -69,24 +69,25 @@ def normalize_block_weights(block_weights: Mapping | None, adapter: str) -> dict
         if group not in block_weights:
             continue
         value = block_weights[group]
-        where = f"block_weights[{group!r}] of adapter {adapter!r}"
+        where = f"block_weights[{group!r}]"
         if isinstance(value, Mapping):
             for key, per_block in value.items():
                 match = _BLOCK_KEY.match(key) if isinstance(key, str) else None
                 if match is None:
-                    raise ValueError(f"{where} has key {key!r}; keys look like 'block_0', 'block_1', ...")
-                canonical[group][int(match.group(1))] = _block_value(per_block, f"{where}[{key!r}]")
+                    raise ValueError(f"{where} of adapter {adapter!r} has key {key!r}; "
+                                     "keys look like 'block_0', 'block_1', ...")
+                canonical[group][int(match.group(1))] = _block_value(per_block, f"{where}[{key!r}]", adapter)
         else:
-            canonical[group]["*"] = _block_value(value, where)
+            canonical[group]["*"] = _block_value(value, where, adapter)
     return canonical
 
 
-def _block_value(value, where: str):
+def _block_value(value, where: str, adapter: str):
     if isinstance(value, (list, tuple)):
         if not value:
-            raise ValueError(f"{where} is an empty list; give a number or one number per layer")
-        return tuple(check_weight(v, f"{where}[{j}]") for j, v in enumerate(value))
-    return check_weight(value, where)
+            raise ValueError(f"{where} of adapter {adapter!r} is an empty list; give a number or one per layer")
+        return tuple(check_weight(v, f"{where}[{j}] of adapter {adapter!r}") for j, v in enumerate(value))
+    return check_weight(value, f"{where} of adapter {adapter!r}")
 
 
 @dataclass(frozen=True)

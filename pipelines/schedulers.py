@@ -179,6 +179,13 @@ class EvalPoint:
     sigma_space: bool
 
     @property
+    def noise_sigma(self) -> float:
+        """sigma, or the one implied by alpha_bar (inf at zero terminal SNR)."""
+        if self.sigma is not None:
+            return self.sigma
+        return ((1.0 - self.alpha_bar) / self.alpha_bar) ** 0.5 if self.alpha_bar > 0 else float("inf")
+
+    @property
     def input_scale(self) -> float:
         """Factor that maps the scheduler's latents to the VP latents the model sees."""
         return 1.0 / (self.sigma**2 + 1.0) ** 0.5 if self.sigma_space else 1.0

@@ -10,7 +10,9 @@ The denoising loop is written once, as the generator ``iter_steps``; ``__call__`
 """
 from __future__ import annotations
 
+import copy
 import inspect
+import json
 from typing import Callable
 
 import torch
@@ -65,6 +67,7 @@ class TracingStableDiffusionPipeline(
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
         self.preview_factors: torch.Tensor | None = None  # (C + 1, 3), see previews.py
         self.preview_taesd = None  # an AutoencoderTiny, when the caller has one
+        self._scheduler_templates: dict = {}
 
     # ----------------------------------------------------------------------------- helpers
 
@@ -86,9 +89,8 @@ class TracingStableDiffusionPipeline(
             prompt_embeds = encode_texts(self, texts, device, clip_skip)
         prompt_embeds = prompt_embeds.to(dtype=dtype, device=device)
         batch, length = prompt_embeds.shape[:2]
-        cond = repeat_per_image(prompt_embeds, num_images_per_prompt)
         if num_branches == 1:
-            return cond
+            return repeat_per_image(prompt_embeds, num_images_per_prompt)
 
         def encode_negative(neg):
             texts = [neg] * batch if isinstance(neg, str) else list(neg)
@@ -116,6 +118,19 @@ class TracingStableDiffusionPipeline(
                 raise ValueError(f"latents shape {tuple(latents.shape)} must be {shape}")
             latents = latents.to(device)
         return latents * scheduler.init_noise_sigma
+
+    def fresh_scheduler(self, name: str | None = None, options: dict | None = None):
+        """A private copy of ``self.scheduler`` (name None) or of registry scheduler ``name`` built
+        from the model's scheduler config. Templates are cached: some classes (DPM2) spend seconds
+        in ``__init__``; a deepcopy takes microseconds."""
+        if name is None:
+            return copy.deepcopy(self.scheduler)
+        key = (name, json.dumps(options or {}, sort_keys=True, default=str), self.scheduler.to_json_string())
+        template = self._scheduler_templates.get(key)
+        if template is None:
+            template = make_scheduler(name, self.scheduler.config, **(options or {}))
+            self._scheduler_templates[key] = template
+        return copy.deepcopy(template)
 
     @staticmethod
     def set_timesteps(scheduler, num_inference_steps, device, timesteps=None, sigmas=None):
@@ -240,10 +255,7 @@ class TracingStableDiffusionPipeline(
         )
 
         # 4. Prepare timesteps on a per-call scheduler (no shared state between concurrent calls)
-        if scheduler is None:
-            sched = self.scheduler.__class__.from_config(self.scheduler.config)
-        else:
-            sched = make_scheduler(scheduler, self.scheduler.config, **(scheduler_options or {}))
+        sched = self.fresh_scheduler(scheduler, scheduler_options)
         timesteps, num_inference_steps = self.set_timesteps(sched, num_inference_steps, device, timesteps, sigmas)
         num_steps = int(getattr(sched, "num_inference_steps", None) or num_inference_steps)
 
@@ -279,8 +291,7 @@ class TracingStableDiffusionPipeline(
 
                 point = eval_point(sched, tables, loop_index) if tables is not None else None
                 if new_step:
-                    sigma = None if point is None else point.sigma if point.sigma is not None else ((1 - point.alpha_bar) / point.alpha_bar) ** 0.5
-                    scale = guider.scale_at(step, num_steps, sigma)
+                    scale = guider.scale_at(step, num_steps, None if point is None else point.noise_sigma)
                 sample = latents
                 guided = guider.combine(
                     branches, scale, step,
