@@ -306,6 +306,6 @@ class Guider:
             guided = cfg_zero_star(uncond, cond, scale, step, c.cfgzero.zero_init_steps, c.cfgzero.use_optimized_scale)
         else:
             guided = perp_neg(uncond, cond, branches[2], scale, c.perpneg.negative_scale)
-        if c.rescale > 0.0:
+        if c.rescale:  # None (unresolved) or 0: off
             guided = rescale_cfg(guided, cond, c.rescale)
         return guided
