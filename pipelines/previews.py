@@ -73,12 +73,18 @@ def fit_linear_factors(vae, latents_or_images: torch.Tensor) -> torch.Tensor:
 
 
 def save_linear_factors(factors: torch.Tensor, path: str) -> str:
-    """Write factors as JSON to ``path`` (a folder gets ``preview_factors.json``); returns the file."""
+    """Write (C + 1, 3) factors to ``path`` (a folder gets ``preview_factors.json``); returns the file.
+
+    Format: {"factors": [[r, g, b] per latent channel..., [r, g, b] bias], "layout": ...}.
+    """
     if os.path.isdir(path):
         path = os.path.join(path, FACTORS_FILE)
-    rows = factors.detach().cpu().tolist()
+    data = {
+        "factors": factors.detach().cpu().tolist(),
+        "layout": "rows: latent channels, then the bias; columns: R, G, B; rgb in [-1, 1] = [z, 1] @ factors",
+    }
     with open(path, "w", encoding="utf-8") as f:
-        json.dump({"latent_rgb_factors": rows[:-1], "latent_rgb_bias": rows[-1]}, f, indent=1)
+        json.dump(data, f, indent=1)
     return path
 
 
@@ -89,10 +95,9 @@ def load_linear_factors(model_dir: str) -> torch.Tensor | None:
         return None
     with open(path, encoding="utf-8") as f:
         data = json.load(f)
-    rows = data["latent_rgb_factors"] + [data.get("latent_rgb_bias", [0.0, 0.0, 0.0])]
-    factors = torch.tensor(rows, dtype=torch.float32)
-    if factors.ndim != 2 or factors.shape[1] != 3:
-        raise ValueError(f"{path}: latent_rgb_factors must be rows of 3 numbers, got shape {tuple(factors.shape)}")
+    factors = torch.tensor(data["factors"], dtype=torch.float32)
+    if factors.ndim != 2 or factors.shape[1] != 3 or factors.shape[0] < 2:
+        raise ValueError(f"{path}: 'factors' must be (C + 1) rows of 3 numbers, got shape {tuple(factors.shape)}")
     return factors
 
 

@@ -255,15 +255,48 @@ def starts_scheduler_step(scheduler) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 
-def training_schedule(scheduler_or_config) -> dict[str, np.ndarray]:
-    """Training-time schedule as numpy arrays: t, alpha_bar, sigma, log_snr (float64).
+def training_betas(config) -> np.ndarray:
+    """The training betas of a scheduler config, in float64 (diffusers computes them in float32).
 
-    Built by instantiating DDPMScheduler from the config (same beta code path as every sampler);
-    at a zero-terminal-SNR final step alpha_bar = 0: sigma = inf, log_snr = -inf.
+    linear: linspace(beta_start, beta_end); scaled_linear (SD): linspace(sqrt(start), sqrt(end))^2;
+    squaredcos_cap_v2: Nichol & Dhariwal 2021 cosine schedule, beta capped at 0.999;
+    then, if ``rescale_betas_zero_snr``: Lin et al. 2024, Alg. 1 (shift and scale sqrt(alpha_bar)
+    so that it ends at exactly 0 and keeps its first value).
+    """
+    config = dict(config)
+    n = int(config.get("num_train_timesteps", 1000))
+    kind = config.get("beta_schedule", "linear")
+    start, end = float(config.get("beta_start", 0.0001)), float(config.get("beta_end", 0.02))
+    if config.get("trained_betas") is not None:
+        betas = np.asarray(config["trained_betas"], dtype=np.float64)
+    elif kind == "linear":
+        betas = np.linspace(start, end, n, dtype=np.float64)
+    elif kind == "scaled_linear":
+        betas = np.linspace(start**0.5, end**0.5, n, dtype=np.float64) ** 2
+    elif kind == "squaredcos_cap_v2":
+        def alpha_bar(u):
+            return np.cos((u + 0.008) / 1.008 * np.pi / 2) ** 2
+
+        i = np.arange(n, dtype=np.float64)
+        betas = np.minimum(1 - alpha_bar((i + 1) / n) / alpha_bar(i / n), 0.999)
+    else:
+        raise ValueError(f"beta_schedule={kind!r} is not supported for schedule plots")
+    if config.get("rescale_betas_zero_snr", False):
+        root = np.sqrt(np.cumprod(1.0 - betas))
+        first, last = root[0], root[-1]
+        root = (root - last) * first / (first - last)
+        ab = root**2
+        betas = 1.0 - np.concatenate([ab[:1], ab[1:] / ab[:-1]])
+    return betas
+
+
+def training_schedule(scheduler_or_config) -> dict[str, np.ndarray]:
+    """Training-time schedule as float64 numpy arrays: t, alpha_bar, sigma, log_snr.
+
+    At a zero-terminal-SNR final step alpha_bar = 0: sigma = inf, log_snr = -inf.
     """
     config = getattr(scheduler_or_config, "config", scheduler_or_config)
-    reference = DDPMScheduler.from_config(_base_dict(config))
-    alpha_bar = reference.alphas_cumprod.detach().to(torch.float64).numpy()
+    alpha_bar = np.cumprod(1.0 - training_betas(config))
     with np.errstate(divide="ignore"):
         sigma = np.sqrt((1.0 - alpha_bar) / alpha_bar)
         log_snr = np.log(alpha_bar) - np.log1p(-alpha_bar)

@@ -1,0 +1,86 @@
+"""Registry of base models: the embedded tiny model and Hub ids for GPU use.
+
+``load_pipeline`` accepts registry ids only -- never a user-supplied path or Hub id -- so a
+request can't make the server read arbitrary folders or download arbitrary repositories.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from .previews import SD15_LATENT_RGB_FACTORS, load_linear_factors
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FAMILIES = ("tiny-shapes", "sd15", "sd2")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    source: str  # a folder relative to the repository root (local=True) or a Hub repository id
+    family: str  # one of FAMILIES: decides LoRA compatibility and preview factors
+    resolution: int  # native image size in pixels (square)
+    default_scheduler: str  # a pipelines.schedulers registry name
+    default_steps: int
+    default_guidance: float
+    local: bool = False
+    note: str = ""
+
+
+MODELS: dict[str, ModelSpec] = {
+    # trained here by train/train_base.py: zero-SNR v-prediction, DDIM trailing (see FIELD-NOTES)
+    "tiny-shapes": ModelSpec("models/tiny-shapes", "tiny-shapes", 32, "DDIM", 25, 7.5, local=True,
+                             note="embedded default; runs on CPU"),
+    "sd15": ModelSpec("stable-diffusion-v1-5/stable-diffusion-v1-5", "sd15", 512, "DPM++ 2M Karras", 30, 7.5),
+    "sd14": ModelSpec("CompVis/stable-diffusion-v1-4", "sd15", 512, "DPM++ 2M Karras", 30, 7.5),
+    "dreamshaper-8": ModelSpec("Lykon/dreamshaper-8", "sd15", 512, "DPM++ 2M Karras", 25, 7.0,
+                               note="SD 1.5 fine-tune"),
+    "sd21-base": ModelSpec("stabilityai/stable-diffusion-2-1-base", "sd2", 512, "DPM++ 2M Karras", 30, 7.5,
+                           note="epsilon prediction"),
+    "sd21": ModelSpec("stabilityai/stable-diffusion-2-1", "sd2", 768, "DPM++ 2M Karras", 30, 7.5,
+                      note="v-prediction"),
+}
+
+
+def model_names() -> list[str]:
+    return list(MODELS)
+
+
+def model_spec(model_id: str) -> ModelSpec:
+    if model_id not in MODELS:
+        raise ValueError(f"model_id={model_id!r} is not a registered model; valid ids: {model_names()}")
+    return MODELS[model_id]
+
+
+def model_family(model_id: str) -> str:
+    return model_spec(model_id).family
+
+
+def model_source(model_id: str) -> str:
+    """Absolute folder for local models, the Hub id otherwise."""
+    spec = model_spec(model_id)
+    return os.path.join(ROOT, spec.source) if spec.local else spec.source
+
+
+def load_pipeline(model_id: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    """Load registry model ``model_id`` as a TracingStableDiffusionPipeline on ``device``.
+
+    Preview factors: the model folder's ``preview_factors.json`` when it has one, else the
+    published SD 1.x factors for the SD families (SD 2.x shares SD 1.x's VAE latent space).
+    """
+    from .tracing import TracingStableDiffusionPipeline
+
+    spec = model_spec(model_id)
+    source = model_source(model_id)
+    if spec.local and not os.path.isfile(os.path.join(source, "model_index.json")):
+        raise FileNotFoundError(
+            f"model {model_id!r}: no diffusers model in {source} (train it: python train/train_base.py)"
+        )
+    pipe = TracingStableDiffusionPipeline.from_pretrained(source, torch_dtype=dtype)
+    pipe = pipe.to(device)
+    factors = load_linear_factors(source) if spec.local else None
+    if factors is None and spec.family in ("sd15", "sd2"):
+        factors = SD15_LATENT_RGB_FACTORS.clone()
+    pipe.preview_factors = factors
+    return pipe
