@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import sys
@@ -218,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         project_config=ProjectConfiguration(project_dir=args.output_dir,
                                             logging_dir=os.path.join(args.output_dir, args.logging_dir)),
     )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
+                        level=logging.INFO)
     logger = get_logger("train_lora", log_level="INFO")
     logger.info(accelerator.state, main_process_only=False)
     if args.allow_tf32 and torch.cuda.is_available():
