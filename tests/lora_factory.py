@@ -31,6 +31,7 @@ class RandomLora:
 def _targeted(model: nn.Module, targets) -> list[tuple[str, nn.Module]]:
     found = []
     for name, module in model.named_modules():
+        name = name.removesuffix(".base_layer")  # a model that already holds LoRAs: the wrapped layer
         if isinstance(module, (nn.Linear, nn.Conv2d)) and any(name == t or name.endswith("." + t) for t in targets):
             found.append((name, module))
     return found

@@ -337,9 +337,11 @@ def test_step_range_first_half_follows_adapter_then_runs_without_it(tracing_blen
 
 
 def test_adapters_switch_only_when_the_active_set_changes(tracing_blender, monkeypatch):
+    import pipelines.lora
+
     calls = []
-    real = BaseTunerLayer.set_adapter
-    monkeypatch.setattr(BaseTunerLayer, "set_adapter", lambda self, *a, **k: (calls.append(self), real(self, *a, **k))[1])
+    real = pipelines.lora._activate
+    monkeypatch.setattr(pipelines.lora, "_activate", lambda module, names: (calls.append(module), real(module, names))[1])
     unet_layers_with_c = sum(1 for m in tracing_blender.pipe.unet.modules() if isinstance(m, BaseTunerLayer) and "c" in m.lora_A)
     call = dict(CALL, num_inference_steps=STEPS)
     with tracing_blender.apply(Blend.of({"c": 0.5, "d": 0.5})) as pipe:
