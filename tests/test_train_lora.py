@@ -504,3 +504,13 @@ def test_shapes_style_renders_an_imagefolder(tmp_path):
     folder = render_shapes_dataset(str(tmp_path / "data"), "outline", 3, seed=0, trigger="outline style")
     rows = read_imagefolder(folder)
     assert len(rows) == 3 and all(caption.startswith("outline style") for _, caption in rows)
+
+
+def test_shipped_accelerate_configs_parse():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    folder = os.path.join(ROOT, "train", "accelerate_configs")
+    multi = load_config_from_file(os.path.join(folder, "multi_gpu.yaml"))
+    assert str(multi.distributed_type).endswith("MULTI_GPU") and multi.mixed_precision == "fp16"
+    zero2 = load_config_from_file(os.path.join(folder, "deepspeed_zero2.yaml"))
+    assert str(zero2.distributed_type).endswith("DEEPSPEED") and zero2.deepspeed_config["zero_stage"] == 2

@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from accelerate import Accelerator
     from accelerate.logging import get_logger
-    from accelerate.utils import ProjectConfiguration, broadcast_object_list, gather_object, set_seed
+    from accelerate.utils import DistributedType, ProjectConfiguration, broadcast_object_list, gather_object, set_seed
     from tqdm.auto import tqdm
 
     from train.lora_export import HubPushError, push_output_folder, save_adapter, write_model_card
@@ -223,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
                         level=logging.INFO)
     logger = get_logger("train_lora", log_level="INFO")
     logger.info(accelerator.state, main_process_only=False)
+    if accelerator.distributed_type == DistributedType.DEEPSPEED and args.train_text_encoder:
+        raise ValueError("--train_text_encoder is not supported under DeepSpeed (it takes one model); "
+                         "use train/accelerate_configs/multi_gpu.yaml or drop the flag")
     if args.allow_tf32 and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
 

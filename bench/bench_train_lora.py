@@ -1,0 +1,140 @@
+"""Training throughput of train/train_lora.py (samples/s of the training loop), side by side.
+
+    python bench/bench_train_lora.py                          # tiny test components, CPU
+    python bench/bench_train_lora.py --model models/tiny-shapes  # the embedded model, CPU
+    python bench/bench_train_lora.py --sd15-gpu               # SD 1.5 architecture, random weights, fp16, CUDA
+
+Each variant is a real `train_lora.main()` run (data loading, VAE encode, text encoder, UNet
+forward/backward, AdamW, accelerate); samples/s is measured by the script over its training loop
+(train_result.json), so model loading and saving are excluded. Ratios are against the first row,
+measured in the same process. Results: BENCHMARKS.md, "LoRA training".
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+SD15_CONFIGS = os.path.join(ROOT, "bench", "configs", "sd15")
+
+
+def write_images(folder: str, n: int, size: int, seed: int = 0) -> str:
+    os.makedirs(folder, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    captions = ["a red circle", "a blue square", "a green triangle", "a photo of a cat"]
+    with open(os.path.join(folder, "metadata.jsonl"), "w", encoding="utf-8") as f:
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(os.path.join(folder, f"{i}.png"))
+            f.write(json.dumps({"file_name": f"{i}.png", "text": captions[i % len(captions)]}) + "\n")
+    return folder
+
+
+def save_tiny_model(folder: str) -> str:
+    from diffusers import StableDiffusionPipeline
+
+    from tests.tiny import make_tiny_components
+
+    components = make_tiny_components()
+    components.pop("image_encoder")
+    StableDiffusionPipeline(**components, requires_safety_checker=False).save_pretrained(folder)
+    return folder
+
+
+def save_sd15_random(folder: str) -> str:
+    """SD 1.5's architecture (bench/configs/sd15) with random weights; a small BPE tokenizer stands in
+    for CLIP's vocabulary (no download), its ids fit the 49408-entry embedding."""
+    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from tests.tiny import make_tiny_tokenizer
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(os.path.join(SD15_CONFIGS, "unet")))
+    vae = AutoencoderKL.from_config(AutoencoderKL.load_config(os.path.join(SD15_CONFIGS, "vae")))
+    text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(os.path.join(SD15_CONFIGS, "text_encoder")))
+    scheduler = DDPMScheduler.from_config(DDPMScheduler.load_config(os.path.join(SD15_CONFIGS, "scheduler")))
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=make_tiny_tokenizer(max_length=77),
+                                   unet=unet, scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.save_pretrained(folder)
+    return folder
+
+
+def run_variant(model: str, data: str, out: str, common: list[str], extra: list[str]) -> dict:
+    from train.train_lora import main
+
+    code = main(["--pretrained_model_name_or_path", model, "--train_data_dir", data, "--output_dir", out,
+                 "--report_to", "none", "--seed", "0", "--checkpointing_steps", "100000", *common, *extra])
+    if code != 0:
+        raise SystemExit(f"variant {extra} failed with exit code {code}")
+    with open(os.path.join(out, "train_result.json"), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None, help="a diffusers-format folder (e.g. models/tiny-shapes)")
+    p.add_argument("--sd15-gpu", action="store_true", help="SD 1.5 architecture, random weights, fp16 on CUDA")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps per variant (default 30; 20 with --sd15-gpu)")
+    p.add_argument("--batch_size", type=int, default=None, help="default 8 (4 with --sd15-gpu)")
+    args = p.parse_args()
+
+    work = tempfile.mkdtemp(prefix="bench-train-lora-")
+    if args.sd15_gpu:
+        if not torch.cuda.is_available():
+            raise SystemExit("--sd15-gpu needs a CUDA device")
+        model, label, resolution = save_sd15_random(os.path.join(work, "sd15")), "SD 1.5 architecture, random weights", 512
+        precision = ["--mixed_precision", "fp16"]
+    elif args.model:
+        if not os.path.isdir(args.model):
+            raise SystemExit(f"--model={args.model!r} is not a folder")
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+
+        unet_cfg = UNet2DConditionModel.load_config(os.path.join(args.model, "unet"))
+        vae_cfg = AutoencoderKL.load_config(os.path.join(args.model, "vae"))
+        model, label = args.model, args.model
+        resolution = unet_cfg["sample_size"] * 2 ** (len(vae_cfg["block_out_channels"]) - 1)
+        precision = ["--mixed_precision", "no"]
+    else:
+        model, label, resolution = save_tiny_model(os.path.join(work, "tiny")), "tiny test components", 16
+        precision = ["--mixed_precision", "no"]
+    steps = args.steps or (20 if args.sd15_gpu else 30)
+    batch = args.batch_size or (4 if args.sd15_gpu else 8)
+    data = write_images(os.path.join(work, "data"), n=max(64, 4 * batch), size=resolution)
+    common = ["--resolution", str(resolution), "--train_batch_size", str(batch), "--max_train_steps", str(steps),
+              "--learning_rate", "1e-4", *precision]
+
+    variants = [
+        ("UNet LoRA r4 (to_q,k,v,out)", []),
+        ("+ gradient checkpointing", ["--gradient_checkpointing"]),
+        ("+ text-encoder LoRA", ["--train_text_encoder"]),
+        ("rank 16", ["--rank", "16"]),
+        ("+ min-SNR 5 + noise offset", ["--snr_gamma", "5", "--noise_offset", "0.05"]),
+    ]
+    device = torch.cuda.get_device_name() if args.sd15_gpu else f"CPU, {os.cpu_count()} cores"
+    print(f"# {label}, {resolution}px, batch {batch}, {steps} steps; {device}; torch {torch.__version__}, "
+          f"python {platform.python_version()}")
+    print("| variant | samples/s | ratio |\n|---|---|---|")
+    base = None
+    for i, (name, extra) in enumerate(variants):
+        result = run_variant(model, data, os.path.join(work, f"out-{i}"), common, extra)
+        sps = result["samples_per_second"]
+        base = base or sps
+        print(f"| {name} | {sps:.1f} | {sps / base:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
