@@ -68,8 +68,8 @@ def scheduled_scale(scale: float, schedule: str, step: int, num_steps: int) -> f
     """
     p = progress(step, num_steps)
     if schedule == "constant":
-        g = 1.0
-    elif schedule == "linear-up":
+        return scale  # exactly the caller's float (1 + (w - 1) may round differently)
+    if schedule == "linear-up":
         g = 2.0 * p
     elif schedule == "linear-down":
         g = 2.0 * (1.0 - p)

@@ -64,10 +64,20 @@ def _run_both(ours, ref, ours_kwargs=None, ref_kwargs=None, **common):
     return a, out
 
 
+SCHEDULER_CASES = {
+    # CFG with a negative prompt per prompt, rescale, 2 prompts x 2 images
+    "cfg": dict(prompt=["a red circle", "a blue dog"], negative_prompt=["green", "cat"], guidance_scale=5.0,
+                guidance_rescale=0.5, num_images_per_prompt=2),
+    "no-cfg": dict(prompt="a red circle", guidance_scale=1.0),
+}
+
+
+@pytest.mark.parametrize("case", list(SCHEDULER_CASES))
 @pytest.mark.parametrize("name", scheduler_names())
-def test_every_scheduler_matches_diffusers(eps_components, name):
+def test_every_scheduler_matches_diffusers(eps_components, name, case):
     ours, ref = _pipes(eps_components, name)
-    a, out = _run_both(ours, ref, prompt="a red circle", guidance_scale=5.0, ours_kwargs={"record": "light"})
+    a, out = _run_both(ours, ref, ours_kwargs={"record": "light"}, **SCHEDULER_CASES[case])
+    assert a.shape == out.images.shape
     assert np.abs(a - out.images).max() <= TOL
     assert len(out.trace) == out.trace[-1].num_steps == 3
     assert [r.step for r in out.trace] == [0, 1, 2]
@@ -122,26 +132,32 @@ def test_clip_skip_matches_hand_reference(eps_components, clip_skip):
     assert np.abs(a - b).max() <= TOL
 
 
-V_SCHEDULERS = ["DDIM", "Euler", "Euler a", "DPM++ 2M", "UniPC", "LCM"]
+@pytest.fixture(scope="module")
+def v_plain_components():
+    return make_tiny_components("v_prediction", zero_snr=False)
 
 
-@pytest.mark.parametrize("name", V_SCHEDULERS)
-def test_v_prediction_zero_snr_matches_diffusers(v_components, name):
-    ours, ref = _pipes(v_components, name)
-    a, out = _run_both(ours, ref, prompt="a blue square", guidance_scale=5.0, guidance_rescale=0.5,
-                       ours_kwargs={"record": "full"})
+@pytest.mark.parametrize("name", scheduler_names())
+def test_v_prediction_matches_diffusers(v_components, v_plain_components, name):
+    """Zero-terminal-SNR v model where the scheduler supports it, else a plain v model."""
+    zero_snr = "rescale_betas_zero_snr" in SCHEDULERS[name].cls.__init__.__code__.co_varnames
+    ours, ref = _pipes(v_components if zero_snr else v_plain_components, name)
+    a, out = _run_both(ours, ref, prompt="a blue square", negative_prompt="red", guidance_scale=5.0,
+                       guidance_rescale=0.5, num_inference_steps=2, ours_kwargs={"record": "full"})
     assert np.abs(a - out.images).max() <= TOL
-    r = out.trace[0]
-    # epsilon space in the record even for a v model: eps = sqrt(ab) v + sqrt(1 - ab) x_vp
-    assert r.eps_guided is not None and r.eps_cond is not None
+    r = out.trace[-1]
+    assert r.eps_guided is not None and r.eps_cond is not None and r.x0_guided is not None
 
 
-def test_v_prediction_second_order_matches_diffusers():
-    comps = make_tiny_components("v_prediction", zero_snr=False)
-    for name in ("Heun", "DPM2 a", "DPM++ SDE Karras"):
-        ours, ref = _pipes(comps, name)
-        a, out = _run_both(ours, ref, prompt="a cat", guidance_scale=4.0, num_inference_steps=2)
-        assert np.abs(a - out.images).max() <= TOL
+def test_v_model_record_is_in_epsilon_space(v_components):
+    """eps = sqrt(ab) v + sqrt(1 - ab) x_vp is affine in v, so CFG on v is CFG on eps (no rescale)."""
+    ours, _ = _pipes(v_components, "Euler")
+    out = ours("a cat", num_inference_steps=2, guidance_scale=4.0, height=HEIGHT, width=WIDTH, record="full",
+               output_type="latent", generator=torch.Generator().manual_seed(0))
+    r = out.trace[1]
+    torch.testing.assert_close(r.eps_guided, r.eps_uncond + 4.0 * (r.eps_cond - r.eps_uncond), atol=1e-5, rtol=1e-5)
+    # and x0 = x_s - sigma eps in Euler's sigma space
+    torch.testing.assert_close(r.x0_guided, r.x_t - r.sigma * r.eps_guided, atol=1e-5, rtol=1e-5)
 
 
 def test_zero_snr_unsupported_scheduler_is_an_error(v_components):
