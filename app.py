@@ -37,7 +37,7 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
     eng.install(engine)
     size_lo, size_hi, size_step = gen.size_range(engine)
     schedulers = eng.known_schedulers()
-    presets = [p.name for p in engine.lora_presets()]
+    presets = [p.id for p in engine.lora_presets()]
     gpu = dict(concurrency_id=PIPELINE, concurrency_limit=concurrency_limit)
 
     with gr.Blocks(title="Diffusion Lab", delete_cache=DELETE_CACHE) as demo:
@@ -95,9 +95,10 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
                                               elem_id="x0-preview", interactive=False)
                     image = gr.Image(label="Image (PNG with its settings)", format="png", height=300,
                                      elem_id="final-image", interactive=False)
-                    gallery = gr.Gallery(label="All images", columns=4, height=200, format="png", elem_classes="pixelated")
+                    gallery = gr.Gallery(label="All images", columns=4, height=200, format="png", elem_classes="pixelated",
+                                         visible=False)
                     status = gr.Markdown("", elem_id="status")
-                    settings = gr.Code(label="Settings (JSON)", language="json", interactive=False)
+                    settings = gr.Code(label="Settings (JSON)", language="json", interactive=False, max_lines=14)
 
         with gr.Tab("CFG lab"):
             gr.Markdown("Guidance at one step of the last run, then sweeps on the prompt, seed and steps of the Generate tab.",
@@ -110,8 +111,8 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
                 x0_cond = gr.Image(label="x0 conditional", height=200, elem_classes="pixelated", interactive=False)
                 x0_guided = gr.Image(label="x0 guided", height=200, elem_classes="pixelated", interactive=False)
             with gr.Row():
-                eps_heatmap = gr.Plot(label="|eps_cond - eps_uncond|")
-                guidance_plot = gr.Plot(label="Guidance norm and scale over the steps")
+                eps_heatmap = gr.Plot(label="|eps_cond - eps_uncond|", show_label=False)
+                guidance_plot = gr.Plot(label="Guidance norm and scale over the steps", show_label=False)
             cfg_note = gr.Markdown("")
             with gr.Accordion("Guidance-scale sweep", open=True):
                 with gr.Row():
@@ -121,7 +122,7 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
                     sweep_btn = gr.Button("Run sweep", variant="primary")
                 sweep_grid = gr.Gallery(label="Same seed, rising guidance", columns=6, height=240, elem_classes="pixelated")
                 with gr.Row():
-                    adherence_plot = gr.Plot(label="Prompt adherence (scorer)")
+                    adherence_plot = gr.Plot(label="Prompt adherence (scorer)", show_label=False)
                     adherence_table = gr.Markdown("")
             with gr.Accordion("Guidance methods compared", open=True):
                 with gr.Row():
@@ -139,11 +140,11 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
             with gr.Row():
                 schedule_btn = gr.Button("Plot schedules")
                 compare_btn = gr.Button("Compare samplers on the Generate prompt and seed", variant="primary")
-            schedule_plot = gr.Plot(label="Training schedule and chosen timesteps")
+            schedule_plot = gr.Plot(label="Training schedule and chosen timesteps", show_label=False)
             schedule_data = gr.JSON(label="Chosen timesteps", open=False)
             compare_finals = gr.Gallery(label="Final images", columns=4, height=240, elem_classes="pixelated")
             compare_traj = gr.Gallery(label="x0 trajectories", columns=1, height=420, elem_classes="pixelated")
-            calls_plot = gr.Plot(label="Model calls")
+            calls_plot = gr.Plot(label="Model calls", show_label=False)
 
         with gr.Tab("Timestep explorer"):
             gr.Markdown("### The last run, step by step", elem_classes="lab-note")
@@ -154,7 +155,7 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
             with gr.Row():
                 explore_xt = gr.Image(label="x_t", height=220, elem_classes="pixelated", interactive=False)
                 explore_x0 = gr.Image(label="predicted x0", height=220, elem_classes="pixelated", interactive=False)
-            explore_eps = gr.Plot(label="Noise prediction")
+            explore_eps = gr.Plot(label="Noise prediction", show_label=False)
             gr.Markdown("### The forward process: noise any image with the model's own schedule")
             with gr.Row():
                 with gr.Column():
@@ -172,7 +173,7 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
                         noised_latent = gr.Image(label="x_t in latent space (decoded)", height=200,
                                                  elem_classes="pixelated", interactive=False)
                     noise_info = gr.Markdown("")
-                    noise_plot = gr.Plot(label="Signal and noise")
+                    noise_plot = gr.Plot(label="Signal and noise", show_label=False)
 
         with gr.Tab("LoRA mixer"):
             gr.Markdown(lora_ui.presets_table(engine.lora_presets()))
@@ -206,13 +207,12 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
             gen.generate, generate_inputs, [x_t_preview, x0_preview, image, gallery, settings, status, seed, trace],
             api_name="generate", **gpu,
         )
-        after = generated.success(trace_views.step_slider_update, trace, explore_slider, api_visibility="private")
-        after.then(trace_views.step_slider_update, trace, cfg_step, api_visibility="private")
         explore_outputs = [explore_xt, explore_x0, explore_eps, explore_info]
         cfg_outputs = [x0_uncond, x0_cond, x0_guided, eps_heatmap, guidance_plot, cfg_note]
-        after.then(trace_views.explore_step, [trace, explore_slider, explore_decoder], explore_outputs,
-                   api_visibility="private", **gpu)
-        after.then(trace_views.cfg_step, [trace, cfg_step, cfg_decoder], cfg_outputs, api_visibility="private", **gpu)
+        (generated.success(trace_views.step_slider_updates, trace, [explore_slider, cfg_step], api_visibility="private")
+         .then(trace_views.explore_step, [trace, explore_slider, explore_decoder], explore_outputs,
+               api_visibility="private", **gpu)
+         .then(trace_views.cfg_step, [trace, cfg_step, cfg_decoder], cfg_outputs, api_visibility="private", **gpu))
         gr.on([explore_slider.release, explore_decoder.input], trace_views.explore_step,
               [trace, explore_slider, explore_decoder], explore_outputs, api_visibility="private", **gpu)
         gr.on([cfg_step.release, cfg_decoder.input], trace_views.cfg_step, [trace, cfg_step, cfg_decoder], cfg_outputs,

@@ -45,7 +45,8 @@ class Engine:
     model_id: str
     reason: str
     device: str = "cpu"
-    blender: object | None = None  # pipelines.lora.LoraBlender when that module is available
+    family: str = ""  # base-model family, for LoRA presets ("tiny-shapes", "sd15", ...)
+    blender: object | None = None  # pipelines.lora.LoraBlender
     lock: threading.RLock = field(default_factory=threading.RLock)
 
     @property
@@ -70,27 +71,40 @@ class Engine:
         return int(self.pipe.scheduler.config.num_train_timesteps)
 
     def lora_presets(self) -> list:
+        """The LoRA presets of this model's family whose weights are on disk (or cached)."""
         if self.blender is None:
             return []
-        return list(self.blender.presets())
+        from pipelines.lora_presets import available_presets
+
+        return available_presets(self.family)
+
+    def _load_adapters(self, names: list[str]) -> None:
+        """Load presets on first use (keeps start-up fast; peft injection costs seconds)."""
+        from pipelines.lora_presets import get_preset
+
+        with self.lock:
+            for name in names:
+                if name not in self.blender.adapters:
+                    self.blender.load_preset(get_preset(name), family=self.family)
 
     @contextlib.contextmanager
     def pipeline(self, lora: list[dict] | None = None):
         """The pipeline, with the requested LoRA blend applied for the duration of the block.
 
-        peft's set_adapters is global pipeline state (peft issue 804): the blender's lock keeps
-        concurrent requests with different blends apart.
+        peft's set_adapters is global pipeline state (peft issue 804): with a blender every call
+        goes through ``blender.apply`` (its lock serializes blends; no LoRA = Blend()).
         """
-        if lora and self.blender is not None:
-            from pipelines.lora import AdapterSetting, Blend
-
-            blend = Blend([AdapterSetting(**a) for a in lora])
-            with self.blender.apply(blend) as pipe:
-                yield pipe
-        elif lora:
-            raise ValueError("this build has no LoRA support (pipelines.lora is missing)")
-        else:
+        if self.blender is None:
+            if lora:
+                raise ValueError(f"lora={lora!r}: this model has no LoRA support")
             yield self.pipe
+            return
+        from pipelines.lora import AdapterSetting, Blend
+
+        blend = Blend(tuple(AdapterSetting(**a) for a in lora or []))
+        self._load_adapters(blend.names)
+        with self.blender.apply(blend) as pipe:
+            yield pipe
 
 
 _current: Engine | None = None
@@ -144,21 +158,32 @@ def load_engine(model_id: str, reason: str, device: str | None = None) -> Engine
         pipe = load_pipeline(model_id, device=device, dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
     log.info("Diffusion Lab: loaded model %r on %s (%s)", model_id, device, reason)
-    return Engine(pipe=pipe, model_id=model_id, reason=reason, device=device, blender=_make_blender(pipe, model_id))
+    family = _family(model_id)
+    return Engine(pipe=pipe, model_id=model_id, reason=reason, device=device, family=family, blender=_make_blender(pipe))
 
 
-def engine_from_pipe(pipe, model_id: str = "tiny-test", reason: str = "injected pipeline") -> Engine:
+def engine_from_pipe(pipe, model_id: str = "tiny-test", reason: str = "injected pipeline", family: str | None = None) -> Engine:
     pipe.set_progress_bar_config(disable=True)
-    return Engine(pipe=pipe, model_id=model_id, reason=reason, device=str(pipe.device), blender=_make_blender(pipe, model_id))
+    return Engine(pipe=pipe, model_id=model_id, reason=reason, device=str(pipe.device),
+                  family=family or _family(model_id), blender=_make_blender(pipe))
 
 
-def _make_blender(pipe, model_id: str):
+def _family(model_id: str) -> str:
+    try:
+        from pipelines.models import model_family
+
+        return model_family(model_id)
+    except (ImportError, KeyError, ValueError):
+        return model_id
+
+
+def _make_blender(pipe):
     try:
         from pipelines.lora import LoraBlender
     except ImportError:
         return None
     try:
-        return LoraBlender(pipe, model_id)
+        return LoraBlender(pipe)
     except Exception as error:  # a missing preset folder must not take the app down
         log.warning("LoRA mixer disabled: %s", error)
         return None
@@ -278,6 +303,25 @@ def forward_noise_latents(image: torch.Tensor, timestep: int, seed: int) -> dict
         z_t = sched.add_noise(z0, z_noise, t)
         x_t = sched.add_noise(image.float().cpu(), pixel_noise, t)
     return {"z0": z0, "z_t": z_t, "x_t_pixels": x_t}
+
+
+def _grid_duration(settings: GenerationSettings) -> int:
+    return _gpu_seconds(settings.steps * (len(settings.lora) + 2))
+
+
+@spaces.GPU(duration=_grid_duration)
+def lora_grid_images(settings: GenerationSettings) -> tuple[list[str], list]:
+    """pipelines.lora.lora_grid: none / each adapter alone / the blend, one seed. (columns, images)"""
+    from pipelines.lora import AdapterSetting, Blend, lora_grid
+
+    engine = current()
+    blend = Blend(tuple(AdapterSetting(**a) for a in settings.lora))
+    engine._load_adapters(blend.names)
+    kwargs = call_kwargs(settings)
+    for key in ("prompt", "generator", "num_images_per_prompt"):
+        kwargs.pop(key)
+    grid = lora_grid(engine.blender, settings.prompt, blend, seed=settings.seed, **kwargs)
+    return grid.columns, grid.images[0]
 
 
 def known_schedulers() -> list[str]:

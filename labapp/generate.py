@@ -113,7 +113,7 @@ def build_settings(engine: eng.Engine, *, prompt, negative_prompt, scheduler, st
         width=check.integer("width", width, lo, hi, multiple_of=step),
         height=check.integer("height", height, lo, hi, multiple_of=step),
         num_images=check.integer("num_images", num_images, 1, MAX_IMAGES),
-        lora=parse_lora("lora", lora, [p.name for p in engine.lora_presets()]),
+        lora=parse_lora("lora", lora, [p.id for p in engine.lora_presets()]),
     )
 
 
@@ -171,7 +171,8 @@ def generate(prompt, negative_prompt, scheduler, steps, guidance_scale, seed, ra
     status = (f"Done: {len(images)} image(s), {settings.steps} steps, {calls} model calls, {seconds:.1f} s "
               f"on {engine.model_id} ({engine.device}).")
     trace = {"settings": settings.to_dict(), "records": records, "model": engine.model_id}
-    gallery = [(im, f"seed {settings.seed} #{i}") for i, im in enumerate(images)] if len(images) > 1 else None
+    gallery = gr.update(value=[(im, f"seed {settings.seed} #{i}") for i, im in enumerate(images)],
+                        visible=len(images) > 1)
     yield x_t_image, x0_image, images[0], gallery, settings.to_json(), status, settings.seed, trace
 
 

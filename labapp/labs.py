@@ -155,16 +155,16 @@ def forward_noise(image, timestep, seed=0):
 
 
 def lora_grid(prompt, lora, seed, steps, guidance_scale, scheduler):
-    """Comparison grid: no adapter, each adapter alone (at its blend weight), then the blend."""
+    """Comparison grid on one seed: no adapter, each adapter alone (at its blend setting), the blend."""
     engine = eng.current()
-    blend = parse_lora("lora", lora, [p.name for p in engine.lora_presets()])
-    if not blend:
+    if engine.blender is None or not engine.lora_presets():
+        raise gr.Error(f"model {engine.model_id!r} has no LoRA presets available", title="No LoRA presets")
+    job = _settings(prompt=prompt, negative_prompt="", scheduler=scheduler, steps=steps,
+                    guidance_scale=guidance_scale, seed=seed, lora=lora)
+    if not job.lora:
         raise check.fail("lora", lora, "at least one adapter (e.g. 'outline:0.8')")
-    variants = [("none", [])] + [(a["name"], [a]) for a in blend] + ([("blend", blend)] if len(blend) > 1 else [])
-    jobs = []
-    for _, adapters in variants:
-        job = _settings(prompt=prompt, negative_prompt="", scheduler=scheduler, steps=steps,
-                        guidance_scale=guidance_scale, seed=seed)
-        job.lora = adapters
-        jobs.append(job)
-    return [(upscale(out.images[0], GRID_SIZE), label) for (label, _), out in zip(variants, _run(jobs))]
+    try:
+        columns, images = eng.lora_grid_images(job)
+    except ValueError as error:
+        raise gr.Error(str(error), title="Invalid settings") from None
+    return [(upscale(image, GRID_SIZE), label) for label, image in zip(columns, images)]

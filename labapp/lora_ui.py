@@ -26,8 +26,8 @@ def slots_to_spec(*values) -> str:
 def presets_table(presets) -> str:
     if not presets:
         return "_No LoRA presets are available for this model: the mixer is disabled._"
-    rows = ["| preset | trigger words | default weight |", "|---|---|---|"]
+    rows = ["| preset | what it does | trigger words | default weight |", "|---|---|---|---|"]
     for p in presets:
-        words = ", ".join(getattr(p, "trigger_words", []) or []) or "-"
-        rows.append(f"| {p.name} | {words} | {getattr(p, 'default_weight', 1.0)} |")
+        words = ", ".join(p.trigger_words) or "-"
+        rows.append(f"| `{p.id}` ({p.name}) | {p.description} | {words} | {p.default_weight:g} |")
     return "\n".join(rows)

@@ -64,6 +64,8 @@ def cfg_step(trace, step, decoder="vae"):
             over_steps, note)
 
 
-def step_slider_update(trace):
+def step_slider_updates(trace):
+    """Both step sliders (explorer, CFG lab) spanning the new trace, set to its last step."""
     n = len(trace["records"]) if trace and trace.get("records") else 1
-    return gr.update(maximum=max(1, n - 1), value=max(0, n - 1), interactive=n > 1)
+    update = gr.update(maximum=max(1, n - 1), value=max(0, n - 1), interactive=n > 1)
+    return update, update

@@ -1,0 +1,123 @@
+"""Time to first preview and total time: through the server (gradio_client) vs a direct call.
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_app.py [--steps 25] [--repeats 5] [--tiny]
+
+Uses the embedded model (models/tiny-shapes) when present, else the tiny test components.
+Both sides run the same work: record="full", x_t + x0 previews every `--preview-every` steps.
+Prints the medians and the server/direct ratios (target: total <= 1.2x).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+
+def direct(engine, settings, preview_every):
+    """The pipeline alone: time to the first record carrying previews, and to the images."""
+    from labapp import engine as eng
+
+    start = time.perf_counter()
+    first = None
+    for item in engine.pipe.iter_steps(**eng.call_kwargs(settings), record="full", preview_every=preview_every,
+                                       preview_decoder="linear", preview_targets=("x_t", "x0_guided")):
+        if first is None and getattr(item, "previews", None):
+            first = time.perf_counter() - start
+    return first, time.perf_counter() - start
+
+
+def through_server(client, kwargs):
+    start = time.perf_counter()
+    job = client.submit(**kwargs, api_name="/generate")
+    first = None
+    while not job.done():
+        if first is None and job.outputs():
+            first = time.perf_counter() - start
+        time.sleep(0.005)
+    job.result()
+    total = time.perf_counter() - start
+    return first if first is not None else total, total
+
+
+def serve(tiny: bool):
+    """Server process: launch the app, print its URL, serve until stdin closes."""
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    from tests.app_server import launch
+
+    demo, url = launch(make_engine(tiny), concurrency_limit=1)
+    print(url, flush=True)
+    sys.stdin.read()
+    demo.close()
+
+
+def make_engine(tiny: bool):
+    from labapp import engine as eng
+    from tests.app_server import tiny_engine
+
+    if os.path.isfile(os.path.join(eng.EMBEDDED_DIR, "model_index.json")) and not tiny:
+        return eng.load_engine(eng.EMBEDDED_MODEL, "benchmark", "cpu")
+    return tiny_engine()
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--preview-every", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--tiny", action="store_true", help="use the tiny test components even if the embedded model exists")
+    args = parser.parse_args()
+    if args.serve:
+        return serve(args.tiny)
+
+    import subprocess
+
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    from gradio_client import Client
+
+    from labapp import engine as eng
+    from labapp.generate import build_settings
+
+    engine = make_engine(args.tiny)
+    eng.install(engine)
+    # the server in its own process, as in real use (no GIL shared with the client or the direct runs)
+    server = subprocess.Popen([sys.executable, __file__, "--serve"] + (["--tiny"] if args.tiny else []),
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    url = server.stdout.readline().strip()
+    # download_files=False: time the stream of updates, not the transfer of each preview file
+    client = Client(url, verbose=False, download_files=False)
+    kwargs = dict(prompt="a large red circle in the top left", negative_prompt="", scheduler="DDIM",
+                  steps=args.steps, guidance_scale=7.5, seed=0, preview_every=args.preview_every)
+    settings = build_settings(engine, **{k: v for k, v in kwargs.items() if k != "preview_every"},
+                              width=engine.native_size, height=engine.native_size)
+
+    direct(engine, settings, args.preview_every), through_server(client, kwargs)  # warm-up both paths
+    rows = {"direct": [], "server": []}
+    for _ in range(args.repeats):  # interleaved, so background load hits both sides alike
+        rows["direct"].append(direct(engine, settings, args.preview_every))
+        rows["server"].append(through_server(client, kwargs))
+    server.stdin.close()
+    server.wait(timeout=60)
+
+    med = {k: (statistics.median(r[0] for r in v), statistics.median(r[1] for r in v)) for k, v in rows.items()}
+    print(f"model: {engine.model_id} ({engine.native_size}x{engine.native_size}), {args.steps} steps DDIM, CFG 7.5, "
+          f"previews (x_t + x0, linear) every {args.preview_every} steps, record=full, {args.repeats} runs, medians")
+    print(f"{'':8} {'first preview':>14} {'total':>10}")
+    for name, (first, total) in med.items():
+        print(f"{name:8} {first * 1000:11.0f} ms {total * 1000:7.0f} ms")
+    print(f"ratio    {med['server'][0] / med['direct'][0]:13.2f}x {med['server'][1] / med['direct'][1]:9.2f}x")
+
+
+if __name__ == "__main__":
+    main()
