@@ -16,8 +16,9 @@ Why not diffusers' ``set_adapters`` for the scales: in diffusers 0.42.1 its nest
 leave LoRA layers outside attentions (resnets, samplers) at an absolute 1.0 whatever the
 adapter's weight, skip blocks without attention silently, and raise IndexError on top-level
 layers such as conv_in. Here every peft layer gets its scale from the blend (see
-lora_settings.py), via peft's own ``set_adapter`` / ``set_scale``; for attention-only LoRAs the
-result equals diffusers' (tests/test_lora_blend.py checks it).
+lora_settings.py) through peft's ``set_scale``; several active adapters of a layer run as one
+stacked LoRA (lora_layers.py). For attention-only LoRAs the result equals diffusers' (exactly
+with ``stack_adapters=False``, to rounding with stacking; tests/test_lora_blend.py checks both).
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from typing import Callable, Iterator
 
 import torch
 
+from . import lora_layers
 from .lora_files import check_safetensors_header, refuse_unsafe_name
 from .lora_presets import LoraPreset, preset_file
 from .lora_settings import AdapterSetting, Blend
@@ -78,11 +80,15 @@ def _unet_region(module_name: str, unet) -> tuple | None:
 class LoraBlender:
     """A pipeline plus its loaded adapters; ``apply(blend)`` is the one way to generate with it."""
 
-    def __init__(self, pipe):
+    def __init__(self, pipe, *, stack_adapters: bool = True):
+        """``stack_adapters``: run several active adapters of a layer as one stacked LoRA
+        (lora_layers.py; same sum up to rounding, much less overhead). False: peft's own
+        one-pass-per-adapter path, bit-identical to diffusers' ``set_adapters``."""
         if not all(hasattr(pipe, a) for a in ("load_lora_weights", "unet", "text_encoder")):
             raise TypeError(f"{type(pipe).__name__} cannot take LoRAs: it needs diffusers' "
                             "StableDiffusionLoraLoaderMixin (load_lora_weights) and unet / text_encoder")
         self.pipe = pipe
+        self.stack_adapters = stack_adapters
         self._lock = threading.Lock()
         self._owner: int | None = None
         self._adapters: dict[str, LoadedAdapter] = {}
@@ -104,6 +110,8 @@ class LoraBlender:
         """
         path = Path(path)
         refuse_unsafe_name(path)  # before any read
+        if not isinstance(name, str) or not name or name == lora_layers.BLEND_SLOT:
+            raise ValueError(f"adapter name {name!r} is not allowed; give a non-empty name")
         if name in self._adapters:
             if Path(self._adapters[name].path) == path.resolve():
                 return self._adapters[name]
@@ -161,8 +169,7 @@ class LoraBlender:
                 if isinstance(module, BaseTunerLayer) and hasattr(module, "lora_A"):
                     region = _unet_region(name, self.pipe.unet) if component == "unet" else None
                     layers.append(_Layer(component, name, module, region))
-                    for param in module.parameters():  # inference only: what set_adapter(inference_mode=True) does
-                        param.requires_grad_(False)
+                    lora_layers.freeze(module)
         self._layers = layers
         self._set = {}  # loading changed which adapters are active: set everything again
 
@@ -218,12 +225,13 @@ class LoraBlender:
         with self._locked():
             self._set_component("text_encoder", {a.name: a for a in blend.adapters})
             self._set_unet(blend.unet_active_at(0, 1))
-            saved = self._fuse() if blend.fuse else None
+            modules = [layer.module for layer in self._layers]
+            saved = lora_layers.fuse(modules) if blend.fuse else None
             try:
                 yield BlendedPipeline(self.pipe, self._step_hook(blend), self._pipe_has_hook)
             finally:
                 if saved is not None:
-                    self._unfuse(saved)
+                    lora_layers.unfuse(modules, saved)
 
     def _step_hook(self, blend: Blend) -> Callable[[int, int], dict]:
         def on_step_begin(step: int, num_steps: int) -> dict:
@@ -254,49 +262,8 @@ class LoraBlender:
                     scale = setting.te_weight if component == "text_encoder" else _unet_scale(setting, layer.region)
                     if scale != 0.0:  # a zero-scale adapter adds exactly nothing: leave it out
                         scales[name] = scale
-            active = list(scales)
-            if list(module.active_adapters) != active:
-                _activate(module, active)
-            for name, scale in scales.items():
-                module.set_scale(name, scale)
+            lora_layers.set_layer_scales(module, scales, stack=self.stack_adapters)
         self._set[component] = key
-
-    def _fuse(self) -> list[tuple[torch.nn.Parameter, torch.Tensor]]:
-        """Merge the active adapters into the base weights, keeping exact copies to restore."""
-        saved = []
-        for layer in self._layers:
-            module = layer.module
-            if not module.active_adapters:
-                continue
-            base = module.get_base_layer()
-            saved.append((base.weight, base.weight.detach().clone()))
-            if getattr(base, "bias", None) is not None and any(module.lora_bias.get(n, False) for n in module.active_adapters):
-                saved.append((base.bias, base.bias.detach().clone()))
-            module.merge(adapter_names=list(module.active_adapters))
-        return saved
-
-    def _unfuse(self, saved):
-        # peft's unmerge subtracts the delta again, which is not bit-exact in floating point;
-        # copying the saved base weights back is
-        with torch.no_grad():
-            for param, original in saved:
-                param.data.copy_(original)
-        for layer in self._layers:
-            layer.module.merged_adapters.clear()
-
-
-def _activate(module, names: list[str]) -> None:
-    """Make ``names`` the layer's active adapters.
-
-    peft's ``set_adapter`` also resets requires_grad on every adapter's weights, which costs
-    more than everything else in a blend switch (~0.1 ms per layer, x hundreds of layers); the
-    weights were frozen once at load, so only the active list is set. Falls back to
-    ``set_adapter`` for a layer class without peft's ``_active_adapter`` attribute.
-    """
-    if hasattr(module, "_active_adapter"):
-        module._active_adapter = list(names)
-    else:
-        module.set_adapter(list(names), inference_mode=True)
 
 
 def _unet_scale(setting: AdapterSetting, region: tuple | None) -> float:

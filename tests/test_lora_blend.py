@@ -17,6 +17,7 @@ from diffusers import StableDiffusionPipeline
 from peft.tuners.tuners_utils import BaseTunerLayer
 
 from pipelines.lora import AdapterSetting, Blend, LoraBlender, lora_grid
+from pipelines.lora_layers import BLEND_SLOT
 from tests.lora_factory import ATTENTION_TARGETS, RESNET_TARGETS, random_lora, save_diffusers_lora, save_kohya_lora
 from tests.tiny import make_tiny_components
 
@@ -109,9 +110,15 @@ def test_one_adapter_equals_diffusers_set_adapters(stock_blender, lora_files, we
 def test_two_adapter_blend_equals_diffusers_set_adapters(stock_blender, lora_files):
     ref = diffusers_reference(lora_files, ["a", "b"])
     ref.set_adapters(["a", "b"], [0.6, -0.4])
-    with stock_blender.apply(Blend.of({"a": 0.6, "b": -0.4})) as pipe:
-        got = run(pipe)
-    assert np.abs(got - run(ref)).max() <= 1e-5
+    expected = run(ref)
+    with stock_blender.apply(Blend.of({"a": 0.6, "b": -0.4})) as pipe:  # stacked: one pass per layer
+        stacked = run(pipe)
+    assert np.abs(stacked - expected).max() <= 1e-5
+    per_adapter = LoraBlender(make_pipe(), stack_adapters=False)  # peft's own path: bit-identical
+    for name in ("a", "b"):
+        per_adapter.load(name, lora_files[name])
+    with per_adapter.apply(Blend.of({"a": 0.6, "b": -0.4})) as pipe:
+        assert np.array_equal(run(pipe), expected)
 
 
 def test_four_adapters_with_separate_text_encoder_weights(stock_blender, lora_files, base_image):
@@ -256,7 +263,7 @@ def test_fuse_matches_unfused_and_restores_base_weights_bit_exactly(stock_blende
     blend = [AdapterSetting("a", 0.8, block_weights={"up": 0.3}), AdapterSetting("b", -0.5, text_encoder_weight=1.1),
              AdapterSetting("d", 1.4)]
     models = (stock_blender.pipe.unet, stock_blender.pipe.text_encoder)
-    before = [{k: v.clone() for k, v in m.state_dict().items()} for m in models]
+    before = [{k: v.clone() for k, v in m.state_dict().items() if BLEND_SLOT not in k} for m in models]
     with stock_blender.apply(Blend(tuple(blend))) as pipe:
         unfused = run(pipe)
     with stock_blender.apply(Blend(tuple(blend), fuse=True)) as pipe:
@@ -264,8 +271,9 @@ def test_fuse_matches_unfused_and_restores_base_weights_bit_exactly(stock_blende
         fused = run(pipe)
     assert np.abs(fused - unfused).max() <= 1e-5
     for model, saved in zip(models, before):
-        for key, value in model.state_dict().items():
-            assert torch.equal(value, saved[key]), key
+        now = model.state_dict()
+        for key, value in saved.items():  # base and adapter weights (the stacked slot is scratch space)
+            assert torch.equal(now[key], value), key
         assert not any(m.merged for m in model.modules() if isinstance(m, BaseTunerLayer))
     with stock_blender.apply(Blend(tuple(blend))) as pipe:
         assert np.array_equal(run(pipe), unfused)
@@ -337,11 +345,11 @@ def test_step_range_first_half_follows_adapter_then_runs_without_it(tracing_blen
 
 
 def test_adapters_switch_only_when_the_active_set_changes(tracing_blender, monkeypatch):
-    import pipelines.lora
+    import pipelines.lora_layers
 
     calls = []
-    real = pipelines.lora._activate
-    monkeypatch.setattr(pipelines.lora, "_activate", lambda module, names: (calls.append(module), real(module, names))[1])
+    real = pipelines.lora_layers.activate
+    monkeypatch.setattr(pipelines.lora_layers, "activate", lambda module, names: (calls.append(module), real(module, names))[1])
     unet_layers_with_c = sum(1 for m in tracing_blender.pipe.unet.modules() if isinstance(m, BaseTunerLayer) and "c" in m.lora_A)
     call = dict(CALL, num_inference_steps=STEPS)
     with tracing_blender.apply(Blend.of({"c": 0.5, "d": 0.5})) as pipe:
