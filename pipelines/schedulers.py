@@ -119,8 +119,9 @@ def make_scheduler(
     """Build registry scheduler ``name`` from a model's scheduler config.
 
     timestep_spacing: None keeps the model's; else one of TIMESTEP_SPACINGS.
-    zero_snr: None keeps the model's ``rescale_betas_zero_snr``; True/False forces it. For a
-        class without that option, True raises ValueError (its sigmas would be infinite).
+    zero_snr: None keeps the model's ``rescale_betas_zero_snr``; True/False forces it. Classes
+        without that option (LMS, Heun, DPM2, DPM++ SDE, PNDM, DEIS) get the rescaled betas as
+        ``trained_betas`` (see ``zero_snr_betas``), so a zero-SNR model samples with its own schedule.
     sigmas: None keeps the entry's default; "karras" / "exponential" / "default" override it.
     The model's ``prediction_type`` is always kept.
     """
@@ -139,11 +140,7 @@ def make_scheduler(
     if _accepts(spec.cls, "rescale_betas_zero_snr"):
         kwargs["rescale_betas_zero_snr"] = wants_zero_snr
     elif wants_zero_snr:
-        supported = [n for n, s in SCHEDULERS.items() if _accepts(s.cls, "rescale_betas_zero_snr")]
-        raise ValueError(
-            f"scheduler={name!r} does not support zero_snr=True (rescale_betas_zero_snr); "
-            f"schedulers that do: {supported}"
-        )
+        kwargs["trained_betas"] = zero_snr_betas(config).tolist()
 
     if sigmas is not None:
         if sigmas not in SIGMA_KINDS:
@@ -287,6 +284,17 @@ def training_betas(config) -> np.ndarray:
         root = (root - last) * first / (first - last)
         ab = root**2
         betas = 1.0 - np.concatenate([ab[:1], ab[1:] / ab[:-1]])
+    return betas
+
+
+def zero_snr_betas(config) -> np.ndarray:
+    """Zero-terminal-SNR betas for classes without ``rescale_betas_zero_snr``, with the final
+    alpha_bar lifted from 0 to 2^-24 (what diffusers' Euler / DPM-Solver / UniPC do) so that
+    sigma_max = sqrt((1 - 2^-24) / 2^-24) ~ 4096 stays finite for sigma-space samplers."""
+    config = dict(config, rescale_betas_zero_snr=True)
+    betas = training_betas(config)
+    alpha_bar = np.cumprod(1.0 - betas)
+    betas[-1] = 1.0 - 2.0**-24 / alpha_bar[-2]
     return betas
 
 

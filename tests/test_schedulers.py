@@ -39,8 +39,9 @@ def test_bad_name_lists_valid_names(eps_config):
 
 @pytest.mark.parametrize("name", [n for n in scheduler_names() if not n.startswith("DPM2")])  # DPM2 init ~2 s
 def test_built_from_model_config_keeps_prediction_type(v_config, eps_config, name):
+    """(zero-SNR v config for a few, so trained_betas emulation does not hide the check)"""
     cls = SCHEDULERS[name].cls
-    config = v_config if "rescale_betas_zero_snr" in cls.__init__.__code__.co_varnames else eps_config
+    config = v_config if name in ("DDIM", "Euler", "UniPC") else eps_config
     s = make_scheduler(name, config)
     assert isinstance(s, cls)
     assert s.config.prediction_type == config.prediction_type
@@ -60,8 +61,16 @@ def test_options(eps_config, v_config):
         make_scheduler("DDIM", eps_config, timestep_spacing="middle")
     with pytest.raises(ValueError, match="sigmas='karras'"):
         make_scheduler("DDIM", eps_config, sigmas="karras")
-    with pytest.raises(ValueError, match="zero_snr=True"):
-        make_scheduler("Heun", v_config)
+
+
+@pytest.mark.parametrize("name", ["Heun", "LMS", "PNDM", "DEIS", "DPM++ SDE"])
+def test_zero_snr_emulated_with_trained_betas(v_config, name):
+    euler = make_scheduler("Euler", v_config)  # diffusers' own zero-SNR rescale, alpha_bar_T = 2^-24
+    other = make_scheduler(name, v_config)
+    assert other.config.trained_betas is not None
+    assert other.alphas_cumprod[-1].item() == pytest.approx(2.0**-24, rel=1e-3)
+    torch.testing.assert_close(other.alphas_cumprod, euler.alphas_cumprod, atol=2e-6, rtol=0)
+    assert make_scheduler(name, v_config, zero_snr=False).config.trained_betas is None
 
 
 def test_training_schedule_arrays(eps_config, v_config):

@@ -132,19 +132,13 @@ def test_clip_skip_matches_hand_reference(eps_components, clip_skip):
     assert np.abs(a - b).max() <= TOL
 
 
-@pytest.fixture(scope="module")
-def v_plain_components():
-    return make_tiny_components("v_prediction", zero_snr=False)
-
-
 @pytest.mark.parametrize("name", scheduler_names())
-def test_v_prediction_matches_diffusers(v_components, v_plain_components, name):
-    """Zero-terminal-SNR v model where the scheduler supports it, else a plain v model."""
-    zero_snr = "rescale_betas_zero_snr" in SCHEDULERS[name].cls.__init__.__code__.co_varnames
-    ours, ref = _pipes(v_components if zero_snr else v_plain_components, name)
+def test_v_prediction_matches_diffusers(v_components, name):
+    """Zero-terminal-SNR v model (classes without the option get the rescaled betas as trained_betas)."""
+    ours, ref = _pipes(v_components, name)
     a, out = _run_both(ours, ref, prompt="a blue square", negative_prompt="red", guidance_scale=5.0,
                        guidance_rescale=0.5, num_inference_steps=2, ours_kwargs={"record": "full"})
-    assert np.abs(a - out.images).max() <= TOL
+    assert np.isfinite(a).all() and np.abs(a - out.images).max() <= TOL
     r = out.trace[-1]
     assert r.eps_guided is not None and r.eps_cond is not None and r.x0_guided is not None
 
@@ -158,11 +152,6 @@ def test_v_model_record_is_in_epsilon_space(v_components):
     torch.testing.assert_close(r.eps_guided, r.eps_uncond + 4.0 * (r.eps_cond - r.eps_uncond), atol=1e-5, rtol=1e-5)
     # and x0 = x_s - sigma eps in Euler's sigma space
     torch.testing.assert_close(r.x0_guided, r.x_t - r.sigma * r.eps_guided, atol=1e-5, rtol=1e-5)
-
-
-def test_zero_snr_unsupported_scheduler_is_an_error(v_components):
-    with pytest.raises(ValueError, match="Heun"):
-        make_scheduler("Heun", v_components["scheduler"].config)
 
 
 # ---------------------------------------------------------------- x0 vs the schedulers' own
