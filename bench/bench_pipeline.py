@@ -135,14 +135,16 @@ def main() -> None:
     }
 
     def run(name):
+        """(wall seconds, process CPU seconds). On a shared CPU box the CPU time is the steadier
+        measure of the work done (OMP_NUM_THREADS=1: one thread computes); on CUDA, wall only."""
         pipe, extra = variants[name]
         if device == "cuda":
             torch.cuda.synchronize()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         pipe(generator=torch.Generator(device="cpu").manual_seed(0), **call, **extra)
         if device == "cuda":
             torch.cuda.synchronize()
-        return time.perf_counter() - start
+        return time.perf_counter() - start, time.process_time() - cpu_start
 
     names = list(variants)
     for name in names:  # warm-up
@@ -155,14 +157,18 @@ def main() -> None:
 
     print(f"# bench_pipeline: {label}; {steps} steps, {size}x{size} px, guidance {args.guidance}, "
           f"{args.repeats} interleaved repeats")
-    print(f"# machine: {platform.machine()} {os.cpu_count()} cpus, torch {torch.__version__}, device {device}"
+    print(f"# machine: {platform.machine()} {os.cpu_count()} cpus (load average {os.getloadavg()[0]:.1f}), torch {torch.__version__}, device {device}"
           + (f" ({torch.cuda.get_device_name()})" if device == "cuda" else "")
           + f", OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, dtype {str(dtype).split('.')[-1]}")
-    print(f"{'variant':<18}{'median s':>10}{'ratio':>9}")
+    measures = ("wall",) if device == "cuda" else ("wall", "cpu")
+    print(f"{'variant':<18}" + "".join(f"{m + ' s':>10}{m + ' ratio':>12}" for m in measures))
     for name in names:
-        ratios = [t / s for t, s in zip(times[name], times["stock"])]
-        print(f"{name:<18}{statistics.median(times[name]):>10.3f}{statistics.median(ratios):>8.3f}x")
-
+        line = f"{name:<18}"
+        for k, m in enumerate(measures):
+            mine = [t[k] for t in times[name]]
+            ratios = [a[k] / b[k] for a, b in zip(times[name], times["stock"])]
+            line += f"{statistics.median(mine):>10.3f}{statistics.median(ratios):>11.3f}x"
+        print(line)
 
 if __name__ == "__main__":
     main()
