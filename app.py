@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 
 import gradio as gr
 
@@ -25,11 +26,18 @@ MAX_FILE_SIZE = "5mb"
 DELETE_CACHE = (3600, 3600)  # previews are temp files: sweep hourly, drop those older than an hour
 CSS = """
 .pixelated img, .pixelated canvas { image-rendering: pixelated; }
+.pixelated .image-frame img, .pixelated .upload-container img { width: 100%; height: 100%; object-fit: contain; }
 #final-image img { image-rendering: pixelated; object-fit: contain; }
 .lab-note { color: var(--body-text-color-subdued); font-size: 0.9em; }
 """
 THEME = gr.themes.Soft(primary_hue="violet", secondary_hue="sky", radius_size="md")
 DEFAULT_SCHEDULERS = ["DDIM", "Euler a", "DPM++ 2M Karras", "Heun"]
+
+
+def pixel_gallery(label: str, columns: int, height: int, **kwargs) -> gr.Gallery:
+    """A gallery for small generated images: whole images (contain), crisp pixels."""
+    return gr.Gallery(label=label, columns=columns, height=height, object_fit="contain", elem_classes="pixelated",
+                      **kwargs)
 
 
 def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
@@ -38,6 +46,7 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
     size_lo, size_hi, size_step = gen.size_range(engine)
     schedulers = eng.known_schedulers()
     presets = [p.id for p in engine.lora_presets()]
+    default_scheduler, default_steps, default_guidance = engine.defaults()
     gpu = dict(concurrency_id=PIPELINE, concurrency_limit=concurrency_limit)
 
     with gr.Blocks(title="Diffusion Lab", delete_cache=DELETE_CACHE) as demo:
@@ -53,10 +62,11 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
                     with gr.Row():
                         model = gr.Dropdown(eng.model_choices(), value=engine.model_id, label="Model",
                                             allow_custom_value=True)
-                        scheduler = gr.Dropdown(schedulers, value="DDIM", label="Scheduler")
+                        scheduler = gr.Dropdown(schedulers, value=default_scheduler, label="Scheduler")
                     with gr.Row():
-                        steps = gr.Slider(1, gen.MAX_STEPS, value=20, step=1, label="Steps")
-                        guidance_scale = gr.Slider(*gen.GUIDANCE_RANGE, value=7.5, step=0.5, label="Guidance scale")
+                        steps = gr.Slider(1, gen.MAX_STEPS, value=default_steps, step=1, label="Steps")
+                        guidance_scale = gr.Slider(*gen.GUIDANCE_RANGE, value=default_guidance, step=0.5,
+                                                   label="Guidance scale")
                     with gr.Row():
                         seed = gr.Number(value=0, precision=0, minimum=0, maximum=gen.check.MAX_SEED, label="Seed")
                         randomize_seed = gr.Checkbox(value=False, label="Randomize seed")
@@ -95,8 +105,7 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
                                               elem_id="x0-preview", interactive=False)
                     image = gr.Image(label="Image (PNG with its settings)", format="png", height=300,
                                      elem_id="final-image", interactive=False)
-                    gallery = gr.Gallery(label="All images", columns=4, height=200, format="png", elem_classes="pixelated",
-                                         visible=False)
+                    gallery = pixel_gallery("All images", 4, 200, format="png", visible=False)
                     status = gr.Markdown("", elem_id="status")
                     settings = gr.Code(label="Settings (JSON)", language="json", interactive=False, max_lines=14)
 
@@ -120,7 +129,7 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
                     adherence_prompts = gr.Slider(0, labs.MAX_ADHERENCE_PROMPTS, value=8, step=1,
                                                   label="Shapes-world prompts for the adherence curve")
                     sweep_btn = gr.Button("Run sweep", variant="primary")
-                sweep_grid = gr.Gallery(label="Same seed, rising guidance", columns=6, height=240, elem_classes="pixelated")
+                sweep_grid = pixel_gallery("Same seed, rising guidance", 6, 240)
                 with gr.Row():
                     adherence_plot = gr.Plot(label="Prompt adherence (scorer)", show_label=False)
                     adherence_table = gr.Markdown("")
@@ -128,7 +137,7 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
                 with gr.Row():
                     methods = gr.CheckboxGroup(list(GUIDANCE_METHODS), value=["cfg", "apg", "cfg-zero-star"], label="Methods")
                     methods_btn = gr.Button("Compare methods", variant="primary")
-                methods_grid = gr.Gallery(label="Same seed, different guidance", columns=4, height=240, elem_classes="pixelated")
+                methods_grid = pixel_gallery("Same seed, different guidance", 4, 240)
 
         with gr.Tab("Scheduler lab"):
             with gr.Row():
@@ -141,9 +150,10 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
                 schedule_btn = gr.Button("Plot schedules")
                 compare_btn = gr.Button("Compare samplers on the Generate prompt and seed", variant="primary")
             schedule_plot = gr.Plot(label="Training schedule and chosen timesteps", show_label=False)
-            schedule_data = gr.JSON(label="Chosen timesteps", open=False)
-            compare_finals = gr.Gallery(label="Final images", columns=4, height=240, elem_classes="pixelated")
-            compare_traj = gr.Gallery(label="x0 trajectories", columns=1, height=420, elem_classes="pixelated")
+            with gr.Accordion("Chosen timesteps (data)", open=False):
+                schedule_data = gr.JSON(label="Chosen timesteps", show_label=False)
+            compare_finals = pixel_gallery("Final images", 4, 240)
+            compare_traj = pixel_gallery("x0 trajectories", 1, 420)
             calls_plot = gr.Plot(label="Model calls", show_label=False)
 
         with gr.Tab("Timestep explorer"):
@@ -188,12 +198,12 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
                         down = gr.Slider(0, 2, value=1, step=0.05, label="Down blocks x")
                         mid = gr.Slider(0, 2, value=1, step=0.05, label="Mid block x")
                         up = gr.Slider(0, 2, value=1, step=0.05, label="Up blocks x")
-                        start = gr.Slider(0, 1, value=0, step=0.05, label="From (fraction of steps)")
-                        end = gr.Slider(0, 1, value=1, step=0.05, label="Until")
+                        start = gr.Slider(0, 1, value=0, step=0.05, label="Active from (fraction)")
+                        end = gr.Slider(0, 1, value=1, step=0.05, label="Active until")
                     slots += [name, weight, te_weight, down, mid, up, start, end]
             lora = gr.Textbox(label="LoRA blend (used by Generate; JSON or 'name:weight, ...')", value="")
             lora_btn = gr.Button("Comparison grid: none / each / blend", variant="primary")
-            lora_gallery = gr.Gallery(label="LoRA comparison", columns=5, height=240, elem_classes="pixelated")
+            lora_gallery = pixel_gallery("LoRA comparison", 5, 240)
             with gr.Accordion("How it works", open=False):
                 gr.Markdown(HOW_IT_WORKS, latex_delimiters=[{"left": "$$", "right": "$$", "display": True},
                                                            {"left": "$", "right": "$", "display": False}])
@@ -263,8 +273,9 @@ def launch_kwargs() -> dict:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=None, help="model registry id (default: sd15 with CUDA, tiny-shapes without)")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=7860)
+    # a Space sets GRADIO_SERVER_NAME=0.0.0.0 (and the port): honour them, else stay on localhost
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     parser.add_argument("--share", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

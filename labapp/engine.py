@@ -70,6 +70,16 @@ class Engine:
     def num_train_timesteps(self) -> int:
         return int(self.pipe.scheduler.config.num_train_timesteps)
 
+    def defaults(self) -> tuple[str, int, float]:
+        """(scheduler, steps, guidance scale) the model registry suggests for this model."""
+        try:
+            from pipelines.models import model_spec
+
+            spec = model_spec(self.model_id)
+            return spec.default_scheduler, spec.default_steps, spec.default_guidance
+        except (ImportError, ValueError):
+            return "DDIM", 20, 7.5
+
     def lora_presets(self) -> list:
         """The LoRA presets of this model's family whose weights are on disk (or cached)."""
         if self.blender is None:

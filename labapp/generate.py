@@ -38,6 +38,8 @@ def parse_lora(field: str, spec, presets: list[str]) -> list[dict]:
     """
     if spec is None or (isinstance(spec, str) and not spec.strip()):
         return []
+    if isinstance(spec, str):
+        check.text(field, spec, check.MAX_LORA_CHARS)
     if isinstance(spec, str) and not spec.lstrip().startswith("["):
         items = []
         for part in spec.split(","):

@@ -17,6 +17,7 @@ import gradio as gr
 MAX_PROMPT_CHARS = 2000
 MAX_SEED = 2**32 - 1
 MAX_LIST_ITEMS = 8
+MAX_LORA_CHARS = 4000
 
 
 def fail(field: str, value, allowed: str) -> gr.Error:
@@ -97,5 +98,5 @@ def json_value(field: str, value, allowed: str):
         return value
     try:
         return json.loads(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):  # RecursionError: absurdly deep nesting
         raise fail(field, value, allowed) from None

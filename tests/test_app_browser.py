@@ -88,13 +88,16 @@ def test_every_tab_renders_without_console_errors(page, tab):
         page.get_by_role("button", name="Load sample").click()
         page.wait_for_timeout(800)
         page.get_by_role("button", name="Add noise").click()
-        page.get_by_text("alpha_bar =").first.wait_for(timeout=60_000)
+        page.get_by_text("signal sqrt(alpha_bar)").first.wait_for(timeout=60_000)
     if tab == "Scheduler lab":
         page.get_by_role("button", name="Compare samplers on the Generate prompt and seed").click()
         page.get_by_text("Heun - ").first.wait_for(timeout=60_000)
     if tab == "CFG lab":
         page.get_by_role("button", name="Run sweep").click()
         page.get_by_text("w = 12").first.wait_for(timeout=60_000)
+    if tab == "LoRA mixer":
+        page.get_by_text("How it works").click()
+        page.locator(".katex").first.wait_for(timeout=30_000)  # the formulas rendered
     page.wait_for_timeout(800)
     shot(page, tab.lower().replace(" ", "-"))
     assert page.console_errors == [], page.console_errors
