@@ -110,7 +110,7 @@ class LoraBlender:
         """
         path = Path(path)
         refuse_unsafe_name(path)  # before any read
-        if not isinstance(name, str) or not name or name == lora_layers.BLEND_SLOT:
+        if not isinstance(name, str) or not name or name.startswith(lora_layers.BLEND_SLOT):
             raise ValueError(f"adapter name {name!r} is not allowed; give a non-empty name")
         if name in self._adapters:
             if Path(self._adapters[name].path) == path.resolve():

@@ -17,7 +17,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-BLEND_SLOT = "blend__stacked"  # the extra peft adapter slot; never a user adapter name
+BLEND_SLOT = "blend__stacked"  # prefix of the extra peft adapter slots; never a user adapter name
+
+
+def slot_name(rank: int) -> str:
+    """One slot per stacked rank, made on first use and kept, so switching blends allocates nothing."""
+    return f"{BLEND_SLOT}_r{rank}"
 
 
 def freeze(module) -> None:
@@ -56,21 +61,22 @@ def _stackable(module, names) -> bool:
     return False
 
 
-def _write_stacked(module, names: list[str]) -> None:
-    """(Re)build the blend slot from the named adapters at their current scaling."""
+def _write_stacked(module, names: list[str]) -> str:
+    """Fill the slot of this rank from the named adapters at their current scaling; its name."""
     from peft import LoraConfig
 
     rank = sum(module.r[n] for n in names)
-    if BLEND_SLOT not in module.lora_A or module.r[BLEND_SLOT] != rank:
+    slot = slot_name(rank)
+    if slot not in module.lora_A:
         # rank = alpha: the slot's own scaling is 1, the adapters' scales live in B
-        module.update_layer(BLEND_SLOT, rank, lora_alpha=rank,
+        module.update_layer(slot, rank, lora_alpha=rank,
                             config=LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=False))
         freeze(module)
     with torch.no_grad():
-        module.lora_A[BLEND_SLOT].weight.copy_(torch.cat([module.lora_A[n].weight for n in names], dim=0))
-        module.lora_B[BLEND_SLOT].weight.copy_(
-            torch.cat([module.lora_B[n].weight * module.scaling[n] for n in names], dim=1))
-    module.scaling[BLEND_SLOT] = 1.0
+        torch.cat([module.lora_A[n].weight for n in names], dim=0, out=module.lora_A[slot].weight)
+        torch.cat([module.lora_B[n].weight * module.scaling[n] for n in names], dim=1, out=module.lora_B[slot].weight)
+    module.scaling[slot] = 1.0
+    return slot
 
 
 def set_layer_scales(module, scales: dict[str, float], stack: bool = True) -> None:
@@ -82,8 +88,7 @@ def set_layer_scales(module, scales: dict[str, float], stack: bool = True) -> No
     for name, weight in scales.items():
         module.set_scale(name, weight)
     if stack and len(names) >= 2 and _stackable(module, names):
-        _write_stacked(module, names)
-        names = [BLEND_SLOT]
+        names = [_write_stacked(module, names)]
     if list(module.active_adapters) != names:
         activate(module, names)
 
