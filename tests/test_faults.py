@@ -261,7 +261,13 @@ def app_server():
 
     engine = tiny_engine()
     flaky = FlakyUNet(engine.pipe.unet)
-    demo, url = launch(engine, concurrency_limit=1)
+    for attempt in range(3):  # Gradio's start-up probe of localhost times out on a loaded 2-core machine
+        try:
+            demo, url = launch(engine, concurrency_limit=1)
+            break
+        except ValueError as error:
+            if "localhost is not accessible" not in str(error) or attempt == 2:
+                raise
     yield {"url": url, "engine": engine, "flaky": flaky, "client": Client(url, verbose=False)}
     demo.close()
 
@@ -306,7 +312,10 @@ def test_client_abandoning_a_stream_does_not_block_the_next_request(app_server):
     assert time.perf_counter() - started < 120
 
 
-def test_lora_file_that_disappears_after_load_keeps_loaded_blends_working(tmp_path):
+def lora_vanish_scenario(mode: str, folder: str) -> None:
+    """Load two LoRA files into a blender, generate with several blends, make the files go away
+    (``mode``: "delete" = unlink, "replace" = os.replace by garbage, "overwrite" = truncate and write
+    garbage in place, as `cp` does), generate again: the loaded blends must give the same images."""
     from pipelines import TracingStableDiffusionPipeline
     from pipelines.lora import Blend, LoraBlender
     from tests.lora_factory import random_lora, save_diffusers_lora
@@ -316,13 +325,12 @@ def test_lora_file_that_disappears_after_load_keeps_loaded_blends_working(tmp_pa
     pipe.set_progress_bar_config(disable=True)
     paths = {}
     for i, name in enumerate(("a", "b")):
-        folder = tmp_path / name
-        folder.mkdir()
-        paths[name] = save_diffusers_lora(random_lora(pipe.unet, pipe.text_encoder, seed=10 + i), str(folder))
+        sub = os.path.join(folder, name)
+        os.makedirs(sub, exist_ok=True)
+        paths[name] = save_diffusers_lora(random_lora(pipe.unet, pipe.text_encoder, seed=10 + i), sub)
     blender = LoraBlender(pipe)
     for name, path in paths.items():
         blender.load(name, path)
-
     blends = [Blend.of({"a": 0.8, "b": -0.5}), Blend.of({"a": 0.8, "b": -0.5}, fuse=True), Blend.of({"b": 1.0}), None]
 
     def run_all():
@@ -334,19 +342,45 @@ def test_lora_file_that_disappears_after_load_keeps_loaded_blends_working(tmp_pa
         return images
 
     before = run_all()
-    os.remove(paths["a"])  # deleted
-    with open(paths["b"], "wb") as f:  # replaced by garbage
-        f.write(b"not a safetensors file")
+    for path in paths.values():
+        if mode == "delete":
+            os.remove(path)
+        elif mode == "replace":
+            with open(path + ".new", "wb") as f:
+                f.write(b"not a safetensors file")
+            os.replace(path + ".new", path)
+        else:
+            with open(path, "wb") as f:
+                f.write(b"not a safetensors file")
     after = run_all()
     for x, y in zip(before, after):
         np.testing.assert_array_equal(x, y)
     assert not np.array_equal(before[0], before[3]), "the blend should change the image"
-    # asking for the same adapter again does not touch the file; a new name for the vanished file is a clear error
+    # the same adapter again does not touch the file; a new name for a vanished file is a clear error
     assert blender.load("a", paths["a"]).name == "a"
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises((FileNotFoundError, ValueError), match="does not exist|not a safetensors file"):
         blender.load("a2", paths["a"])
-    with pytest.raises(ValueError, match="not a safetensors file"):
-        blender.load("b2", paths["b"])
+
+
+@pytest.mark.parametrize("mode", ["delete", "replace"])
+def test_lora_file_that_disappears_after_load_keeps_loaded_blends_working(mode, tmp_path):
+    lora_vanish_scenario(mode, str(tmp_path))
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "pipelines/lora.py LoraBlender.load (via diffusers load_lora_weights + safetensors): the loaded LoRA "
+    "tensors stay memory-mapped to the .safetensors file, so a file overwritten in place after loading "
+    "(cp/rsync over it) kills the process with SIGBUS (rc -7) at the next blend (lora_layers._write_stacked "
+    "reads lora_A). Stock StableDiffusionPipeline.load_lora_weights does the same. Fix: after "
+    "load_lora_weights, copy the adapter's parameters off the mapping (p.data = p.data.clone() for the new "
+    "adapter's lora_A/lora_B), or load from bytes (safetensors.torch.load(path.read_bytes()))."))
+def test_lora_file_overwritten_in_place_after_load_does_not_crash(tmp_path):
+    code = (f"import sys; sys.path.insert(0, {ROOT!r})\n"
+            f"from tests.test_faults import lora_vanish_scenario\n"
+            f"lora_vanish_scenario('overwrite', {str(tmp_path)!r})\nprint('SURVIVED')\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=train_env(tmp_path), capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0 and "SURVIVED" in proc.stdout, f"rc={proc.returncode}\n{proc.stderr[-2000:]}"
 
 
 def test_queue_overflow_is_refused_cleanly_and_the_server_keeps_serving():
