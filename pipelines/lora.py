@@ -131,6 +131,7 @@ class LoraBlender:
             except (ValueError, RuntimeError, KeyError) as e:
                 raise ValueError(f"LoRA {name!r} from {path} does not fit this pipeline's model: {e}") from e
             self._index_layers()
+            self._copy_off_file(name)
             counts = {c: sum(1 for l in self._layers if l.component == c and name in l.module.lora_A)
                       for c in ("unet", "text_encoder")}
             if not any(counts.values()):
@@ -149,6 +150,22 @@ class LoraBlender:
         if preset.id in self._adapters:
             return self._adapters[preset.id]
         return self.load(preset.id, preset_file(preset, offline=offline), preset=preset)
+
+    def _copy_off_file(self, name: str) -> None:
+        """Give the new adapter's weights their own memory.
+
+        diffusers loads with low_cpu_mem_usage, assigning the tensors safetensors returns, and
+        those stay memory-mapped to the file: a file overwritten in place after loading (cp,
+        rsync) would change the weights or kill the process with SIGBUS at the next blend.
+        """
+        with torch.no_grad():
+            for layer in self._layers:
+                module = layer.module
+                for attr in module.adapter_layer_names:
+                    parts = getattr(module, attr)
+                    if name in parts:
+                        for param in parts[name].parameters():
+                            param.data = param.data.clone()
 
     @staticmethod
     def _file_keys(path: Path) -> list[str]:
