@@ -50,8 +50,8 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
     gpu = dict(concurrency_id=PIPELINE, concurrency_limit=concurrency_limit)
 
     with gr.Blocks(title="Diffusion Lab", delete_cache=DELETE_CACHE) as demo:
-        gr.Markdown(header(engine.model_id, engine.device, engine.reason))
-        trace = gr.State(None)
+        header_md = gr.Markdown(header(engine.model_id, engine.device, engine.reason))
+        trace = gr.State(None, time_to_live=3600)  # a run's step records, per session, dropped after an hour
 
         with gr.Tab("Generate"):
             with gr.Row():
@@ -247,6 +247,7 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
         lora_btn.click(labs.lora_grid, [prompt, lora, seed, steps, guidance_scale, scheduler], lora_gallery,
                        api_name="lora_grid", **gpu)
         model.input(switch_model, model, status, api_visibility="private", **gpu)
+        demo.load(page_for_current_model, None, [header_md, model, width, height, noise_t], api_visibility="private")
 
     demo.queue(max_size=QUEUE_MAX_SIZE)
     return demo
@@ -262,6 +263,15 @@ def switch_model(model_id):
     except Exception as error:  # an offline machine or an unknown id: keep the current model
         raise gr.Error(f"model={model_id!r} could not be loaded ({error}); still using {current.model_id!r}.") from None
     return f"Loaded `{model_id}`: reload the page to update sizes and LoRA presets."
+
+
+def page_for_current_model():
+    """On page load: the header, sizes and timestep range of the model loaded now (it may have been switched)."""
+    engine = eng.current()
+    lo, hi, step = gen.size_range(engine)
+    size = gr.update(minimum=lo, maximum=hi, step=step, value=engine.native_size)
+    return (header(engine.model_id, engine.device, engine.reason), gr.update(value=engine.model_id), size, size,
+            gr.update(maximum=engine.num_train_timesteps - 1))
 
 
 def launch_kwargs() -> dict:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import queue
 import threading
 from dataclasses import dataclass, field
 
@@ -104,7 +105,8 @@ class Engine:
         peft's set_adapters is global pipeline state (peft issue 804): with a blender every call
         goes through ``blender.apply`` (its lock serializes blends; no LoRA = Blend()).
         """
-        if self.blender is None:
+        if self.blender is None or (not lora and not self.blender.adapters):
+            # nothing loaded, nothing to switch off: no lock, so plain requests run concurrently
             if lora:
                 raise ValueError(f"lora={lora!r}: this model has no LoRA support")
             yield self.pipe
@@ -254,18 +256,51 @@ def _generation_duration(settings: GenerationSettings, preview_every: int = 0, p
     return _gpu_seconds(settings.steps * settings.num_images + previews * settings.num_images)
 
 
+class _Cancelled(Exception):
+    pass
+
+
 @spaces.GPU(duration=_generation_duration)
 def stream_generation(settings: GenerationSettings, preview_every: int = 0, preview_decoder: str = "linear"):
-    """Yields one StepRecord per step (record='full'), then the TracingPipelineOutput."""
+    """Yields one StepRecord per step (record='full'), then the TracingPipelineOutput.
+
+    The pipeline runs in a thread of its own that holds ``engine.pipeline(...)`` (and so the
+    LoRA blender's lock) from start to end. Holding it in this generator would not work: Gradio
+    resumes a generator on whichever worker thread is free, and the blender's lock belongs to a
+    thread. Closing this generator (client gone) stops the run at its next step.
+    """
     engine = current()
-    with engine.pipeline(settings.lora) as pipe:
-        yield from pipe.iter_steps(
-            **call_kwargs(settings),
-            record="full",
-            preview_every=int(preview_every),
-            preview_decoder=preview_decoder,
-            preview_targets=("x_t", "x0_guided"),
-        )
+    records: queue.Queue = queue.Queue()
+    stop = threading.Event()
+    done = object()
+
+    def check_stop(record):
+        if stop.is_set():
+            raise _Cancelled()
+
+    def produce():
+        try:
+            with engine.pipeline(settings.lora) as pipe:
+                for item in pipe.iter_steps(**call_kwargs(settings), record="full", preview_every=int(preview_every),
+                                            preview_decoder=preview_decoder, preview_targets=("x_t", "x0_guided"),
+                                            step_callback=check_stop):
+                    records.put(item)
+        except _Cancelled:
+            pass
+        except BaseException as error:  # handed to the consumer, raised there
+            records.put(error)
+        finally:
+            records.put(done)
+
+    worker = threading.Thread(target=produce, name="diffusion-lab-generate", daemon=True)
+    worker.start()
+    try:
+        while (item := records.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
 
 
 def _batch_duration(jobs: list[GenerationSettings], record: str = "off") -> int:
