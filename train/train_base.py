@@ -3,7 +3,8 @@
     python train/train_base.py --output_dir models/tiny-shapes           # both stages, ~1 h on 2 CPU cores
     python train/train_base.py --output_dir models/tiny-shapes --resume  # continue after a stop
 
-Stage 1 trains an AutoencoderKL (32x32 RGB -> 8x8x4 latents, f=4). Stage 2 encodes the data set
+Stage 1 trains an AutoencoderKL (32x32 RGB -> 8x8x4 latents, f=4), then fine-tunes its decoder, encoder
+frozen, on the LoRA styles too (so style LoRAs have something to decode to). Stage 2 encodes the data set
 once and trains a UNet2DConditionModel jointly with a small CLIPTextModel whose tokenizer is built
 from the shapes-world vocabulary. Every component is a stock diffusers/transformers class, saved in
 diffusers format, so stock `StableDiffusionPipeline.from_pretrained` loads the result.
@@ -42,7 +43,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer  # noqa: E402
 
-from shapesworld import VOCABULARY, images_array  # noqa: E402
+from shapesworld import STYLES, VOCABULARY, images_array  # noqa: E402
 from shapesworld.tokenizer import build_clip_tokenizer_files  # noqa: E402
 
 MAX_TOKENS = 32  # longest shapes caption + a LoRA trigger phrase is ~14 tokens
@@ -54,11 +55,12 @@ def parse_args(argv=None):
     p.add_argument("--work_dir", default="runs/tiny-shapes", help="checkpoints, data cache and tensorboard logs")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--num_samples", type=int, default=20000, help="size of the rendered training set")
-    p.add_argument("--vae_steps", type=int, default=1200)
+    p.add_argument("--vae_steps", type=int, default=700)
     p.add_argument("--vae_batch_size", type=int, default=32)
     p.add_argument("--vae_lr", type=float, default=1e-3)
-    p.add_argument("--unet_steps", type=int, default=4000)
-    p.add_argument("--unet_batch_size", type=int, default=64)
+    p.add_argument("--decoder_steps", type=int, default=400, help="decoder fine-tune on the LoRA styles (encoder frozen)")
+    p.add_argument("--unet_steps", type=int, default=3000)
+    p.add_argument("--unet_batch_size", type=int, default=48)
     p.add_argument("--unet_lr", type=float, default=6e-4)
     p.add_argument("--warmup_steps", type=int, default=200)
     p.add_argument("--ema_decay", type=float, default=0.999)
@@ -249,6 +251,54 @@ def train_vae(args, accelerator: Accelerator, images: torch.Tensor) -> Autoencod
     return vae
 
 
+def finetune_decoder_on_styles(args, accelerator: Accelerator, vae: AutoencoderKL, images: torch.Tensor) -> AutoencoderKL:
+    """Teach the decoder the LoRA styles (outline, night, pastel) with the encoder frozen.
+
+    The UNet is trained on plain images only, but the style LoRAs must produce latents that decode
+    to dark backgrounds, hollow shapes and washed-out colors, which a VAE that never saw them cannot
+    reconstruct (measured: night images came back with light backgrounds, MSE ~1.0). Freezing the
+    encoder keeps the latent space, and so the UNet, exactly as it was; plain images stay in the mix
+    so their reconstructions do not degrade.
+    """
+    folder = os.path.join(args.work_dir, "vae")
+    final = os.path.join(folder, "final-styles")
+    if os.path.exists(os.path.join(final, "config.json")):
+        return AutoencoderKL.from_pretrained(final)
+    styled = [images_array(np.arange(2000) + (args.seed + k) * 1_000_000 + 500_000, style=style)[0]
+              for k, style in enumerate(STYLES, start=1)]
+    pool = torch.cat([images[:6000]] + [torch.from_numpy(x) for x in styled])  # (12000, 32, 32, 3)
+    vae.requires_grad_(False)
+    vae.decoder.requires_grad_(True)
+    params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    for p_ in vae.post_quant_conv.parameters():
+        p_.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=3e-4)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(20, args.decoder_steps))
+    bar = tqdm(range(args.decoder_steps), desc="decoder (styles)", disable=not accelerator.is_local_main_process)
+    for step in bar:
+        x = to_model_space(pool[batch_indices(step, args.vae_batch_size, len(pool), args.seed + 2)])
+        with torch.no_grad():
+            posterior = vae.encode(x).latent_dist
+        g = torch.Generator().manual_seed(args.seed * 31 + step)
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=g)
+        loss = F.mse_loss(vae.decode(z).sample, x)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step(); sched.step(); opt.zero_grad(set_to_none=True)
+        if step % 20 == 0:
+            accelerator.log({"decoder/mse": loss.item()}, step=step)
+            bar.set_postfix(mse=f"{loss.item():.4f}")
+    vae.requires_grad_(False)
+    vae.eval()
+    tmp = final + ".tmp"
+    vae.save_pretrained(tmp)
+    with open(os.path.join(tmp, "metrics.json"), "w") as f:
+        json.dump({"final_mse": loss.item(), "steps": args.decoder_steps}, f)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    return vae
+
+
 @torch.no_grad()
 def encode_dataset(vae: AutoencoderKL, images: torch.Tensor, cache: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Posterior mean and std of every training image, computed once (stage 2 samples from them)."""
@@ -268,6 +318,11 @@ def encode_dataset(vae: AutoencoderKL, images: torch.Tensor, cache: str) -> tupl
 def train_unet(args, accelerator: Accelerator, vae: AutoencoderKL, images, captions, tokenizer):
     folder = os.path.join(args.work_dir, "unet")
     os.makedirs(folder, exist_ok=True)
+    final = os.path.join(folder, "final")
+    if os.path.exists(os.path.join(final, "done.json")):  # stage already finished: EMA weights saved
+        done = json.load(open(os.path.join(final, "done.json")))
+        return (UNet2DConditionModel.from_pretrained(final, subfolder="unet").eval(),
+                CLIPTextModel.from_pretrained(final, subfolder="text_encoder").eval(), done["loss"])
     lat_mean, lat_std = encode_dataset(vae, images, os.path.join(args.work_dir, "latents.pt"))
     scale = vae.config.scaling_factor
     ids = tokenizer(captions, padding="max_length", truncation=True, max_length=MAX_TOKENS, return_tensors="pt").input_ids
@@ -315,6 +370,14 @@ def train_unet(args, accelerator: Accelerator, vae: AutoencoderKL, images, capti
 
     unet, text_encoder = accelerator.unwrap_model(unet), accelerator.unwrap_model(text_encoder)
     ema.copy_to(list(unet.parameters()) + list(text_encoder.parameters()))
+    if accelerator.is_main_process:
+        tmp = final + ".tmp"
+        unet.save_pretrained(os.path.join(tmp, "unet"))
+        text_encoder.save_pretrained(os.path.join(tmp, "text_encoder"))
+        with open(os.path.join(tmp, "done.json"), "w") as f:
+            json.dump({"loss": float(loss.item()), "steps": args.unet_steps}, f)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
     return unet.eval(), text_encoder.eval(), float(loss.item())
 
 
@@ -350,6 +413,8 @@ def main(argv=None):
     images, captions = load_data(args)
     vae = train_vae(args, accelerator, images)
     vae_metrics = json.load(open(os.path.join(args.work_dir, "vae", "final", "metrics.json")))
+    vae = finetune_decoder_on_styles(args, accelerator, vae, images)
+    vae_metrics["decoder_styles"] = json.load(open(os.path.join(args.work_dir, "vae", "final-styles", "metrics.json")))
     if args.stage == "vae":
         accelerator.end_training()
         return

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Train the embedded style LoRAs (outline, night, pastel) on models/tiny-shapes with
+# train/train_lora.py and install their weights under lora_presets/tiny-shapes/.
+#
+#   bash train/train_embedded_loras.sh            # all three, one after the other (~3 min each on 2 CPU cores)
+#   STYLES="night" bash train/train_embedded_loras.sh
+#
+# Outputs (checkpoints, validation images, model cards, logs) stay in runs/loras/<style>/;
+# only the final pytorch_lora_weights.safetensors is copied into the repo.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+STYLES=${STYLES:-"outline night pastel"}
+STEPS=${STEPS:-500}
+for style in $STYLES; do
+  [ -f "lora_presets/tiny-shapes/$style.safetensors" ] && [ -z "${FORCE:-}" ] && { echo "$style: already trained (FORCE=1 retrains)"; continue; }
+  out=runs/loras/$style
+  "$PY" train/train_lora.py \
+    --pretrained_model_name_or_path models/tiny-shapes \
+    --shapes_style "$style" --shapes_num_samples 1000 --trigger_word "$style" \
+    --caption_dropout_prob 0.1 \
+    --rank 8 --lora_alpha 8 --init_lora_weights gaussian \
+    --train_batch_size 32 --max_train_steps "$STEPS" \
+    --learning_rate 1e-3 --lr_scheduler warmup_cosine --lr_warmup_steps 50 --lr_min 1e-4 \
+    --checkpointing_steps 100 --checkpoints_total_limit 2 --resume_from_checkpoint latest \
+    --validation_prompt "$style, a large red circle in the center" --validation_steps 250 \
+    --report_to tensorboard --seed 0 --output_dir "$out"
+  mkdir -p lora_presets/tiny-shapes
+  cp "$out/pytorch_lora_weights.safetensors" "lora_presets/tiny-shapes/$style.safetensors.tmp"
+  mv "lora_presets/tiny-shapes/$style.safetensors.tmp" "lora_presets/tiny-shapes/$style.safetensors"
+done
