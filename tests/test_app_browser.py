@@ -67,7 +67,7 @@ def shot(page, name):
 
 
 def test_generation_streams_previews_then_the_final_image(page):
-    page.get_by_role("button", name="Generate", exact=True).wait_for(timeout=30_000)
+    page.get_by_role("button", name="Generate", exact=True).wait_for(timeout=120_000)
     assert page.get_by_text("Model:").count() >= 1
     page.evaluate(WATCH_PREVIEWS)
     page.get_by_role("button", name="Generate", exact=True).click()
