@@ -367,14 +367,9 @@ def test_lora_file_that_disappears_after_load_keeps_loaded_blends_working(mode, 
     lora_vanish_scenario(mode, str(tmp_path))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "pipelines/lora.py LoraBlender.load (via diffusers load_lora_weights + safetensors): the loaded LoRA "
-    "tensors stay memory-mapped to the .safetensors file, so a file overwritten in place after loading "
-    "(cp/rsync over it) kills the process with SIGBUS (rc -7) at the next blend (lora_layers._write_stacked "
-    "reads lora_A). Stock StableDiffusionPipeline.load_lora_weights does the same. Fix: after "
-    "load_lora_weights, copy the adapter's parameters off the mapping (p.data = p.data.clone() for the new "
-    "adapter's lora_A/lora_B), or load from bytes (safetensors.torch.load(path.read_bytes()))."))
 def test_lora_file_overwritten_in_place_after_load_does_not_crash(tmp_path):
+    """In a subprocess: before 2e92888 the loaded LoRA tensors stayed memory-mapped to the file, and
+    overwriting it in place (cp over it) killed the process with SIGBUS at the next blend."""
     code = (f"import sys; sys.path.insert(0, {ROOT!r})\n"
             f"from tests.test_faults import lora_vanish_scenario\n"
             f"lora_vanish_scenario('overwrite', {str(tmp_path)!r})\nprint('SURVIVED')\n")

@@ -393,10 +393,10 @@ CASES: list[Case] = [
     Case("lora-step-range", "API /generate", 'lora=[{"name": "x", "step_range": [0.9, 0.1]}]',
          "error naming `lora[x].step_range`: start < end",
          api("/generate", lora='[{"name": "x", "step_range": [0.9, 0.1]}]'), r"lora\[x\]\.step_range=.*start < end"),
-    Case("lora-huge", "API /generate", "lora = 'a:1,' * 50000 (200 kB)", "error naming `lora name`, value shortened",
-         api("/generate", lora="a:1," * 50_000), r"lora name='a' is not allowed"),
-    Case("lora-deep-json", "API /generate", "lora = '[' * 100000 (nesting bomb)",
-         "error naming `lora` (a JSON list), not a RecursionError", api("/generate", lora="[" * 100_000),
+    Case("lora-huge", "API /generate", "lora = 'a:1,' * 50000 (200 kB)", "error naming `lora`: at most 4000 characters, value shortened",
+         api("/generate", lora="a:1," * 50_000), r"lora='a:1,a:1.*\(200000 characters\) is not allowed: at most 4000 characters"),
+    Case("lora-deep-json", "API /generate", "lora = '[' * 3000 (nesting bomb under the length cap)",
+         "error naming `lora` (a JSON list), not a RecursionError", api("/generate", lora="[" * 3000),
          r"lora='\[\[\[.*is not allowed"),
     # --- prompts: size, unicode, empties
     Case("prompt-huge", "API /generate", "prompt = 'x' * 20000", "error naming `prompt`: at most 2000 characters",
@@ -565,9 +565,6 @@ CASES = [Case(c.id, c.where, c.input, c.expected, _all_schedulers, c.match) if c
 
 # Cases where another module falls short of the contract; each reason names the module and the fix.
 KNOWN_FAILURES = {
-    "lora-deep-json": "labapp/validation.py json_value catches TypeError/ValueError but not RecursionError: "
-                      "a deeply nested `lora` JSON reaches the client as 'maximum recursion depth exceeded' "
-                      "without the field; fix: also catch RecursionError (or cap the length of `lora`).",
     "lora-truncated": "pipelines/lora.py LoraBlender.load (_file_keys -> safe_open): a file cut after its header "
                       "raises safetensors' SafetensorError ('incomplete metadata, file not fully covered'), not a "
                       "ValueError naming the file; fix: in pipelines/lora_files.py check_safetensors_header, check "
@@ -588,7 +585,14 @@ def server():
     torch.set_num_threads(1)
     from tests.app_server import launch, tiny_engine
 
-    demo, url = launch(tiny_engine(), concurrency_limit=1)
+    engine = tiny_engine()
+    for attempt in range(3):  # Gradio's start-up probe of localhost times out on a loaded 2-core machine
+        try:
+            demo, url = launch(engine, concurrency_limit=1)
+            break
+        except ValueError as error:
+            if "localhost is not accessible" not in str(error) or attempt == 2:
+                raise
     yield url
     demo.close()
 
@@ -641,11 +645,11 @@ def test_server_keeps_serving_after_the_batch(ctx):
     assert len(grid) == 2
 
 
-@pytest.mark.xfail(strict=True, reason="app.py/Gradio: Slider/Number/Dropdown range and choice errors are raised by "
-                                       "Gradio's preprocess before the handler and do not name the field "
-                                       "('Value 0 is less than minimum value 1.'); fix in labapp: give API "
-                                       "parameters our own checks by widening the component bounds is not wanted, "
-                                       "so the gap is Gradio's (its message could carry the component label).")
+@pytest.mark.xfail(strict=True, reason="Gradio 6.31 (app.py components): Slider/Number range and Dropdown/Radio "
+                                       "choice errors are raised in Gradio's preprocess, before the handler, and "
+                                       "do not name the field ('Value 0 is less than minimum value 1.'). Fix: "
+                                       "upstream, put the component label in Number.raise_if_out_of_bounds / "
+                                       "Dropdown.preprocess errors; our handlers already name the field.")
 def test_gradio_range_errors_name_the_field(ctx):
     with pytest.raises(Exception) as excinfo:
         ctx.client.predict(**(GENERATE_DEFAULTS | dict(steps=0)), api_name="/generate")
