@@ -2,7 +2,7 @@
 # Train the embedded style LoRAs (outline, night, pastel) on models/tiny-shapes with
 # train/train_lora.py and install their weights under lora_presets/tiny-shapes/.
 #
-#   bash train/train_embedded_loras.sh            # all three, one after the other (~3 min each on 2 CPU cores)
+#   bash train/train_embedded_loras.sh            # all three, one after the other (~8 min each on one CPU core)
 #   STYLES="night" bash train/train_embedded_loras.sh
 #
 # Outputs (checkpoints, validation images, model cards, logs) stay in runs/loras/<style>/;
@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 STYLES=${STYLES:-"outline night pastel"}
-STEPS=${STEPS:-500}
+STEPS=${STEPS:-800}
 for style in $STYLES; do
   [ -f "lora_presets/tiny-shapes/$style.safetensors" ] && [ -z "${FORCE:-}" ] && { echo "$style: already trained (FORCE=1 retrains)"; continue; }
   out=runs/loras/$style
@@ -19,11 +19,11 @@ for style in $STYLES; do
     --pretrained_model_name_or_path models/tiny-shapes \
     --shapes_style "$style" --shapes_num_samples 1000 --trigger_word "$style" \
     --caption_dropout_prob 0.1 \
-    --rank 8 --lora_alpha 8 --init_lora_weights gaussian \
+    --rank 16 --lora_alpha 16 --init_lora_weights gaussian --noise_offset 0.05 \
     --train_batch_size 32 --max_train_steps "$STEPS" \
-    --learning_rate 1e-3 --lr_scheduler warmup_cosine --lr_warmup_steps 50 --lr_min 1e-4 \
+    --learning_rate 2e-3 --lr_scheduler warmup_cosine --lr_warmup_steps 50 --lr_min 2e-4 \
     --checkpointing_steps 100 --checkpoints_total_limit 2 --resume_from_checkpoint latest \
-    --validation_prompt "$style, a large red circle in the center" --validation_steps 250 \
+    --validation_prompt "$style, a large red circle in the center" --validation_steps 400 \
     --report_to tensorboard --seed 0 --output_dir "$out"
   mkdir -p lora_presets/tiny-shapes
   cp "$out/pytorch_lora_weights.safetensors" "lora_presets/tiny-shapes/$style.safetensors.tmp"
