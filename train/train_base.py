@@ -166,6 +166,12 @@ def latest_checkpoint(folder: str) -> str | None:
     return os.path.join(folder, max(done, key=lambda d: int(d.split("-")[1]))) if done else None
 
 
+def publish_dir(tmp: str, final: str) -> None:
+    """Move a completely written folder into place (a crash before this leaves only ``*.tmp``)."""
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+
+
 def save_checkpoint(accelerator: Accelerator, folder: str, step: int, limit: int, extra: dict):
     final = os.path.join(folder, f"checkpoint-{step}")
     tmp = final + ".tmp"
@@ -173,8 +179,7 @@ def save_checkpoint(accelerator: Accelerator, folder: str, step: int, limit: int
     accelerator.save_state(tmp)
     with open(os.path.join(tmp, "done.json"), "w") as f:
         json.dump({"step": step, **extra}, f)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    publish_dir(tmp, final)
     done = sorted((d for d in os.listdir(folder) if d.startswith("checkpoint-") and not d.endswith(".tmp")),
                   key=lambda d: int(d.split("-")[1]))
     for old in done[:-limit]:
@@ -245,8 +250,7 @@ def train_vae(args, accelerator: Accelerator, images: torch.Tensor) -> Autoencod
     vae.save_pretrained(tmp)
     with open(os.path.join(tmp, "metrics.json"), "w") as f:
         json.dump({"final_mse": mse.item(), "latent_std": float(sample.std()), "steps": args.vae_steps}, f)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    publish_dir(tmp, final)
     accelerator.free_memory()
     return vae
 
@@ -264,7 +268,7 @@ def finetune_decoder_on_styles(args, accelerator: Accelerator, vae: AutoencoderK
     final = os.path.join(folder, "final-styles")
     if os.path.exists(os.path.join(final, "config.json")):
         return AutoencoderKL.from_pretrained(final)
-    styled = [images_array(np.arange(2000) + (args.seed + k) * 1_000_000 + 500_000, style=style)[0]
+    styled = [images_array(np.arange(min(2000, args.num_samples)) + (args.seed + k) * 1_000_000 + 500_000, style=style)[0]
               for k, style in enumerate(STYLES, start=1)]
     pool = torch.cat([images[:6000]] + [torch.from_numpy(x) for x in styled])  # (12000, 32, 32, 3)
     vae.requires_grad_(False)
@@ -294,8 +298,7 @@ def finetune_decoder_on_styles(args, accelerator: Accelerator, vae: AutoencoderK
     vae.save_pretrained(tmp)
     with open(os.path.join(tmp, "metrics.json"), "w") as f:
         json.dump({"final_mse": loss.item(), "steps": args.decoder_steps}, f)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    publish_dir(tmp, final)
     return vae
 
 
@@ -376,8 +379,7 @@ def train_unet(args, accelerator: Accelerator, vae: AutoencoderKL, images, capti
         text_encoder.save_pretrained(os.path.join(tmp, "text_encoder"))
         with open(os.path.join(tmp, "done.json"), "w") as f:
             json.dump({"loss": float(loss.item()), "steps": args.unet_steps}, f)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        publish_dir(tmp, final)
     return unet.eval(), text_encoder.eval(), float(loss.item())
 
 
