@@ -49,9 +49,21 @@ def check_safetensors_header(path: str | os.PathLike) -> None:
                              f"a {size}-byte file; a pickle or torch.save zip renamed .safetensors?)")
         header = f.read(header_len)
     try:
-        json.loads(header)
+        meta = json.loads(header)
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise ValueError(f"{path!r} is not a safetensors file (its header is not JSON)") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path!r} is not a safetensors file (its header is a JSON {type(meta).__name__}, "
+                         "not an object of tensors)")
+    # every tensor's byte range must lie inside the data section: catches a truncated file
+    data_size = size - 8 - header_len
+    ends = [entry.get("data_offsets", [0, 0])[-1] for key, entry in meta.items()
+            if key != "__metadata__" and isinstance(entry, dict)]
+    if len(ends) != sum(1 for k in meta if k != "__metadata__"):
+        raise ValueError(f"{path!r} is not a valid safetensors file (a header entry is not a tensor description)")
+    if ends and max(ends) > data_size:
+        raise ValueError(f"{path!r} is truncated: its header describes {max(ends)} bytes of tensors, "
+                         f"the file holds {data_size}")
 
 
 def local_source_path(path: str, repo_root: Path | None = None) -> Path:

@@ -564,16 +564,7 @@ def _all_schedulers(ctx):
 CASES = [Case(c.id, c.where, c.input, c.expected, _all_schedulers, c.match) if c.run is None else c for c in CASES]
 
 # Cases where another module falls short of the contract; each reason names the module and the fix.
-KNOWN_FAILURES = {
-    "lora-truncated": "pipelines/lora.py LoraBlender.load (_file_keys -> safe_open): a file cut after its header "
-                      "raises safetensors' SafetensorError ('incomplete metadata, file not fully covered'), not a "
-                      "ValueError naming the file; fix: in pipelines/lora_files.py check_safetensors_header, check "
-                      "that the header is a JSON object and that the largest data_offsets end equals the file size "
-                      "minus 8 minus the header length, or wrap SafetensorError in ValueError(path).",
-    "lora-header-list": "pipelines/lora.py LoraBlender.load: a header that is JSON but not an object ('[]') passes "
-                        "check_safetensors_header, then safe_open raises SafetensorError ('invalid type: sequence') "
-                        "without the file; same fix as lora-truncated.",
-}
+KNOWN_FAILURES: dict[str, str] = {}
 
 
 # ----------------------------------------------------------------------------- fixtures

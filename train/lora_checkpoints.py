@@ -62,6 +62,18 @@ def _write_json_durably(path: str, payload: dict) -> None:
         os.fsync(f.fileno())
 
 
+def _fsync_tree(folder: str) -> None:
+    """Flush every file of a freshly written folder to disk before its completion marker exists,
+    so that a power loss can never leave a marked checkpoint whose data is still in the page cache."""
+    for root, _, files in os.walk(folder):
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
 def remove_stale_partials(output_dir: str) -> None:
     """Delete half-written checkpoints left by a crash (main process only)."""
     if not os.path.isdir(output_dir):
@@ -91,6 +103,7 @@ def save_checkpoint(accelerator, output_dir: str, step: int, position: dict, tot
     accelerator.save_state(tmp)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        _fsync_tree(tmp)
         _write_json_durably(os.path.join(tmp, MARKER), {"global_step": step, **position})
         if os.path.exists(final):  # e.g. a resumed run reaching a step the killed run had saved
             trash = os.path.join(output_dir, f"{_TRASH_PREFIX}{step}")
