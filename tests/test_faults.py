@@ -18,11 +18,12 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 import numpy as np
 import pytest
+
+from tests.tiny import save_tiny_model, train_env, write_noise_imagefolder
 
 torch = pytest.importorskip("torch")
 
@@ -41,36 +42,13 @@ TRAIN_ARGS = ["--resolution", "16", "--train_batch_size", "2", "--max_train_step
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    from diffusers import StableDiffusionPipeline
-
-    from tests.tiny import make_tiny_components
-
-    components = make_tiny_components()
-    components.pop("image_encoder")
-    folder = str(tmp_path_factory.mktemp("fault-model"))
-    StableDiffusionPipeline(**components, requires_safety_checker=False).save_pretrained(folder)
-    return folder
+    return save_tiny_model(str(tmp_path_factory.mktemp("fault-model")))
 
 
 @pytest.fixture(scope="module")
 def image_folder(tmp_path_factory):
-    from PIL import Image
+    return write_noise_imagefolder(tmp_path_factory.mktemp("fault-images"), 6, (16, 16), ["red circle", "blue square"], seed=1)
 
-    folder = tmp_path_factory.mktemp("fault-images")
-    rng = np.random.default_rng(1)
-    with open(folder / "metadata.jsonl", "w", encoding="utf-8") as f:
-        for i in range(6):
-            Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(folder / f"{i}.png")
-            f.write(json.dumps({"file_name": f"{i}.png", "text": ["red circle", "blue square"][i % 2]}) + "\n")
-    return str(folder)
-
-
-def train_env(tmp_path, **extra) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf-home"),
-               TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
-    env.pop("HF_TOKEN", None)
-    env.update(extra)
-    return env
 
 
 def closed_port() -> int:

@@ -19,7 +19,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+
+from tests.tiny import save_tiny_model, train_env, write_noise_imagefolder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "train", "train_lora.py")
@@ -44,36 +45,15 @@ TRAIN_ARGS = [
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    from diffusers import StableDiffusionPipeline
-
-    from tests.tiny import make_tiny_components
-
-    components = make_tiny_components()
-    components.pop("image_encoder")
-    folder = str(tmp_path_factory.mktemp("tiny-model"))
-    StableDiffusionPipeline(**components, requires_safety_checker=False).save_pretrained(folder)
-    return folder
+    return save_tiny_model(str(tmp_path_factory.mktemp("tiny-model")))
 
 
 @pytest.fixture(scope="module")
 def image_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(0)
+    # non-square and larger than 16 px, so resize + random crop both do something
     captions = ["red circle", "blue square", "green triangle", "a photo of a cat", "a dog"]
-    with open(folder / "metadata.jsonl", "w", encoding="utf-8") as f:
-        for i in range(10):
-            # Non-square and larger than 16 px, so resize + random crop both do something.
-            Image.fromarray(rng.integers(0, 256, (20, 18, 3), dtype=np.uint8)).save(folder / f"{i:02d}.png")
-            f.write(json.dumps({"file_name": f"{i:02d}.png", "text": captions[i % 5]}) + "\n")
-    return str(folder)
+    return write_noise_imagefolder(tmp_path_factory.mktemp("images"), 10, (20, 18), captions, seed=0)
 
-
-def train_env(tmp_path, **extra) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf-home"),
-               TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
-    env.pop("HF_TOKEN", None)
-    env.update(extra)
-    return env
 
 
 def run_train(args, env, timeout=300) -> subprocess.CompletedProcess:

@@ -88,3 +88,36 @@ def make_tiny_components(prediction_type: str = "epsilon", seed: int = 0, zero_s
         "feature_extractor": None,
         "image_encoder": None,
     }
+
+
+def save_tiny_model(folder: str, **kwargs) -> str:
+    """Write the tiny components as a diffusers-format model folder (what trainers read)."""
+    from diffusers import StableDiffusionPipeline
+
+    components = make_tiny_components(**kwargs)
+    components.pop("image_encoder")
+    StableDiffusionPipeline(**components, requires_safety_checker=False).save_pretrained(folder)
+    return folder
+
+
+def write_noise_imagefolder(folder, count: int, size: tuple[int, int], captions: list[str], seed: int) -> str:
+    """An imagefolder of random-pixel PNGs with metadata.jsonl captions (cycled)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    with open(os.path.join(folder, "metadata.jsonl"), "w", encoding="utf-8") as f:
+        for i in range(count):
+            name = f"{i:02d}.png"
+            Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(os.path.join(folder, name))
+            f.write(json.dumps({"file_name": name, "text": captions[i % len(captions)]}) + "\n")
+    return str(folder)
+
+
+def train_env(tmp_path, **extra) -> dict:
+    """Environment for a trainer subprocess: one thread, offline, no real token, private HF_HOME."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf-home"),
+               TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+    env.pop("HF_TOKEN", None)
+    env.update(extra)
+    return env
