@@ -13,6 +13,7 @@ import os
 import gradio as gr
 
 from labapp import engine as eng
+from labapp import gradio_cache
 from labapp import generate as gen
 from labapp import labs, lora_ui, trace_views
 from labapp.docs import HOW_IT_WORKS, header
@@ -43,6 +44,7 @@ def pixel_gallery(label: str, columns: int, height: int, **kwargs) -> gr.Gallery
 def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
     """The whole app around ``engine`` (tests pass one built from tiny components)."""
     eng.install(engine)
+    gradio_cache.install()  # image outputs written once, atomically (see labapp/gradio_cache.py)
     size_lo, size_hi, size_step = gen.size_range(engine)
     schedulers = eng.known_schedulers()
     presets = [p.id for p in engine.lora_presets()]

@@ -56,10 +56,21 @@ def page(server):
         page.console_errors = []
         page.on("console", lambda m: m.type == "error" and page.console_errors.append(m.text))
         page.on("pageerror", lambda e: page.console_errors.append(str(e)))
+        # Names the resource behind a console "Failed to load resource"; ERR_ABORTED is the page closing
+        # its own event stream when a run ends, not a failure.
+        page.on("requestfailed", lambda r: "ERR_ABORTED" not in (r.failure or "")
+                and page.console_errors.append(f"request failed: {r.url} ({r.failure})"))
         page.goto(server, wait_until="domcontentloaded", timeout=60_000)
         yield page
         context.close()
     shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def fresh_errors(page):
+    """Each test answers for the errors raised while it ran (the page is shared by the module)."""
+    page.console_errors.clear()
+    yield
 
 
 def shot(page, name):
