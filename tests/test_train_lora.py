@@ -494,3 +494,47 @@ def test_shipped_accelerate_configs_parse():
     assert str(multi.distributed_type).endswith("MULTI_GPU") and multi.mixed_precision == "fp16"
     zero2 = load_config_from_file(os.path.join(folder, "deepspeed_zero2.yaml"))
     assert str(zero2.distributed_type).endswith("DEEPSPEED") and zero2.deepspeed_config["zero_stage"] == 2
+
+
+def test_mixed_target_adapter_keeps_every_layer_through_the_stock_loader(tmp_path):
+    """Attention + resnet + proj + ff + time-embedding LoRA layers in one file all load with stock
+    `load_lora_weights`, and give the images of the adapter applied by hand (peft)."""
+    from diffusers import StableDiffusionPipeline
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.tuners.lora import LoraLayer
+
+    from tests.tiny import make_tiny_components
+    from train.lora_export import save_adapter
+
+    targets = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
+               "conv1", "conv2", "time_emb_proj"]
+
+    def pipe():
+        p = StableDiffusionPipeline(**make_tiny_components(), requires_safety_checker=False)
+        p.set_progress_bar_config(disable=True)
+        return p
+
+    def images(p):
+        return p("red circle", num_inference_steps=2, height=16, width=16, output_type="np",
+                 generator=torch.Generator().manual_seed(0)).images
+
+    manual = pipe()
+    inject_adapter_in_model(LoraConfig(r=2, lora_alpha=4, init_lora_weights="gaussian", target_modules=targets),
+                            manual.unet, adapter_name="default")
+    torch.manual_seed(1)
+    for name, param in manual.unet.named_parameters():
+        if "lora_B" in name:
+            param.data.normal_(0, 0.5)  # B starts at zero: give it weights so the adapter does something
+    expected_layers = {n for n, m in manual.unet.named_modules() if isinstance(m, LoraLayer)}
+    assert {"to_q", "conv1", "proj_in", "time_emb_proj"} <= {n.rsplit(".", 1)[-1] for n in expected_layers}
+    save_adapter(str(tmp_path), manual.unet)
+
+    stock = pipe()
+    base = images(stock)
+    stock.load_lora_weights(str(tmp_path))
+    loaded = {n for n, m in stock.unet.named_modules() if isinstance(m, LoraLayer)}
+    assert loaded == expected_layers, sorted(expected_layers - loaded)[:5]
+    manual.unet.eval()
+    out = images(stock)
+    assert np.abs(out - base).max() > 1e-3
+    np.testing.assert_allclose(out, images(manual), atol=1e-5)

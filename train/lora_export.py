@@ -37,9 +37,13 @@ def save_adapter(output_dir: str, unet, text_encoder=None, export_kohya: bool = 
     te_state = peft_lora_state(text_encoder) if text_encoder is not None else None
     tmp_dir = os.path.join(output_dir, ".tmp-export")
     shutil.rmtree(tmp_dir, ignore_errors=True)
+    # UNet keys stay in peft format (lora_A / lora_B), which the stock loader reads as is.
+    # convert_state_dict_to_diffusers would rename only attention layers to the old lora.down/up
+    # names and leave resnet, proj and ff layers as lora_A/B: on loading, diffusers 0.42.1 then
+    # keeps one naming and silently drops the other (measured: 56 of 117 layers lost).
     StableDiffusionPipeline.save_lora_weights(
         tmp_dir,
-        unet_lora_layers=convert_state_dict_to_diffusers(unet_state),
+        unet_lora_layers=unet_state,
         text_encoder_lora_layers=convert_state_dict_to_diffusers(te_state) if te_state else None,
         unet_lora_adapter_metadata=inference_metadata(unet),
         text_encoder_lora_adapter_metadata=inference_metadata(text_encoder) if te_state else None,
