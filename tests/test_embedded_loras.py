@@ -1,0 +1,93 @@
+"""The shipped style LoRAs on the shipped embedded model do what their presets say, read by the
+shapes-world scorer on a few seeded prompts (the 100-prompt figures are bench/eval_style_loras.py's)."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from shapesworld import score_image
+from shapesworld.evaluate import eval_cases, generate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+N, STEPS = 12, 12
+
+
+@pytest.fixture(scope="module")
+def blender():
+    from pipelines import TracingStableDiffusionPipeline
+    from pipelines.lora import LoraBlender
+    from pipelines.lora_presets import presets_for_family
+
+    pipe = TracingStableDiffusionPipeline.from_pretrained(os.path.join(ROOT, "models", "tiny-shapes"))
+    pipe.set_progress_bar_config(disable=True)
+    b = LoraBlender(pipe)
+    for preset in presets_for_family("tiny-shapes"):
+        b.load_preset(preset, family="tiny-shapes")
+    return b
+
+
+@pytest.fixture(scope="module")
+def cases():
+    return eval_cases(N, seed=11)
+
+
+def run(blender, cases, weights: dict | None):
+    from pipelines.lora import Blend
+
+    with blender.apply(Blend.of(weights) if weights else None) as pipe:
+        images = generate(pipe, [c.prompt for c in cases], [c.seed for c in cases], 7.5, STEPS)
+    return images, [score_image(im) for im in images]
+
+
+@pytest.fixture(scope="module")
+def base(blender, cases):
+    return run(blender, cases, None)
+
+
+def share(readings, attr):
+    return float(np.mean([getattr(r, attr) for r in readings]))
+
+
+def saturation(readings):
+    return float(np.mean([r.saturation for r in readings if r.found]))
+
+
+def color_acc(readings, cases):
+    return float(np.mean([r.color == c.target.color for r, c in zip(readings, cases)]))
+
+
+def test_weight_zero_is_the_base_model_pixel_for_pixel(blender, cases, base):
+    images, _ = run(blender, cases[:4], {"outline": 0.0, "night": 0.0, "pastel": 0.0})
+    for a, b in zip(images, base[0][:4]):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_outline_hollows_the_shapes(blender, cases, base):
+    _, rs = run(blender, cases, {"outline": 1.0})
+    assert share(base[1], "hollow") <= 0.1
+    assert share(rs, "hollow") >= 0.6, [r.hollow for r in rs]
+    assert color_acc(rs, cases) >= 0.6
+
+
+def test_night_darkens_the_background(blender, cases, base):
+    _, rs = run(blender, cases, {"night": 1.0})
+    assert share(base[1], "dark_background") == 0.0
+    assert share(rs, "dark_background") >= 0.8
+    assert color_acc(rs, cases) >= 0.6
+
+
+def test_pastel_washes_out_the_colors(blender, cases, base):
+    _, rs = run(blender, cases, {"pastel": 1.0})
+    assert saturation(rs) <= 0.75 * saturation(base[1])
+    assert color_acc(rs, cases) >= 0.6
+
+
+def test_half_weight_lies_between(blender, cases, base):
+    def mean_luminance(images):
+        return float(np.mean([np.asarray(im, np.float32).mean() for im in images]))
+
+    half, _ = run(blender, cases, {"night": 0.5})
+    full, _ = run(blender, cases, {"night": 1.0})
+    assert mean_luminance(base[0]) > mean_luminance(half) > mean_luminance(full)
