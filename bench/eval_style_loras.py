@@ -110,7 +110,7 @@ def main():
     zero = ", ".join(f"{s} {results[f'{s}@0.0']['max_abs_diff_vs_base']:.0f}" for s in STYLES)
     body = f"""Command: `python bench/eval_style_loras.py` (machine: {machine()}; {args.num_samples} seeded prompts naming every
 attribute, no trigger words (the embedded presets have none); model's own DDIM scheduler, {args.steps} steps, guidance 7.5;
-read by `shapesworld.scorer`). LoRAs trained by `bash train/train_embedded_loras.sh` (rank 8, 1000 steps, batch 32, UNet
+read by `shapesworld.scorer`). LoRAs trained by `bash train/train_embedded_loras.sh` (rank 8, 1500 steps, batch 32, lr 2e-3, UNet
 attention + proj + feed-forward + resnet layers).
 
 | LoRA | weight | hollow | dark background | mean saturation | color acc. | shape acc. |
