@@ -33,6 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from shapesworld import score_image  # noqa: E402
 from shapesworld.world import STYLES, images_array  # noqa: E402
+from train.train_base import to_model_space  # noqa: E402
 
 KINDS = (None,) + STYLES
 
@@ -50,10 +51,6 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=4321)
     p.add_argument("--threads", type=int, default=0)
     return p.parse_args(argv)
-
-
-def to_model_space(images_uint8: torch.Tensor) -> torch.Tensor:
-    return images_uint8.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
 def render(kind, n: int, base_seed: int):
