@@ -32,6 +32,7 @@ def measure(pipe, cases, prefix: str, steps: int) -> tuple[dict, list]:
     return {
         "hollow": float(np.mean([r.hollow for r in rs])),
         "dark": float(np.mean([r.dark_background for r in rs])),
+        "both_effects": float(np.mean([r.hollow and r.dark_background for r in rs])),
         "saturation": float(np.mean([r.saturation for r in rs if r.found] or [0.0])),
         "color": float(np.mean([r.color == c.target.color for r, c in zip(rs, cases)])),
         "shape": float(np.mean([r.shape == c.target.shape for r, c in zip(rs, cases)])),
@@ -66,47 +67,44 @@ def main():
     args = p.parse_args()
 
     from pipelines import TracingStableDiffusionPipeline
-    from pipelines.lora import AdapterSetting, Blend, LoraBlender
+    from pipelines.lora import Blend, LoraBlender
+    from pipelines.lora_presets import presets_for_family
 
     pipe = TracingStableDiffusionPipeline.from_pretrained(args.model)
     pipe.set_progress_bar_config(disable=True)
     blender = LoraBlender(pipe)
-    from pipelines.lora_presets import load_presets
-
-    presets = {p.id: p for p in load_presets() if p.id in STYLES}
+    presets = {p.id: p for p in presets_for_family("tiny-shapes") if p.id in STYLES}
     for style in STYLES:
-        blender.load(style, f"lora_presets/tiny-shapes/{style}.safetensors")
+        blender.load_preset(presets[style], family="tiny-shapes")
     prefix = {s: "".join(f"{w}, " for w in presets[s].trigger_words) for s in STYLES}
     cases = eval_cases(args.num_samples, seed=7)
 
-    rows, results = [], {}
-    with blender.apply(None) as p0:
-        base, base_images = measure(p0, cases, "", args.steps)
-    results["base"] = base
-    rows.append(("base model", "-", base))
+    def base(pre: str) -> tuple[dict, list]:
+        with blender.apply(None) as p0:
+            return measure(p0, cases, pre, args.steps)
+
+    results = {}
+    results["base"], plain_images = base("")
+    rows = [("base model", "-", results["base"])]
     for style in STYLES:
         for w in (0.0, 0.5, 1.0):
-            with blender.apply(Blend((AdapterSetting(style, w),))) as pw:
+            with blender.apply(Blend.of({style: w})) as pw:
                 r, images = measure(pw, cases, prefix[style], args.steps)
-            if w == 0.0:  # weight 0 must reproduce the base model (same prompts)
-                with blender.apply(None) as p0:
-                    _, ref = measure(p0, cases, prefix[style], args.steps)
+            if w == 0.0:  # must reproduce the base model on the same prompts (generated again only with a trigger)
+                ref = base(prefix[style])[1] if prefix[style] else plain_images
                 r["max_abs_diff_vs_base"] = float(max(np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).max()
                                                        for a, b in zip(images, ref)))
             results[f"{style}@{w}"] = r
             rows.append((style, f"{w:g}", r))
-    with blender.apply(Blend((AdapterSetting("outline", 1.0), AdapterSetting("night", 1.0)))) as pb:
-        images = generate(pb, [prefix["outline"] + prefix["night"] + c.prompt for c in cases], [c.seed for c in cases], 7.5, args.steps)
-    rs = [score_image(im) for im in images]
-    both = float(np.mean([r.hollow and r.dark_background for r in rs]))
-    results["outline+night"] = {"both_effects": both, "hollow": float(np.mean([r.hollow for r in rs])),
-                                "dark": float(np.mean([r.dark_background for r in rs]))}
+    with blender.apply(Blend.of({"outline": 1.0, "night": 1.0})) as pb:
+        results["outline+night"], _ = measure(pb, cases, prefix["outline"] + prefix["night"], args.steps)
+    both = results["outline+night"]["both_effects"]
     print(json.dumps(results, indent=2))
     if args.no_write:
         return
     table = "\n".join(f"| {name} | {w} | {r['hollow']:.2f} | {r['dark']:.2f} | {r['saturation']:.3f} | {r['color']:.2f} | {r['shape']:.2f} |"
                       for name, w, r in rows)
-    sat_drop = 1 - results["pastel@1.0"]["saturation"] / base["saturation"]
+    sat_drop = 1 - results["pastel@1.0"]["saturation"] / results["base"]["saturation"]
     zero = ", ".join(f"{s} {results[f'{s}@0.0']['max_abs_diff_vs_base']:.0f}" for s in STYLES)
     body = f"""Command: `python bench/eval_style_loras.py` (machine: {machine()}; {args.num_samples} seeded prompts naming every
 attribute, no trigger words (the embedded presets have none); model's own DDIM scheduler, {args.steps} steps, guidance 7.5;

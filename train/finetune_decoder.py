@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 import sys
@@ -33,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from shapesworld import score_image  # noqa: E402
 from shapesworld.world import STYLES, images_array  # noqa: E402
-from train.train_base import to_model_space  # noqa: E402
+from train.train_base import lr_lambda, to_model_space  # noqa: E402
 
 KINDS = (None,) + STYLES
 
@@ -111,14 +110,7 @@ def main(argv=None):
     for p_ in params:
         p_.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
-    warmup = 50
-
-    def lr_factor(step):
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, args.steps - warmup))))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(50, args.steps))  # warmup, cosine to 0.1
     start = 0
     ckpt = os.path.join(args.work_dir, "checkpoint.pt")
     if os.path.exists(ckpt):
