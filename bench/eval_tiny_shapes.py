@@ -99,7 +99,7 @@ accuracy read back by `shapesworld.scorer`).
 Training (`{training.get('command', 'python train/train_base.py')}`, seed {training['seed']}): VAE {training['vae']['steps']} steps,
 final reconstruction MSE {training['vae']['final_mse']:.4f}, then the decoder alone (encoder frozen) on the LoRA styles:
 {training['vae'].get('decoder_styles', {}).get('steps', 0)} steps in train_base.py and
-{training['vae'].get('decoder_styles_extra', {}).get('steps', 0)} more with `train/finetune_decoder.py` (what that buys: "Embedded style LoRAs");
+{training['vae'].get('decoder_styles_extra', {}).get('steps', 0)} more with `train/finetune_vae.py --part decoder` (what that buys: "Embedded style LoRAs");
 UNet + text encoder {training['unet']['steps']} steps at batch
 {training['unet']['batch_size']}, final v-prediction loss {training['unet']['final_loss']:.4f}; wall time in README ("Embedded model").
 """

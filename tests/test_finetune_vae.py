@@ -1,0 +1,76 @@
+"""train/finetune_vae.py: with --part decoder the decoder learns, the encoder (the UNet's latent space) stays bit-identical,
+the model folder is replaced whole, and a second run resumes from the checkpoint."""
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+
+
+def test_decoder_moves_encoder_stays_and_run_resumes(tmp_path, capsys):
+    from diffusers import AutoencoderKL
+
+    from tests.tiny import make_tiny_components
+    from train import finetune_vae
+
+    model = tmp_path / "model"
+    make_tiny_components()["vae"].save_pretrained(model / "vae")
+    (model / "training.json").write_text(json.dumps({"seed": 1}))
+    before = AutoencoderKL.from_pretrained(model / "vae")
+    common = ["--model", str(model), "--work_dir", str(tmp_path / "work"), "--per_kind", "16", "--eval_per_kind", "4",
+              "--batch_size", "8", "--checkpointing_steps", "2", "--lr", "1e-2"]
+
+    finetune_vae.main(common + ["--steps", "2"])
+    after = AutoencoderKL.from_pretrained(model / "vae")
+    enc_a, enc_b = before.encoder.state_dict(), after.encoder.state_dict()
+    assert all(torch.equal(enc_a[k], enc_b[k]) for k in enc_a)
+    assert all(torch.equal(a, b) for a, b in zip(before.quant_conv.parameters(), after.quant_conv.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(before.decoder.parameters(), after.decoder.parameters()))
+    extra = json.loads((model / "training.json").read_text())["vae"]["decoder_styles_extra"]
+    assert extra["steps"] == 2 and set(extra["round_trip_after"]) == {"plain", "outline", "night", "pastel"}
+    assert sorted(os.listdir(model)) == ["training.json", "vae"]  # no .tmp-new / .tmp-old left behind
+
+    capsys.readouterr()
+    finetune_vae.main(common + ["--steps", "3"])
+    assert "resumed at step 2" in capsys.readouterr().out
+    assert json.loads((model / "training.json").read_text())["vae"]["decoder_styles_extra"]["steps"] == 3
+
+
+def test_encoder_part_keeps_decoder_and_anchors_plain_latents(tmp_path, capsys):
+    from diffusers import AutoencoderKL
+
+    from shapesworld.world import images_array
+    from tests.tiny import make_tiny_components
+    from train import finetune_vae
+    from train.train_base import to_model_space
+
+    model = tmp_path / "model"
+    make_tiny_components()["vae"].save_pretrained(model / "vae")
+    before = AutoencoderKL.from_pretrained(model / "vae")
+    common = ["--model", str(model), "--work_dir", str(tmp_path / "work"), "--per_kind", "16", "--eval_per_kind", "4",
+              "--batch_size", "8", "--checkpointing_steps", "2", "--lr", "1e-3", "--part", "encoder",
+              "--encoder_styles", "night"]
+    finetune_vae.main(common + ["--steps", "4"])
+    after = AutoencoderKL.from_pretrained(model / "vae")
+    # what the base model generates goes through the decoder only: it must not move at all
+    assert all(torch.equal(a, b) for a, b in zip(before.decoder.parameters(), after.decoder.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(before.post_quant_conv.parameters(), after.post_quant_conv.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(before.encoder.parameters(), after.encoder.parameters()))
+    # night latents move more than the anchored plain ones
+    moved = {}
+    for style in (None, "night"):
+        x = to_model_space(torch.from_numpy(images_array(range(8), style=style, empty_prob=0.0)[0]))
+        with torch.no_grad():
+            moved[style] = (after.encode(x).latent_dist.mean - before.encode(x).latent_dist.mean).pow(2).mean().item()
+    assert moved["night"] > moved[None]
+    rec = json.loads((model / "training.json").read_text())["vae"]["encoder_styles"]
+    assert rec["styles"] == ["night"] and set(rec["latent_drift"]) == {"plain", "outline", "night", "pastel"}
+
+    # a decoder checkpoint in the same work_dir is refused, a bad style is named
+    capsys.readouterr()
+    import pytest
+    with pytest.raises(SystemExit, match="part encoder checkpoint"):
+        finetune_vae.main([a if a != "encoder" else "decoder" for a in common] + ["--steps", "6"])
+    with pytest.raises(SystemExit, match="--encoder_styles='dusk'"):
+        finetune_vae.main(common[:-1] + ["dusk", "--steps", "6"])
