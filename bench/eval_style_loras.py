@@ -7,9 +7,10 @@
 For each LoRA at weights 0, 0.5 and 1 (and outline + night together) it generates the same seeded
 prompts (with the preset's trigger words, if it has any) with the embedded model's own scheduler, 25 steps, guidance
 7.5, and reports: share of hollow shapes, of dark backgrounds, mean saturation, and color / shape
-accuracy. Weight 0 is also compared pixel for pixel with the base model. --also_guidance (default 3,
-the guidance at which the base model itself reads best; see "Embedded model") repeats the base model,
-each LoRA at weight 1 and outline + night at that guidance.
+accuracy. Weight 0 is also compared pixel for pixel with the base model. The guidance is the app's
+default for the model (3 for tiny-shapes: where the base model itself reads best, see "Embedded
+model"); --also_guidance (default 7.5, Stable Diffusion's usual value) repeats the base model, each
+LoRA at weight 1 and outline + night at a second guidance.
 """
 from __future__ import annotations
 
@@ -68,10 +69,15 @@ def main():
     p.add_argument("--model", default="models/tiny-shapes")
     p.add_argument("--num_samples", type=int, default=100)
     p.add_argument("--steps", type=int, default=25)
-    p.add_argument("--guidance", type=float, default=7.5, help="the app's default for the embedded model")
-    p.add_argument("--also_guidance", type=float, default=3.0, help="second, shorter table (0: none)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="default: the app's default for the model (pipelines/models.py; 3 for tiny-shapes)")
+    p.add_argument("--also_guidance", type=float, default=7.5, help="second, shorter table (0: none)")
     p.add_argument("--no_write", action="store_true")
     args = p.parse_args()
+    if args.guidance is None:
+        from pipelines.models import MODELS
+        spec = next((m for m in MODELS.values() if os.path.normpath(m.source) == os.path.normpath(args.model)), None)
+        args.guidance = spec.default_guidance if spec else 7.5
 
     from pipelines import TracingStableDiffusionPipeline
     from pipelines.lora import Blend, LoraBlender
@@ -130,7 +136,7 @@ def main():
         second = results[f"g{args.also_guidance:g}"]
         drop2 = 1 - second["pastel"]["saturation"] / second["base"]["saturation"]
         second_part = f"""
-The same prompts at guidance {args.also_guidance:g}, where the base model itself reads best:
+The same prompts at guidance {args.also_guidance:g}:
 
 {head}
 {table(extra_rows)}
@@ -141,7 +147,7 @@ The same prompts at guidance {args.also_guidance:g}, where the base model itself
     zero = ", ".join(f"{s} {results[f'{s}@0.0']['max_abs_diff_vs_base']:.0f}" for s in STYLES)
     body = f"""Command: `python bench/eval_style_loras.py` (machine: {machine()}; {args.num_samples} seeded prompts naming every
 attribute, no trigger words (the embedded presets have none); model's own DDIM scheduler, {args.steps} steps, guidance
-{args.guidance:g} (the app's default for the embedded model); read by `shapesworld.scorer`). LoRAs trained by
+{args.guidance:g} (the app's default for this model); read by `shapesworld.scorer`). LoRAs trained by
 `bash train/train_embedded_loras.sh` (the recipe is in that script and in each LoRA's model card).
 
 {head}

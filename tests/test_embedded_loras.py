@@ -1,8 +1,9 @@
 """The shipped style LoRAs on the shipped embedded model do what their presets say, read by the
 shapes-world scorer on a few seeded prompts (the 100-prompt figures are bench/eval_style_loras.py's).
 
-The bounds are the direction and rough size of each effect with room for 12 prompts, not the issue's
-targets (several of which these LoRAs miss: see BENCHMARKS.md "Embedded style LoRAs")."""
+Generated at the app's default guidance for the embedded model (pipelines/models.py). The bounds are
+the direction and rough size of each effect with room for 12 prompts and 12 steps, not the issue's
+targets (measured on 100 prompts, 25 steps in BENCHMARKS.md "Embedded style LoRAs")."""
 from __future__ import annotations
 
 import os
@@ -15,6 +16,11 @@ from shapesworld.evaluate import eval_cases, generate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N, STEPS = 12, 12
+
+
+def guidance() -> float:
+    from pipelines.models import MODELS
+    return MODELS["tiny-shapes"].default_guidance
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +46,7 @@ def run(blender, cases, weights: dict | None):
     from pipelines.lora import Blend
 
     with blender.apply(Blend.of(weights) if weights else None) as pipe:
-        images = generate(pipe, [c.prompt for c in cases], [c.seed for c in cases], 7.5, STEPS)
+        images = generate(pipe, [c.prompt for c in cases], [c.seed for c in cases], guidance(), STEPS)
     return images, [score_image(im) for im in images]
 
 
@@ -62,29 +68,31 @@ def color_acc(readings, cases):
 
 
 def test_weight_zero_is_the_base_model_pixel_for_pixel(blender, cases, base):
+    # same batch on both sides: a different batch size may round the UNet's matmuls differently
     images, _ = run(blender, cases[:4], {"outline": 0.0, "night": 0.0, "pastel": 0.0})
-    for a, b in zip(images, base[0][:4]):
+    reference, _ = run(blender, cases[:4], None)
+    for a, b in zip(images, reference):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_outline_hollows_the_shapes(blender, cases, base):
     _, rs = run(blender, cases, {"outline": 1.0})
     assert share(base[1], "hollow") <= 0.1
-    assert share(rs, "hollow") >= 0.3, [r.hollow for r in rs]
+    assert share(rs, "hollow") >= 0.75, [r.hollow for r in rs]
     assert color_acc(rs, cases) >= 0.5
 
 
 def test_night_darkens_the_background(blender, cases, base):
     _, rs = run(blender, cases, {"night": 1.0})
     assert share(base[1], "dark_background") == 0.0
-    assert share(rs, "dark_background") >= 0.75
-    assert color_acc(rs, cases) >= 0.5
+    assert share(rs, "dark_background") >= 0.9
+    assert color_acc(rs, cases) >= 0.6
 
 
 def test_pastel_washes_out_the_colors(blender, cases, base):
     _, rs = run(blender, cases, {"pastel": 1.0})
-    # Direction only: the shipped pastel LoRA also shifts hues (color accuracy ~0.4 in BENCHMARKS.md).
-    assert saturation(rs) <= 0.85 * saturation(base[1])
+    assert saturation(rs) <= 0.7 * saturation(base[1])
+    assert color_acc(rs, cases) >= 0.5  # washed out, not re-colored (it turns some blues purple)
 
 
 def test_half_weight_lies_between(blender, cases, base):

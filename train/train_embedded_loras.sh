@@ -3,6 +3,7 @@
 # train/train_lora.py and install their weights under lora_presets/tiny-shapes/.
 #
 #   bash train/train_embedded_loras.sh            # all three, one after the other (~25 min each on one CPU core)
+#   FORCE=1 STYLES="outline night" bash train/train_embedded_loras.sh   # retrain (two at once on two cores: run twice)
 #   STYLES="night" bash train/train_embedded_loras.sh
 #
 # Outputs (checkpoints, validation images, model cards, logs) stay in runs/loras/<style>/;
@@ -14,19 +15,23 @@ STYLES=${STYLES:-"outline night pastel"}
 STEPS=${STEPS:-1500}
 # attention, transformer in/out and feed-forward, resnet convs and their time-embedding projections
 TARGETS="to_q,to_k,to_v,to_out.0,proj_in,proj_out,ff.net.0.proj,ff.net.2,conv1,conv2,time_emb_proj"
+# pastel leaves the cross-attention keys/values (attn2.to_k / to_v) alone: adapting them re-maps what
+# the color words mean, and an earlier pastel LoRA trained with them shifted hues (orange -> yellow)
+TARGETS_pastel="to_q,attn1.to_k,attn1.to_v,to_out.0,proj_in,proj_out,ff.net.0.proj,ff.net.2,conv1,conv2,time_emb_proj"
 for style in $STYLES; do
+  targets_var="TARGETS_$style"; targets=${!targets_var:-$TARGETS}
   [ -f "lora_presets/tiny-shapes/$style.safetensors" ] && [ -z "${FORCE:-}" ] && { echo "$style: already trained (FORCE=1 retrains)"; continue; }
   out=runs/loras/$style
   "$PY" train/train_lora.py \
     --pretrained_model_name_or_path models/tiny-shapes \
-    --shapes_style "$style" --shapes_num_samples 2000 \
-    --caption_dropout_prob 0.1 \
-    --rank 8 --lora_alpha 8 --init_lora_weights gaussian \
-    --target_modules "$TARGETS" \
+    --shapes_style "$style" --shapes_num_samples 6000 \
+    --caption_dropout_prob 0.2 \
+    --rank 16 --lora_alpha 16 --init_lora_weights gaussian \
+    --target_modules "$targets" \
     --train_batch_size 32 --max_train_steps "$STEPS" \
-    --learning_rate 2e-3 --lr_scheduler warmup_cosine --lr_warmup_steps 50 --lr_min 2e-4 \
+    --learning_rate 1e-3 --lr_scheduler warmup_cosine --lr_warmup_steps 50 --lr_min 1e-4 --snr_gamma 5 \
     --checkpointing_steps 100 --checkpoints_total_limit 2 --resume_from_checkpoint latest \
-    --validation_prompt "a large red circle in the center" --validation_steps 500 \
+    --validation_prompt "a large red circle in the center" --validation_steps "$STEPS" \
     --report_to tensorboard --seed 0 --output_dir "$out"
   mkdir -p lora_presets/tiny-shapes
   cp "$out/pytorch_lora_weights.safetensors" "lora_presets/tiny-shapes/$style.safetensors.tmp"
