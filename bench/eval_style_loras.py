@@ -148,7 +148,7 @@ The same prompts at guidance {args.also_guidance:g}:
     body = f"""Command: `python bench/eval_style_loras.py` (machine: {machine()}; {args.num_samples} seeded prompts naming every
 attribute, no trigger words (the embedded presets have none); model's own DDIM scheduler, {args.steps} steps, guidance
 {args.guidance:g} (the app's default for this model); read by `shapesworld.scorer`). LoRAs trained by
-`bash train/train_embedded_loras.sh` (the recipe is in that script and in each LoRA's model card).
+`bash train/train_embedded_loras.sh` (the recipe is in that script).
 
 {head}
 {table(rows)}
