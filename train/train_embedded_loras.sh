@@ -13,6 +13,7 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 STYLES=${STYLES:-"outline night pastel"}
 STEPS=${STEPS:-1500}
+STEPS_night=${STEPS_night:-2500}  # night's shapes kept improving: shape accuracy 0.68 at 1500 steps, 0.78 at 2500 (50 prompts)
 # attention, transformer in/out and feed-forward, resnet convs and their time-embedding projections
 TARGETS="to_q,to_k,to_v,to_out.0,proj_in,proj_out,ff.net.0.proj,ff.net.2,conv1,conv2,time_emb_proj"
 # pastel leaves the cross-attention keys/values (attn2.to_k / to_v) alone: adapting them re-maps what
@@ -20,6 +21,7 @@ TARGETS="to_q,to_k,to_v,to_out.0,proj_in,proj_out,ff.net.0.proj,ff.net.2,conv1,c
 TARGETS_pastel="to_q,attn1.to_k,attn1.to_v,to_out.0,proj_in,proj_out,ff.net.0.proj,ff.net.2,conv1,conv2,time_emb_proj"
 for style in $STYLES; do
   targets_var="TARGETS_$style"; targets=${!targets_var:-$TARGETS}
+  steps_var="STEPS_$style"; steps=${!steps_var:-$STEPS}
   [ -f "lora_presets/tiny-shapes/$style.safetensors" ] && [ -z "${FORCE:-}" ] && { echo "$style: already trained (FORCE=1 retrains)"; continue; }
   out=runs/loras/$style
   "$PY" train/train_lora.py \
@@ -28,10 +30,10 @@ for style in $STYLES; do
     --caption_dropout_prob 0.2 \
     --rank 16 --lora_alpha 16 --init_lora_weights gaussian \
     --target_modules "$targets" \
-    --train_batch_size 32 --max_train_steps "$STEPS" \
+    --train_batch_size 32 --max_train_steps "$steps" \
     --learning_rate 1e-3 --lr_scheduler warmup_cosine --lr_warmup_steps 50 --lr_min 1e-4 --snr_gamma 5 \
     --checkpointing_steps 100 --checkpoints_total_limit 2 --resume_from_checkpoint latest \
-    --validation_prompt "a large red circle in the center" --validation_steps "$STEPS" \
+    --validation_prompt "a large red circle in the center" --validation_steps "$steps" \
     --report_to tensorboard --seed 0 --output_dir "$out"
   mkdir -p lora_presets/tiny-shapes
   cp "$out/pytorch_lora_weights.safetensors" "lora_presets/tiny-shapes/$style.safetensors.tmp"
