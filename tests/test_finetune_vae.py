@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
 import torch
 
 
@@ -69,7 +70,6 @@ def test_encoder_part_keeps_decoder_and_anchors_plain_latents(tmp_path, capsys):
 
     # a decoder checkpoint in the same work_dir is refused, a bad style is named
     capsys.readouterr()
-    import pytest
     with pytest.raises(SystemExit, match="part encoder checkpoint"):
         finetune_vae.main([a if a != "encoder" else "decoder" for a in common] + ["--steps", "6"])
     with pytest.raises(SystemExit, match="--encoder_styles='dusk'"):

@@ -151,6 +151,8 @@ def main(argv=None):
 
     per = args.batch_size // len(KINDS)
     learned = [k for k, kind in enumerate(KINDS) if kind in styles] if encoder_part else list(range(len(KINDS)))
+    # which rows of every batch (per images of each kind, in KINDS order) the encoder learns to reconstruct
+    rows = torch.isin(torch.arange(len(KINDS)).repeat_interleave(per), torch.tensor(learned))
     t0 = time.time()
     bar = tqdm(range(start, args.steps), initial=start, total=args.steps, desc=f"vae {args.part} (styles)")
     for m in learn:
@@ -159,8 +161,6 @@ def main(argv=None):
         g = torch.Generator().manual_seed(args.seed * 100_003 + step)
         batch = torch.cat([pool[torch.randint(len(pool), (per,), generator=g)] for pool in pools])
         x = to_model_space(batch)
-        kind_of = torch.arange(len(KINDS)).repeat_interleave(per)
-        rows = torch.isin(kind_of, torch.tensor(learned))
         if encoder_part:
             post = vae.encode(x).latent_dist
             with torch.no_grad():
