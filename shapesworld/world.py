@@ -9,7 +9,8 @@ Attributes
     color    red | orange | yellow | green | blue | purple
     size     small | large
     h, v     horizontal left | center | right, vertical top | middle | bottom
-    style    None | outline (hollow) | night (dark background) | pastel (washed-out colors)
+    style    None | outline (hollow) | night (dark background) | pastel (washed-out colors), or
+             several joined with "+" ("outline+night": hollow shapes on a dark background)
 """
 from __future__ import annotations
 
@@ -87,8 +88,25 @@ def _shape_mask(shape: str, cx: float, cy: float, r: float, n: int) -> np.ndarra
     raise ValueError(f"shape={shape!r} is not one of {SHAPES}")
 
 
+def style_parts(style: str | None) -> tuple[str, ...]:
+    """The single styles of a style or combination ("outline+night" -> ("outline", "night")), checked.
+
+    Combinations are written in STYLES order, each style at most once, so every combination has
+    exactly one spelling.
+    """
+    if style is None:
+        return ()
+    parts = tuple(style.split("+"))
+    allowed = f"one of {STYLES}, several of them joined with '+' in that order (e.g. 'outline+night'), or None"
+    if any(p not in STYLES for p in parts) or len(set(parts)) != len(parts) or \
+            list(parts) != sorted(parts, key=STYLES.index):
+        raise ValueError(f"style={style!r} is invalid: {allowed}")
+    return parts
+
+
 def render(attrs: Attributes, rng: np.random.Generator, resolution: int = RESOLUTION) -> Image.Image:
     """Draw one shape on a plain background, supersampled then box-filtered to ``resolution``."""
+    styles = style_parts(attrs.style)
     n = resolution * SUPERSAMPLE
     scale = resolution / RESOLUTION * SUPERSAMPLE
     jitter = rng.uniform(-1.0, 1.0, size=2) * scale
@@ -96,16 +114,16 @@ def render(attrs: Attributes, rng: np.random.Generator, resolution: int = RESOLU
     cy = CELL_CENTER[attrs.v] * n + jitter[1]
     r = HALF_EXTENT[attrs.size] * scale * rng.uniform(0.93, 1.07)
 
-    if attrs.style == "night":
+    if "night" in styles:
         background = np.array([18, 20, 38], np.float32) + rng.uniform(-6, 6, 3)
     else:
         background = np.array([240, 238, 232], np.float32) + rng.uniform(-8, 8, 3)
     color = np.array(COLORS[attrs.color], np.float32) + rng.uniform(-10, 10, 3)
-    if attrs.style == "pastel":
+    if "pastel" in styles:
         color = (1 - PASTEL_MIX) * color + PASTEL_MIX * 255.0
 
     mask = _shape_mask(attrs.shape, cx, cy, r, n)
-    if attrs.style == "outline":
+    if "outline" in styles:
         w = OUTLINE_WIDTH * scale
         inner = _shape_mask(attrs.shape, cx, cy + (w * 0.45 if attrs.shape == "triangle" else 0.0), r - w * (1.45 if attrs.shape == "triangle" else 1.0), n)
         mask = mask & ~inner
@@ -142,8 +160,7 @@ def caption_for(attrs: Attributes, mentioned: tuple[str, ...]) -> str:
 
 def sample(seed: int, style: str | None = None, empty_prob: float = 0.1, resolution: int = RESOLUTION) -> Sample:
     """The sample for ``seed``: attributes, image and a caption naming a random subset of them."""
-    if style is not None and style not in STYLES:
-        raise ValueError(f"style={style!r} is not one of {STYLES} (or None)")
+    style_parts(style)  # raises on an unknown style or a badly spelled combination
     rng = np.random.default_rng([seed, 0x5EED])
     attrs = Attributes(
         shape=SHAPES[rng.integers(3)],

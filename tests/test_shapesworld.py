@@ -1,12 +1,13 @@
 """The shapes world: deterministic generator, captions, tokenizer, imagefolder writer, scorer."""
 import json
 import os
+import re
 
 import numpy as np
 import pytest
 
 from shapesworld import (COLOR_NAMES, SHAPES, STYLES, VOCABULARY, Attributes, adherence, caption_for, sample,
-                         score_image, write_imagefolder)
+                         score_image, style_parts, write_imagefolder)
 from shapesworld.tokenizer import build_clip_tokenizer_files, learn_merges
 
 
@@ -47,7 +48,7 @@ def test_bpe_merges_end_with_whole_words():
     assert "".join(merges[-1]) in {"red</w>", "green</w>"}
 
 
-@pytest.mark.parametrize("style", [None, *STYLES])
+@pytest.mark.parametrize("style", [None, *STYLES, "outline+night"])
 def test_scorer_reads_the_generator_ground_truth(style):
     n = 150
     samples = [sample(i, style=style) for i in range(n)]
@@ -55,8 +56,24 @@ def test_scorer_reads_the_generator_ground_truth(style):
     acc = adherence(readings, [s.attributes for s in samples])
     for key in ("shape", "color", "size", "position"):
         assert acc[key] >= 0.97, (style, key, acc)
-    assert np.mean([r.hollow for r in readings]) == pytest.approx(1.0 if style == "outline" else 0.0, abs=0.03)
-    assert np.mean([r.dark_background for r in readings]) == (1.0 if style == "night" else 0.0)
+    parts = style_parts(style)
+    assert np.mean([r.hollow for r in readings]) == pytest.approx(1.0 if "outline" in parts else 0.0, abs=0.03)
+    assert np.mean([r.dark_background for r in readings]) == (1.0 if "night" in parts else 0.0)
+
+
+def test_combined_styles_have_one_spelling_and_keep_the_single_style_images():
+    assert style_parts("outline+night") == ("outline", "night")
+    for bad in ("night+outline", "outline+outline", "outline+", "sepia", "outline+sepia"):
+        with pytest.raises(ValueError, match=re.escape(f"style={bad!r} is invalid")):
+            sample(0, style=bad)
+    # a combination only changes the drawing: same attributes, caption and shape geometry per seed
+    one, both = sample(5, style="outline"), sample(5, style="outline+night")
+    assert one.caption == both.caption and one.attributes.shape == both.attributes.shape
+    def stroke(image, background):  # pixels well away from the background color
+        return np.abs(np.asarray(image).astype(int) - background).sum(-1) > 60
+
+    light, dark = stroke(one.image, (240, 238, 232)), stroke(both.image, (18, 20, 38))
+    assert light.sum() > 20 and (light & dark).sum() / (light | dark).sum() > 0.8
 
 
 def test_pastel_lowers_saturation_and_scorer_sees_it():

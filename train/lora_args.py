@@ -51,6 +51,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shapes_style", type=str, default=None, choices=SHAPES_STYLES,
                    help="Render a shapes-world data set of this style into <output_dir>/data and train on it.")
     p.add_argument("--shapes_num_samples", type=int, default=None, help="Images to render for --shapes_style (default 200).")
+    # Partner LoRA: train this adapter to compose with an existing one
+    p.add_argument("--partner_lora", type=str, default=None,
+                   help="A trained UNet LoRA (diffusers-format .safetensors file, or a folder holding "
+                        "pytorch_lora_weights.safetensors) loaded frozen next to the adapter being trained. On a "
+                        "--partner_prob share of the steps it is switched on and the batch comes from the partner data "
+                        "(images of both styles together), so the new adapter learns to work alone and combined.")
+    p.add_argument("--partner_weight", type=float, default=1.0, help="Weight of the partner LoRA when it is on.")
+    p.add_argument("--partner_prob", type=float, default=0.5,
+                   help="Share of the steps trained with the partner on, on partner data (default 0.5).")
+    p.add_argument("--partner_train_data_dir", type=str, default=None,
+                   help="Image folder (metadata.jsonl) of the combined style, for --partner_lora.")
+    p.add_argument("--partner_shapes_style", type=str, default=None, choices=SHAPES_STYLES,
+                   help="The partner's shapes-world style: renders <--shapes_style>+<this> images into "
+                        "<output_dir>/partner_data as the partner data.")
     p.add_argument("--image_column", type=str, default="image")
     p.add_argument("--caption_column", type=str, default="text")
     p.add_argument("--max_train_samples", type=int, default=None)
@@ -150,6 +164,7 @@ def validate_args(args: argparse.Namespace) -> argparse.Namespace:
             raise ValueError("--shapes_num_samples needs --shapes_style")
         if args.shapes_num_samples < 1:
             _fail("--shapes_num_samples", args.shapes_num_samples, "must be >= 1")
+    _validate_partner(args)
     if args.dataset_config_name and not args.dataset_name:
         raise ValueError("--dataset_config_name needs --dataset_name")
 
@@ -217,6 +232,35 @@ def validate_args(args: argparse.Namespace) -> argparse.Namespace:
     if args.push_to_hub and args.hub_model_id is None:
         args.hub_model_id = os.path.basename(os.path.abspath(args.output_dir))
     return args
+
+
+def _validate_partner(args: argparse.Namespace) -> None:
+    partner_data = [f for f, v in (("--partner_train_data_dir", args.partner_train_data_dir),
+                                   ("--partner_shapes_style", args.partner_shapes_style)) if v]
+    if args.partner_lora is None:
+        if partner_data:
+            raise ValueError(f"{partner_data[0]} needs --partner_lora (the adapter to compose with)")
+        return
+    path = args.partner_lora
+    if os.path.isdir(path):
+        path = os.path.join(path, "pytorch_lora_weights.safetensors")
+    if not (os.path.isfile(path) and path.endswith(".safetensors")):
+        _fail("--partner_lora", args.partner_lora, "give a LoRA .safetensors file or a folder with pytorch_lora_weights.safetensors")
+    args.partner_lora = path
+    if len(partner_data) != 1:
+        raise ValueError(f"--partner_lora needs exactly one of --partner_train_data_dir, --partner_shapes_style "
+                         f"(images of both styles together; got {partner_data or 'none'})")
+    if args.partner_shapes_style is not None:
+        if args.shapes_style is None:
+            raise ValueError("--partner_shapes_style needs --shapes_style (the combined style is rendered from both)")
+        if args.partner_shapes_style == args.shapes_style:
+            _fail("--partner_shapes_style", args.partner_shapes_style, f"must differ from --shapes_style={args.shapes_style!r}")
+    if args.partner_train_data_dir is not None and not os.path.isfile(os.path.join(args.partner_train_data_dir, "metadata.jsonl")):
+        _fail("--partner_train_data_dir", args.partner_train_data_dir, "needs a folder with a metadata.jsonl")
+    if not 0.0 < args.partner_prob <= 1.0:
+        _fail("--partner_prob", args.partner_prob, "must be in (0, 1]")
+    if args.partner_weight <= 0:
+        _fail("--partner_weight", args.partner_weight, "must be > 0")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -179,6 +179,13 @@ def render_shapes_dataset(folder: str, style: str, num_samples: int, seed: int, 
     return write_imagefolder(folder, num_samples, style=style, seed=seed, trigger=trigger)
 
 
+def build_partner_dataset(args, tokenizer, resolution: int, seed: int) -> CaptionedImages:
+    """The partner data (images of both styles together), with the main data's transforms and dropout."""
+    load, n = imagefolder_loader(args.partner_train_data_dir, args.caption_column)
+    return CaptionedImages(load, n, tokenizer, resolution, seed, center_crop=args.center_crop,
+                           random_flip=args.random_flip, caption_dropout_prob=args.caption_dropout_prob)
+
+
 def build_dataset(args, tokenizer, resolution: int, seed: int) -> CaptionedImages:
     if args.dataset_name:
         load, n = hub_dataset_loader(args)

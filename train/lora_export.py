@@ -73,7 +73,8 @@ def save_adapter(output_dir: str, unet, text_encoder=None, export_kohya: bool = 
 _SETTINGS_SHOWN = ("rank", "lora_alpha", "lora_dropout", "init_lora_weights", "target_modules", "train_text_encoder",
                    "resolution", "train_batch_size", "gradient_accumulation_steps", "max_train_steps", "learning_rate",
                    "text_encoder_lr", "lr_scheduler", "lr_warmup_steps", "snr_gamma", "noise_offset",
-                   "caption_dropout_prob", "prediction_type", "mixed_precision", "seed")
+                   "caption_dropout_prob", "prediction_type", "mixed_precision", "seed", "partner_lora", "partner_weight",
+                   "partner_prob")
 
 
 def write_model_card(output_dir: str, config: dict, base_model: str, dataset: str, sample_images: list[str],
@@ -95,6 +96,13 @@ def write_model_card(output_dir: str, config: dict, base_model: str, dataset: st
     samples = "\n".join(f"![sample {i}]({p})" for i, p in enumerate(sample_images)) or "_No validation images were made._"
     trigger_text = (f"Use **{trigger}** in the prompt to trigger the style." if trigger
                     else "No trigger word was set.")
+    partner_text = ""
+    if config.get("partner_lora"):
+        partner_text = (f"\n## Composes with\n\nTrained together with the frozen LoRA `{os.path.basename(config['partner_lora'])}` "
+                        f"(weight {config.get('partner_weight', 1.0)}) on {float(config.get('partner_prob', 0.5)):.0%} of the "
+                        "steps, on images of both styles together, so the two can be loaded at once "
+                        "(`pipe.set_adapters([...], [1.0, ...])`). Samples whose file name ends in `-with-partner` "
+                        "were made with both loaded.\n")
     body = f"""
 # LoRA: {repo_name}
 
@@ -104,7 +112,7 @@ with Diffusion Lab's `train/train_lora.py`.
 ## Trigger words
 
 {trigger_text}
-
+{partner_text}
 ## Samples
 
 Prompt: `{config.get('validation_prompt') or ''}`

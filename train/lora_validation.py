@@ -2,12 +2,18 @@
 from __future__ import annotations
 
 import os
+import re
 
 import torch
 
 
-def run_validation(accelerator, args, unet, text_encoder, vae, tokenizer, weight_dtype, tag: str, lora_dir=None):
-    """Generate --num_validation_images for --validation_prompt, save PNGs, log them to the trackers."""
+def run_validation(accelerator, args, unet, text_encoder, vae, tokenizer, weight_dtype, tag: str, lora_dir=None,
+                   partner=None):
+    """Generate --num_validation_images for --validation_prompt, save PNGs, log them to the trackers.
+
+    `partner` (path, weight), with `lora_dir` only: load that LoRA too and generate with both, the
+    way users combine adapters. In memory, the caller switches its partner adapter on or off.
+    """
     import numpy as np
     from diffusers import StableDiffusionPipeline
 
@@ -19,7 +25,10 @@ def run_validation(accelerator, args, unet, text_encoder, vae, tokenizer, weight
     else:  # final check: a fresh base model plus the written file, loaded the way users will load it
         pipe = StableDiffusionPipeline.from_pretrained(args.pretrained_model_name_or_path, vae=vae, tokenizer=tokenizer,
                                                        **common)
-        pipe.load_lora_weights(lora_dir)
+        pipe.load_lora_weights(lora_dir, adapter_name="trained")
+        if partner is not None:
+            pipe.load_lora_weights(partner[0], adapter_name="partner")
+            pipe.set_adapters(["trained", "partner"], [1.0, partner[1]])
     pipe = pipe.to(accelerator.device)
     pipe.set_progress_bar_config(disable=True)
     was_training = unet.training
@@ -44,7 +53,8 @@ def run_validation(accelerator, args, unet, text_encoder, vae, tokenizer, weight
     for tracker in accelerator.trackers:
         if tracker.name == "tensorboard":
             stacked = np.stack([np.asarray(im) for im in images])  # (N, H, W, 3)
-            tracker.writer.add_images(f"validation/{tag}", stacked, 0 if tag == "final" else int(tag.split("-")[-1]),
+            step = re.match(r"step-(\d+)", tag)  # "step-300", "step-300-with-partner"; "final..." logs at 0
+            tracker.writer.add_images(f"validation/{tag}", stacked, int(step.group(1)) if step else 0,
                                       dataformats="NHWC")
         elif tracker.name == "wandb":
             import wandb

@@ -36,10 +36,13 @@ from train.lora_args import parse_args, public_config  # noqa: E402
 from train.lora_checkpoints import (  # noqa: E402
     latest_checkpoint, read_marker, register_lora_state_hooks, remove_stale_partials, save_checkpoint,
 )
-from train.lora_data import EpochShuffleSampler, build_dataset, collate, keyed_generator, render_shapes_dataset  # noqa: E402
+from train.lora_data import (  # noqa: E402
+    EpochShuffleSampler, build_dataset, build_partner_dataset, collate, keyed_generator, render_shapes_dataset,
+)
 from train.lora_optim import (  # noqa: E402
     build_lr_scheduler, build_optimizer, lora_param_groups, min_snr_loss_weights, snr_of_timesteps,
 )
+from train.lora_partner import PartnerLoRA, partner_batch, partner_step  # noqa: E402
 from train.lora_validation import run_validation  # noqa: E402
 
 WEIGHT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -142,6 +145,13 @@ def training_loss(batch, unet, text_encoder, vae, noise_scheduler, args, generat
     return (per_sample * min_snr_loss_weights(snr, args.snr_gamma, prediction_type)).mean()
 
 
+def combined_style(args) -> str:
+    """The shapes-world spelling of --shapes_style plus --partner_shapes_style ("outline+night")."""
+    from shapesworld.world import STYLES
+
+    return "+".join(sorted((args.shapes_style, args.partner_shapes_style), key=STYLES.index))
+
+
 def lora_fingerprint(modules) -> str:
     """sha256 of every LoRA tensor's bytes, in key order: equal across ranks iff the weights are identical."""
     from peft.utils import get_peft_model_state_dict
@@ -202,9 +212,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.shapes_style:
             args.train_data_dir = render_shapes_dataset(os.path.join(args.output_dir, "data"), args.shapes_style,
                                                         args.shapes_num_samples or 200, seed, args.trigger_word)
+            if args.partner_shapes_style:
+                render_shapes_dataset(os.path.join(args.output_dir, "partner_data"), combined_style(args),
+                                      args.shapes_num_samples or 200, seed + 1, args.trigger_word)
     accelerator.wait_for_everyone()
     if args.shapes_style:
         args.train_data_dir = os.path.join(args.output_dir, "data")
+    if args.partner_shapes_style:
+        args.partner_train_data_dir = os.path.join(args.output_dir, "partner_data")
 
     # 2. Models: frozen base in the compute dtype, LoRA parameters in fp32 (so the fp16 grad scaler
     #    never sees half-precision gradients: "Attempting to unscale FP16 gradients").
@@ -216,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.resolution % vae_factor:
         raise ValueError(f"--resolution={args.resolution} must be a multiple of the VAE factor {vae_factor}")
     setup_lora_models(unet, vae, text_encoder, args, accelerator.device, weight_dtype)
+    partner = PartnerLoRA(unet, args.partner_lora, args.partner_weight) if args.partner_lora else None
     if args.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
         if args.train_text_encoder:
@@ -224,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     # 3. Data: (epoch, index) keys in a seeded order; our own generator keeps DataLoader off the global RNG.
     dataset = build_dataset(args, tokenizer, args.resolution, seed)
     sampler = EpochShuffleSampler(len(dataset), seed)
+    partner_data = build_partner_dataset(args, tokenizer, args.resolution, seed) if partner else None
     train_dataloader = torch.utils.data.DataLoader(
         dataset, sampler=sampler, batch_size=args.train_batch_size, collate_fn=collate,
         num_workers=args.dataloader_num_workers, generator=torch.Generator().manual_seed(seed))
@@ -271,7 +288,16 @@ def main(argv: list[str] | None = None) -> int:
     models_to_accumulate = [unet, text_encoder] if args.train_text_encoder else [unet]
     params_to_clip = [p for group in optimizer.param_groups for p in group["params"]]
     loss_sum, loss_count, samples_seen, loop_start = 0.0, 0, 0, time.perf_counter()
-    last_loss, epoch = float("nan"), first_epoch
+    last_loss, epoch, partner_steps = float("nan"), first_epoch, 0
+
+    def validate(model, tag: str) -> None:
+        """Validation images of the adapter alone and, with a partner, of the two together."""
+        text_encoder_now = accelerator.unwrap_model(text_encoder)
+        for on in ((False, True) if partner else (False,)):
+            if partner:
+                partner.switch(on)
+            run_validation(accelerator, args, model, text_encoder_now, vae, tokenizer, weight_dtype,
+                           tag=f"{tag}-with-partner" if on else tag)
 
     # 6. Training loop.
     unet.train()
@@ -287,6 +313,14 @@ def main(argv: list[str] | None = None) -> int:
         for batch_in_epoch, batch in enumerate(epoch_loader, start=skip):
             micro_step = epoch * len(train_dataloader) + batch_in_epoch
             generator = keyed_generator(seed, accelerator.process_index, micro_step)
+            if partner:
+                with_partner = partner_step(seed, micro_step, args.partner_prob)
+                partner.switch(with_partner)
+                if with_partner:  # the main batch is set aside, so the data stream stays keyed as without a partner
+                    batch = partner_batch(partner_data, seed, accelerator.process_index, micro_step,
+                                          batch["pixel_values"].shape[0])
+                    batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+                    partner_steps += 1
             with accelerator.accumulate(*models_to_accumulate):
                 loss = training_loss(batch, unet, text_encoder, vae, noise_scheduler, args, generator, weight_dtype)
                 # Mean over all processes, for logging only (a collective: every rank reaches it).
@@ -317,9 +351,7 @@ def main(argv: list[str] | None = None) -> int:
                 logger.info(f"Saved {saved}")
             if (args.validation_prompt and global_step % args.validation_steps == 0
                     and accelerator.is_main_process):
-                run_validation(accelerator, args, accelerator.unwrap_model(unet),
-                               accelerator.unwrap_model(text_encoder), vae, tokenizer, weight_dtype,
-                               tag=f"step-{global_step}")
+                validate(accelerator.unwrap_model(unet), f"step-{global_step}")
             if global_step >= args.max_train_steps:
                 break
     elapsed = time.perf_counter() - loop_start
@@ -337,12 +369,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.validation_prompt:
             samples = run_validation(accelerator, args, unet, accelerator.unwrap_model(text_encoder), vae, tokenizer,
                                      weight_dtype, tag="final", lora_dir=args.output_dir)
+            if partner:
+                samples += run_validation(accelerator, args, unet, accelerator.unwrap_model(text_encoder), vae,
+                                          tokenizer, weight_dtype, tag="final-with-partner", lora_dir=args.output_dir,
+                                          partner=(args.partner_lora, args.partner_weight))
         dataset_name = args.dataset_name or (f"shapes-world ({args.shapes_style})" if args.shapes_style
                                              else os.path.basename(os.path.abspath(args.train_data_dir)))
         write_model_card(args.output_dir, config, args.pretrained_model_name_or_path, dataset_name, samples,
                          accelerator.num_processes)
         result = {"global_step": global_step, "epoch": epoch, "final_loss": last_loss, "seed": seed,
                   "num_processes": accelerator.num_processes, "rank_lora_sha256": fingerprints,
+                  "partner_micro_steps_this_run": partner_steps if partner else None,
                   "samples_per_second": samples_seen / elapsed if elapsed > 0 else None,
                   "train_loop_seconds": elapsed}
         with open(os.path.join(args.output_dir, "train_result.json"), "w", encoding="utf-8") as f:
