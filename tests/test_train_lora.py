@@ -669,3 +669,21 @@ def test_partner_flags_are_checked(image_folder, tmp_path):
     (tmp_path / "pytorch_lora_weights.safetensors").write_bytes(b"")
     args = parse_args([*base, "--partner_lora", str(tmp_path), "--partner_train_data_dir", image_folder])
     assert args.partner_lora == str(tmp_path / "pytorch_lora_weights.safetensors")  # a folder names its weights file
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_with_a_partner_end_with_identical_weights(tiny_model, tiny_partner, image_folder, tmp_path):
+    """DDP with a frozen partner adapter: its parameters stay out of the gradient buckets, ranks agree."""
+    out = str(tmp_path / "out")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(closed_port()),
+           SCRIPT, "--pretrained_model_name_or_path", tiny_model, "--train_data_dir", image_folder,
+           "--partner_lora", tiny_partner, "--partner_train_data_dir", image_folder, "--partner_prob", "0.5",
+           "--output_dir", out, "--resolution", "16", "--train_batch_size", "2", "--max_train_steps", "4",
+           "--checkpointing_steps", "2", "--seed", "3", "--learning_rate", "1e-2", "--report_to", "none"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=train_env(tmp_path, ACCELERATE_USE_CPU="true"), capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.load(open(os.path.join(out, "train_result.json")))
+    assert result["num_processes"] == 2 and result["global_step"] == 4
+    assert 0 < result["partner_micro_steps_this_run"] < 4
+    assert len(set(result["rank_lora_sha256"])) == 1

@@ -13,7 +13,8 @@ from safetensors.torch import save_file
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 KOHYA_WEIGHT_NAME = "pytorch_lora_weights_kohya.safetensors"
-HUB_IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/**", ".tmp-*", ".tmp-*/**", ".trash-*", ".trash-*/**", "data/**"]
+HUB_IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/**", ".tmp-*", ".tmp-*/**", ".trash-*", ".trash-*/**", "data/**",
+                       "partner_data/**"]
 
 
 def peft_lora_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
