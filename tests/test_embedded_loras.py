@@ -102,3 +102,11 @@ def test_half_weight_lies_between(blender, cases, base):
     half, _ = run(blender, cases, {"night": 0.5})
     full, _ = run(blender, cases, {"night": 1.0})
     assert mean_luminance(base[0]) > mean_luminance(half) > mean_luminance(full)
+
+
+def test_outline_and_night_together_give_some_hollow_shapes_on_dark(blender, cases):
+    """A guard for the partner training (outline trained with night loaded), not the issue's 70% target:
+    LoRAs trained apart gave 0 of 100 prompts with both effects, the shipped pair 25 of 100 (BENCHMARKS.md)."""
+    _, rs = run(blender, cases, {"outline": 1.0, "night": 1.0})
+    assert share(rs, "dark_background") >= 0.9
+    assert sum(r.hollow and r.dark_background for r in rs) >= 1, [(r.hollow, r.dark_background) for r in rs]
