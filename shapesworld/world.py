@@ -104,6 +104,11 @@ def style_parts(style: str | None) -> tuple[str, ...]:
     return parts
 
 
+def join_styles(*styles: str) -> str:
+    """The one spelling of a combination of single styles, in any order ("night", "outline" -> "outline+night")."""
+    return "+".join(sorted(set(styles), key=STYLES.index))
+
+
 def render(attrs: Attributes, rng: np.random.Generator, resolution: int = RESOLUTION) -> Image.Image:
     """Draw one shape on a plain background, supersampled then box-filtered to ``resolution``."""
     styles = style_parts(attrs.style)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from shapesworld import (COLOR_NAMES, SHAPES, STYLES, VOCABULARY, Attributes, adherence, caption_for, sample,
-                         score_image, style_parts, write_imagefolder)
+                         join_styles, score_image, style_parts, write_imagefolder)
 from shapesworld.tokenizer import build_clip_tokenizer_files, learn_merges
 
 
@@ -62,13 +62,14 @@ def test_scorer_reads_the_generator_ground_truth(style):
 
 
 def test_combined_styles_have_one_spelling_and_keep_the_single_style_images():
-    assert style_parts("outline+night") == ("outline", "night")
+    assert style_parts("outline+night") == ("outline", "night") == style_parts(join_styles("night", "outline"))
     for bad in ("night+outline", "outline+outline", "outline+", "sepia", "outline+sepia"):
         with pytest.raises(ValueError, match=re.escape(f"style={bad!r} is invalid")):
             sample(0, style=bad)
     # a combination only changes the drawing: same attributes, caption and shape geometry per seed
     one, both = sample(5, style="outline"), sample(5, style="outline+night")
     assert one.caption == both.caption and one.attributes.shape == both.attributes.shape
+
     def stroke(image, background):  # pixels well away from the background color
         return np.abs(np.asarray(image).astype(int) - background).sum(-1) > 60
 

@@ -179,15 +179,12 @@ def render_shapes_dataset(folder: str, style: str, num_samples: int, seed: int, 
     return write_imagefolder(folder, num_samples, style=style, seed=seed, trigger=trigger)
 
 
-def build_partner_dataset(args, tokenizer, resolution: int, seed: int) -> CaptionedImages:
-    """The partner data (images of both styles together), with the main data's transforms and dropout."""
-    load, n = imagefolder_loader(args.partner_train_data_dir, args.caption_column)
-    return CaptionedImages(load, n, tokenizer, resolution, seed, center_crop=args.center_crop,
-                           random_flip=args.random_flip, caption_dropout_prob=args.caption_dropout_prob)
-
-
-def build_dataset(args, tokenizer, resolution: int, seed: int) -> CaptionedImages:
-    if args.dataset_name:
+def build_dataset(args, tokenizer, resolution: int, seed: int, partner: bool = False) -> CaptionedImages:
+    """The training data or, with `partner`, the partner data (images of both styles together);
+    both get the same transforms and caption dropout."""
+    if partner:
+        load, n = imagefolder_loader(args.partner_train_data_dir, args.caption_column)
+    elif args.dataset_name:
         load, n = hub_dataset_loader(args)
     else:
         load, n = imagefolder_loader(args.train_data_dir, args.caption_column, args.max_train_samples)

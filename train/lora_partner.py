@@ -39,17 +39,17 @@ class PartnerLoRA:
             raise ValueError(f"--partner_lora={path!r} has no UNet LoRA layers")
         unet.load_lora_adapter(state_dict, prefix="unet", network_alphas=network_alphas, adapter_name=PARTNER_ADAPTER,
                                metadata=metadata)
-        self.path, self.weight = path, float(weight)
+        self.weight = float(weight)
         # diffusers' loader makes the partner the only active adapter (and trainable): undo both.
-        self.layers = [m for m in unet.modules() if isinstance(m, LoraLayer)]
-        for layer in self.layers:
+        layers = [m for m in unet.modules() if isinstance(m, LoraLayer)]
+        for layer in layers:
             layer.set_adapter([name for name in ("default", PARTNER_ADAPTER) if name in layer.lora_A])
         partner_params = [p for n, p in unet.named_parameters() if f".{PARTNER_ADAPTER}." in n]
         for p in partner_params:
             p.requires_grad_(False)
         self.num_parameters = sum(p.numel() for p in partner_params)
-        self._base_scaling = {id(m): m.scaling[PARTNER_ADAPTER] for m in self.layers if PARTNER_ADAPTER in m.scaling}
-        if not self._base_scaling:
+        self._scaled = [(m, m.scaling[PARTNER_ADAPTER]) for m in layers if PARTNER_ADAPTER in m.scaling]
+        if not self._scaled:
             raise ValueError(f"--partner_lora={path!r} matched no layer of the UNet")
         self.on = None
         self.switch(False)
@@ -58,9 +58,8 @@ class PartnerLoRA:
         """Partner on (at its weight) or off (scaling 0: the partner adds exactly nothing)."""
         if on == self.on:
             return
-        for layer in self.layers:
-            if id(layer) in self._base_scaling:
-                layer.scaling[PARTNER_ADAPTER] = self._base_scaling[id(layer)] * (self.weight if on else 0.0)
+        for layer, base in self._scaled:
+            layer.scaling[PARTNER_ADAPTER] = base * (self.weight if on else 0.0)
         self.on = on
 
 

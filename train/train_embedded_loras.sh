@@ -3,7 +3,7 @@
 # train/train_lora.py and install their weights under lora_presets/tiny-shapes/.
 #
 #   bash train/train_embedded_loras.sh            # all three, one after the other (25-60 min each on one CPU core)
-#   FORCE=1 STYLES="outline night" bash train/train_embedded_loras.sh   # retrain (two at once on two cores: run twice)
+#   FORCE=1 STYLES="night outline" bash train/train_embedded_loras.sh   # retrain (outline needs night first: it is its partner)
 #   STYLES="night" bash train/train_embedded_loras.sh
 #
 # Outputs (checkpoints, validation images, model cards, logs) stay in runs/loras/<style>/;
@@ -14,8 +14,8 @@ PY=${PY:-.venv/bin/python}
 # night before outline: outline is trained with the night LoRA as its partner (train/README.md)
 STYLES=${STYLES:-"night outline pastel"}
 STEPS=${STEPS:-1500}
-# half of them with the night partner on. The shipped outline LoRA was trained against the 2500-step
-# night LoRA; with the shipped 4000-step one it reads the same (BENCHMARKS.md)
+# outline: half of its steps with the night partner on. The shipped outline LoRA was trained against the
+# earlier 2500-step night LoRA; with the shipped 4000-step one it reads about the same (BENCHMARKS.md)
 STEPS_outline=${STEPS_outline:-3000}
 STEPS_night=${STEPS_night:-4000}  # night's shapes kept improving: shape accuracy 0.70 / 0.77 / 0.85 at 1500 / 2500 / 4000 steps
 # attention, transformer in/out and feed-forward, resnet convs and their time-embedding projections

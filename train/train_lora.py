@@ -37,7 +37,7 @@ from train.lora_checkpoints import (  # noqa: E402
     latest_checkpoint, read_marker, register_lora_state_hooks, remove_stale_partials, save_checkpoint,
 )
 from train.lora_data import (  # noqa: E402
-    EpochShuffleSampler, build_dataset, build_partner_dataset, collate, keyed_generator, render_shapes_dataset,
+    EpochShuffleSampler, build_dataset, collate, keyed_generator, render_shapes_dataset,
 )
 from train.lora_optim import (  # noqa: E402
     build_lr_scheduler, build_optimizer, lora_param_groups, min_snr_loss_weights, snr_of_timesteps,
@@ -145,13 +145,6 @@ def training_loss(batch, unet, text_encoder, vae, noise_scheduler, args, generat
     return (per_sample * min_snr_loss_weights(snr, args.snr_gamma, prediction_type)).mean()
 
 
-def combined_style(args) -> str:
-    """The shapes-world spelling of --shapes_style plus --partner_shapes_style ("outline+night")."""
-    from shapesworld.world import STYLES
-
-    return "+".join(sorted((args.shapes_style, args.partner_shapes_style), key=STYLES.index))
-
-
 def lora_fingerprint(modules) -> str:
     """sha256 of every LoRA tensor's bytes, in key order: equal across ranks iff the weights are identical."""
     from peft.utils import get_peft_model_state_dict
@@ -213,7 +206,10 @@ def main(argv: list[str] | None = None) -> int:
             args.train_data_dir = render_shapes_dataset(os.path.join(args.output_dir, "data"), args.shapes_style,
                                                         args.shapes_num_samples or 200, seed, args.trigger_word)
             if args.partner_shapes_style:
-                render_shapes_dataset(os.path.join(args.output_dir, "partner_data"), combined_style(args),
+                from shapesworld.world import join_styles  # lazy, like render_shapes_dataset's import
+
+                render_shapes_dataset(os.path.join(args.output_dir, "partner_data"),
+                                      join_styles(args.shapes_style, args.partner_shapes_style),
                                       args.shapes_num_samples or 200, seed + 1, args.trigger_word)
     accelerator.wait_for_everyone()
     if args.shapes_style:
@@ -232,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError(f"--resolution={args.resolution} must be a multiple of the VAE factor {vae_factor}")
     setup_lora_models(unet, vae, text_encoder, args, accelerator.device, weight_dtype)
     partner = PartnerLoRA(unet, args.partner_lora, args.partner_weight) if args.partner_lora else None
+    if partner:
+        logger.info(f"Partner LoRA {args.partner_lora}: {partner.num_parameters} frozen parameters, on for "
+                    f"{args.partner_prob:.0%} of the steps at weight {args.partner_weight}")
     if args.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
         if args.train_text_encoder:
@@ -240,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     # 3. Data: (epoch, index) keys in a seeded order; our own generator keeps DataLoader off the global RNG.
     dataset = build_dataset(args, tokenizer, args.resolution, seed)
     sampler = EpochShuffleSampler(len(dataset), seed)
-    partner_data = build_partner_dataset(args, tokenizer, args.resolution, seed) if partner else None
+    partner_data = build_dataset(args, tokenizer, args.resolution, seed, partner=True) if partner else None
     train_dataloader = torch.utils.data.DataLoader(
         dataset, sampler=sampler, batch_size=args.train_batch_size, collate_fn=collate,
         num_workers=args.dataloader_num_workers, generator=torch.Generator().manual_seed(seed))
