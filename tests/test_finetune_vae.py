@@ -74,3 +74,27 @@ def test_encoder_part_keeps_decoder_and_anchors_plain_latents(tmp_path, capsys):
         finetune_vae.main([a if a != "encoder" else "decoder" for a in common] + ["--steps", "6"])
     with pytest.raises(SystemExit, match="--encoder_styles='dusk'"):
         finetune_vae.main(common[:-1] + ["dusk", "--steps", "6"])
+
+
+def test_combinations_are_kinds_of_their_own_and_keep_earlier_records(tmp_path):
+    from tests.tiny import make_tiny_components
+    from train import finetune_vae
+
+    model = tmp_path / "model"
+    make_tiny_components()["vae"].save_pretrained(model / "vae")
+    (model / "training.json").write_text(json.dumps({"vae": {"decoder_styles_extra": {"steps": 3000}}}))
+    common = ["--model", str(model), "--work_dir", str(tmp_path / "work"), "--per_kind", "8", "--eval_per_kind", "4",
+              "--batch_size", "10", "--lr", "1e-3", "--steps", "2"]
+    finetune_vae.main(common + ["--combinations", "outline+night,night+pastel"])
+    vae = json.loads((model / "training.json").read_text())["vae"]
+    assert vae["decoder_styles_extra"] == {"steps": 3000}  # the earlier stage's record stays
+    rec = vae["decoder_combinations"]
+    assert rec["combinations"] == ["outline+night", "night+pastel"]
+    assert set(rec["round_trip_after"]) == {"plain", "outline", "night", "pastel", "outline+night", "night+pastel"}
+    assert set(rec["round_trip_before"]) == set(rec["round_trip_after"])
+
+    for combos, message in [("night+outline", "--combinations='night+outline': style='night+outline' is invalid"),
+                            ("night", "'night' is a single style"),
+                            ("outline+night,outline+pastel,night+pastel,outline+night+pastel", "--batch_size=6 is below")]:
+        with pytest.raises(SystemExit, match=message.replace("+", r"\+").replace("(", r"\(")):
+            finetune_vae.main(common + ["--combinations", combos, "--work_dir", str(tmp_path / combos), "--batch_size", "6"])

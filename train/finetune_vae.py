@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from shapesworld import score_image  # noqa: E402
-from shapesworld.world import STYLES, images_array  # noqa: E402
+from shapesworld.world import STYLES, images_array, style_parts  # noqa: E402
 from train.train_base import lr_lambda, to_model_space  # noqa: E402
 
 KINDS = (None,) + STYLES
@@ -52,8 +52,11 @@ def parse_args(argv=None):
     p.add_argument("--model", default="models/tiny-shapes")
     p.add_argument("--part", choices=("decoder", "encoder"), default="decoder", help="which half of the VAE learns")
     p.add_argument("--encoder_styles", default="night",
-                   help="--part encoder: comma-separated styles whose reconstruction the encoder learns; "
-                        f"the other kinds are anchored to the original encoder (styles: {', '.join(STYLES)})")
+                   help="--part encoder: comma-separated styles (or --combinations) whose reconstruction the encoder "
+                        f"learns; the other kinds are anchored to the original encoder (styles: {', '.join(STYLES)})")
+    p.add_argument("--combinations", default="",
+                   help="comma-separated style combinations trained as kinds of their own next to plain and the single "
+                        "styles, e.g. 'outline+night,night+pastel' (what a user gets blending two style LoRAs)")
     p.add_argument("--anchor_weight", type=float, default=1.0, help="--part encoder: weight of the anchor loss")
     p.add_argument("--work_dir", default=None, help="default runs/vae-<part>")
     p.add_argument("--steps", type=int, default=2500)
@@ -104,24 +107,37 @@ def main(argv=None):
     from diffusers import AutoencoderKL
 
     encoder_part = args.part == "encoder"
+    combinations = tuple(c.strip() for c in args.combinations.split(",") if c.strip())
+    for c in combinations:
+        try:
+            parts = style_parts(c)
+        except ValueError as e:
+            raise SystemExit(f"--combinations={args.combinations!r}: {e}") from None
+        if len(parts) < 2:
+            raise SystemExit(f"--combinations={args.combinations!r}: {c!r} is a single style (always trained); "
+                             "list combinations of two or more joined with '+'")
+    kinds = KINDS + tuple(dict.fromkeys(combinations))
+    if args.batch_size < len(kinds):
+        raise SystemExit(f"--batch_size={args.batch_size} is below the number of kinds ({len(kinds)}): one image of each "
+                         "kind per batch at least")
     styles = tuple(s.strip() for s in args.encoder_styles.split(",") if s.strip())
-    bad = [s for s in styles if s not in STYLES]
+    bad = [s for s in styles if s not in kinds[1:]]
     if encoder_part and (bad or not styles):
-        raise SystemExit(f"--encoder_styles={args.encoder_styles!r}: each must be one of {', '.join(STYLES)}")
+        raise SystemExit(f"--encoder_styles={args.encoder_styles!r}: each must be one of "
+                         f"{', '.join(k for k in kinds[1:])} (add a combination with --combinations)")
     work_dir = args.work_dir or os.path.join("runs", f"vae-{args.part}")
     vae_dir = os.path.join(args.model, "vae")
     vae = AutoencoderKL.from_pretrained(vae_dir).eval()
     os.makedirs(work_dir, exist_ok=True)
 
     pools, evals = [], {}
-    for k, kind in enumerate(KINDS):
+    for k, kind in enumerate(kinds):
         images, _ = render(kind, args.per_kind, (args.seed + k) * 1_000_000)
         pools.append(images)
         evals[kind or "plain"] = render(kind, args.eval_per_kind, (args.seed + k) * 1_000_000 + 900_000)
     before_path = os.path.join(work_dir, "before.json")
-    if os.path.exists(before_path):
-        before = json.load(open(before_path))
-    else:
+    before = json.load(open(before_path)) if os.path.exists(before_path) else None
+    if before is None or set(before) != set(evals):
         before = {name: round_trip_scores(vae, *evals[name]) for name in evals}
         json.dump(before, open(before_path + ".tmp", "w"), indent=1)
         os.replace(before_path + ".tmp", before_path)
@@ -149,10 +165,10 @@ def main(argv=None):
         start = state["step"]
         print(f"resumed at step {start}")
 
-    per = args.batch_size // len(KINDS)
-    learned = [k for k, kind in enumerate(KINDS) if kind in styles] if encoder_part else list(range(len(KINDS)))
-    # which rows of every batch (per images of each kind, in KINDS order) the encoder learns to reconstruct
-    rows = torch.isin(torch.arange(len(KINDS)).repeat_interleave(per), torch.tensor(learned))
+    per = args.batch_size // len(kinds)
+    learned = [k for k, kind in enumerate(kinds) if kind in styles] if encoder_part else list(range(len(kinds)))
+    # which rows of every batch (per images of each kind, in kinds order) the encoder learns to reconstruct
+    rows = torch.isin(torch.arange(len(kinds)).repeat_interleave(per), torch.tensor(learned))
     t0 = time.time()
     bar = tqdm(range(start, args.steps), initial=start, total=args.steps, desc=f"vae {args.part} (styles)")
     for m in learn:
@@ -220,7 +236,11 @@ def main(argv=None):
         "round_trip_before": before, "round_trip_after": after}
     if encoder_part:
         record.update(styles=list(styles), anchor_weight=args.anchor_weight, latent_drift=drift)
-    info.setdefault("vae", {})["encoder_styles" if encoder_part else "decoder_styles_extra"] = record
+    key = "encoder_styles" if encoder_part else "decoder_styles_extra"
+    if combinations:  # a later stage: the earlier records stay
+        record.update(combinations=list(combinations))
+        key = f"{args.part}_combinations"
+    info.setdefault("vae", {})[key] = record
     with open(info_path + ".tmp", "w") as f:
         json.dump(info, f, indent=2)
     os.replace(info_path + ".tmp", info_path)

@@ -81,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lora_dropout", type=float, default=0.0)
     p.add_argument("--init_lora_weights", type=str, default="gaussian", choices=["gaussian", "default"],
                    help="gaussian: A ~ N(0, 1/rank); default: peft's Kaiming-uniform A. B starts at zero in both.")
+    p.add_argument("--init_lora", type=str, default=None,
+                   help="Start the adapter from this LoRA (.safetensors file, or a folder with "
+                        "pytorch_lora_weights.safetensors) instead of a fresh init; same --rank, --lora_alpha and "
+                        "--target_modules as it was trained with. UNet LoRAs only.")
     p.add_argument("--target_modules", type=str, default=UNET_TARGET_MODULES, help="Comma-separated UNet module names.")
     p.add_argument("--train_text_encoder", action="store_true")
     p.add_argument("--text_encoder_target_modules", type=str, default=TEXT_ENCODER_TARGET_MODULES)
@@ -105,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr_power", type=float, default=1.0, help="polynomial: power factor.")
     p.add_argument("--snr_gamma", type=float, default=None, help="Min-SNR-gamma loss weighting (5.0 recommended).")
     p.add_argument("--noise_offset", type=float, default=0.0)
+    p.add_argument("--cfg_loss_scale", type=float, default=None,
+                   help="Also hold the classifier-free-guided prediction at this scale to the target (a second "
+                        "UNet pass with the empty caption per step). For style LoRAs whose effect guidance bends.")
+    p.add_argument("--cfg_loss_weight", type=float, default=1.0, help="Weight of the --cfg_loss_scale term.")
     p.add_argument("--use_8bit_adam", action="store_true", help="bitsandbytes AdamW8bit.")
     p.add_argument("--adam_beta1", type=float, default=0.9)
     p.add_argument("--adam_beta2", type=float, default=0.999)
@@ -165,6 +173,17 @@ def validate_args(args: argparse.Namespace) -> argparse.Namespace:
         if args.shapes_num_samples < 1:
             _fail("--shapes_num_samples", args.shapes_num_samples, "must be >= 1")
     _validate_partner(args)
+    if args.init_lora is not None:
+        path = args.init_lora
+        if os.path.isdir(path):
+            path = os.path.join(path, "pytorch_lora_weights.safetensors")
+        if not (os.path.isfile(path) and path.endswith(".safetensors")):
+            _fail("--init_lora", args.init_lora, "give a LoRA .safetensors file or a folder with pytorch_lora_weights.safetensors")
+        args.init_lora = path
+    if args.cfg_loss_scale is not None and args.cfg_loss_scale <= 1.0:
+        _fail("--cfg_loss_scale", args.cfg_loss_scale, "must be > 1 (at 1 the guided prediction is the conditional one)")
+    if args.cfg_loss_weight <= 0:
+        _fail("--cfg_loss_weight", args.cfg_loss_weight, "must be > 0")
     if args.dataset_config_name and not args.dataset_name:
         raise ValueError("--dataset_config_name needs --dataset_name")
 

@@ -42,6 +42,7 @@ from train.lora_data import (  # noqa: E402
 from train.lora_optim import (  # noqa: E402
     build_lr_scheduler, build_optimizer, lora_param_groups, min_snr_loss_weights, snr_of_timesteps,
 )
+from train.lora_init import load_initial_lora  # noqa: E402
 from train.lora_partner import PartnerLoRA, partner_batch, partner_step  # noqa: E402
 from train.lora_validation import run_validation  # noqa: E402
 
@@ -111,8 +112,14 @@ def trainable(module) -> list[torch.nn.Parameter]:
     return [p for p in module.parameters() if p.requires_grad]
 
 
-def training_loss(batch, unet, text_encoder, vae, noise_scheduler, args, generator, weight_dtype):
-    """One denoising-score-matching loss: encode, noise at a random t, predict, weighted MSE."""
+def training_loss(batch, unet, text_encoder, vae, noise_scheduler, args, generator, weight_dtype, empty_ids=None):
+    """One denoising-score-matching loss: encode, noise at a random t, predict, weighted MSE.
+
+    With --cfg_loss_scale G the guided prediction u + G (c - u) is held to the same target too
+    (u: the prediction for the empty caption ``empty_ids``, through the same adapter), weighted by
+    --cfg_loss_weight: the adapter then also has to be right where classifier-free guidance at G
+    takes the sampler, not only along the conditional prediction it is trained on.
+    """
     pixel_values = batch["pixel_values"].to(dtype=weight_dtype)  # (B, 3, H, W)
     with torch.no_grad():
         posterior = vae.encode(pixel_values).latent_dist
@@ -137,12 +144,21 @@ def training_loss(batch, unet, text_encoder, vae, noise_scheduler, args, generat
     else:
         raise ValueError(f"prediction_type={prediction_type!r} (scheduler config or --prediction_type) is not supported")
     model_pred = unet(noisy_latents, timesteps, encoder_hidden_states, return_dict=False)[0]
+    weights = (None if args.snr_gamma is None else
+               min_snr_loss_weights(snr_of_timesteps(noise_scheduler.alphas_cumprod, timesteps), args.snr_gamma,
+                                    prediction_type))
 
-    if args.snr_gamma is None:
-        return F.mse_loss(model_pred.float(), target.float(), reduction="mean")
-    per_sample = F.mse_loss(model_pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))  # (B,)
-    snr = snr_of_timesteps(noise_scheduler.alphas_cumprod, timesteps)
-    return (per_sample * min_snr_loss_weights(snr, args.snr_gamma, prediction_type)).mean()
+    def weighted_mse(pred: torch.Tensor) -> torch.Tensor:
+        per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))  # (B,)
+        return per_sample.mean() if weights is None else (per_sample * weights).mean()
+
+    loss = weighted_mse(model_pred)
+    if args.cfg_loss_scale is not None:
+        empty_states = text_encoder(empty_ids.to(batch["input_ids"].device), return_dict=False)[0]  # (1, L, D)
+        uncond_pred = unet(noisy_latents, timesteps, empty_states.expand(bsz, -1, -1), return_dict=False)[0]
+        guided = uncond_pred + args.cfg_loss_scale * (model_pred - uncond_pred)
+        loss = loss + args.cfg_loss_weight * weighted_mse(guided)
+    return loss
 
 
 def lora_fingerprint(modules) -> str:
@@ -227,6 +243,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.resolution % vae_factor:
         raise ValueError(f"--resolution={args.resolution} must be a multiple of the VAE factor {vae_factor}")
     setup_lora_models(unet, vae, text_encoder, args, accelerator.device, weight_dtype)
+    if args.init_lora:
+        count = load_initial_lora(unet, args.init_lora, args.rank, args.lora_alpha)
+        logger.info(f"Adapter starts from {args.init_lora} ({count} tensors)")
     partner = PartnerLoRA(unet, args.partner_lora, args.partner_weight) if args.partner_lora else None
     if partner:
         logger.info(f"Partner LoRA {args.partner_lora}: {partner.num_parameters} frozen parameters, on for "
@@ -240,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     dataset = build_dataset(args, tokenizer, args.resolution, seed)
     sampler = EpochShuffleSampler(len(dataset), seed)
     partner_data = build_dataset(args, tokenizer, args.resolution, seed, partner=True) if partner else None
+    empty_ids = (tokenizer("", max_length=tokenizer.model_max_length, padding="max_length", truncation=True,
+                           return_tensors="pt").input_ids if args.cfg_loss_scale is not None else None)  # (1, L)
     train_dataloader = torch.utils.data.DataLoader(
         dataset, sampler=sampler, batch_size=args.train_batch_size, collate_fn=collate,
         num_workers=args.dataloader_num_workers, generator=torch.Generator().manual_seed(seed))
@@ -321,7 +342,8 @@ def main(argv: list[str] | None = None) -> int:
                     batch = {k: v.to(accelerator.device) for k, v in batch.items()}
                     partner_steps += 1
             with accelerator.accumulate(*models_to_accumulate):
-                loss = training_loss(batch, unet, text_encoder, vae, noise_scheduler, args, generator, weight_dtype)
+                loss = training_loss(batch, unet, text_encoder, vae, noise_scheduler, args, generator, weight_dtype,
+                                     empty_ids)
                 # Mean over all processes, for logging only (a collective: every rank reaches it).
                 loss_sum += accelerator.gather(loss.detach().repeat(args.train_batch_size)).mean().item()
                 loss_count += 1
