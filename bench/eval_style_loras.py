@@ -48,7 +48,8 @@ def ceiling(model: str) -> str:
     path = os.path.join(model, "training.json")
     vae_info = json.load(open(path)).get("vae", {}) if os.path.exists(path) else {}
     # the latest VAE fine-tune measured the VAE as shipped
-    extra = vae_info.get("encoder_styles") or vae_info.get("decoder_styles_extra")
+    extra = next((vae_info[k] for k in ("decoder_combinations", "encoder_combinations", "encoder_styles",
+                                        "decoder_styles_extra") if k in vae_info), None)
     if not extra:
         return ""
     rows = "\n".join(f"| {k} | {v['color']:.2f} | {v['shape']:.2f} | {v['hollow']:.2f} | {v['dark']:.2f} | {v['saturation']:.3f} |"

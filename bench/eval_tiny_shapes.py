@@ -99,7 +99,9 @@ accuracy read back by `shapesworld.scorer`).
 Training (`{training.get('command', 'python train/train_base.py')}`, seed {training['seed']}): VAE {training['vae']['steps']} steps,
 final reconstruction MSE {training['vae']['final_mse']:.4f}, then the decoder alone (encoder frozen) on the LoRA styles:
 {training['vae'].get('decoder_styles', {}).get('steps', 0)} steps in train_base.py and
-{training['vae'].get('decoder_styles_extra', {}).get('steps', 0)} more with `train/finetune_vae.py --part decoder` (what that buys: "Embedded style LoRAs");
+{training['vae'].get('decoder_styles_extra', {}).get('steps', 0)} more with `train/finetune_vae.py --part decoder`, then the encoder alone on night images
+({training['vae'].get('encoder_styles', {}).get('steps', 0)} steps, `--part encoder`) and the decoder on outline + night images as a kind of their own
+({training['vae'].get('decoder_combinations', {}).get('steps', 0)} steps, `--combinations outline+night`) (what that buys: "Embedded style LoRAs");
 UNet + text encoder {training['unet']['steps']} steps at batch
 {training['unet']['batch_size']}, final v-prediction loss {training['unet']['final_loss']:.4f}; wall time in README ("Embedded model").
 """

@@ -91,8 +91,9 @@ def test_night_darkens_the_background(blender, cases, base):
 
 def test_pastel_washes_out_the_colors(blender, cases, base):
     _, rs = run(blender, cases, {"pastel": 1.0})
-    assert saturation(rs) <= 0.7 * saturation(base[1])
-    assert color_acc(rs, cases) >= 0.5  # washed out, not re-colored (it turns some blues purple)
+    assert saturation(rs) <= 0.5 * saturation(base[1])  # 0.36x here; -61% on 100 prompts
+    # washed out, not re-colored: before the --cfg_loss_scale stage guidance turned blues purple (0.71 on 100 prompts)
+    assert color_acc(rs, cases) >= 0.6
 
 
 def test_half_weight_lies_between(blender, cases, base):
@@ -104,9 +105,10 @@ def test_half_weight_lies_between(blender, cases, base):
     assert mean_luminance(base[0]) > mean_luminance(half) > mean_luminance(full)
 
 
-def test_outline_and_night_together_give_some_hollow_shapes_on_dark(blender, cases):
-    """A guard for the partner training (outline trained with night loaded), not the issue's 70% target:
-    LoRAs trained apart gave 0 of 100 prompts with both effects, the shipped pair 25 of 100 (BENCHMARKS.md)."""
+def test_outline_and_night_together_give_hollow_shapes_on_dark(blender, cases):
+    """outline + night at weight 1 each: most shapes hollow on a dark background (9 of these 12 now; 80 of
+    100 prompts in BENCHMARKS.md). LoRAs trained apart gave 0 of 100; outline trained with night as its partner
+    but through the earlier VAE decoder, which could not draw outlines on dark, 25 of 100 (3 of these 12)."""
     _, rs = run(blender, cases, {"outline": 1.0, "night": 1.0})
     assert share(rs, "dark_background") >= 0.9
-    assert sum(r.hollow and r.dark_background for r in rs) >= 1, [(r.hollow, r.dark_background) for r in rs]
+    assert sum(r.hollow and r.dark_background for r in rs) >= 6, [(r.hollow, r.dark_background) for r in rs]
