@@ -127,6 +127,7 @@ def main() -> None:
         ("+ text-encoder LoRA", ["--train_text_encoder"]),
         ("rank 16", ["--rank", "16"]),
         ("+ min-SNR 5 + noise offset", ["--snr_gamma", "5", "--noise_offset", "0.05"]),
+        ("+ guided-prediction loss (--cfg_loss_scale 3)", ["--cfg_loss_scale", "3"]),
     ]
     device = torch.cuda.get_device_name() if args.sd15_gpu else f"CPU, {os.cpu_count()} cores"
     print(f"# {label}, {resolution}px, batch {batch}, {steps} steps; {device}; torch {torch.__version__}, "

@@ -98,3 +98,16 @@ def test_combinations_are_kinds_of_their_own_and_keep_earlier_records(tmp_path):
                             ("outline+night,outline+pastel,night+pastel,outline+night+pastel", "--batch_size=6 is below")]:
         with pytest.raises(SystemExit, match=message.replace("+", r"\+").replace("(", r"\(")):
             finetune_vae.main(common + ["--combinations", combos, "--work_dir", str(tmp_path / combos), "--batch_size", "6"])
+
+
+def test_checkpoint_of_other_kinds_is_refused(tmp_path):
+    from tests.tiny import make_tiny_components
+    from train import finetune_vae
+
+    model = tmp_path / "model"
+    make_tiny_components()["vae"].save_pretrained(model / "vae")
+    common = ["--model", str(model), "--work_dir", str(tmp_path / "work"), "--per_kind", "8", "--eval_per_kind", "2",
+              "--batch_size", "8", "--lr", "1e-3", "--checkpointing_steps", "1"]
+    finetune_vae.main(common + ["--steps", "1"])
+    with pytest.raises(SystemExit, match=r"was trained on the kinds \['plain', 'outline', 'night', 'pastel'\]"):
+        finetune_vae.main(common + ["--steps", "2", "--combinations", "outline+night"])
