@@ -174,12 +174,7 @@ def validate_args(args: argparse.Namespace) -> argparse.Namespace:
             _fail("--shapes_num_samples", args.shapes_num_samples, "must be >= 1")
     _validate_partner(args)
     if args.init_lora is not None:
-        path = args.init_lora
-        if os.path.isdir(path):
-            path = os.path.join(path, "pytorch_lora_weights.safetensors")
-        if not (os.path.isfile(path) and path.endswith(".safetensors")):
-            _fail("--init_lora", args.init_lora, "give a LoRA .safetensors file or a folder with pytorch_lora_weights.safetensors")
-        args.init_lora = path
+        args.init_lora = _lora_file("--init_lora", args.init_lora)
     if args.cfg_loss_scale is not None and args.cfg_loss_scale <= 1.0:
         _fail("--cfg_loss_scale", args.cfg_loss_scale, "must be > 1 (at 1 the guided prediction is the conditional one)")
     if args.cfg_loss_weight <= 0:
@@ -253,6 +248,14 @@ def validate_args(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
+def _lora_file(flag: str, value: str) -> str:
+    """A LoRA weights file given as the file or as the folder that holds pytorch_lora_weights.safetensors."""
+    path = os.path.join(value, "pytorch_lora_weights.safetensors") if os.path.isdir(value) else value
+    if not (os.path.isfile(path) and path.endswith(".safetensors")):
+        _fail(flag, value, "give a LoRA .safetensors file or a folder with pytorch_lora_weights.safetensors")
+    return path
+
+
 def _validate_partner(args: argparse.Namespace) -> None:
     partner_data = [f for f, v in (("--partner_train_data_dir", args.partner_train_data_dir),
                                    ("--partner_shapes_style", args.partner_shapes_style)) if v]
@@ -260,12 +263,7 @@ def _validate_partner(args: argparse.Namespace) -> None:
         if partner_data:
             raise ValueError(f"{partner_data[0]} needs --partner_lora (the adapter to compose with)")
         return
-    path = args.partner_lora
-    if os.path.isdir(path):
-        path = os.path.join(path, "pytorch_lora_weights.safetensors")
-    if not (os.path.isfile(path) and path.endswith(".safetensors")):
-        _fail("--partner_lora", args.partner_lora, "give a LoRA .safetensors file or a folder with pytorch_lora_weights.safetensors")
-    args.partner_lora = path
+    args.partner_lora = _lora_file("--partner_lora", args.partner_lora)
     if len(partner_data) != 1:
         raise ValueError(f"--partner_lora needs exactly one of --partner_train_data_dir, --partner_shapes_style "
                          f"(images of both styles together; got {partner_data or 'none'})")
