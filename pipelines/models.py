@@ -30,7 +30,7 @@ class ModelSpec:
 
 MODELS: dict[str, ModelSpec] = {
     # trained here by train/train_base.py: zero-SNR v-prediction, DDIM trailing (see FIELD-NOTES).
-    # Guidance 3: where it reads best (BENCHMARKS.md "Embedded model": shape 0.95 at 3, 0.85 at 7.5),
+    # Guidance 3: where it reads best (BENCHMARKS.md "Embedded model": shape 0.935 at 3, 0.84 at 7.5),
     # and where the style LoRAs keep their colors and shapes ("Embedded style LoRAs").
     "tiny-shapes": ModelSpec("models/tiny-shapes", "tiny-shapes", 32, "DDIM", 25, 3.0, local=True,
                              note="embedded default; runs on CPU"),
