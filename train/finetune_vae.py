@@ -123,6 +123,7 @@ def main(argv=None):
             raise SystemExit(f"--combinations={args.combinations!r}: {c!r} is a single style (always trained); "
                              "list combinations of two or more joined with '+'")
     kinds = KINDS + tuple(dict.fromkeys(combinations))
+    kind_names = [k or "plain" for k in kinds]  # evals, records and checkpoints name them so
     if args.batch_size < len(kinds):
         raise SystemExit(f"--batch_size={args.batch_size} is below the number of kinds ({len(kinds)}): one image of each "
                          "kind per batch at least")
@@ -140,7 +141,7 @@ def main(argv=None):
     for k, kind in enumerate(kinds):
         images, _ = render(kind, args.per_kind, (args.seed + k) * 1_000_000)
         pools.append(images)
-        evals[kind or "plain"] = render(kind, args.eval_per_kind, (args.seed + k) * 1_000_000 + 900_000)
+        evals[kind_names[k]] = render(kind, args.eval_per_kind, (args.seed + k) * 1_000_000 + 900_000)
     before_path = os.path.join(work_dir, "before.json")
     before = json.load(open(before_path)) if os.path.exists(before_path) else None
     if before is None or set(before) != set(evals):
@@ -164,9 +165,9 @@ def main(argv=None):
         state = torch.load(ckpt, weights_only=True)
         if state.get("part", "decoder") != args.part:
             raise SystemExit(f"{ckpt} is a --part {state.get('part', 'decoder')} checkpoint; this run is --part {args.part}")
-        saved_kinds = state.get("kinds", [k or "plain" for k in KINDS])
-        if saved_kinds != [k or "plain" for k in kinds]:
-            raise SystemExit(f"{ckpt} was trained on the kinds {saved_kinds}; this run has {[k or 'plain' for k in kinds]}: "
+        saved_kinds = state.get("kinds", kind_names[:len(KINDS)])  # checkpoints from before --combinations
+        if saved_kinds != kind_names:
+            raise SystemExit(f"{ckpt} was trained on the kinds {saved_kinds}; this run has {kind_names}: "
                              "give another --work_dir (or the same --combinations)")
         for name, m in zip(names, learn):
             m.load_state_dict(state[name])
@@ -210,8 +211,8 @@ def main(argv=None):
             bar.set_postfix(loss=f"{loss.item():.4f}")
         if (step + 1) % args.checkpointing_steps == 0 or step + 1 == args.steps:
             state = {name: m.state_dict() for name, m in zip(names, learn)}
-            state.update(part=args.part, kinds=[k or "plain" for k in kinds], optimizer=opt.state_dict(),
-                         scheduler=sched.state_dict(), step=step + 1)
+            state.update(part=args.part, kinds=kind_names, optimizer=opt.state_dict(), scheduler=sched.state_dict(),
+                         step=step + 1)
             torch.save(state, ckpt + ".tmp")
             os.replace(ckpt + ".tmp", ckpt)
     vae.eval()

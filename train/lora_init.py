@@ -11,20 +11,31 @@ from __future__ import annotations
 import torch
 
 
+def read_unet_lora(path: str, flag: str) -> tuple[dict, dict | None, dict | None]:
+    """(state dict with "unet." keys, network alphas, adapter metadata) of a UNet-only LoRA file.
+
+    Shared by --init_lora and --partner_lora: a file with text-encoder layers, or none for the
+    UNet, is refused naming the flag.
+    """
+    from diffusers import StableDiffusionPipeline
+
+    state_dict, network_alphas, metadata = StableDiffusionPipeline.lora_state_dict(path, return_lora_metadata=True)
+    if any(k.startswith("text_encoder") for k in state_dict):
+        raise ValueError(f"{flag}={path!r} has text-encoder layers; only UNet LoRAs are accepted here")
+    if not any(k.startswith("unet.") for k in state_dict):
+        raise ValueError(f"{flag}={path!r} has no UNet LoRA layers")
+    return state_dict, network_alphas, metadata
+
+
 def load_initial_lora(unet, path: str, rank: int, alpha: float) -> int:
     """Copy the UNet LoRA weights of ``path`` into the "default" adapter; returns the tensor count."""
-    from diffusers import StableDiffusionPipeline
     from peft import set_peft_model_state_dict
     from peft.utils import get_peft_model_state_dict
 
-    state_dict, _, metadata = StableDiffusionPipeline.lora_state_dict(path, return_lora_metadata=True)
-    if any(k.startswith("text_encoder") for k in state_dict):
-        raise ValueError(f"--init_lora={path!r} has text-encoder layers; only UNet LoRAs can start a run")
+    state_dict, _, metadata = read_unet_lora(path, "--init_lora")
     unet_state = {k[len("unet."):]: v for k, v in state_dict.items() if k.startswith("unet.")}
-    if not unet_state:
-        raise ValueError(f"--init_lora={path!r} has no UNet LoRA layers")
-    if metadata:  # written by diffusers with the adapter's LoraConfig: rank and alpha must agree
-        file_rank, file_alpha = metadata.get("unet.r", metadata.get("r")), metadata.get("unet.lora_alpha", metadata.get("lora_alpha"))
+    if metadata and "unet.r" in metadata:  # diffusers writes the adapter's LoraConfig: rank and alpha must agree
+        file_rank, file_alpha = metadata["unet.r"], metadata.get("unet.lora_alpha")
         if (file_rank, file_alpha) != (rank, alpha):
             raise ValueError(f"--init_lora={path!r} has rank {file_rank}, alpha {file_alpha}; this run has "
                              f"--rank {rank}, --lora_alpha {alpha}: give the file's values")

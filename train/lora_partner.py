@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 
 from train.lora_data import collate, keyed_generator
+from train.lora_init import read_unet_lora
 
 PARTNER_ADAPTER = "partner"
 # Keys of the partner's generators, apart from the data (epoch, index) and noise (rank, step) keys.
@@ -29,14 +30,9 @@ class PartnerLoRA:
     """A frozen second LoRA in the UNet, next to the "default" adapter being trained."""
 
     def __init__(self, unet, path: str, weight: float = 1.0):
-        from diffusers import StableDiffusionPipeline
         from peft.tuners.lora import LoraLayer
 
-        state_dict, network_alphas, metadata = StableDiffusionPipeline.lora_state_dict(path, return_lora_metadata=True)
-        if any(k.startswith("text_encoder") for k in state_dict):
-            raise ValueError(f"--partner_lora={path!r} has text-encoder layers; only UNet LoRAs can be partners")
-        if not any(k.startswith("unet.") for k in state_dict):
-            raise ValueError(f"--partner_lora={path!r} has no UNet LoRA layers")
+        state_dict, network_alphas, metadata = read_unet_lora(path, "--partner_lora")
         unet.load_lora_adapter(state_dict, prefix="unet", network_alphas=network_alphas, adapter_name=PARTNER_ADAPTER,
                                metadata=metadata)
         self.weight = float(weight)

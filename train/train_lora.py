@@ -259,8 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     dataset = build_dataset(args, tokenizer, args.resolution, seed)
     sampler = EpochShuffleSampler(len(dataset), seed)
     partner_data = build_dataset(args, tokenizer, args.resolution, seed, partner=True) if partner else None
-    empty_ids = (tokenizer("", max_length=tokenizer.model_max_length, padding="max_length", truncation=True,
-                           return_tensors="pt").input_ids if args.cfg_loss_scale is not None else None)  # (1, L)
+    empty_ids = dataset.tokenize("")[None] if args.cfg_loss_scale is not None else None  # (1, L): the empty caption
     train_dataloader = torch.utils.data.DataLoader(
         dataset, sampler=sampler, batch_size=args.train_batch_size, collate_fn=collate,
         num_workers=args.dataloader_num_workers, generator=torch.Generator().manual_seed(seed))
