@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-GUIDANCE_METHODS = ("cfg", "apg", "cfg-zero-star", "perp-neg")
+CLASSIFIER_METHODS = ("classifier", "classifier+cfg")  # need a noise-aware classifier (pipelines/classifier.py)
+GUIDANCE_METHODS = ("cfg", "apg", "cfg-zero-star", "perp-neg") + CLASSIFIER_METHODS
+DEFAULT_CLASSIFIER_SCALE = 8.0  # s; the best measured on the embedded model (BENCHMARKS.md, bench/eval_guidance_kinds.py)
 SCALE_SCHEDULES = ("constant", "linear-up", "linear-down", "cosine")
 INTERVAL_SPACES = ("sigma", "fraction")
 
@@ -169,6 +171,61 @@ def perp_neg(
     return uncond + scale * d_pos - negative_scale * d_neg_perp
 
 
+def classifier_guided_eps(eps: torch.Tensor, grad: torch.Tensor, scale: float, alpha_bar: float) -> torch.Tensor:
+    """Classifier guidance (Dhariwal & Nichol 2021, "Diffusion Models Beat GANs on Image
+    Synthesis", Sec. 4.2, Alg. 2), in epsilon terms.
+
+    Derivation. For the VP latent x_t = a x0 + b eps (a = sqrt(alpha_bar), b = sqrt(1 - alpha_bar)),
+    the score of the noised data is grad log p(x_t) = -E[eps | x_t] / b, so a noise prediction is a
+    scaled score: eps(x_t) = -b grad log p(x_t). Bayes gives the conditional score
+        grad log p(x_t | y) = grad log p(x_t) + grad log p(y | x_t),
+    and weighting the classifier term by s (s = 1: the exact posterior; s > 1: sharper):
+        eps_hat = -b (grad log p(x_t) + s g) = eps - s b g,      g = grad_{x_t} log p(y | x_t).
+    ``grad`` is g taken with respect to the VP latent the UNet sees. Sigma-space samplers
+    (x_s = x_t / a, sigma = b / a) need no other formula: grad_{x_s} = a g and their score is
+    -eps / sigma, so eps_hat = eps - s sigma (a g) = eps - s b g again. See
+    ``output_shift_from_eps`` for v-prediction.
+    """
+    return eps - scale * (1.0 - alpha_bar) ** 0.5 * grad
+
+
+def output_shift_from_eps(delta_eps: torch.Tensor, alpha_bar: float, prediction_type: str) -> torch.Tensor:
+    """The change of the model's native output that changes its implied epsilon by ``delta_eps``
+    at a fixed x_t (conventions of pipelines/prediction.py, a = sqrt(alpha_bar), b = sqrt(1 - a^2)):
+
+        epsilon:       d_out = d_eps
+        v_prediction:  eps = a v + b x_t            =>  d_v  = d_eps / a
+        sample (x0):   x0 = (x_t - b eps) / a       =>  d_x0 = -b d_eps / a
+
+    Undefined at zero SNR (a = 0), where the guidance is zero anyway: x_T is independent of y,
+    so p(y | x_T) = p(y) and its gradient vanishes; callers skip that step.
+    """
+    if prediction_type == "epsilon":
+        return delta_eps
+    a, b = alpha_bar**0.5, (1.0 - alpha_bar) ** 0.5
+    if prediction_type == "v_prediction":
+        return delta_eps / a
+    if prediction_type == "sample":
+        return -b * delta_eps / a
+    raise ValueError(f"prediction_type={prediction_type!r} is not supported by classifier guidance")
+
+
+def classifier_gradient(classifier, x_t: torch.Tensor, t, targets: torch.Tensor):
+    """g = grad_{x_t} sum_a log p(y_a | x_t, t) over the named attributes (one backward pass through
+    the classifier only), with log p(y | x_t) per sample and the logits. Samples are independent
+    (GroupNorm, no batch statistics), so the gradient of the batch sum is each sample's own."""
+    from .classifier import target_log_prob
+
+    param = next(classifier.parameters())
+    t_batch = torch.as_tensor(t, dtype=torch.float32, device=param.device).reshape(-1).expand(x_t.shape[0])
+    with torch.enable_grad():
+        x = x_t.detach().to(device=param.device, dtype=param.dtype).requires_grad_(True)
+        logits = classifier(x, t_batch)
+        log_prob = target_log_prob(logits, targets.to(param.device))
+        (grad,) = torch.autograd.grad(log_prob.sum(), x)
+    return grad.to(dtype=x_t.dtype, device=x_t.device), log_prob.detach(), {k: v.detach() for k, v in logits.items()}
+
+
 # --------------------------------------------------------------------------- configuration
 
 
@@ -210,6 +267,7 @@ class GuidanceConfig:
     apg: APGParams = field(default_factory=APGParams)
     cfgzero: CFGZeroParams = field(default_factory=CFGZeroParams)
     perpneg: PerpNegParams = field(default_factory=PerpNegParams)
+    classifier_scale: float = DEFAULT_CLASSIFIER_SCALE  # s of the classifier methods (others ignore it)
 
     def __post_init__(self):
         if self.method not in GUIDANCE_METHODS:
@@ -234,6 +292,9 @@ class GuidanceConfig:
         if not isinstance(k, int) or k < 0:
             raise ValueError(f"cfgzero.zero_init_steps={k!r} must be an integer >= 0")
         _finite("perpneg.negative_scale", self.perpneg.negative_scale)
+        _finite("classifier_scale", self.classifier_scale)
+        if self.classifier_scale < 0:
+            raise ValueError(f"classifier_scale={self.classifier_scale!r} must be >= 0 (0: no classifier term)")
 
     def resolved(self, guidance_scale: float, guidance_rescale: float) -> "GuidanceConfig":
         """A copy with ``scale`` / ``rescale`` filled from the call arguments where None."""
@@ -247,6 +308,7 @@ class GuidanceConfig:
             apg=self.apg,
             cfgzero=self.cfgzero,
             perpneg=self.perpneg,
+            classifier_scale=self.classifier_scale,
         )
 
     def peak_scale(self) -> float:
@@ -263,10 +325,17 @@ class Guider:
         self.config = config
         self.enabled = enabled  # False: one branch (cond), like diffusers at guidance_scale <= 1
         self._running: torch.Tensor | None = None  # APG momentum buffer
+        self.classifier = None  # classifier methods: set by bind_classifier
+        self.targets: torch.Tensor | None = None  # (B, len(HEADS)) class indices, -1: not named
+        self.classifier_readout: dict | None = None  # the last evaluation's classifier outputs (records)
+
+    @property
+    def uses_classifier(self) -> bool:
+        return self.config.method in CLASSIFIER_METHODS
 
     @property
     def num_branches(self) -> int:
-        if not self.enabled:
+        if not self.enabled or self.config.method == "classifier":  # CG alone: the empty prompt only
             return 1
         return 3 if self.config.method == "perp-neg" else 2
 
@@ -274,6 +343,8 @@ class Guider:
     def needs_eval_point(self) -> bool:
         """Whether ``scale_at`` / ``combine`` need the step's noise level."""
         c = self.config
+        if self.uses_classifier:
+            return True
         return self.enabled and (c.method == "apg" or (c.interval is not None and c.interval_space == "sigma"))
 
     def scale_at(self, step: int, num_steps: int, sigma: float | None) -> float:
@@ -292,8 +363,10 @@ class Guider:
         if not self.enabled:
             return branches[0]
         c = self.config
+        if c.method == "classifier":
+            return branches[0]  # the classifier term is added by add_classifier_term
         uncond, cond = branches[0], branches[1]
-        if c.method == "cfg":
+        if c.method in ("cfg", "classifier+cfg"):
             guided = cfg(uncond, cond, scale)
         elif c.method == "apg":
             x0_guided, self._running = apg(
@@ -309,3 +382,56 @@ class Guider:
         if c.rescale:  # None (unresolved) or 0: off
             guided = rescale_cfg(guided, cond, c.rescale)
         return guided
+
+    # ------------------------------------------------------------------ classifier guidance
+
+    def bind_classifier(self, classifier, prompt, prompt_embeds, num_images_per_prompt: int, device):
+        """Classifier methods: read the targets from the prompt (the attributes it names, via the
+        shapes world's caption parser) and return the prompt the UNet sees: "" for ``classifier``
+        (no text conditioning at all), the prompt itself for ``classifier+cfg``. Other methods:
+        ``prompt`` unchanged. Refuses clearly: no classifier, no prompt text, nothing named."""
+        method = self.config.method
+        if not self.uses_classifier:
+            return prompt
+        from .classifier import parse_prompt, target_indices
+
+        if classifier is None:
+            raise ValueError(f"guidance method {method!r} needs a noise-aware classifier and this pipeline has "
+                             "none (pipe.classifier is None; the embedded model ships one in classifier/, "
+                             "load it with pipelines.classifier.load_classifier); use method 'cfg'")
+        if prompt is None:
+            raise ValueError(f"guidance method {method!r} reads its target attributes from the prompt text; "
+                             "prompt_embeds alone are not enough: pass prompt")
+        texts = [prompt] if isinstance(prompt, str) else list(prompt)
+        rows = []
+        for text in texts:
+            named = parse_prompt(text)
+            if not named:
+                raise ValueError(f"prompt={text!r} names no attribute the classifier knows; guidance method "
+                                 f"{method!r} needs at least one shape, color, size or position word")
+            rows.extend([target_indices(named)] * num_images_per_prompt)
+        self.classifier = classifier.to(device)
+        self.targets = torch.tensor(rows, dtype=torch.long, device=device)
+        if method == "classifier":
+            return "" if isinstance(prompt, str) else [""] * len(texts)
+        return prompt
+
+    def add_classifier_term(self, guided: torch.Tensor, x_t: torch.Tensor, t, alpha_bar: float,
+                            prediction_type: str) -> torch.Tensor:
+        """guided + the classifier term at scale s, in the model's output space: epsilon moved by
+        -s b g (``classifier_guided_eps``), converted by ``output_shift_from_eps``. ``x_t`` is the VP
+        latent the UNet saw. s = 0 or zero SNR: ``guided`` itself, untouched. Keeps the readout
+        (log p(y|x_t), target probabilities, g) for the step record."""
+        from .classifier import target_probs
+
+        grad, log_prob, logits = classifier_gradient(self.classifier, x_t, t, self.targets)
+        self.classifier_readout = {
+            "log_prob": log_prob.cpu().tolist(),
+            "probs": target_probs(logits, self.targets),
+            "grad": grad.detach().to("cpu", torch.float32),
+        }
+        s = self.config.classifier_scale
+        if s == 0 or alpha_bar <= 0.0:
+            return guided
+        delta_eps = classifier_guided_eps(torch.zeros_like(grad), grad, s, alpha_bar)  # -s b g
+        return guided + output_shift_from_eps(delta_eps, alpha_bar, prediction_type).to(guided.dtype)

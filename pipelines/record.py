@@ -52,6 +52,8 @@ class StepRecord:
     input_scale: float = 1.0
     eps_negative: torch.Tensor | None = None  # Perp-Neg's negative-prompt prediction (full mode)
     guidance_method: str = "cfg"
+    # classifier methods: {"log_prob": [per sample], "probs": {attribute: p(target)}, "grad": (B, C, h, w)}
+    classifier: dict | None = None
 
 
 @dataclass

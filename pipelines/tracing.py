@@ -247,6 +247,8 @@ class TracingStableDiffusionPipeline(
 
         # 3. Encode input prompt
         device = self._execution_device
+        # classifier guidance (issue 15): targets from the prompt; CG alone sends the UNet the empty prompt
+        prompt = guider.bind_classifier(getattr(self, "classifier", None), prompt, prompt_embeds, num_images_per_prompt, device)
         batch_size = 1 if isinstance(prompt, str) else len(prompt) if prompt is not None else prompt_embeds.shape[0]
         embeds = self.encode_branches(
             prompt=prompt, negative_prompt=negative_prompt, prompt_embeds=prompt_embeds,
@@ -298,11 +300,14 @@ class TracingStableDiffusionPipeline(
                     to_x0=lambda out: predicted_x0(out, sample, point, prediction_type),
                     from_x0=lambda x0: output_from_x0(x0, sample, point, prediction_type),
                 )
+                if guider.uses_classifier:  # classifier guidance (issue 15): g at the VP latent the UNet saw
+                    guided = guider.add_classifier_term(guided, model_input[: latents.shape[0]], t, point.alpha_bar, prediction_type)
                 if recording and new_step:
                     pending = self._make_record(
                         step, num_steps, point, latents, branches, guided, guider, scale, prediction_type,
                         full, adapters, preview_every, preview_targets, preview_decoder, preview_kw,
                     )
+                    pending.classifier = guider.classifier_readout  # issue 15 (None without a classifier method)
 
                 latents = sched.step(guided, t, latents, **step_kwargs, return_dict=False)[0]
                 progress_bar.update()
