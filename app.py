@@ -15,7 +15,7 @@ import gradio as gr
 from labapp import engine as eng
 from labapp import gradio_cache
 from labapp import generate as gen
-from labapp import labs, lora_ui, trace_views
+from labapp import guidance_kinds, labs, lora_ui, trace_views
 from labapp.docs import HOW_IT_WORKS, header
 from pipelines.guidance import GUIDANCE_METHODS, SCALE_SCHEDULES
 from pipelines.previews import PREVIEW_DECODERS
@@ -87,6 +87,8 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
                         with gr.Row():
                             cfg_zero_init_steps = gr.Slider(0, 10, value=1, step=1, label="CFG-Zero* zero-init steps")
                             perp_neg_scale = gr.Slider(0, 10, value=1.0, step=0.1, label="Perp-Neg negative scale")
+                        classifier_scale = gr.Slider(*gen.CLASSIFIER_SCALE_RANGE, value=gen.DEFAULT_CLASSIFIER_SCALE, step=0.5,
+                                                     label="Classifier scale s (classifier, classifier+cfg)")
                     with gr.Accordion("Sampler, size and previews", open=False):
                         with gr.Row():
                             timestep_spacing = gr.Dropdown(list(gen.SPACINGS), value="model default", label="Timestep spacing")
@@ -140,6 +142,25 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
                     methods = gr.CheckboxGroup(list(GUIDANCE_METHODS), value=["cfg", "apg", "cfg-zero-star"], label="Methods")
                     methods_btn = gr.Button("Compare methods", variant="primary")
                 methods_grid = pixel_gallery("Same seed, different guidance", 4, 240)
+            with gr.Accordion("Classifier vs classifier-free", open=False):  # issue 15
+                gr.Markdown(guidance_kinds.FORMULAS, latex_delimiters=[{"left": "$", "right": "$", "display": False}])
+                with gr.Row():
+                    kinds_cfg_scales = gr.Textbox(value="1, 1.5, 3, 5", label="CFG scales w")
+                    kinds_cg_scales = gr.Textbox(value=f"0, 2, 4, {gen.DEFAULT_CLASSIFIER_SCALE:g}, 16",
+                                                 label="Classifier scales s")
+                    kinds_prompts = gr.Slider(0, guidance_kinds.MAX_ADHERENCE_PROMPTS, value=8, step=1,
+                                              label="Shapes-world prompts per point")
+                    kinds_heat_step = gr.Slider(0, 1, value=0.5, step=0.05, label="Heat maps at (fraction of steps)")
+                    kinds_btn = gr.Button("Compare CG / CFG / CG+CFG", variant="primary")
+                kinds_grid = pixel_gallery("Same seed: CG over s, then CFG over w", 5, 220)
+                with gr.Row():
+                    kinds_adherence = gr.Plot(label="Adherence curves", show_label=False)
+                    kinds_probs = gr.Plot(label="Classifier probability per step", show_label=False)
+                with gr.Row():
+                    kinds_grad = gr.Plot(label="Classifier gradient", show_label=False)
+                    kinds_eps = gr.Plot(label="|eps_c - eps_u|", show_label=False)
+                kinds_table = gr.Markdown("")
+                kinds_note = gr.Markdown("", elem_classes="lab-note")
 
         with gr.Tab("Scheduler lab"):
             with gr.Row():
@@ -214,7 +235,8 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
         generate_inputs = [prompt, negative_prompt, scheduler, steps, guidance_scale, seed, randomize_seed, width,
                            height, num_images, guidance_method, guidance_rescale, guidance_schedule, interval_start,
                            interval_end, apg_momentum, apg_norm_threshold, apg_eta, cfg_zero_init_steps,
-                           perp_neg_scale, timestep_spacing, sigmas, preview_every, preview_decoder, lora]
+                           perp_neg_scale, timestep_spacing, sigmas, preview_every, preview_decoder, lora,
+                           classifier_scale]
         generated = run.click(
             gen.generate, generate_inputs, [x_t_preview, x0_preview, image, gallery, settings, status, seed, trace],
             api_name="generate", **gpu,
@@ -234,6 +256,12 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
                         [sweep_grid, adherence_plot, adherence_table], api_name="cfg_sweep", **gpu)
         methods_btn.click(labs.compare_guidance, [prompt, negative_prompt, methods, guidance_scale, seed, steps, scheduler],
                           methods_grid, api_name="compare_guidance", **gpu)
+
+        kinds_btn.click(guidance_kinds.compare_guidance_kinds,
+                        [prompt, seed, steps, scheduler, guidance_scale, kinds_cfg_scales, kinds_cg_scales,
+                         classifier_scale, kinds_prompts, kinds_heat_step],
+                        [kinds_grid, kinds_adherence, kinds_table, kinds_probs, kinds_grad, kinds_eps, kinds_note],
+                        api_name="compare_guidance_kinds", **gpu)
 
         schedule_inputs = [lab_schedulers, lab_steps, lab_spacing, lab_sigmas]
         gr.on([schedule_btn.click, demo.load], labs.schedule, schedule_inputs, [schedule_plot, schedule_data],

@@ -214,6 +214,7 @@ def guidance_config(s: GenerationSettings) -> GuidanceConfig:
         apg=APGParams(momentum=s.apg_momentum, norm_threshold=s.apg_norm_threshold, eta=s.apg_eta),
         cfgzero=CFGZeroParams(zero_init_steps=int(s.cfg_zero_init_steps)),
         perpneg=PerpNegParams(negative_scale=s.perp_neg_scale),
+        classifier_scale=float(s.classifier_scale),
     )
 
 
@@ -367,6 +368,24 @@ def lora_grid_images(settings: GenerationSettings) -> tuple[list[str], list]:
         kwargs.pop(key)
     grid = lora_grid(engine.blender, settings.prompt, blend, seed=settings.seed, **kwargs)
     return grid.columns, grid.images[0]
+
+
+def _kind_duration(kind, prompts, *args, steps: int = 25, **kwargs) -> int:
+    return _gpu_seconds(2 * steps * len(prompts))
+
+
+@spaces.GPU(duration=_kind_duration)
+def measure_guidance_kind(kind: str, prompts: list[str], seeds: list[int], targets=None, mentioned=None, *,
+                          cfg_scale: float = 1.0, classifier_scale: float = 0.0, steps: int = 25,
+                          scheduler: str | None = None, record: str = "off"):
+    """shapesworld.guidance_eval.run_kind on the loaded model, no LoRA (issue 15): images, adherence,
+    counted model calls and seconds per image of one guidance kind."""
+    from shapesworld.guidance_eval import run_kind
+
+    with current().pipeline(None) as pipe:
+        return run_kind(pipe, prompts, seeds, targets, mentioned, kind, cfg_scale=cfg_scale,
+                        classifier_scale=classifier_scale, steps=steps, scheduler=scheduler, record=record,
+                        keep_images=True)
 
 
 def known_schedulers() -> list[str]:

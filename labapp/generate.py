@@ -8,7 +8,7 @@ import time
 
 import gradio as gr
 
-from pipelines.guidance import GUIDANCE_METHODS, SCALE_SCHEDULES
+from pipelines.guidance import DEFAULT_CLASSIFIER_SCALE, GUIDANCE_METHODS, SCALE_SCHEDULES
 from pipelines.previews import PREVIEW_DECODERS
 from pipelines.schedulers import SIGMA_KINDS, TIMESTEP_SPACINGS
 
@@ -20,6 +20,7 @@ from .metadata import GenerationSettings, with_settings
 MAX_STEPS = 150
 MAX_IMAGES = 4
 GUIDANCE_RANGE = (0.0, 30.0)
+CLASSIFIER_SCALE_RANGE = (0.0, 100.0)  # s of classifier guidance (issue 15); default DEFAULT_CLASSIFIER_SCALE
 LORA_WEIGHT_RANGE = (-2.0, 2.0)
 SPACINGS = ("model default",) + TIMESTEP_SPACINGS
 PREVIEW_SIZE = 256
@@ -80,7 +81,8 @@ def build_settings(engine: eng.Engine, *, prompt, negative_prompt, scheduler, st
                    width, height, num_images=1, guidance_method="cfg", guidance_rescale=0.0,
                    guidance_schedule="constant", guidance_interval_start=0.0, guidance_interval_end=1.0,
                    apg_momentum=-0.5, apg_norm_threshold=15.0, apg_eta=0.0, cfg_zero_init_steps=1,
-                   perp_neg_scale=1.0, timestep_spacing="model default", sigmas="default", lora="") -> GenerationSettings:
+                   perp_neg_scale=1.0, timestep_spacing="model default", sigmas="default", lora="",
+                   classifier_scale=DEFAULT_CLASSIFIER_SCALE) -> GenerationSettings:
     """Every user value checked here, each error naming its field and the allowed range."""
     lo, hi, step = size_range(engine)
     steps = check.integer("steps", steps, 1, MAX_STEPS)
@@ -116,6 +118,7 @@ def build_settings(engine: eng.Engine, *, prompt, negative_prompt, scheduler, st
         height=check.integer("height", height, lo, hi, multiple_of=step),
         num_images=check.integer("num_images", num_images, 1, MAX_IMAGES),
         lora=parse_lora("lora", lora, [p.id for p in engine.lora_presets()]),
+        classifier_scale=check.number("classifier_scale", classifier_scale, *CLASSIFIER_SCALE_RANGE),
     )
 
 
@@ -131,7 +134,8 @@ def generate(prompt, negative_prompt, scheduler, steps, guidance_scale, seed, ra
              height=0, num_images=1, guidance_method="cfg", guidance_rescale=0.0, guidance_schedule="constant",
              guidance_interval_start=0.0, guidance_interval_end=1.0, apg_momentum=-0.5, apg_norm_threshold=15.0,
              apg_eta=0.0, cfg_zero_init_steps=1, perp_neg_scale=1.0, timestep_spacing="model default",
-             sigmas="default", preview_every=2, preview_decoder="linear", lora="", progress=gr.Progress()):
+             sigmas="default", preview_every=2, preview_decoder="linear", lora="",
+             classifier_scale=DEFAULT_CLASSIFIER_SCALE, progress=gr.Progress()):
     """Stream x_t and predicted-x0 previews every `preview_every` steps, then the image(s).
 
     Yields (x_t preview, x0 preview, image, all images, settings JSON, status, seed used, trace).
@@ -148,6 +152,7 @@ def generate(prompt, negative_prompt, scheduler, steps, guidance_scale, seed, ra
         guidance_interval_end=guidance_interval_end, apg_momentum=apg_momentum,
         apg_norm_threshold=apg_norm_threshold, apg_eta=apg_eta, cfg_zero_init_steps=cfg_zero_init_steps,
         perp_neg_scale=perp_neg_scale, timestep_spacing=timestep_spacing, sigmas=sigmas, lora=lora,
+        classifier_scale=classifier_scale,
     )
     preview_every = check.integer("preview_every", preview_every, 0, MAX_STEPS)
     preview_decoder = check.choice("preview_decoder", preview_decoder, PREVIEW_DECODERS)

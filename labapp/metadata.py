@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass, field
 
 from PIL import Image
 
+from pipelines.guidance import DEFAULT_CLASSIFIER_SCALE
+
 PNG_JSON_KEY = "diffusion_lab"
 PNG_A1111_KEY = "parameters"
 
@@ -38,6 +40,7 @@ class GenerationSettings:
     height: int = 32
     num_images: int = 1
     lora: list[dict] = field(default_factory=list)
+    classifier_scale: float = DEFAULT_CLASSIFIER_SCALE  # classifier / classifier+cfg methods (issue 15)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -85,4 +85,8 @@ def load_pipeline(model_id: str, device: str | torch.device = "cpu", dtype: torc
     if factors is None and spec.family in ("sd15", "sd2"):
         factors = SD15_LATENT_RGB_FACTORS.clone()
     pipe.preview_factors = factors
+    if spec.local and os.path.isfile(os.path.join(source, "classifier", "config.json")):  # classifier guidance
+        from .classifier import load_classifier
+
+        pipe.classifier = load_classifier(os.path.join(source, "classifier"), device)
     return pipe

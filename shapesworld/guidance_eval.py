@@ -94,7 +94,7 @@ def run_kind(pipe, prompts: list[str], seeds: list[int], targets: list, mentione
         clf_rows.close()
     seconds = time.perf_counter() - start
     n = len(prompts)
-    scores = adherence([score_image(im) for im in images], targets, mentioned)
+    scores = adherence([score_image(im) for im in images], targets, mentioned) if targets is not None else {}
     return KindRun(kind, float(cfg_scale), float(classifier_scale), {k: round(v, 4) for k, v in scores.items()},
                    unet_rows.rows / n, clf_rows.rows / n, seconds / n,
                    images if keep_images else [], traces)
