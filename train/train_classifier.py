@@ -68,11 +68,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     for name in ("num_samples", "num_eval_samples", "max_train_steps", "train_batch_size", "checkpointing_steps"):
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name}={getattr(args, name)} must be > 0")
+    text = args.channels
     try:
-        args.channels = tuple(int(c) for c in args.channels.split(","))
+        args.channels = tuple(int(c) for c in text.split(","))
         assert len(args.channels) == 2 and all(c > 0 and c % 16 == 0 for c in args.channels)
     except (ValueError, AssertionError):
-        raise ValueError(f"--channels={args.channels!r} must be two multiples of 16, e.g. 64,96") from None
+        raise ValueError(f"--channels={text!r} must be two multiples of 16, e.g. 64,96") from None
     if not os.path.isdir(os.path.join(args.pretrained_model_name_or_path, "vae")):
         raise ValueError(f"--pretrained_model_name_or_path={args.pretrained_model_name_or_path!r} has no vae/ folder")
     return args
