@@ -103,7 +103,7 @@ def test_nan_guidance_gets_a_clear_error(client, server):
                          guidance_interval_start=0.0, guidance_interval_end=1.0, apg_momentum=-0.5,
                          apg_norm_threshold=15.0, apg_eta=0.0, cfg_zero_init_steps=1, perp_neg_scale=1.0,
                          timestep_spacing="model default", sigmas="default", preview_every=0,
-                         preview_decoder="linear", lora="")
+                         preview_decoder="linear", lora="", classifier_scale=8.0)
     body = json.dumps({"data": [values[n] for n in names]})  # json.dumps writes NaN
     event = httpx.post(server + "gradio_api/call/generate", content=body,
                        headers={"content-type": "application/json"}).json()["event_id"]

@@ -172,4 +172,4 @@ def test_config_resolution_and_peak():
     c = GuidanceConfig(schedule="linear-up").resolved(7.5, 0.3)
     assert (c.scale, c.rescale) == (7.5, 0.3) and c.peak_scale() == 14.0
     assert GuidanceConfig(scale=2.0).resolved(7.5, 0.0).scale == 2.0
-    assert set(GUIDANCE_METHODS) == {"cfg", "apg", "cfg-zero-star", "perp-neg"}
+    assert set(GUIDANCE_METHODS) == {"cfg", "apg", "cfg-zero-star", "perp-neg", "classifier", "classifier+cfg"}

@@ -36,6 +36,7 @@ GENERATE_DEFAULTS = dict(
     guidance_schedule="constant", guidance_interval_start=0.0, guidance_interval_end=1.0, apg_momentum=-0.5,
     apg_norm_threshold=15.0, apg_eta=0.0, cfg_zero_init_steps=1, perp_neg_scale=1.0,
     timestep_spacing="model default", sigmas="default", preview_every=0, preview_decoder="linear", lora="",
+    classifier_scale=8.0,
 )
 CFG_SWEEP_DEFAULTS = dict(prompt="a red circle", negative_prompt="", scales="1, 4", seed=0, steps=2, scheduler="DDIM",
                           adherence_prompts=0)
