@@ -6,7 +6,7 @@
 Same held-out prompts (every attribute named) and the same seeds (hence the same initial noise)
 for every kind: the unconditional model alone (empty prompt), classifier guidance alone (the UNet
 never sees the prompt) over --cg_scales, CFG over --cfg_scales, and CG+CFG at the best CFG scale
-over --cg_scales. Adherence by the shapes-world scorer; UNet and classifier calls per image counted
+over --cgcfg_scales. Adherence by the shapes-world scorer; UNet and classifier calls per image counted
 by hooks; seconds per image, and its ratio to the unconditional run, measured in the same run.
 torch runs on --threads threads (1 by default).
 """
@@ -40,8 +40,9 @@ def main(argv=None) -> int:
     p.add_argument("--num_prompts", type=int, default=100)
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--scheduler", default=None, help="registry name (default: the model's own scheduler)")
-    p.add_argument("--cg_scales", default="1,2,4,8,16")
-    p.add_argument("--cfg_scales", default="1.5,3,5,7.5")
+    p.add_argument("--cg_scales", default="2,4,8,16,32", help="classifier scales s of CG alone")
+    p.add_argument("--cfg_scales", default="1.5,3,5", help="CFG scales w")
+    p.add_argument("--cgcfg_scales", default="2,8", help="classifier scales s of CG+CFG (at the best CFG w)")
     p.add_argument("--seed", type=int, default=3)
     p.add_argument("--batch_size", type=int, default=50)
     p.add_argument("--threads", type=int, default=1)
@@ -81,7 +82,7 @@ def main(argv=None) -> int:
     cfg = [run("cfg", cfg_scale=w) for w in floats(args.cfg_scales)]
     best_cg = max(cg, key=lambda r: mean_adherence(r.adherence))
     best_cfg = max(cfg, key=lambda r: mean_adherence(r.adherence))
-    both = [run("classifier+cfg", cfg_scale=best_cfg.cfg_scale, classifier_scale=s) for s in floats(args.cg_scales)]
+    both = [run("classifier+cfg", cfg_scale=best_cfg.cfg_scale, classifier_scale=s) for s in floats(args.cgcfg_scales)]
     best_both = max(both, key=lambda r: mean_adherence(r.adherence))
 
     if args.out:
