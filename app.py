@@ -146,8 +146,7 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
                 gr.Markdown(guidance_kinds.FORMULAS, latex_delimiters=[{"left": "$", "right": "$", "display": False}])
                 with gr.Row():
                     kinds_cfg_scales = gr.Textbox(value="1, 1.5, 3, 5", label="CFG scales w")
-                    kinds_cg_scales = gr.Textbox(value=f"0, 2, 4, {gen.DEFAULT_CLASSIFIER_SCALE:g}, 16",
-                                                 label="Classifier scales s")
+                    kinds_cg_scales = gr.Textbox(value="0, 2, 4, 8, 16", label="Classifier scales s")
                     kinds_prompts = gr.Slider(0, guidance_kinds.MAX_ADHERENCE_PROMPTS, value=8, step=1,
                                               label="Shapes-world prompts per point")
                     kinds_heat_step = gr.Slider(0, 1, value=0.5, step=0.05, label="Heat maps at (fraction of steps)")

@@ -80,7 +80,7 @@ def _probability_figure(traces: dict) -> Figure:
 
 
 def compare_guidance_kinds(prompt="a red circle", seed=0, steps=25, scheduler="DDIM", guidance_scale=3.0,
-                           cfg_scales="1, 1.5, 3, 5", classifier_scales=f"0, 2, 4, {DEFAULT_CLASSIFIER_SCALE:g}, 16",
+                           cfg_scales="1, 1.5, 3, 5", classifier_scales="0, 2, 4, 8, 16",
                            classifier_scale=DEFAULT_CLASSIFIER_SCALE, adherence_prompts=8, heat_step=0.5):
     """Classifier vs classifier-free guidance on one prompt and seed (see the module docstring).
 

@@ -18,7 +18,7 @@ import torch
 
 CLASSIFIER_METHODS = ("classifier", "classifier+cfg")  # need a noise-aware classifier (pipelines/classifier.py)
 GUIDANCE_METHODS = ("cfg", "apg", "cfg-zero-star", "perp-neg") + CLASSIFIER_METHODS
-DEFAULT_CLASSIFIER_SCALE = 8.0  # s; the best measured on the embedded model (BENCHMARKS.md, bench/eval_guidance_kinds.py)
+DEFAULT_CLASSIFIER_SCALE = 16.0  # s: the best measured on the embedded model (BENCHMARKS.md, bench/eval_guidance_kinds.py)
 SCALE_SCHEDULES = ("constant", "linear-up", "linear-down", "cosine")
 INTERVAL_SPACES = ("sigma", "fraction")
 
