@@ -316,11 +316,12 @@ class TracingStableDiffusionPipeline(StableDiffusionPipeline):
                 model_calls += 1
                 branches = noise_pred.chunk(num_branches) if num_branches > 1 else [noise_pred]
 
-                # guidance: the guider's method and scale (plain CFG reads pipe.guidance_scale, as stock)
+                # guidance: the guider's method and scale; with plain CFG a step-end callback may
+                # change pipe._guidance_scale, as in stock (read only then: calls share the attribute)
                 point = eval_point(sched, tables, i) if tables is not None else None
                 if new_step:
                     scale = guider.scale_at(step, num_steps, None if point is None else point.noise_sigma)
-                    if guidance is None and guider.enabled:
+                    if guidance is None and guider.enabled and callback_on_step_end is not None:
                         scale = self.guidance_scale
                 if num_branches == 1:
                     guided, scale = branches[0], 1.0

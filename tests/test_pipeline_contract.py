@@ -242,6 +242,19 @@ def test_cfg_cutoff_callback_edits_prompt_embeds(cls):
     assert np.abs(images - pipe(**call_args()).images).max() > 1e-4
 
 
+def test_callback_changing_guidance_scale_mid_run(cls):
+    def lower_scale(p, i, t, kwargs):
+        if i == 0:
+            p._guidance_scale = 2.0
+        return {}
+
+    pipe = make_pipe(cls)
+    images = pipe(**call_args(callback_on_step_end=lower_scale)).images
+    assert pipe.guidance_scale == 2.0
+    assert_same_as_stock(images, callback_on_step_end=lower_scale)
+    assert np.abs(images - pipe(**call_args()).images).max() > 1e-4
+
+
 def test_interrupt_skips_the_remaining_steps(cls):
     pipe = make_pipe(cls)
     calls = []

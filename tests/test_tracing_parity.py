@@ -343,3 +343,15 @@ def test_from_pretrained_local_folder(eps_components, tmp_path):
     assert loaded.safety_checker is None and type(loaded.unet).__name__ == "UNet2DConditionModel"
     a, out = _run_both(loaded, ref, prompt="a cat", guidance_scale=3.0, num_inference_steps=2)
     assert np.abs(a - out.images).max() <= TOL
+
+
+def test_output_with_trace_pickles(eps_components):
+    """ZeroGPU pickles what a @spaces.GPU function returns or yields: the BaseOutput must survive."""
+    import pickle
+
+    ours, _ = _pipes(eps_components)
+    out = ours("a cat", num_inference_steps=2, height=HEIGHT, width=WIDTH, record="light", output_type="np",
+               generator=torch.Generator().manual_seed(0))
+    back = pickle.loads(pickle.dumps(out))
+    assert type(back) is type(out) and np.array_equal(back[0], out.images)
+    assert [r.step for r in back.trace] == [0, 1] and torch.equal(back.trace[1].x_t, out.trace[1].x_t)
