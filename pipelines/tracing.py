@@ -127,7 +127,7 @@ class TracingStableDiffusionPipeline(StableDiffusionPipeline):
 
     def _encode_branches(self, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, num_images_per_prompt,
                          num_branches, perp_neg, lora_scale, clip_skip, device):
-        """(UNet text batch [uncond,] cond[, negative], prompt_embeds, negative_prompt_embeds).
+        """(UNet text batch [uncond,] cond[, negative], negative_prompt_embeds as stock returns them).
 
         Perp-Neg's uncond branch is the empty prompt; its negative prompt is a third branch.
         """
@@ -135,11 +135,11 @@ class TracingStableDiffusionPipeline(StableDiffusionPipeline):
         if not perp_neg:
             cond, uncond = self.encode_prompt(prompt, device, n, num_branches > 1, negative_prompt, prompt_embeds,
                                               negative_prompt_embeds, lora_scale, clip_skip)
-            return (torch.cat([uncond, cond]) if num_branches > 1 else cond), cond, uncond
+            return (torch.cat([uncond, cond]) if num_branches > 1 else cond), uncond
         cond, uncond = self.encode_prompt(prompt, device, n, True, None, prompt_embeds, None, lora_scale, clip_skip)
         _, negative = self.encode_prompt(None, device, n, True, negative_prompt, cond[::n], negative_prompt_embeds,
                                          lora_scale)
-        return torch.cat([uncond, cond, negative]), cond, uncond
+        return torch.cat([uncond, cond, negative]), uncond
 
     # ----------------------------------------------------------------------------- the call
 
@@ -251,7 +251,7 @@ class TracingStableDiffusionPipeline(StableDiffusionPipeline):
 
         # 3. Encode input prompt (cross_attention_kwargs["scale"] scales text-encoder LoRA layers too)
         lora_scale = cross_attention_kwargs.get("scale") if cross_attention_kwargs is not None else None
-        prompt_embeds, _, negative_prompt_embeds = self._encode_branches(
+        prompt_embeds, negative_prompt_embeds = self._encode_branches(
             prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, num_images_per_prompt,
             guider.num_branches, config.method == "perp-neg", lora_scale, clip_skip, device,
         )
