@@ -124,6 +124,15 @@ def test_unknown_output_type_falls_back_to_numpy_as_stock(cls):
     assert_same_as_stock(images)
 
 
+@pytest.mark.parametrize("kwargs", [dict(guidance_rescale=1.5), dict(eta=-0.5), dict(eta=0.7, guidance_rescale=0.3)],
+                         ids=["rescale>1", "eta<0", "eta+rescale"])
+def test_values_stock_accepts(cls, kwargs):
+    """The pipeline refuses only what it cannot run; the app keeps its own ranges (labapp/generate.py)."""
+    images = make_pipe(cls)(**call_args(**kwargs)).images
+    assert np.isfinite(images).all()
+    assert_same_as_stock(images, **kwargs)
+
+
 def test_batch_num_images_and_generator_list(cls):
     pipe = make_pipe(cls)
     gens = [torch.Generator().manual_seed(s) for s in range(4)]
@@ -393,9 +402,16 @@ def _tiny_ip_adapter(unet, image_embed_dim=8):
     return {"image_proj": image_proj, "ip_adapter": ip_adapter}
 
 
-def test_ip_adapter_image_embeds(cls):
+def test_ip_adapter_loaded_from_a_file(cls, tmp_path):
+    """load_ip_adapter reads a .safetensors IP-Adapter (no image encoder: image embeds are given)."""
+    from safetensors.torch import save_file
+
+    state = _tiny_ip_adapter(make_tiny_components()["unet"])
+    save_file({f"{part}.{k}": v for part, tensors in state.items() for k, v in tensors.items()},
+              str(tmp_path / "ip.safetensors"))
+
     def load(p):
-        p.unet._load_ip_adapter_weights([_tiny_ip_adapter(p.unet)])
+        p.load_ip_adapter(str(tmp_path), subfolder="", weight_name="ip.safetensors", image_encoder_folder=None)
         p.set_ip_adapter_scale(0.7)
 
     embeds = [torch.randn(2, 1, 8, generator=torch.Generator().manual_seed(9))]  # (negative, positive)
