@@ -1,25 +1,54 @@
 """Diffusion Lab: watch a Stable Diffusion denoising loop, step by step.
 
 Layout and event wiring only; handlers, plots, validation and model access live in labapp/.
-`python app.py` (flags: --model, --host, --port, --share) loads the embedded shapes model on a
-machine without CUDA and Stable Diffusion 1.5 with CUDA, and says which and why.
+`python app.py` loads the embedded shapes model on a machine without CUDA and Stable Diffusion
+1.5 with CUDA, and says which and why; `python app.py --help` lists the flags.
 """
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 
-import gradio as gr
+from pipelines.models import EMBEDDED_MODEL, GPU_DEFAULT_MODEL, model_names
 
-from labapp import engine as eng
-from labapp import gradio_cache
-from labapp import generate as gen
-from labapp import guidance_kinds, labs, lora_ui, trace_views
-from labapp.docs import HOW_IT_WORKS, header
-from pipelines.guidance import GUIDANCE_METHODS, SCALE_SCHEDULES
-from pipelines.previews import PREVIEW_DECODERS
-from pipelines.schedulers import SIGMA_KINDS
+
+class _OneLineErrors(argparse.ArgumentParser):
+    """Usage errors as one line (`app.py: error: ...`) and exit status 2, without the usage block."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = _OneLineErrors(
+        prog="app.py", description="Diffusion Lab: watch a Stable Diffusion denoising loop, step by step.")
+    parser.add_argument("--model", default=None, choices=model_names(), metavar="ID",
+                        help=f"model registry id, one of: {', '.join(model_names())} (default: {GPU_DEFAULT_MODEL} "
+                             f"with CUDA, {EMBEDDED_MODEL} without; Hub models download on first use)")
+    # a Space sets GRADIO_SERVER_NAME=0.0.0.0 (and the port): honour them, else stay on localhost
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+                        help="address to serve on (default: %(default)s, or env GRADIO_SERVER_NAME); 0.0.0.0 serves "
+                             "every network interface")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
+                        help="port to serve on (default: %(default)s, or env GRADIO_SERVER_PORT)")
+    parser.add_argument("--share", action="store_true", help="also open a temporary public gradio.live link (off by default)")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    parse_args()  # --help and bad flags answer here, before gradio and torch load (~9 s)
+
+import gradio as gr  # noqa: E402
+
+from labapp import console  # noqa: E402
+from labapp import engine as eng  # noqa: E402
+from labapp import gradio_cache  # noqa: E402
+from labapp import generate as gen  # noqa: E402
+from labapp import guidance_kinds, labs, lora_ui, trace_views  # noqa: E402
+from labapp.docs import HOW_IT_WORKS, header  # noqa: E402
+from pipelines.guidance import GUIDANCE_METHODS, SCALE_SCHEDULES  # noqa: E402
+from pipelines.previews import PREVIEW_DECODERS  # noqa: E402
+from pipelines.schedulers import SIGMA_KINDS  # noqa: E402
 
 PIPELINE = "pipeline"  # one concurrency group for every event that touches the model
 QUEUE_MAX_SIZE = 32
@@ -310,20 +339,19 @@ def launch_kwargs() -> dict:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None, help="model registry id (default: sd15 with CUDA, tiny-shapes without)")
-    # a Space sets GRADIO_SERVER_NAME=0.0.0.0 (and the port): honour them, else stay on localhost
-    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
-    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
-    parser.add_argument("--share", action="store_true")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    args = parse_args(argv)
+    console.configure(eng.log)
 
     import torch
 
     model_id, reason = eng.choose_model(args.model, torch.cuda.is_available())
     demo = build_demo(eng.load_engine(model_id, reason))
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share, **launch_kwargs())
+    # quiet: Gradio's own banner suggests `share=True in launch()`; this app's flag is --share
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, quiet=True,
+                prevent_thread_lock=True, **launch_kwargs())
+    where = demo.share_url or demo.local_url
+    eng.log.info("Diffusion Lab: open %s%s", where, "" if args.share else " (--share for a public link)")
+    demo.block_thread()
 
 
 if __name__ == "__main__":

@@ -97,9 +97,11 @@ def main() -> None:
     p.add_argument("--size", type=int, default=None, help="image size in pixels (default: the model's)")
     p.add_argument("--guidance", type=float, default=7.5)
     p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: a shared machine)")
     args = p.parse_args()
 
     device = args.device or ("cuda" if args.sd15_gpu else "cpu")
+    torch.set_num_threads(args.threads)
     dtype = torch.float16 if args.sd15_gpu and device == "cuda" else torch.float32
     if args.sd15_gpu:
         components, label = sd15_components(device, dtype), "SD 1.5 architecture, random weights"
@@ -159,7 +161,7 @@ def main() -> None:
           f"{args.repeats} interleaved repeats")
     print(f"# machine: {platform.machine()} {os.cpu_count()} cpus (load average {os.getloadavg()[0]:.1f}), torch {torch.__version__}, device {device}"
           + (f" ({torch.cuda.get_device_name()})" if device == "cuda" else "")
-          + f", OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, dtype {str(dtype).split('.')[-1]}")
+          + f", torch threads {torch.get_num_threads()}, dtype {str(dtype).split('.')[-1]}")
     measures = ("wall",) if device == "cuda" else ("wall", "cpu")
     print(f"{'variant':<18}" + "".join(f"{m + ' s':>10}{m + ' ratio':>12}" for m in measures))
     for name in names:

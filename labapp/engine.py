@@ -20,6 +20,7 @@ import spaces
 import torch
 
 from pipelines.guidance import APGParams, CFGZeroParams, GuidanceConfig, PerpNegParams
+from pipelines.models import EMBEDDED_MODEL, GPU_DEFAULT_MODEL, load_pipeline, model_family, model_names, model_spec
 from pipelines.previews import decode_preview
 from pipelines.schedulers import make_scheduler, scheduler_names
 
@@ -28,9 +29,7 @@ from .metadata import GenerationSettings
 log = logging.getLogger("diffusion_lab")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EMBEDDED_MODEL = "tiny-shapes"
 EMBEDDED_DIR = os.path.join(ROOT, "models", EMBEDDED_MODEL)
-GPU_DEFAULT_MODEL = "sd15"
 
 # Seconds of GPU time per (step x image) on a ZeroGPU slice, SD 1.5 at 512 px, plus a margin for
 # loading, encoding and decoding. Generous on purpose: a task killed at its limit shows nothing.
@@ -74,12 +73,10 @@ class Engine:
     def defaults(self) -> tuple[str, int, float]:
         """(scheduler, steps, guidance scale) the model registry suggests for this model."""
         try:
-            from pipelines.models import model_spec
-
             spec = model_spec(self.model_id)
-            return spec.default_scheduler, spec.default_steps, spec.default_guidance
-        except (ImportError, ValueError):
+        except ValueError:  # components injected by a test or a benchmark, not a registry model
             return "DDIM", 20, 7.5
+        return spec.default_scheduler, spec.default_steps, spec.default_guidance
 
     def lora_presets(self) -> list:
         """The LoRA presets of this model's family whose weights are on disk (or cached)."""
@@ -147,27 +144,13 @@ def choose_model(requested: str | None, cuda: bool) -> tuple[str, str]:
 
 
 def model_choices() -> list[str]:
-    try:
-        from pipelines import models
-
-        return list(models.model_names())
-    except (ImportError, AttributeError):
-        return [EMBEDDED_MODEL, GPU_DEFAULT_MODEL]
+    return model_names()
 
 
 def load_engine(model_id: str, reason: str, device: str | None = None) -> Engine:
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.float16 if device == "cuda" else torch.float32
-    try:
-        from pipelines.models import load_pipeline
-    except ImportError:  # the registry has not landed: the embedded folder is all we can load
-        if model_id != EMBEDDED_MODEL:
-            raise
-        from pipelines.tracing import TracingStableDiffusionPipeline
-
-        pipe = TracingStableDiffusionPipeline.from_pretrained(EMBEDDED_DIR, torch_dtype=dtype).to(device)
-    else:
-        pipe = load_pipeline(model_id, device=device, dtype=dtype)
+    pipe = load_pipeline(model_id, device=device, dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
     log.info("Diffusion Lab: loaded model %r on %s (%s)", model_id, device, reason)
     family = _family(model_id)
@@ -182,18 +165,14 @@ def engine_from_pipe(pipe, model_id: str = "tiny-test", reason: str = "injected 
 
 def _family(model_id: str) -> str:
     try:
-        from pipelines.models import model_family
-
         return model_family(model_id)
-    except (ImportError, KeyError, ValueError):
+    except ValueError:  # not a registry model: its own family (no presets)
         return model_id
 
 
 def _make_blender(pipe):
-    try:
-        from pipelines.lora import LoraBlender
-    except ImportError:
-        return None
+    from pipelines.lora import LoraBlender
+
     try:
         return LoraBlender(pipe)
     except Exception as error:  # a missing preset folder must not take the app down

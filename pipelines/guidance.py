@@ -273,9 +273,7 @@ class GuidanceConfig:
         if self.method not in GUIDANCE_METHODS:
             raise ValueError(f"method={self.method!r} is not a known guidance method; valid: {list(GUIDANCE_METHODS)}")
         _finite("scale", self.scale)
-        _finite("rescale", self.rescale)
-        if self.rescale is not None and not 0.0 <= self.rescale <= 1.0:
-            raise ValueError(f"rescale={self.rescale!r} must be in [0, 1]")
+        _finite("rescale", self.rescale)  # any finite phi, as diffusers' guidance_rescale; the app keeps [0, 1]
         if self.schedule not in SCALE_SCHEDULES:
             raise ValueError(f"schedule={self.schedule!r} is not a known guidance schedule; valid: {list(SCALE_SCHEDULES)}")
         if self.interval_space not in INTERVAL_SPACES:

@@ -23,9 +23,11 @@ with ``stack_adapters=False``, to rounding with stacking; tests/test_lora_blend.
 from __future__ import annotations
 
 import inspect
+import logging
 import os
 import re
 import threading
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +79,35 @@ def _unet_region(module_name: str, unet) -> tuple | None:
     return None
 
 
+class _DropMessages(logging.Filter):
+    def __init__(self, *fragments: str):
+        super().__init__()
+        self.fragments = fragments
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(f in record.getMessage() for f in self.fragments)
+
+
+@contextmanager
+def _expected_loader_messages_silenced():
+    """Two messages the loaders print on every normal load here, which say nothing is wrong:
+    diffusers' "No LoRA keys associated to CLIPTextModel" for a UNet-only file (most LoRAs; the
+    blender counts matched layers itself and refuses a file that matched none), and peft's
+    "Already found a `peft_config`" for a second adapter in one model (what a blender is for)."""
+    drop = _DropMessages("No LoRA keys associated to")
+    loggers = [logging.getLogger(n) for n in ("diffusers.loaders.lora_base", "diffusers.loaders.peft",
+                                               "diffusers.loaders.lora_pipeline")]
+    for logger in loggers:
+        logger.addFilter(drop)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+            yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(drop)
+
+
 class LoraBlender:
     """A pipeline plus its loaded adapters; ``apply(blend)`` is the one way to generate with it."""
 
@@ -126,8 +157,9 @@ class LoraBlender:
             try:
                 # weight_name ends in .safetensors and use_safetensors=True: diffusers reads it with
                 # safetensors only, never falling back to a pickle
-                self.pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=name,
-                                            use_safetensors=True, local_files_only=True)
+                with _expected_loader_messages_silenced():
+                    self.pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=name,
+                                                use_safetensors=True, local_files_only=True)
             except (ValueError, RuntimeError, KeyError) as e:
                 raise ValueError(f"LoRA {name!r} from {path} does not fit this pipeline's model: {e}") from e
             self._index_layers()

@@ -2,18 +2,18 @@
 
 ``load_pipeline`` accepts registry ids only -- never a user-supplied path or Hub id -- so a
 request can't make the server read arbitrary folders or download arbitrary repositories.
+
+The registry itself imports neither torch nor diffusers: ``app.py --help`` reads it.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 
-import torch
-
-from .previews import SD15_LATENT_RGB_FACTORS, load_linear_factors
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAMILIES = ("tiny-shapes", "sd15", "sd2")
+EMBEDDED_MODEL = "tiny-shapes"  # what the app loads without CUDA, and every test
+GPU_DEFAULT_MODEL = "sd15"  # what the app loads with CUDA
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,9 @@ class ModelSpec:
 
 
 MODELS: dict[str, ModelSpec] = {
-    # trained here by train/train_base.py: zero-SNR v-prediction, DDIM trailing (see FIELD-NOTES).
+    # trained here by train/train_base.py with zero terminal SNR (rescale_betas_zero_snr), v-prediction
+    # and DDIM "trailing" timesteps (Lin et al. 2024): with SD's default schedule the noisiest training
+    # input still leaks the layout and the model ignores position words (README "The embedded model").
     # Guidance 3: where it reads best (BENCHMARKS.md "Embedded model": shape 0.935 at 3, 0.84 at 7.5),
     # and where the style LoRAs keep their colors and shapes ("Embedded style LoRAs").
     "tiny-shapes": ModelSpec("models/tiny-shapes", "tiny-shapes", 32, "DDIM", 25, 3.0, local=True,
@@ -65,12 +67,16 @@ def model_source(model_id: str) -> str:
     return os.path.join(ROOT, spec.source) if spec.local else spec.source
 
 
-def load_pipeline(model_id: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
-    """Load registry model ``model_id`` as a TracingStableDiffusionPipeline on ``device``.
+def load_pipeline(model_id: str, device="cpu", dtype=None):
+    """Load registry model ``model_id`` as a TracingStableDiffusionPipeline on ``device``
+    (``dtype``: a torch dtype, float32 by default).
 
     Preview factors: the model folder's ``preview_factors.json`` when it has one, else the
     published SD 1.x factors for the SD families (SD 2.x shares SD 1.x's VAE latent space).
     """
+    import torch
+
+    from .previews import SD15_LATENT_RGB_FACTORS, load_linear_factors
     from .tracing import TracingStableDiffusionPipeline
 
     spec = model_spec(model_id)
@@ -79,7 +85,7 @@ def load_pipeline(model_id: str, device: str | torch.device = "cpu", dtype: torc
         raise FileNotFoundError(
             f"model {model_id!r}: no diffusers model in {source} (train it: python train/train_base.py)"
         )
-    pipe = TracingStableDiffusionPipeline.from_pretrained(source, torch_dtype=dtype)
+    pipe = TracingStableDiffusionPipeline.from_pretrained(source, dtype=dtype or torch.float32)
     pipe = pipe.to(device)
     factors = load_linear_factors(source) if spec.local else None
     if factors is None and spec.family in ("sd15", "sd2"):

@@ -22,9 +22,12 @@ Conventions
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
+from diffusers.pipelines.stable_diffusion.pipeline_output import StableDiffusionPipelineOutput
+
+from .prediction import predicted_eps, predicted_x0
+from .previews import decode_preview
 
 RECORD_MODES = ("off", "light", "full")
 
@@ -57,9 +60,13 @@ class StepRecord:
 
 
 @dataclass
-class TracingPipelineOutput:
-    images: Any  # list of PIL images, np.ndarray or latents tensor, as output_type asks
-    nsfw_content_detected: list[bool] | None
+class TracingPipelineOutput(StableDiffusionPipelineOutput):
+    """diffusers' output (a ``BaseOutput``: ``out.images``, ``out[0]``, ``to_tuple()``) plus the trace.
+
+    ``trace`` is None with record="off", so ``to_tuple()`` is stock's ``(images,)`` /
+    ``(images, nsfw)`` then; with a trace it comes last.
+    """
+
     trace: list[StepRecord] | None = None
 
 
@@ -74,3 +81,55 @@ def to_record_tensor(x: torch.Tensor | None) -> torch.Tensor | None:
     if x is None:
         return None
     return x.detach().to(device="cpu", dtype=torch.float32, copy=True)
+
+
+def build_record(*, step, num_steps, point, latents, branches, guided, scale, method, prediction_type, full,
+                 adapters, preview_every, preview_targets, preview_decoder, preview_kw) -> StepRecord:
+    """The step's record from the step's first model call (``branches``: the UNet batch split
+    into [uncond,] cond[, negative]; ``guided``: their combination; see the module doc)."""
+    def eps(out):
+        return predicted_eps(out, latents, point, prediction_type)
+
+    def x0(out):
+        return predicted_x0(out, latents, point, prediction_type)
+
+    cfg_on = len(branches) > 1
+    uncond, cond = (branches[0], branches[1]) if cfg_on else (None, branches[0])
+    eps_cond = eps(cond)
+    eps_uncond = eps(uncond) if cfg_on else None
+    tensors = {"x0_guided": x0(guided)}
+    if full or "x0_cond" in preview_targets:
+        tensors["x0_cond"] = x0(cond)
+    if cfg_on and (full or "x0_uncond" in preview_targets):
+        tensors["x0_uncond"] = x0(uncond)
+
+    previews = {}
+    if preview_every and (step % preview_every == 0 or step == num_steps - 1):
+        vp_latents = latents * point.input_scale
+        for target in preview_targets:
+            source = vp_latents if target == "x_t" else tensors.get(target)
+            if source is not None:
+                previews[target] = decode_preview(source, preview_decoder, **preview_kw)
+
+    keep = to_record_tensor
+    return StepRecord(
+        step=step,
+        num_steps=num_steps,
+        timestep=point.timestep,
+        sigma=point.sigma,
+        alpha_bar=point.alpha_bar,
+        x_t=keep(latents),
+        eps_uncond=keep(eps_uncond) if full else None,
+        eps_cond=keep(eps_cond) if full and cfg_on else None,
+        eps_guided=keep(eps(guided)) if full else None,
+        x0_uncond=keep(tensors.get("x0_uncond")) if full else None,
+        x0_cond=keep(tensors.get("x0_cond")) if full and cfg_on else None,
+        x0_guided=keep(tensors["x0_guided"]),
+        guidance_scale=float(scale),
+        guidance_norm=guidance_norm(eps_cond, eps_uncond) if cfg_on else 0.0,
+        adapters=dict(adapters or {}),
+        previews=previews,
+        input_scale=point.input_scale,
+        eps_negative=keep(eps(branches[2])) if full and len(branches) > 2 else None,
+        guidance_method=method,
+    )

@@ -1,10 +1,16 @@
 """TracingStableDiffusionPipeline: diffusers' StableDiffusionPipeline, with the loop made visible.
 
-Same components and call arguments as ``StableDiffusionPipeline``; with plain CFG the images
-equal diffusers' for the same inputs. On top: guidance methods (``guidance=GuidanceConfig``),
-a registry scheduler per call (``scheduler="DPM++ 2M Karras"``), one ``StepRecord`` per step
-(``record="light"|"full"``, ``step_callback``, ``pipe.iter_steps(...)``), previews, and an
-``on_step_begin`` hook for per-step adapter weights.
+A subclass of diffusers' ``StableDiffusionPipeline``: same constructor (legacy scheduler configs
+normalized), loader mixins (LoRA, textual inversion, IP-Adapter, single-file checkpoints),
+``encode_prompt``, ``check_inputs``, ``prepare_latents``, properties, ``callback_on_step_end``,
+``return_dict=False`` tuple, output class (a ``StableDiffusionPipelineOutput``). With plain CFG
+its images equal diffusers' for the same inputs (tests/test_pipeline_contract.py).
+
+On top: guidance methods (``guidance=GuidanceConfig``), a registry scheduler per call
+(``scheduler="DPM++ 2M Karras"``, a private copy; without it ``pipe.scheduler`` runs and is
+advanced, as in diffusers), one ``StepRecord`` per step (``record="light"|"full"``,
+``step_callback``, ``pipe.iter_steps(...)``), previews, and an ``on_step_begin`` hook for
+per-step adapter weights.
 
 The denoising loop is written once, as the generator ``iter_steps``; ``__call__`` drains it.
 """
@@ -13,30 +19,26 @@ from __future__ import annotations
 import copy
 import inspect
 import json
-from typing import Callable
+import logging
+from typing import Any, Callable
 
 import torch
-from diffusers import DiffusionPipeline
-from diffusers.image_processor import VaeImageProcessor
-from diffusers.loaders import StableDiffusionLoraLoaderMixin, TextualInversionLoaderMixin
-from diffusers.pipelines.pipeline_utils import StableDiffusionMixin
+from diffusers import StableDiffusionPipeline
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import retrieve_timesteps
+from diffusers.utils import deprecate
 from diffusers.utils.torch_utils import randn_tensor
 
+from . import inputs
 from .guidance import GuidanceConfig, Guider
-from .inputs import check_inputs, encode_texts, repeat_per_image
-from .prediction import output_from_x0, predicted_eps, predicted_x0
-from .previews import decode_preview
-from .record import StepRecord, TracingPipelineOutput, guidance_norm, to_record_tensor
+from .prediction import output_from_x0, predicted_x0
+from .record import StepRecord, TracingPipelineOutput, build_record
 from .schedulers import ScheduleTables, eval_point, make_scheduler, starts_scheduler_step
 
+logger = logging.getLogger(__name__)
 
-class TracingStableDiffusionPipeline(
-    DiffusionPipeline, StableDiffusionMixin, TextualInversionLoaderMixin, StableDiffusionLoraLoaderMixin
-):
-    model_cpu_offload_seq = "text_encoder->image_encoder->unet->vae"
-    _optional_components = ["safety_checker", "feature_extractor", "image_encoder"]
-    _exclude_from_cpu_offload = ["safety_checker"]
 
+class TracingStableDiffusionPipeline(StableDiffusionPipeline):
     def __init__(
         self,
         vae,
@@ -49,66 +51,41 @@ class TracingStableDiffusionPipeline(
         image_encoder=None,
         requires_safety_checker: bool = False,
     ):
-        super().__init__()
-        if safety_checker is not None and feature_extractor is None:
-            raise ValueError("safety_checker needs a feature_extractor; pass both, or safety_checker=None")
-        self.register_modules(
-            vae=vae,
-            text_encoder=text_encoder,
-            tokenizer=tokenizer,
-            unet=unet,
-            scheduler=scheduler,
-            safety_checker=safety_checker,
-            feature_extractor=feature_extractor,
-            image_encoder=image_encoder,
-        )
-        self.register_to_config(requires_safety_checker=requires_safety_checker)
-        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1) if vae is not None else 8
-        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
+        super().__init__(vae, text_encoder, tokenizer, unet, scheduler, safety_checker, feature_extractor,
+                         image_encoder, requires_safety_checker)
         self.preview_factors: torch.Tensor | None = None  # (C + 1, 3), see previews.py
         self.preview_taesd = None  # an AutoencoderTiny, when the caller has one
         self._scheduler_templates: dict = {}
+        self._guidance_config: GuidanceConfig | None = None
+        self._guider_enabled = False
 
-    # ----------------------------------------------------------------------------- helpers
+    # ----------------------------------------------------------------------------- stock's steps
 
-    def _default_size(self) -> tuple[int, int]:
-        size = self.unet.config.sample_size
-        h, w = (size, size) if isinstance(size, int) else size
-        return h * self.vae_scale_factor, w * self.vae_scale_factor
+    def encode_prompt(self, prompt, device, num_images_per_prompt, do_classifier_free_guidance, negative_prompt=None,
+                      prompt_embeds=None, negative_prompt_embeds=None, lora_scale=None, clip_skip=None):
+        """diffusers' ``encode_prompt`` (see ``inputs.encode_prompt``); ``clip_skip`` works on
+        transformers 5 too."""
+        return inputs.encode_prompt(self, prompt, device, num_images_per_prompt, do_classifier_free_guidance,
+                                    negative_prompt, prompt_embeds, negative_prompt_embeds, lora_scale, clip_skip)
 
-    def encode_branches(self, *, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
-                        num_images_per_prompt, num_branches, perp_neg, clip_skip, device) -> torch.Tensor:
-        """Text embeddings for the UNet batch, branches stacked: [uncond,] cond[, negative].
+    def check_inputs(self, prompt, height, width, callback_steps, negative_prompt=None, prompt_embeds=None,
+                     negative_prompt_embeds=None, ip_adapter_image=None, ip_adapter_image_embeds=None,
+                     callback_on_step_end_tensor_inputs=None):
+        """diffusers' ``check_inputs`` (see ``inputs.check_inputs``)."""
+        inputs.check_inputs(
+            prompt=prompt, height=height, width=width, vae_scale_factor=self.vae_scale_factor,
+            callback_steps=callback_steps, negative_prompt=negative_prompt, prompt_embeds=prompt_embeds,
+            negative_prompt_embeds=negative_prompt_embeds, ip_adapter_image=ip_adapter_image,
+            ip_adapter_image_embeds=ip_adapter_image_embeds,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+            allowed_tensor_inputs=self._callback_tensor_inputs,
+        )
 
-        As in diffusers, ``clip_skip`` applies to the prompt only; the negative / empty prompt
-        uses the last layer. Perp-Neg's uncond branch is the empty prompt.
-        """
-        dtype = self.text_encoder.dtype if self.text_encoder is not None else self.unet.dtype
-        if prompt_embeds is None:
-            texts = [prompt] if isinstance(prompt, str) else prompt
-            prompt_embeds = encode_texts(self, texts, device, clip_skip)
-        prompt_embeds = prompt_embeds.to(dtype=dtype, device=device)
-        batch, length = prompt_embeds.shape[:2]
-        if num_branches == 1:
-            return repeat_per_image(prompt_embeds, num_images_per_prompt)
-
-        def encode_negative(neg):
-            texts = [neg] * batch if isinstance(neg, str) else list(neg)
-            return encode_texts(self, texts, device, None, max_length=length)
-
-        if perp_neg:
-            uncond = encode_negative("")
-            negative = negative_prompt_embeds if negative_prompt_embeds is not None else encode_negative(negative_prompt)
-            branches = [uncond, prompt_embeds, negative]
-        else:
-            if negative_prompt_embeds is None:
-                negative_prompt_embeds = encode_negative("" if negative_prompt is None else negative_prompt)
-            branches = [negative_prompt_embeds, prompt_embeds]
-        branches = [repeat_per_image(b.to(dtype=dtype, device=device), num_images_per_prompt) for b in branches]
-        return torch.cat(branches)
-
-    def prepare_latents(self, scheduler, batch_size, height, width, dtype, device, generator, latents=None):
-        shape = (batch_size, self.unet.config.in_channels, height // self.vae_scale_factor, width // self.vae_scale_factor)
+    def prepare_latents(self, batch_size, num_channels_latents, height, width, dtype, device, generator,
+                        latents=None, scheduler=None):
+        """diffusers' ``prepare_latents``; ``scheduler`` (default ``self.scheduler``) gives the
+        initial noise sigma. A wrong ``latents`` shape is refused here, not deep in the UNet."""
+        shape = (batch_size, num_channels_latents, int(height) // self.vae_scale_factor, int(width) // self.vae_scale_factor)
         if isinstance(generator, list) and len(generator) != batch_size:
             raise ValueError(f"generator is a list of {len(generator)} generators; the batch has {batch_size} images")
         if latents is None:
@@ -117,14 +94,30 @@ class TracingStableDiffusionPipeline(
             if tuple(latents.shape) != shape:
                 raise ValueError(f"latents shape {tuple(latents.shape)} must be {shape}")
             latents = latents.to(device)
-        return latents * scheduler.init_noise_sigma
+        return latents * (scheduler or self.scheduler).init_noise_sigma
 
-    def fresh_scheduler(self, name: str | None = None, options: dict | None = None):
-        """A private copy of ``self.scheduler`` (name None) or of registry scheduler ``name`` built
-        from the model's scheduler config. Templates are cached: some classes (DPM2) spend seconds
-        in ``__init__``; a deepcopy takes microseconds."""
-        if name is None:
-            return copy.deepcopy(self.scheduler)
+    def prepare_extra_step_kwargs(self, generator, eta, scheduler=None):
+        """diffusers' ``prepare_extra_step_kwargs`` for ``scheduler`` (default ``self.scheduler``)."""
+        params = inspect.signature((scheduler or self.scheduler).step).parameters
+        kwargs = {"eta": eta} if "eta" in params else {}
+        if "generator" in params:
+            kwargs["generator"] = generator
+        return kwargs
+
+    @property
+    def do_classifier_free_guidance(self):
+        """Stock's rule (guidance_scale > 1, no guidance-embedded UNet); with a GuidanceConfig:
+        whether any step of it guides."""
+        if self._guidance_config is not None:
+            return self._guider_enabled
+        return super().do_classifier_free_guidance
+
+    # ----------------------------------------------------------------------------- our helpers
+
+    def fresh_scheduler(self, name: str, options: dict | None = None):
+        """A private scheduler for one call: registry scheduler ``name`` built from the model's
+        scheduler config. Templates are cached: some classes (DPM2) spend seconds in ``__init__``;
+        a deepcopy takes microseconds."""
         key = (name, json.dumps(options or {}, sort_keys=True, default=str), self.scheduler.to_json_string())
         template = self._scheduler_templates.get(key)
         if template is None:
@@ -132,38 +125,26 @@ class TracingStableDiffusionPipeline(
             self._scheduler_templates[key] = template
         return copy.deepcopy(template)
 
-    @staticmethod
-    def set_timesteps(scheduler, num_inference_steps, device, timesteps=None, sigmas=None):
-        """``scheduler.set_timesteps`` with custom ``timesteps`` / ``sigmas`` where it takes them."""
-        custom = {"timesteps": timesteps} if timesteps is not None else {"sigmas": sigmas} if sigmas is not None else None
-        if custom is None:
-            scheduler.set_timesteps(num_inference_steps, device=device)
-            return scheduler.timesteps, num_inference_steps
-        (key, value), = custom.items()
-        if key not in inspect.signature(scheduler.set_timesteps).parameters:
-            raise ValueError(f"{key}= is not supported by {type(scheduler).__name__}.set_timesteps")
-        scheduler.set_timesteps(device=device, **custom)
-        return scheduler.timesteps, len(scheduler.timesteps)
+    def _encode_branches(self, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, num_images_per_prompt,
+                         num_branches, perp_neg, lora_scale, clip_skip, device):
+        """(UNet text batch [uncond,] cond[, negative], negative_prompt_embeds as stock returns them).
 
-    @staticmethod
-    def _step_kwargs(scheduler, generator, eta) -> dict:
-        params = inspect.signature(scheduler.step).parameters
-        kwargs = {"eta": eta} if "eta" in params else {}
-        if "generator" in params:
-            kwargs["generator"] = generator
-        return kwargs
-
-    def run_safety_checker(self, image, device, dtype):
-        if self.safety_checker is None:
-            return image, None
-        pil = self.image_processor.postprocess(image, output_type="pil")
-        inputs = self.feature_extractor(pil, return_tensors="pt").to(device)
-        return self.safety_checker(images=image, clip_input=inputs.pixel_values.to(dtype))
+        Perp-Neg's uncond branch is the empty prompt; its negative prompt is a third branch.
+        """
+        n = num_images_per_prompt
+        if not perp_neg:
+            cond, uncond = self.encode_prompt(prompt, device, n, num_branches > 1, negative_prompt, prompt_embeds,
+                                              negative_prompt_embeds, lora_scale, clip_skip)
+            return (torch.cat([uncond, cond]) if num_branches > 1 else cond), uncond
+        cond, uncond = self.encode_prompt(prompt, device, n, True, None, prompt_embeds, None, lora_scale, clip_skip)
+        _, negative = self.encode_prompt(None, device, n, True, negative_prompt, cond[::n], negative_prompt_embeds,
+                                         lora_scale)
+        return torch.cat([uncond, cond, negative]), uncond
 
     # ----------------------------------------------------------------------------- the call
 
     def __call__(self, *args, **kwargs):
-        """Run ``iter_steps`` to the end and return its output (see ``iter_steps`` for arguments)."""
+        """Run ``iter_steps`` to the end and return its output (arguments: see ``iter_steps``)."""
         result = None
         for result in self.iter_steps(*args, **kwargs):
             pass
@@ -186,11 +167,15 @@ class TracingStableDiffusionPipeline(
         latents: torch.Tensor | None = None,
         prompt_embeds: torch.Tensor | None = None,
         negative_prompt_embeds: torch.Tensor | None = None,
+        ip_adapter_image=None,
+        ip_adapter_image_embeds: list[torch.Tensor] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
-        cross_attention_kwargs: dict | None = None,
+        cross_attention_kwargs: dict[str, Any] | None = None,
         guidance_rescale: float = 0.0,
         clip_skip: int | None = None,
+        callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ["latents"],  # noqa: B006 (stock's default)
         *,
         scheduler: str | None = None,
         scheduler_options: dict | None = None,
@@ -202,133 +187,196 @@ class TracingStableDiffusionPipeline(
         preview_targets: tuple[str, ...] = ("x0_guided",),
         preview_taesd=None,
         on_step_begin: Callable[[int, int], dict | None] | None = None,
+        **kwargs,
     ):
         """Generate, yielding one ``StepRecord`` per scheduler step (when recording), then the output.
 
-        Diffusers' arguments keep their meaning. Added: ``scheduler`` (registry name; a fresh
-        scheduler from the model's config; None: a fresh copy of ``self.scheduler``),
-        ``scheduler_options`` (make_scheduler options), ``guidance`` (method + knobs; its None
-        scale / rescale take ``guidance_scale`` / ``guidance_rescale``), ``record`` ("off": no
-        record, no extra work; "light": scalars, x_t, x0_guided; "full": every tensor),
-        ``step_callback`` (called with each record as it is made), ``preview_every`` (previews at
-        steps 0, k, 2k, ... and the last), ``preview_decoder``, ``preview_targets``,
-        ``preview_taesd``, ``on_step_begin(step, num_steps) -> dict | None`` (before the step's
-        first UNet call; its dict becomes ``StepRecord.adapters``).
+        Diffusers' arguments keep their meaning (deprecated ``callback`` / ``callback_steps``
+        included). Added: ``scheduler`` (registry name: a private scheduler from the model's
+        config; None: ``self.scheduler``, advanced as in diffusers), ``scheduler_options``
+        (make_scheduler options), ``guidance`` (method + knobs; its None scale / rescale take
+        ``guidance_scale`` / ``guidance_rescale``), ``record`` ("off": no record, no extra work;
+        "light": scalars, x_t, x0_guided; "full": every tensor), ``step_callback`` (called with
+        each record as it is made), ``preview_every`` (previews at steps 0, k, 2k, ... and the
+        last), ``preview_decoder``, ``preview_targets``, ``preview_taesd``,
+        ``on_step_begin(step, num_steps) -> dict | None`` (before the step's first UNet call; its
+        dict becomes ``StepRecord.adapters``).
         ``step_callback`` or previews with record="off" record in "light" mode.
         """
-        # 0. Defaults
+        callback, callback_steps = kwargs.pop("callback", None), kwargs.pop("callback_steps", None)
+        for name, value in (("callback", callback), ("callback_steps", callback_steps)):
+            if value is not None:
+                deprecate(name, "1.0.0", f"Passing `{name}` to `__call__` is deprecated, use `callback_on_step_end`")
+        if kwargs:
+            logger.warning(f"ignored unknown arguments {sorted(kwargs)} (diffusers ignores them too)")
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+
+        # 0. Default height and width to the UNet's
         if not height or not width:
-            height, width = self._default_size()
+            size = self.unet.config.sample_size
+            h, w = (size, size) if isinstance(size, int) else size
+            height, width = h * self.vae_scale_factor, w * self.vae_scale_factor
         preview_targets = tuple(preview_targets)
 
         # 1. Check inputs
-        check_inputs(
-            prompt=prompt, negative_prompt=negative_prompt, prompt_embeds=prompt_embeds,
-            negative_prompt_embeds=negative_prompt_embeds, height=height, width=width,
-            vae_scale_factor=self.vae_scale_factor, num_inference_steps=num_inference_steps,
-            timesteps=timesteps, sigmas=sigmas, guidance_scale=guidance_scale,
-            guidance_rescale=guidance_rescale, guidance=guidance, eta=eta,
-            num_images_per_prompt=num_images_per_prompt, output_type=output_type, record=record,
-            preview_every=preview_every, preview_decoder=preview_decoder,
-            preview_targets=preview_targets, scheduler=scheduler, step_callback=step_callback,
-            on_step_begin=on_step_begin,
+        self.check_inputs(prompt, height, width, callback_steps, negative_prompt, prompt_embeds, negative_prompt_embeds,
+                          ip_adapter_image, ip_adapter_image_embeds, callback_on_step_end_tensor_inputs)
+        inputs.check_trace_options(
+            num_inference_steps=num_inference_steps, timesteps=timesteps, sigmas=sigmas,
+            guidance_scale=guidance_scale, guidance_rescale=guidance_rescale, guidance=guidance,
+            negative_prompt=negative_prompt, negative_prompt_embeds=negative_prompt_embeds,
+            num_images_per_prompt=num_images_per_prompt, eta=eta, record=record, preview_every=preview_every,
+            preview_decoder=preview_decoder, preview_targets=preview_targets, scheduler=scheduler,
+            scheduler_options=scheduler_options, step_callback=step_callback, on_step_begin=on_step_begin,
         )
-        if self.unet.config.time_cond_proj_dim is not None:
-            raise ValueError("UNets with time_cond_proj_dim (guidance-embedded, LCM-distilled) are not supported")
         if record == "off" and (step_callback is not None or preview_every > 0):
             record = "light"
         recording = record != "off"
         full = record == "full"
 
-        # 2. Guidance: one branch (cond) unless some step's scale exceeds 1, like diffusers
+        # 2. Call state (the properties) and guidance: one branch (cond) unless some step's scale
+        # exceeds 1 and the UNet is not guidance-embedded, like diffusers
+        self._guidance_scale = guidance_scale
+        self._guidance_rescale = guidance_rescale
+        self._clip_skip = clip_skip
+        self._cross_attention_kwargs = cross_attention_kwargs
+        self._interrupt = False
         config = (guidance or GuidanceConfig()).resolved(guidance_scale, guidance_rescale)
-        guider = Guider(config, enabled=config.peak_scale() > 1.0)
-        num_branches = guider.num_branches
-
-        # 3. Encode input prompt
+        guided_unet = self.unet.config.time_cond_proj_dim is not None
+        guider = Guider(config, enabled=config.peak_scale() > 1.0 and not guided_unet)
+        self._guidance_config, self._guider_enabled = guidance, guider.enabled
+        batch_size = 1 if isinstance(prompt, str) else len(prompt) if prompt is not None else prompt_embeds.shape[0]
         device = self._execution_device
         # classifier guidance (issue 15): targets from the prompt; CG alone sends the UNet the empty prompt
         prompt = guider.bind_classifier(getattr(self, "classifier", None), prompt, prompt_embeds, num_images_per_prompt, device)
-        batch_size = 1 if isinstance(prompt, str) else len(prompt) if prompt is not None else prompt_embeds.shape[0]
-        embeds = self.encode_branches(
-            prompt=prompt, negative_prompt=negative_prompt, prompt_embeds=prompt_embeds,
-            negative_prompt_embeds=negative_prompt_embeds, num_images_per_prompt=num_images_per_prompt,
-            num_branches=num_branches, perp_neg=config.method == "perp-neg", clip_skip=clip_skip, device=device,
-        )
 
-        # 4. Prepare timesteps on a per-call scheduler (no shared state between concurrent calls)
-        sched = self.fresh_scheduler(scheduler, scheduler_options)
-        timesteps, num_inference_steps = self.set_timesteps(sched, num_inference_steps, device, timesteps, sigmas)
+        # 3. Encode input prompt (cross_attention_kwargs["scale"] scales text-encoder LoRA layers too)
+        lora_scale = cross_attention_kwargs.get("scale") if cross_attention_kwargs is not None else None
+        prompt_embeds, negative_prompt_embeds = self._encode_branches(
+            prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, num_images_per_prompt,
+            guider.num_branches, config.method == "perp-neg", lora_scale, clip_skip, device,
+        )
+        added_cond_kwargs = None
+        if ip_adapter_image is not None or ip_adapter_image_embeds is not None:
+            image_embeds = self.prepare_ip_adapter_image_embeds(
+                ip_adapter_image, ip_adapter_image_embeds, device, batch_size * num_images_per_prompt, guider.enabled)
+            if guider.num_branches == 3:  # Perp-Neg: the negative branch gets the unconditional image
+                image_embeds = [torch.cat([e, e.chunk(2)[0]]) for e in image_embeds]
+            added_cond_kwargs = {"image_embeds": image_embeds}
+
+        # 4. Prepare timesteps: pipe.scheduler, or a private registry scheduler for this call
+        sched = self.scheduler if scheduler is None else self.fresh_scheduler(scheduler, scheduler_options)
+        timesteps, num_inference_steps = retrieve_timesteps(sched, num_inference_steps, device, timesteps, sigmas)
         num_steps = int(getattr(sched, "num_inference_steps", None) or num_inference_steps)
 
         # 5. Prepare latent variables
-        latents = self.prepare_latents(
-            sched, batch_size * num_images_per_prompt, height, width, embeds.dtype, device, generator, latents
-        )
+        latents = self.prepare_latents(batch_size * num_images_per_prompt, self.unet.config.in_channels, height, width,
+                                       prompt_embeds.dtype, device, generator, latents, scheduler=sched)
 
-        # 6. Prepare extra step kwargs
-        step_kwargs = self._step_kwargs(sched, generator, eta)
+        # 6. Extra step kwargs; guidance-scale embedding for guidance-distilled (LCM) UNets
+        extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta, scheduler=sched)
+        timestep_cond = None
+        if guided_unet:
+            w = torch.tensor(self.guidance_scale - 1).repeat(batch_size * num_images_per_prompt)
+            timestep_cond = self.get_guidance_scale_embedding(
+                w, embedding_dim=self.unet.config.time_cond_proj_dim).to(device=device, dtype=latents.dtype)
         prediction_type = sched.config.prediction_type
         tables = ScheduleTables(sched) if recording or guider.needs_eval_point else None  # one copy, before the loop
         trace: list[StepRecord] = []
         preview_kw = dict(factors=self.preview_factors, vae=self.vae, taesd=preview_taesd or self.preview_taesd)
 
+        def finish(record: StepRecord) -> StepRecord:
+            record.model_calls = model_calls
+            trace.append(record)
+            if step_callback is not None:
+                step_callback(record)
+            return record
+
         # 7. Denoising loop
+        num_warmup_steps = len(timesteps) - num_inference_steps * sched.order
+        self._num_timesteps = len(timesteps)
         step, model_calls, pending, scale = -1, 0, None, 1.0
-        with self.progress_bar(total=len(timesteps)) as progress_bar:
-            for loop_index, t in enumerate(timesteps):
+        with self.progress_bar(total=num_inference_steps) as progress_bar:
+            for i, t in enumerate(timesteps):
+                if self.interrupt:
+                    continue
                 new_step = starts_scheduler_step(sched)
                 if new_step:
                     step += 1
                     adapters = on_step_begin(step, num_steps) if on_step_begin is not None else None
 
-                model_input = torch.cat([latents] * num_branches) if num_branches > 1 else latents
-                model_input = sched.scale_model_input(model_input, t)
+                # branches in the UNet batch; a step-end callback may drop the uncond one (CFG cutoff)
+                num_branches = prompt_embeds.shape[0] // latents.shape[0]
+                latent_model_input = torch.cat([latents] * num_branches) if num_branches > 1 else latents
+                latent_model_input = sched.scale_model_input(latent_model_input, t)
                 noise_pred = self.unet(
-                    model_input, t, encoder_hidden_states=embeds,
-                    cross_attention_kwargs=cross_attention_kwargs, return_dict=False,
+                    latent_model_input, t, encoder_hidden_states=prompt_embeds, timestep_cond=timestep_cond,
+                    cross_attention_kwargs=self.cross_attention_kwargs, added_cond_kwargs=added_cond_kwargs,
+                    return_dict=False,
                 )[0]
                 model_calls += 1
                 branches = noise_pred.chunk(num_branches) if num_branches > 1 else [noise_pred]
 
-                point = eval_point(sched, tables, loop_index) if tables is not None else None
+                # guidance: the guider's method and scale; with plain CFG a step-end callback may
+                # change pipe._guidance_scale, as in stock (read only then: calls share the attribute)
+                point = eval_point(sched, tables, i) if tables is not None else None
                 if new_step:
                     scale = guider.scale_at(step, num_steps, None if point is None else point.noise_sigma)
-                sample = latents
-                guided = guider.combine(
-                    branches, scale, step,
-                    to_x0=lambda out: predicted_x0(out, sample, point, prediction_type),
-                    from_x0=lambda x0: output_from_x0(x0, sample, point, prediction_type),
-                )
+                    if guidance is None and guider.enabled and callback_on_step_end is not None:
+                        scale = self.guidance_scale
+                if num_branches == 1:
+                    guided, scale = branches[0], 1.0
+                else:
+                    sample = latents
+                    guided = guider.combine(
+                        branches, scale, step,
+                        to_x0=lambda out: predicted_x0(out, sample, point, prediction_type),
+                        from_x0=lambda x0: output_from_x0(x0, sample, point, prediction_type),
+                    )
                 if guider.uses_classifier:  # classifier guidance (issue 15): g at the VP latent the UNet saw
-                    guided = guider.add_classifier_term(guided, model_input[: latents.shape[0]], t, point.alpha_bar, prediction_type)
+                    guided = guider.add_classifier_term(guided, latent_model_input[: latents.shape[0]], t, point.alpha_bar,
+                                                        prediction_type)
                 if recording and new_step:
-                    pending = self._make_record(
-                        step, num_steps, point, latents, branches, guided, guider, scale, prediction_type,
-                        full, adapters, preview_every, preview_targets, preview_decoder, preview_kw,
+                    pending = build_record(
+                        step=step, num_steps=num_steps, point=point, latents=latents, branches=branches,
+                        guided=guided, scale=scale, method=guider.config.method, prediction_type=prediction_type,
+                        full=full, adapters=adapters, preview_every=preview_every, preview_targets=preview_targets,
+                        preview_decoder=preview_decoder, preview_kw=preview_kw,
                     )
                     pending.classifier = guider.classifier_readout  # issue 15 (None without a classifier method)
 
-                latents = sched.step(guided, t, latents, **step_kwargs, return_dict=False)[0]
-                progress_bar.update()
+                # x_t -> x_{t-1}
+                latents = sched.step(guided, t, latents, **extra_step_kwargs, return_dict=False)[0]
 
-                # the step is complete (Heun & co. end their last step in 2nd-order state: flush)
-                if pending is not None and (starts_scheduler_step(sched) or loop_index == len(timesteps) - 1):
-                    pending.model_calls = model_calls
-                    trace.append(pending)
-                    if step_callback is not None:
-                        step_callback(pending)
-                    yield pending
+                if callback_on_step_end is not None:
+                    named = {"latents": latents, "prompt_embeds": prompt_embeds,
+                             "negative_prompt_embeds": negative_prompt_embeds}
+                    outputs = callback_on_step_end(self, i, t, {k: named[k] for k in callback_on_step_end_tensor_inputs})
+                    latents = outputs.pop("latents", latents)
+                    prompt_embeds = outputs.pop("prompt_embeds", prompt_embeds)
+                    negative_prompt_embeds = outputs.pop("negative_prompt_embeds", negative_prompt_embeds)
+
+                if i == len(timesteps) - 1 or ((i + 1) > num_warmup_steps and (i + 1) % sched.order == 0):
+                    progress_bar.update()
+                    if callback is not None and i % callback_steps == 0:
+                        callback(i // getattr(sched, "order", 1), t, latents)
+
+                # the step is complete when the next call opens a new one (Heun & co.: flush at the end)
+                if pending is not None and starts_scheduler_step(sched):
+                    yield finish(pending)
                     pending = None
+        if pending is not None:
+            yield finish(pending)
 
         # 8. Decode
         if output_type != "latent":
             image = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False, generator=generator)[0]
-            image, has_nsfw = self.run_safety_checker(image, device, embeds.dtype)
-            denormalize = [True] * image.shape[0] if has_nsfw is None else [not n for n in has_nsfw]
-            image = self.image_processor.postprocess(image, output_type=output_type, do_denormalize=denormalize)
+            image, has_nsfw = self.run_safety_checker(image, device, prompt_embeds.dtype)
         else:
             image, has_nsfw = latents, None
+        denormalize = [True] * image.shape[0] if has_nsfw is None else [not n for n in has_nsfw]
+        image = self.image_processor.postprocess(image, output_type=output_type, do_denormalize=denormalize)
         self.maybe_free_model_hooks()
 
         if not return_dict:
@@ -336,52 +384,4 @@ class TracingStableDiffusionPipeline(
         else:
             yield TracingPipelineOutput(images=image, nsfw_content_detected=has_nsfw, trace=trace if recording else None)
 
-    def _make_record(self, step, num_steps, point, latents, branches, guided, guider, scale, prediction_type,
-                     full, adapters, preview_every, preview_targets, preview_decoder, preview_kw) -> StepRecord:
-        """Build the step's record from the first model call of the step (see record.py)."""
-        def eps(out):
-            return predicted_eps(out, latents, point, prediction_type)
-
-        def x0(out):
-            return predicted_x0(out, latents, point, prediction_type)
-
-        cfg_on = len(branches) > 1
-        uncond, cond = (branches[0], branches[1]) if cfg_on else (None, branches[0])
-        eps_cond = eps(cond)
-        eps_uncond = eps(uncond) if cfg_on else None
-        tensors = {"x0_guided": x0(guided)}
-        if full or "x0_cond" in preview_targets:
-            tensors["x0_cond"] = x0(cond)
-        if cfg_on and (full or "x0_uncond" in preview_targets):
-            tensors["x0_uncond"] = x0(uncond)
-
-        previews = {}
-        if preview_every and (step % preview_every == 0 or step == num_steps - 1):
-            vp_latents = latents * point.input_scale
-            for target in preview_targets:
-                source = vp_latents if target == "x_t" else tensors.get(target)
-                if source is not None:
-                    previews[target] = decode_preview(source, preview_decoder, **preview_kw)
-
-        keep = to_record_tensor
-        return StepRecord(
-            step=step,
-            num_steps=num_steps,
-            timestep=point.timestep,
-            sigma=point.sigma,
-            alpha_bar=point.alpha_bar,
-            x_t=keep(latents),
-            eps_uncond=keep(eps_uncond) if full else None,
-            eps_cond=keep(eps_cond) if full and cfg_on else None,
-            eps_guided=keep(eps(guided)) if full else None,
-            x0_uncond=keep(tensors.get("x0_uncond")) if full else None,
-            x0_cond=keep(tensors.get("x0_cond")) if full and cfg_on else None,
-            x0_guided=keep(tensors["x0_guided"]),
-            guidance_scale=float(scale),
-            guidance_norm=guidance_norm(eps_cond, eps_uncond) if cfg_on else 0.0,
-            adapters=dict(adapters or {}),
-            previews=previews,
-            input_scale=point.input_scale,
-            eps_negative=keep(eps(branches[2])) if full and len(branches) > 2 else None,
-            guidance_method=guider.config.method,
-        )
+    __call__.__signature__ = inspect.signature(iter_steps)  # what inspect shows: the real arguments

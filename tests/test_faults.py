@@ -122,6 +122,7 @@ def progressed_past(step: int):
 def kill_and_resume(tiny_model, image_folder, tmp_path, kills: int, seed: int) -> tuple[str, list[dict], subprocess.CompletedProcess]:
     """``kills`` killed runs (the first while a checkpoint is half-written), then a resumed run to
     the end that pushes to an unreachable Hub. Checks the latest checkpoint after every kill."""
+    os.makedirs(tmp_path, exist_ok=True)  # callers may hand a sub-folder of pytest's tmp_path
     out = str(tmp_path / "out")
     args = ["--pretrained_model_name_or_path", tiny_model, "--train_data_dir", image_folder, "--output_dir", out,
             *TRAIN_ARGS]

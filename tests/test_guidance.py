@@ -154,7 +154,7 @@ def test_cfg_zero_star_zero_init_skips_rescale():
         (dict(method="pag"), "method='pag'.*'cfg', 'apg', 'cfg-zero-star', 'perp-neg'"),
         (dict(scale=float("nan")), "scale=nan"),
         (dict(scale=float("inf")), "scale=inf"),
-        (dict(rescale=1.5), "rescale=1.5"),
+        (dict(rescale=float("nan")), "rescale=nan"),
         (dict(schedule="exp"), "schedule='exp'"),
         (dict(interval=(2.0, 1.0)), r"interval=\(2.0, 1.0\)"),
         (dict(interval_space="time"), "interval_space='time'"),

@@ -486,7 +486,7 @@ CASES: list[Case] = [
          r"model='attacker/evil-sd' could not be loaded .*not a registered model"),
     # --- functions
     Case("fn-steps", "TracingStableDiffusionPipeline()", "num_inference_steps=0", "ValueError naming num_inference_steps",
-         pipe_call(num_inference_steps=0), r"num_inference_steps=0 must be an integer in \[1, 1000\]"),
+         pipe_call(num_inference_steps=0), r"num_inference_steps=0 must be an integer >= 1"),
     Case("fn-height", "TracingStableDiffusionPipeline()", "height=17", "ValueError naming height",
          pipe_call(height=17), r"height=17 must be a positive multiple of the VAE factor"),
     Case("fn-nan", "TracingStableDiffusionPipeline()", "guidance_scale=nan", "ValueError naming guidance_scale",
