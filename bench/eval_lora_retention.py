@@ -1,0 +1,105 @@
+"""Color and shape retention of the embedded style LoRAs across weights 0 ... 1 (steps of 0.1).
+
+    python bench/eval_lora_retention.py                  # 100 prompts, writes BENCHMARKS.md
+    python bench/eval_lora_retention.py --num_samples 12 --no_write
+
+Each shipped LoRA alone and each pair (both at the same weight) on the same seeded prompts, plus
+the unequal pair the app's user met ("outline:0.8, night:0.6"), read by the shapes-world scorer at
+the model's default guidance. The style tables (bench/eval_style_loras.py) check the effect at
+0 / 0.5 / 1; this one asks what the weights in between cost the prompt: does the shape the prompt
+names survive, and its color?
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench.report import machine, update_section  # noqa: E402
+from shapesworld import score_image  # noqa: E402
+from shapesworld.evaluate import eval_cases, generate  # noqa: E402
+
+STYLES = ("outline", "night", "pastel")
+PAIRS = (("outline", "night"), ("outline", "pastel"), ("night", "pastel"))
+WEIGHTS = tuple(round(0.1 * i, 1) for i in range(11))
+
+
+def retention(pipe, cases, steps: int, guidance: float) -> dict:
+    images = generate(pipe, [c.prompt for c in cases], [c.seed for c in cases], guidance, steps)
+    readings = [score_image(im) for im in images]
+    return {"color": float(np.mean([r.color == c.target.color for r, c in zip(readings, cases)])),
+            "shape": float(np.mean([r.shape == c.target.shape for r, c in zip(readings, cases)]))}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="models/tiny-shapes")
+    p.add_argument("--num_samples", type=int, default=100)
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--guidance", type=float, default=3.0, help="the app's default for tiny-shapes")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--no_write", action="store_true")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from pipelines import TracingStableDiffusionPipeline
+    from pipelines.lora import Blend, LoraBlender
+    from pipelines.lora_presets import presets_for_family
+
+    pipe = TracingStableDiffusionPipeline.from_pretrained(args.model)
+    pipe.set_progress_bar_config(disable=True)
+    blender = LoraBlender(pipe)
+    presets = {p.id: p for p in presets_for_family("tiny-shapes") if p.id in STYLES}
+    for style in STYLES:
+        blender.load_preset(presets[style], family="tiny-shapes")
+    cases = eval_cases(args.num_samples, seed=7)
+
+    settings = [(s,) for s in STYLES] + list(PAIRS)
+    jobs = [("base", 0.0, {})] + [("+".join(names), w, {n: w for n in names})
+                                  for names in settings for w in WEIGHTS if w > 0]
+    jobs.append(("outline 0.8 + night 0.6", None, {"outline": 0.8, "night": 0.6}))
+    results: dict = {}
+    for label, w, blend in tqdm(jobs, desc="blends", unit="blend"):
+        with blender.apply(Blend.of(blend) if blend else None) as pw:
+            results[f"{label}@{w}"] = retention(pw, cases, args.steps, args.guidance)
+    print(json.dumps(results, indent=2))
+    if args.no_write:
+        return
+
+    base = results["base@0.0"]
+    head = "| LoRA | " + " | ".join(f"{w:g}" for w in WEIGHTS) + " |\n|---|" + "---|" * len(WEIGHTS)
+
+    def row(label: str, key: str) -> str:
+        cells = [base[key]] + [results[f"{label}@{w}"][key] for w in WEIGHTS if w > 0]
+        return f"| {label.replace('+', ' + ')} | " + " | ".join(f"{c:.2f}" for c in cells) + " |"
+
+    names = ["+".join(s) for s in settings]
+    odd = results["outline 0.8 + night 0.6@None"]
+    body = f"""Command: `python bench/eval_lora_retention.py` (machine: {machine()}, {args.threads} thread; {args.num_samples}
+seeded prompts naming every attribute; DDIM {args.steps} steps, guidance {args.guidance:g}; read by `shapesworld.scorer`).
+Each LoRA alone, and each pair with both adapters at the same weight. Weight 0 is the base model.
+
+Color accuracy:
+
+{head}
+{chr(10).join(row(n, "color") for n in names)}
+
+Shape accuracy:
+
+{head}
+{chr(10).join(row(n, "shape") for n in names)}
+
+outline 0.8 + night 0.6 (the unequal pair): color {odd['color']:.2f}, shape {odd['shape']:.2f}.
+"""
+    update_section("LoRA weights and what the prompt keeps", body)
+
+
+if __name__ == "__main__":
+    main()
