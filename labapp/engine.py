@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import spaces
 import torch
 
+from pipelines.forward import encode_image, q_sample
 from pipelines.guidance import APGParams, CFGZeroParams, GuidanceConfig, PerpNegParams
 from pipelines.models import EMBEDDED_MODEL, GPU_DEFAULT_MODEL, load_pipeline, model_family, model_names, model_spec
 from pipelines.previews import decode_preview
@@ -320,12 +321,11 @@ def forward_noise_latents(image: torch.Tensor, timestep: int, seed: int) -> dict
     t = torch.tensor([int(timestep)])
     generator = torch.Generator("cpu").manual_seed(int(seed))
     with torch.no_grad():
-        z0 = pipe.vae.encode(image.to(pipe.device, pipe.vae.dtype)).latent_dist.mean * pipe.vae.config.scaling_factor
-        z0 = z0.float().cpu()
+        z0 = encode_image(pipe, image, sample=False).float().cpu()
         z_noise = torch.randn(z0.shape, generator=generator)
         pixel_noise = torch.randn(image.shape, generator=generator)
-        z_t = sched.add_noise(z0, z_noise, t)
-        x_t = sched.add_noise(image.float().cpu(), pixel_noise, t)
+        z_t = q_sample(sched, z0, z_noise, t)
+        x_t = q_sample(sched, image.float().cpu(), pixel_noise, t)
     return {"z0": z0, "z_t": z_t, "x_t_pixels": x_t}
 
 
