@@ -121,3 +121,61 @@ def test_q_sample_is_the_ddpm_marginal(components):
     assert torch.allclose(q_sample(sched, x0, eps, 500), expected, atol=1e-6)
     s = snr([0.0, 0.5, 1.0])
     assert s[0] == 0 and s[1] == pytest.approx(1.0) and np.isinf(s[2])
+
+
+# ------------------------------------------------------------------------------ the endpoint
+
+gradio_client = pytest.importorskip("gradio_client")
+
+
+@pytest.fixture(scope="module")
+def client():
+    from gradio_client import Client
+
+    from tests.app_server import launch, tiny_engine
+
+    torch.set_num_threads(1)
+    demo, url = launch(tiny_engine(), concurrency_limit=1)
+    yield Client(url, verbose=False)
+    demo.close()
+
+
+def test_img2img_endpoint_runs_and_reports_its_steps(client, tmp_path, image):
+    from gradio_client import handle_file
+
+    path = tmp_path / "in.png"
+    image.save(path)
+    out, status = client.predict(image=handle_file(str(path)), prompt="a red circle", strength=0.5, steps=6,
+                           seed=1, api_name="/img2img")
+    assert PIL.Image.open(out).size[0] >= 16
+    assert "strength 0.5: 3 of 6 steps" in status and "3 model calls" in status
+
+
+@pytest.mark.parametrize("override, expected", [
+    (dict(strength=0), "strength=0"),
+    (dict(strength=1.5), "1.5 is greater than maximum"),  # Gradio's slider check, before the handler
+    (dict(strength=0.05, steps=10), "strength=0.05"),
+])
+def test_img2img_endpoint_names_bad_input(client, tmp_path, image, override, expected):
+    from gradio_client import handle_file
+
+    path = tmp_path / "in.png"
+    image.save(path)
+    kwargs = dict(image=handle_file(str(path)), prompt="a", strength=0.5, steps=4) | override
+    with pytest.raises(Exception, match=expected):
+        client.predict(**kwargs, api_name="/img2img")
+    assert "3 of 6 steps" in client.predict(image=handle_file(str(path)), strength=0.5, steps=6,
+                                            api_name="/img2img")[1]  # still serving
+
+
+@pytest.mark.parametrize("strength, steps", [(0, 10), (1.5, 10), (float("nan"), 10), (0.05, 10)])
+def test_handler_strength_check_names_the_field(strength, steps):
+    import gradio as gr
+
+    from labapp.img2img import check_image, check_strength
+
+    with pytest.raises(gr.Error, match="strength="):
+        check_strength(strength, steps)
+    assert check_strength(0.1, 10) == 0.1
+    with pytest.raises(gr.Error, match=r"image='2x2' is not allowed: an image at least 8x8 px"):
+        check_image("image", PIL.Image.new("RGB", (2, 2)), 8)
