@@ -228,6 +228,13 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
                 with gr.Column():
                     i2i_image = gr.Image(label="img2img result", height=200, elem_classes="pixelated", interactive=False)
                     i2i_info = gr.Markdown("")
+            gr.Markdown("### The schedule flaw: what is left of the image above at t = T")
+            with gr.Row():
+                snr_seeds = gr.Number(value=256, precision=0, minimum=16, maximum=2048, label="Noise seeds")
+                snr_block = gr.Radio(["2", "4", "8", "16"], value="8", label="Blur block (px)")
+                snr_btn = gr.Button("Compare x_T: SD 1.5 vs zero terminal SNR")
+            snr_gallery = gr.Gallery(label="x_T side by side", columns=6, height=240, elem_classes="pixelated")
+            snr_info = gr.Markdown("")
 
         with gr.Tab("LoRA mixer"):
             gr.Markdown(lora_ui.presets_table(engine.lora_presets()))
@@ -292,6 +299,8 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
          .success(trace_views.step_slider_updates, trace, [explore_slider, cfg_step], api_visibility="private")
          .then(trace_views.explore_step, [trace, explore_slider, explore_decoder], explore_outputs,
                api_visibility="private", **gpu))
+        snr_btn.click(img2img_ui.terminal_snr, [noise_image, snr_seeds, snr_block], [snr_gallery, snr_info],
+                      api_name="terminal_snr")
 
         gr.on([c.change for c in slots], lora_ui.slots_to_spec, slots, lora, api_visibility="private")
         lora_btn.click(labs.lora_grid, [prompt, lora, seed, steps, guidance_scale, scheduler], lora_gallery,

@@ -179,3 +179,46 @@ def test_handler_strength_check_names_the_field(strength, steps):
     assert check_strength(0.1, 10) == 0.1
     with pytest.raises(gr.Error, match=r"image='2x2' is not allowed: an image at least 8x8 px"):
         check_image("image", PIL.Image.new("RGB", (2, 2)), 8)
+
+
+# ------------------------------------------------------------------------------ the schedule flaw
+
+
+def test_terminal_alpha_bars_and_the_leak():
+    from pipelines.forward import terminal_alpha_bars, terminal_snr_report
+
+    ab = terminal_alpha_bars()
+    assert ab["default"] ** 0.5 == pytest.approx(0.0683, abs=1e-4)  # SD 1.5: sqrt(alpha_bar_T)
+    assert ab["zero_snr"] == 0.0
+    x0 = torch.full((1, 3, 32, 32), -0.9)
+    x0[..., :16, :16] = 0.9  # a bright top-left quarter on a dark ground: strong layout
+    r = terminal_snr_report(x0, seeds=256, block=8)
+    sd, zero = r["default"], r["zero_snr"]
+    assert sd["corr_low_mean"] > 0.3 and abs(zero["corr_low_mean"]) < 0.05
+    assert torch.equal(zero["residual"], torch.zeros_like(zero["residual"]))
+    with pytest.raises(ValueError, match="block 5 must divide"):
+        terminal_snr_report(x0, block=5)
+
+
+def test_terminal_snr_endpoint(client, tmp_path, image):
+    from gradio_client import handle_file
+
+    path = tmp_path / "in.png"
+    image.resize((64, 64)).save(path)
+    gallery, text = client.predict(image=handle_file(str(path)), seeds=64, block="8", api_name="/terminal_snr")
+    assert len(gallery) == 6 and "alpha_bar_T = 0.00466" in text and "over 64 noise seeds" in text
+    with pytest.raises(Exception, match="5 is less than minimum value 16"):  # Gradio checks first
+        client.predict(image=handle_file(str(path)), seeds=5, api_name="/terminal_snr")
+
+
+def test_terminal_snr_handler_names_bad_fields(image):
+    import gradio as gr
+
+    from labapp.img2img import terminal_snr
+
+    with pytest.raises(gr.Error, match="seeds=5"):
+        terminal_snr(image, seeds=5)
+    with pytest.raises(gr.Error, match="block='3'"):
+        terminal_snr(image, block=3)
+    with pytest.raises(gr.Error, match="image=None"):
+        terminal_snr(None)
