@@ -4,31 +4,14 @@ Validation and display only; the math is pipelines/img2img.py on the pipeline's 
 """
 from __future__ import annotations
 
-import math
 import time
 
 import gradio as gr
-import spaces
-
-from pipelines.img2img import SDEditStart
 
 from . import engine as eng
 from . import validation as check
 from .generate import PREVIEW_SIZE, build_settings
 from .images import pil_to_tensor, upscale
-from .metadata import GenerationSettings
-
-
-def _img2img_duration(settings: GenerationSettings, image, strength: float) -> int:
-    return eng._gpu_seconds(math.ceil(settings.steps * strength) * settings.num_images)
-
-
-@spaces.GPU(duration=_img2img_duration)
-def run_img2img(settings: GenerationSettings, image, strength: float):
-    """The traced img2img run (record='full'): ``image`` (1, 3, H, W) in [-1, 1] at the settings' size."""
-    engine = eng.current()
-    with engine.pipeline(settings.lora) as pipe:
-        return pipe(**eng.call_kwargs(settings), start=SDEditStart(image, strength), record="full")
 
 
 def check_image(field: str, image, min_side: int):
@@ -65,7 +48,7 @@ def img2img(image, prompt="", negative_prompt="", strength=0.6, scheduler="DDIM"
     strength = check_strength(strength, settings.steps)
     started = time.perf_counter()
     try:
-        output = run_img2img(settings, pil_to_tensor(image, native), strength)
+        output = eng.img2img_run(settings, pil_to_tensor(image, native), strength)
     except ValueError as error:
         raise gr.Error(str(error), title="Invalid settings") from None
     records = output.trace or []
