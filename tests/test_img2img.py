@@ -222,3 +222,19 @@ def test_terminal_snr_handler_names_bad_fields(image):
         terminal_snr(image, block=3)
     with pytest.raises(gr.Error, match="image=None"):
         terminal_snr(None)
+
+
+def test_img2img_trace_loads_into_the_explorer(image):
+    """The handler's trace drives the explorer like a Generate run's: slider range, x_t / x0 views."""
+    from labapp import engine as eng
+    from labapp import trace_views
+    from labapp.img2img import img2img as img2img_handler
+    from tests.app_server import tiny_engine
+
+    eng.install(tiny_engine())
+    out, status, trace = img2img_handler(image, "a blue circle", "", 0.5, "Euler a", 8, 5.0, 3)
+    assert "4 of 8 steps" in status and len(trace["records"]) == 4 and trace["settings"]["strength"] == 0.5
+    slider, _cfg = trace_views.step_slider_updates(trace)
+    assert slider["maximum"] == 3
+    x_t, x0, _plot, info = trace_views.explore_step(trace, 3, "vae")
+    assert x_t is not None and x0 is not None and "3" in info
