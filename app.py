@@ -45,6 +45,7 @@ from labapp import engine as eng  # noqa: E402
 from labapp import gradio_cache  # noqa: E402
 from labapp import generate as gen  # noqa: E402
 from labapp import guidance_kinds, labs, lora_ui, trace_views  # noqa: E402
+from labapp import img2img as img2img_ui  # noqa: E402
 from labapp.docs import HOW_IT_WORKS, header  # noqa: E402
 from pipelines.guidance import GUIDANCE_METHODS, SCALE_SCHEDULES  # noqa: E402
 from pipelines.previews import PREVIEW_DECODERS  # noqa: E402
@@ -235,6 +236,25 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
                                                  elem_classes="pixelated", interactive=False)
                     noise_info = gr.Markdown("")
                     noise_plot = gr.Plot(label="Signal and noise", show_label=False)
+            # img2img / SDEdit (issue 16): the reverse process started from the image above
+            gr.Markdown("### Denoise from here: img2img (SDEdit) from the image above, with the Generate tab's "
+                        "scheduler, steps, guidance and negative prompt; the result's steps land in the explorer")
+            with gr.Row():
+                with gr.Column():
+                    i2i_prompt = gr.Textbox(label="img2img prompt", value="a blue circle",
+                                            max_length=gen.check.MAX_PROMPT_CHARS)
+                    i2i_strength = gr.Slider(0, 1, value=0.6, step=0.05, label="Strength (start at t ~ strength x T)")
+                    i2i_btn = gr.Button("Denoise from here", variant="primary")
+                with gr.Column():
+                    i2i_image = gr.Image(label="img2img result", height=200, elem_classes="pixelated", interactive=False)
+                    i2i_info = gr.Markdown("")
+            gr.Markdown("### The schedule flaw: what is left of the image above at t = T")
+            with gr.Row():
+                snr_seeds = gr.Number(value=256, precision=0, minimum=16, maximum=2048, label="Noise seeds")
+                snr_block = gr.Radio(["2", "4", "8", "16"], value="8", label="Blur block (px)")
+                snr_btn = gr.Button("Compare x_T: SD 1.5 vs zero terminal SNR")
+            snr_gallery = gr.Gallery(label="x_T side by side", columns=6, height=240, elem_classes="pixelated")
+            snr_info = gr.Markdown("")
 
         with gr.Tab("LoRA mixer"):
             gr.Markdown(lora_ui.presets_table(engine.lora_presets()))
@@ -300,6 +320,14 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
         sample_btn.click(labs.shapes_sample, sample_index, noise_image, api_name="shapes_sample")
         noise_btn.click(labs.forward_noise, [noise_image, noise_t, noise_seed],
                         [noised_pixels, noised_latent, noise_info, noise_plot], api_name="forward_noise", **gpu)
+        (i2i_btn.click(img2img_ui.img2img, [noise_image, i2i_prompt, negative_prompt, i2i_strength, scheduler, steps,
+                                            guidance_scale, noise_seed], [i2i_image, i2i_info, trace],
+                       api_name="img2img", **gpu)
+         .success(trace_views.step_slider_updates, trace, [explore_slider, cfg_step], api_visibility="private")
+         .then(trace_views.explore_step, [trace, explore_slider, explore_decoder], explore_outputs,
+               api_visibility="private", **gpu))
+        snr_btn.click(img2img_ui.terminal_snr, [noise_image, snr_seeds, snr_block], [snr_gallery, snr_info],
+                      api_name="terminal_snr")
 
         gr.on([c.change for c in slots], lora_ui.slots_to_spec, slots, lora, api_visibility="private")
         lora_btn.click(labs.lora_grid, [prompt, lora, seed, steps, guidance_scale, scheduler], lora_gallery,

@@ -1,7 +1,8 @@
 """Model access for the app: one small interface between the handlers and the pipeline.
 
 The handlers never touch the pipeline directly. They call the module-level functions below
-(``stream_generation``, ``generate_batch``, ``decode_latents``, ``forward_noise_latents``),
+(``stream_generation``, ``generate_batch``, ``decode_latents``, ``forward_noise_latents``,
+``img2img_run``),
 which are the app's GPU functions: on a ZeroGPU Space ``@spaces.GPU`` runs them in a worker
 with the GPU attached for a duration that follows the requested work (steps x images); anywhere
 else the decorator is a no-op. They take only picklable arguments (ZeroGPU pickles them) and
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import queue
 import threading
@@ -19,7 +21,9 @@ from dataclasses import dataclass, field
 import spaces
 import torch
 
+from pipelines.forward import encode_image, q_sample
 from pipelines.guidance import APGParams, CFGZeroParams, GuidanceConfig, PerpNegParams
+from pipelines.img2img import SDEditStart
 from pipelines.models import EMBEDDED_MODEL, GPU_DEFAULT_MODEL, load_pipeline, model_family, model_names, model_spec
 from pipelines.previews import decode_preview
 from pipelines.schedulers import make_scheduler, scheduler_names
@@ -321,13 +325,24 @@ def forward_noise_latents(image: torch.Tensor, timestep: int, seed: int) -> dict
     t = torch.tensor([int(timestep)])
     generator = torch.Generator("cpu").manual_seed(int(seed))
     with torch.no_grad():
-        z0 = pipe.vae.encode(image.to(pipe.device, pipe.vae.dtype)).latent_dist.mean * pipe.vae.config.scaling_factor
-        z0 = z0.float().cpu()
+        z0 = encode_image(pipe, image, sample=False).float().cpu()
         z_noise = torch.randn(z0.shape, generator=generator)
         pixel_noise = torch.randn(image.shape, generator=generator)
-        z_t = sched.add_noise(z0, z_noise, t)
-        x_t = sched.add_noise(image.float().cpu(), pixel_noise, t)
+        z_t = q_sample(sched, z0, z_noise, t)
+        x_t = q_sample(sched, image.float().cpu(), pixel_noise, t)
     return {"z0": z0, "z_t": z_t, "x_t_pixels": x_t}
+
+
+def _img2img_duration(settings: GenerationSettings, image: torch.Tensor, strength: float) -> int:
+    return _gpu_seconds(math.ceil(settings.steps * strength) * settings.num_images)
+
+
+@spaces.GPU(duration=_img2img_duration)
+def img2img_run(settings: GenerationSettings, image: torch.Tensor, strength: float):
+    """img2img (SDEdit, pipelines/img2img.py), record='full': ``image`` (1, 3, H, W) in [-1, 1] at
+    the settings' size, noised to t ~ strength x T, denoised on the grid's tail."""
+    with current().pipeline(settings.lora) as pipe:
+        return pipe(**call_kwargs(settings), start=SDEditStart(image, strength), record="full")
 
 
 def _grid_duration(settings: GenerationSettings) -> int:

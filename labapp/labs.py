@@ -5,6 +5,7 @@ import gradio as gr
 import numpy as np
 import torch
 
+from pipelines.forward import snr
 from pipelines.guidance import GUIDANCE_METHODS
 from pipelines.schedulers import SIGMA_KINDS, sampling_schedule, training_schedule
 
@@ -145,9 +146,10 @@ def forward_noise(image, timestep, seed=0):
     latent_view = upscale(eng.decode_latents(result["z_t"], "vae")[0], GRID_SIZE)
     train = training_schedule(engine.scheduler_config)
     ab = float(train["alpha_bar"][t])
-    snr = "inf" if ab >= 1 else ("0" if ab <= 0 else f"{ab / (1 - ab):.4g}")
+    snr_t = float(snr(ab))
+    snr_text = "inf" if snr_t == float("inf") else ("0" if snr_t == 0 else f"{snr_t:.4g}")
     info = (f"**t = {t}** &nbsp; alpha_bar = {ab:.4f} &nbsp; signal sqrt(alpha_bar) = {ab ** 0.5:.3f} &nbsp; "
-            f"noise sqrt(1 - alpha_bar) = {(1 - ab) ** 0.5:.3f} &nbsp; SNR = {snr}")
+            f"noise sqrt(1 - alpha_bar) = {(1 - ab) ** 0.5:.3f} &nbsp; SNR = {snr_text}")
     return pixels, latent_view, info, plots.signal_noise(train, t)
 
 

@@ -187,6 +187,7 @@ class TracingStableDiffusionPipeline(StableDiffusionPipeline):
         preview_targets: tuple[str, ...] = ("x0_guided",),
         preview_taesd=None,
         on_step_begin: Callable[[int, int], dict | None] | None = None,
+        start: Callable | None = None,
         **kwargs,
     ):
         """Generate, yielding one ``StepRecord`` per scheduler step (when recording), then the output.
@@ -200,7 +201,9 @@ class TracingStableDiffusionPipeline(StableDiffusionPipeline):
         each record as it is made), ``preview_every`` (previews at steps 0, k, 2k, ... and the
         last), ``preview_decoder``, ``preview_targets``, ``preview_taesd``,
         ``on_step_begin(step, num_steps) -> dict | None`` (before the step's first UNet call; its
-        dict becomes ``StepRecord.adapters``).
+        dict becomes ``StepRecord.adapters``), ``start`` (begin from an x_t made elsewhere instead of
+        pure noise: ``start(pipe, sched, timesteps, num_inference_steps, batch, dtype, device,
+        generator) -> (timesteps, num_inference_steps, latents)``; img2img, see img2img.py).
         ``step_callback`` or previews with record="off" record in "light" mode.
         """
         callback, callback_steps = kwargs.pop("callback", None), kwargs.pop("callback_steps", None)
@@ -270,9 +273,16 @@ class TracingStableDiffusionPipeline(StableDiffusionPipeline):
         timesteps, num_inference_steps = retrieve_timesteps(sched, num_inference_steps, device, timesteps, sigmas)
         num_steps = int(getattr(sched, "num_inference_steps", None) or num_inference_steps)
 
-        # 5. Prepare latent variables
-        latents = self.prepare_latents(batch_size * num_images_per_prompt, self.unet.config.in_channels, height, width,
-                                       prompt_embeds.dtype, device, generator, latents, scheduler=sched)
+        # 5. Prepare latent variables: pure noise, or an x_t from ``start`` on the tail of the grid
+        if start is None:
+            latents = self.prepare_latents(batch_size * num_images_per_prompt, self.unet.config.in_channels, height,
+                                           width, prompt_embeds.dtype, device, generator, latents, scheduler=sched)
+        else:
+            timesteps, num_inference_steps, latents = start(self, sched, timesteps, num_inference_steps,
+                                                            batch_size * num_images_per_prompt, prompt_embeds.dtype,
+                                                            device, generator)
+            num_steps = num_inference_steps
+        grid_offset = len(sched.timesteps) - len(timesteps)  # loop index -> index in the scheduler's tables
 
         # 6. Extra step kwargs; guidance-scale embedding for guidance-distilled (LCM) UNets
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta, scheduler=sched)
@@ -320,7 +330,7 @@ class TracingStableDiffusionPipeline(StableDiffusionPipeline):
 
                 # guidance: the guider's method and scale; with plain CFG a step-end callback may
                 # change pipe._guidance_scale, as in stock (read only then: calls share the attribute)
-                point = eval_point(sched, tables, i) if tables is not None else None
+                point = eval_point(sched, tables, grid_offset + i) if tables is not None else None
                 if new_step:
                     scale = guider.scale_at(step, num_steps, None if point is None else point.noise_sigma)
                     if guidance is None and guider.enabled and callback_on_step_end is not None:
