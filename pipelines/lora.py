@@ -16,9 +16,15 @@ Why not diffusers' ``set_adapters`` for the scales: in diffusers 0.42.1 its nest
 leave LoRA layers outside attentions (resnets, samplers) at an absolute 1.0 whatever the
 adapter's weight, skip blocks without attention silently, and raise IndexError on top-level
 layers such as conv_in. Here every peft layer gets its scale from the blend (see
-lora_settings.py) through peft's ``set_scale``; several active adapters of a layer run as one
-stacked LoRA (lora_layers.py). For attention-only LoRAs the result equals diffusers' (exactly
-with ``stack_adapters=False``, to rounding with stacking; tests/test_lora_blend.py checks both).
+lora_settings.py) through peft's ``set_scale``; the active adapters of a layer run as one
+stacked LoRA, and a layer with none active runs its base module only (lora_layers.py). For
+attention-only LoRAs the result equals diffusers' (exactly with ``stack_adapters=False``, to
+rounding with stacking; tests/test_lora_blend.py checks both).
+
+Cost (BENCHMARKS.md, "Multi-LoRA blending"): loaded adapters cost nothing while idle; a blend
+costs a few extra matmuls per layer unfused, or one merge + exact restore per ``apply`` fused
+(``Blend.fuse``; the app's engine fuses whenever the blend has no step ranges). The stacked
+weights of the last ``cached_blends`` blends are kept, so returning to a blend stacks nothing.
 """
 from __future__ import annotations
 
@@ -26,6 +32,7 @@ import inspect
 import os
 import re
 import threading
+from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,10 +87,12 @@ def _unet_region(module_name: str, unet) -> tuple | None:
 class LoraBlender:
     """A pipeline plus its loaded adapters; ``apply(blend)`` is the one way to generate with it."""
 
-    def __init__(self, pipe, *, stack_adapters: bool = True):
-        """``stack_adapters``: run several active adapters of a layer as one stacked LoRA
+    def __init__(self, pipe, *, stack_adapters: bool = True, cached_blends: int = 4):
+        """``stack_adapters``: run the active adapters of a layer as one stacked LoRA
         (lora_layers.py; same sum up to rounding, much less overhead). False: peft's own
-        one-pass-per-adapter path, bit-identical to diffusers' ``set_adapters``."""
+        one-pass-per-adapter path, bit-identical to diffusers' ``set_adapters``.
+        ``cached_blends``: how many blends' stacked weights to keep per component (each costs
+        about the memory of its adapters' weights)."""
         if not all(hasattr(pipe, a) for a in ("load_lora_weights", "unet", "text_encoder")):
             raise TypeError(f"{type(pipe).__name__} cannot take LoRAs: it needs diffusers' "
                             "StableDiffusionLoraLoaderMixin (load_lora_weights) and unet / text_encoder")
@@ -94,6 +103,9 @@ class LoraBlender:
         self._adapters: dict[str, LoadedAdapter] = {}
         self._layers: list[_Layer] = []
         self._set: dict[str, tuple] = {}  # component -> key of the scales now set (skip if unchanged)
+        self.cached_blends = cached_blends
+        # (component, key) -> per layer of the component: its stacked (A, B) or None; LRU order
+        self._stacked: OrderedDict[tuple, list] = OrderedDict()
         self._pipe_has_hook = "on_step_begin" in inspect.signature(
             getattr(pipe, "iter_steps", pipe.__call__)).parameters
 
@@ -189,6 +201,7 @@ class LoraBlender:
                     lora_layers.freeze(module)
         self._layers = layers
         self._set = {}  # loading changed which adapters are active: set everything again
+        self._stacked.clear()
 
     # ------------------------------------------------------------------------------ blending
 
@@ -242,13 +255,15 @@ class LoraBlender:
         with self._locked():
             self._set_component("text_encoder", {a.name: a for a in blend.adapters})
             self._set_unet(blend.unet_active_at(0, 1))
-            modules = [layer.module for layer in self._layers]
-            saved = lora_layers.fuse(modules) if blend.fuse else None
+            idle = not blend.has_step_ranges and all(
+                lora_layers.plan_of(layer.module) == "base" for layer in self._layers)
+            path = "none" if idle else "fused" if blend.fuse else "unfused"
+            saved = lora_layers.fuse([layer.module for layer in self._layers]) if path == "fused" else None
             try:
-                yield BlendedPipeline(self.pipe, self._step_hook(blend), self._pipe_has_hook)
+                yield BlendedPipeline(self.pipe, self._step_hook(blend), self._pipe_has_hook, path)
             finally:
                 if saved is not None:
-                    lora_layers.unfuse(modules, saved)
+                    lora_layers.unfuse(saved)
 
     def _step_hook(self, blend: Blend) -> Callable[[int, int], dict]:
         def on_step_begin(step: int, num_steps: int) -> dict:
@@ -269,9 +284,9 @@ class LoraBlender:
             key = tuple((n, s.weight, repr(s.blocks)) for n, s in settings.items())
         if self._set.get(component) == key:
             return
-        for layer in self._layers:
-            if layer.component != component:
-                continue
+        cached = self._stacked.get((component, key))
+        stacked = []
+        for i, layer in enumerate(l for l in self._layers if l.component == component):
             module = layer.module
             scales = {}
             for name, setting in settings.items():
@@ -279,7 +294,12 @@ class LoraBlender:
                     scale = setting.te_weight if component == "text_encoder" else _unet_scale(setting, layer.region)
                     if scale != 0.0:  # a zero-scale adapter adds exactly nothing: leave it out
                         scales[name] = scale
-            lora_layers.set_layer_scales(module, scales, stack=self.stack_adapters)
+            stacked.append(lora_layers.set_layer_scales(module, scales, stack=self.stack_adapters,
+                                                        stacked=cached[i] if cached else None))
+        self._stacked[(component, key)] = stacked
+        self._stacked.move_to_end((component, key))
+        while len(self._stacked) > 2 * self.cached_blends:  # two components
+            self._stacked.popitem(last=False)
         self._set[component] = key
 
 
@@ -306,10 +326,11 @@ class BlendedPipeline:
     ``callback_on_step_end`` instead, and no per-step record is kept.
     """
 
-    def __init__(self, pipe, hook: Callable[[int, int], dict], has_hook: bool):
+    def __init__(self, pipe, hook: Callable[[int, int], dict], has_hook: bool, lora_path: str = "none"):
         self._pipe = pipe
         self._hook = hook
         self._has_hook = has_hook  # whether the pipeline's call takes on_step_begin
+        self.lora_path = lora_path  # "none" (every layer runs its base module), "fused" or "unfused"
 
     @property
     def pipeline(self):
@@ -322,10 +343,16 @@ class BlendedPipeline:
         return getattr(self._pipe, name)
 
     def __call__(self, *args, **kwargs):
-        return self._pipe(*args, **self._with_hook(kwargs))
+        return self._tag(self._pipe(*args, **self._with_hook(kwargs)))
 
     def iter_steps(self, *args, **kwargs):
-        return self._pipe.iter_steps(*args, **self._with_hook(kwargs))
+        for item in self._pipe.iter_steps(*args, **self._with_hook(kwargs)):
+            yield self._tag(item)
+
+    def _tag(self, output):
+        if hasattr(output, "lora_path"):  # TracingPipelineOutput: say which LoRA path made it
+            output.lora_path = self.lora_path
+        return output
 
     def _with_hook(self, kwargs: dict) -> dict:
         attention_kwargs = kwargs.get("cross_attention_kwargs") or {}

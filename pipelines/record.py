@@ -59,6 +59,7 @@ class TracingPipelineOutput:
     images: Any  # list of PIL images, np.ndarray or latents tensor, as output_type asks
     nsfw_content_detected: list[bool] | None
     trace: list[StepRecord] | None = None
+    lora_path: str = "none"  # how LoRAs ran (pipelines/lora.py): "none", "fused" or "unfused"
 
 
 def guidance_norm(eps_cond: torch.Tensor, eps_uncond: torch.Tensor) -> float:
