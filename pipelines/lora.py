@@ -87,12 +87,14 @@ def _unet_region(module_name: str, unet) -> tuple | None:
 class LoraBlender:
     """A pipeline plus its loaded adapters; ``apply(blend)`` is the one way to generate with it."""
 
-    def __init__(self, pipe, *, stack_adapters: bool = True, cached_blends: int = 4):
-        """``stack_adapters``: run the active adapters of a layer as one stacked LoRA
-        (lora_layers.py; same sum up to rounding, much less overhead). False: peft's own
-        one-pass-per-adapter path, bit-identical to diffusers' ``set_adapters``.
-        ``cached_blends``: how many blends' stacked weights to keep per component (each costs
-        about the memory of its adapters' weights)."""
+    def __init__(self, pipe, *, stack_adapters: bool = True, cached_blends: int = 4, dense_budget_mb: float = 128):
+        """``stack_adapters``: run the active adapters of a layer as one stacked LoRA, or as one
+        dense weight ``W + B A`` (lora_layers.py; same sum up to rounding, much less overhead).
+        False: peft's own one-pass-per-adapter path, bit-identical to diffusers' ``set_adapters``.
+        ``cached_blends``: how many blends' layer weights to keep per component (switching back
+        to one of them computes nothing). ``dense_budget_mb``: memory per cached blend and
+        component for dense weight copies (0: low-rank only); so at most
+        2 x cached_blends x dense_budget_mb of copies in all."""
         if not all(hasattr(pipe, a) for a in ("load_lora_weights", "unet", "text_encoder")):
             raise TypeError(f"{type(pipe).__name__} cannot take LoRAs: it needs diffusers' "
                             "StableDiffusionLoraLoaderMixin (load_lora_weights) and unet / text_encoder")
@@ -104,7 +106,8 @@ class LoraBlender:
         self._layers: list[_Layer] = []
         self._set: dict[str, tuple] = {}  # component -> key of the scales now set (skip if unchanged)
         self.cached_blends = cached_blends
-        # (component, key) -> per layer of the component: its stacked (A, B) or None; LRU order
+        self.dense_budget = int(dense_budget_mb * 2**20)
+        # (component, key) -> per layer of the component: its form (lora_layers.layer_form); LRU order
         self._stacked: OrderedDict[tuple, list] = OrderedDict()
         self._pipe_has_hook = "on_step_begin" in inspect.signature(
             getattr(pipe, "iter_steps", pipe.__call__)).parameters
@@ -285,7 +288,7 @@ class LoraBlender:
         if self._set.get(component) == key:
             return
         cached = self._stacked.get((component, key))
-        stacked = []
+        stacked, dense_bytes = [], 0
         for i, layer in enumerate(l for l in self._layers if l.component == component):
             module = layer.module
             scales = {}
@@ -294,8 +297,13 @@ class LoraBlender:
                     scale = setting.te_weight if component == "text_encoder" else _unet_scale(setting, layer.region)
                     if scale != 0.0:  # a zero-scale adapter adds exactly nothing: leave it out
                         scales[name] = scale
-            stacked.append(lora_layers.set_layer_scales(module, scales, stack=self.stack_adapters,
-                                                        stacked=cached[i] if cached else None))
+            weight_bytes = module.get_base_layer().weight.nbytes
+            form = lora_layers.set_layer_scales(module, scales, stack=self.stack_adapters,
+                                                cached=cached[i] if cached else None,
+                                                dense=dense_bytes + weight_bytes <= self.dense_budget)
+            if form is not None and form[0] == "dense":
+                dense_bytes += weight_bytes
+            stacked.append(form)
         self._stacked[(component, key)] = stacked
         self._stacked.move_to_end((component, key))
         while len(self._stacked) > 2 * self.cached_blends:  # two components

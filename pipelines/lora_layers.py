@@ -5,7 +5,7 @@ with a dozen Python-level steps around them (argument checks, dtype casts, a loo
 active names) whether or not any adapter is active. On a small model those steps cost more than
 the matmuls: measured on the embedded model with the three shipped presets (337 LoRA layers),
 a loaded but idle blender cost 1.11-1.14x a pipeline without LoRA, three active adapters 1.54-1.77x
-(BENCHMARKS.md, "Multi-LoRA blending"). So every layer runs one of three forwards, chosen when
+(BENCHMARKS.md, "Multi-LoRA blending"). So every layer runs one of four forwards, chosen when
 the blend is set (``set_layer_scales``), never per call:
 
 - **base**: no adapter active on the layer. The layer's ``forward`` is its base module's own, so
@@ -17,8 +17,15 @@ the blend is set (``set_layer_scales``), never per call:
       B = [s_1 B_1, s_2 B_2, ...]            # (out, sum r_i): scale folded into the columns
       y = W x + b + B (A x)                  # = W x + b + sum_i s_i B_i (A_i x), up to rounding
 
-  with ``s_i`` peft's scaling (weight * alpha_i / r_i; Hu et al. 2021, "LoRA", eq. 3), run as
-  three plain ``F.linear`` / ``F.conv2d`` calls and no module dispatch.
+  with ``s_i`` peft's scaling (weight * alpha_i / r_i; Hu et al. 2021, "LoRA", eq. 3): the base
+  op, ``A x`` and one in-place ``addmm_`` / ``baddbmm_``, no module dispatch.
+- **dense**: the same sum as one weight, ``y = (W + B A) x + b``, held as a copy beside the
+  untouched base weight: the base op on another weight, so the layer costs what the base layer
+  costs. Why: on small layers the low-rank pair is not cheap. On the embedded model a rank-16
+  3x3 ``A`` conv costs about half the base conv (per-call overhead of small convs on CPU), and a
+  summed rank of 48 on 64-128 channels adds 40-150% of a layer's multiply-adds. Copies cost
+  memory, so the caller gives each blend a budget (``LoraBlender(dense_budget_mb=...)``) and
+  layers beyond it run stacked.
 - **peft**: anything else (DoRA, biased LoRAs, embeddings, grouped convs), or every active layer
   when stacking is off: peft's own forward, bit-identical to diffusers' ``set_adapters``.
 
@@ -26,8 +33,8 @@ The choice is an instance attribute ``forward`` on the peft layer (what accelera
 too): the module tree, ``state_dict`` and peft's own bookkeeping (``scaling``,
 ``active_adapters``) stay as peft made them.
 
-Fusing (``fuse`` / ``unfuse``) adds each active layer's ``B A`` to its base weight and switches
-the layer to **base**; restoring copies the saved base weights back, bit-exactly.
+Fusing (``fuse`` / ``unfuse``) writes each active layer's ``W + B A`` into its base weight and
+switches the layer to **base**; restoring copies the saved base weights back, bit-exactly.
 """
 from __future__ import annotations
 
@@ -106,20 +113,38 @@ def _base_forward(base):
 
 
 def _stacked_forward(module, a: torch.Tensor, b: torch.Tensor):
+    """``y = base(x) + B (A x)`` in as few CPU ops as possible: the ``B`` product is added into the
+    base output in place by one ``addmm_`` / ``baddbmm_`` (the ops dominate on small models)."""
     base = module.get_base_layer()
     hooked = _has_hooks(base)
     if isinstance(base, nn.Linear):
+        a_t, b_t = a.t().contiguous(), b.t().contiguous()  # (in, r), (r, out)
+
         def forward(x, *args, **kwargs):
-            out = base(x) if hooked else F.linear(x, base.weight, base.bias)
-            return out.add_(F.linear(F.linear(x, a), b))  # (..., out) += B (A x)
+            out = base(x) if hooked else F.linear(x, base.weight, base.bias)  # (..., out)
+            out.view(-1, out.shape[-1]).addmm_(x.reshape(-1, x.shape[-1]) @ a_t, b_t)
+            return out
         return forward
     lora_a = module.lora_A[next(iter(module.active_adapters))]
     stride, padding, dilation = lora_a.stride, lora_a.padding, lora_a.dilation
+    b_2d = b.flatten(1)  # (out, r): B is a 1x1 conv
 
     def forward(x, *args, **kwargs):
-        out = base(x) if hooked else base._conv_forward(x, base.weight, base.bias)
-        return out.add_(F.conv2d(F.conv2d(x, a, None, stride, padding, dilation), b))  # (N, out, H, W)
+        out = base(x) if hooked else base._conv_forward(x, base.weight, base.bias)  # (N, out, H, W)
+        h = F.conv2d(x, a, None, stride, padding, dilation)  # (N, r, H, W)
+        if out.is_contiguous() and h.is_contiguous():
+            n = out.shape[0]
+            out.view(n, out.shape[1], -1).baddbmm_(b_2d.expand(n, -1, -1), h.view(n, h.shape[1], -1))
+            return out
+        return out.add_(F.conv2d(h, b))
     return forward
+
+
+def _dense_forward(base, weight: torch.Tensor):
+    """The base layer's own op with the blend's weight ``W + B A`` (a copy; W stays untouched)."""
+    if isinstance(base, nn.Linear):
+        return lambda x, *args, **kwargs: F.linear(x, weight, base.bias)
+    return lambda x, *args, **kwargs: base._conv_forward(x, weight, base.bias)
 
 
 def _install(module, kind: str, a=None, b=None) -> None:
@@ -130,24 +155,45 @@ def _install(module, kind: str, a=None, b=None) -> None:
         module.__dict__.pop("forward", None)  # the class's (peft's) forward
     elif kind == "base":
         module.forward = _base_forward(module.get_base_layer())
+    elif kind == "dense":
+        module.forward = _dense_forward(module.get_base_layer(), a)
     else:
         module.forward = _stacked_forward(module, a, b)
     setattr(module, _PLAN, (kind, a, b))
 
 
 def plan_of(module) -> str:
-    """Which forward the layer runs now: "base", "stacked" or "peft"."""
+    """Which forward the layer runs now: "base", "dense", "stacked" or "peft"."""
     plan = getattr(module, _PLAN, None)
     return "peft" if plan is None else plan[0]
 
 
-def set_layer_scales(module, scales: dict[str, float], stack: bool = True,
-                     stacked: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple | None:
+def layer_form(module, names: list[str], dense: bool = True) -> tuple | None:
+    """How the layer runs the named adapters at their current scaling, or None for peft's path.
+
+    ("dense", W + B A, None) when ``dense`` (the caller's memory budget allows a copy of the
+    weight): the layer then costs exactly what its base layer costs; otherwise ("stacked", A, B).
+    """
+    stacked = stacked_weights(module, names)
+    if stacked is None:
+        return None
+    if not dense:
+        return ("stacked", *stacked)
+    base = module.get_base_layer()
+    if _has_hooks(base):  # the hooks may manage the weight (offloading): keep using it
+        return ("stacked", *stacked)
+    with torch.no_grad():
+        return ("dense", base.weight.detach() + _delta(*stacked, base.weight), None)
+
+
+def set_layer_scales(module, scales: dict[str, float], stack: bool = True, cached: tuple | None = None,
+                     dense: bool = True) -> tuple | None:
     """Activate exactly the adapters in ``scales`` (name -> weight) on one peft LoRA layer.
 
-    Zero weights should be left out by the caller (they add nothing). ``stacked``: this blend's
-    (A, B) for the layer from an earlier call (the caller's cache); returns the (A, B) it runs
-    stacked with, or None when the layer runs its base module or peft's path.
+    Zero weights should be left out by the caller (they add nothing). ``cached``: the form this
+    blend gave the layer in an earlier call (the caller's cache); ``dense``: whether a dense
+    weight copy is allowed (``layer_form``). Returns the form the layer now runs, or None when it
+    runs its base module or peft's path.
     """
     names = list(scales)
     for name, weight in scales.items():
@@ -158,10 +204,10 @@ def set_layer_scales(module, scales: dict[str, float], stack: bool = True,
         _install(module, "base")
         return None
     if stack:
-        stacked = stacked if stacked is not None else stacked_weights(module, names)
-        if stacked is not None:
-            _install(module, "stacked", *stacked)
-            return stacked
+        form = cached if cached is not None else layer_form(module, names, dense)
+        if form is not None:
+            _install(module, *form)
+            return form
     _install(module, "peft")
     return None
 
@@ -189,7 +235,9 @@ def fuse(modules) -> list:
                     module.lora_bias.get(n, False) for n in module.active_adapters):
                 params.append(base.bias)
             saved.append((module, [(p, p.detach().clone()) for p in params], getattr(module, _PLAN, None)))
-            if kind == "stacked":
+            if kind == "dense":
+                base.weight.copy_(getattr(module, _PLAN)[1])
+            elif kind == "stacked":
                 _, a, b = getattr(module, _PLAN)
                 base.weight.add_(_delta(a, b, base.weight))
             else:

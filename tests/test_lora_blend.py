@@ -471,8 +471,8 @@ def test_idle_adapters_run_the_same_ops_as_a_pipeline_without_lora(stock_blender
     """Loaded but idle (no blend, or weight 0): each LoRA layer runs its base module, nothing else."""
     plain = _unet_ops(make_pipe())
     with stock_blender.apply(Blend.of({"a": 0.8, "b": 0.5})) as pipe:  # something was active before
-        active = _unet_ops(pipe.pipeline)
-    assert active != plain
+        assert pipe.lora_path == "unfused" and "base" not in {plan_of(l.module) for l in stock_blender._layers
+                                                              if "a" in l.module.lora_A}
     for blend in (None, Blend.of({"a": 0.0, "c": 0.0})):
         with stock_blender.apply(blend) as pipe:
             assert pipe.lora_path == "none"
@@ -480,17 +480,30 @@ def test_idle_adapters_run_the_same_ops_as_a_pipeline_without_lora(stock_blender
             assert _unet_ops(pipe.pipeline) == plain
 
 
-def test_one_stacked_pass_per_active_layer(stock_blender):
-    """Three adapters on a layer cost what one does: base op + A + B + one add."""
+def test_one_stacked_pass_per_active_layer(lora_files):
+    """Low-rank form (dense copies off): three adapters on a layer cost what one does,
+    the base op + ``A x`` + one in-place ``addmm_``."""
+    blender = LoraBlender(make_pipe(), dense_budget_mb=0)
+    for name in "bcd":
+        blender.load(name, lora_files[name])
     plain = _unet_ops(make_pipe())
-    with stock_blender.apply(Blend.of({"c": 0.8})) as pipe:
+    with blender.apply(Blend.of({"c": 0.8})) as pipe:
         one = _unet_ops(pipe.pipeline)
-    with stock_blender.apply(Blend.of({"b": 0.3, "c": 0.8, "d": -0.6})) as pipe:  # the same attention layers
+    with blender.apply(Blend.of({"b": 0.3, "c": 0.8, "d": -0.6})) as pipe:  # the same attention layers
+        assert {plan_of(l.module) for l in blender._layers if l.component == "unet"} == {"stacked"}
         three = _unet_ops(pipe.pipeline)
-    layers = sum(1 for l in stock_blender._layers if l.component == "unet" and "c" in l.module.lora_A)
+        stacked = run(pipe)
+    layers = sum(1 for l in blender._layers if l.component == "unet" and "c" in l.module.lora_A)
     assert one == three
-    assert one["aten::linear"] - plain["aten::linear"] == 2 * layers
-    assert one["aten::add_"] - plain["aten::add_"] == layers
+    assert one["aten::addmm_"] - plain["aten::addmm_"] == layers
+    assert one["aten::mm"] - plain["aten::mm"] == layers
+    dense = LoraBlender(make_pipe())  # default budget: these small layers all get dense copies
+    for name in "bcd":
+        dense.load(name, lora_files[name])
+    with dense.apply(Blend.of({"b": 0.3, "c": 0.8, "d": -0.6})) as pipe:
+        assert {plan_of(l.module) for l in dense._layers if l.component == "unet"} == {"dense"}
+        assert _unet_ops(pipe.pipeline) == plain  # the base ops on other weights: nothing added
+        assert np.abs(run(pipe) - stacked).max() <= 1e-5
 
 
 def test_a_repeated_blend_is_not_stacked_again(lora_files, monkeypatch):
