@@ -9,9 +9,10 @@ that hits one round hits its baseline too). Times are this process's CPU time wi
 thread (``time.process_time``), which a shared machine disturbs far less than wall time; every
 LoRA case is timed from ``apply`` enter to exit, so switching, merging and restoring count.
 
-Cases: idle (adapters loaded, ``Blend()``, after a blend ran), 1 and 3 adapters unfused
-(stacked), 3 through the app engine's path (fused: merge + exact restore per request), 3 with
-stock diffusers.
+Cases: idle (adapters loaded, ``Blend()``, after a blend ran), 1 and 3 adapters unfused (the
+blender's default: dense ``W + B A`` copies within the memory budget), 3 unfused in the
+low-rank form only (``dense_budget_mb=0``), 3 through the app engine's path (fused: merge +
+exact restore per request), 3 with stock diffusers.
 
 Models: ``models/tiny-shapes`` (default) with its three shipped presets (outline, night, pastel:
 rank 16 on attention, proj, ff, resnet conv and time-embedding layers); ``--mid-size``: the
@@ -112,7 +113,7 @@ def time_applies(blender: LoraBlender, blends: list[Blend], rounds: int) -> list
 
 def measure(args) -> str:
     make = mid_size_pipeline if args.mid_size else model_pipeline
-    plain, pipe, stock = make(), make(), make()
+    plain, pipe, lowrank_pipe, stock = make(), make(), make(), make()
     files = lora_files(args.mid_size)
     names = list(files)
     start = time.perf_counter()
@@ -120,6 +121,9 @@ def measure(args) -> str:
     for name, path in files.items():
         blender.load(name, path)
     load_ms = (time.perf_counter() - start) * 1e3 / len(names)
+    lowrank = LoraBlender(lowrank_pipe, dense_budget_mb=0)  # every layer in the low-rank form
+    for name, path in files.items():
+        lowrank.load(name, path)
     for name, path in files.items():
         stock.load_lora_weights(os.path.dirname(path), weight_name=os.path.basename(path), adapter_name=name)
     stock.set_adapters(names, list(WEIGHTS))
@@ -136,9 +140,9 @@ def measure(args) -> str:
 
     call = dict(num_inference_steps=args.steps, guidance_scale=7.5, height=height, width=height, output_type="latent")
 
-    def with_blend(blend):
+    def with_blend(blend, owner=blender):
         def run():
-            with blender.apply(blend) as p:
+            with owner.apply(blend) as p:
                 p(args.prompt, generator=torch.Generator().manual_seed(0), **call)
         return run
 
@@ -147,6 +151,7 @@ def measure(args) -> str:
         "idle": with_blend(Blend()),
         "1 unfused": with_blend(Blend.of({names[0]: WEIGHTS[0]})),
         "3 unfused": with_blend(Blend.of(three)),
+        "3 unfused, low-rank only": with_blend(Blend.of(three), lowrank),
         "3 engine path (fused)": with_blend(Blend.of(three, fuse=True)),
         "3 stock diffusers": lambda: stock(args.prompt, generator=torch.Generator().manual_seed(0), **call),
     }
