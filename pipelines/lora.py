@@ -112,6 +112,13 @@ class LoraBlender:
         self._pipe_has_hook = "on_step_begin" in inspect.signature(
             getattr(pipe, "iter_steps", pipe.__call__)).parameters
 
+    def set_dense_budget(self, megabytes: float) -> None:
+        """Change ``dense_budget_mb``; cached blends are built again on their next use."""
+        with self._locked():
+            self.dense_budget = int(megabytes * 2**20)
+            self._stacked.clear()
+            self._set = {}
+
     # ------------------------------------------------------------------------------ loading
 
     @property

@@ -33,8 +33,9 @@ The choice is an instance attribute ``forward`` on the peft layer (what accelera
 too): the module tree, ``state_dict`` and peft's own bookkeeping (``scaling``,
 ``active_adapters``) stay as peft made them.
 
-Fusing (``fuse`` / ``unfuse``) writes each active layer's ``W + B A`` into its base weight and
-switches the layer to **base**; restoring copies the saved base weights back, bit-exactly.
+Fusing (``fuse`` / ``unfuse``) writes the ``W + B A`` of each stacked or peft layer into its
+base weight and switches the layer to **base** (a dense layer already runs the base op on its
+merged weight); restoring copies the saved base weights back, bit-exactly.
 """
 from __future__ import annotations
 
@@ -221,13 +222,15 @@ def fuse(modules) -> list:
     """Merge each layer's active adapters into its base weight, keeping what ``unfuse`` restores.
 
     Stacked layers add their ``B A`` to the base weight; peft-path layers use peft's ``merge``.
-    Every merged layer then runs its base module (now holding the merged weight).
+    Every merged layer then runs its base module (now holding the merged weight). Dense layers
+    already run the base op on the merged weight ``W + B A``, held beside the base weight:
+    copying it in and the base back out would cost time and change nothing, so they stay.
     """
     saved = []
     with torch.no_grad():
         for module in modules:
             kind = plan_of(module)
-            if kind == "base" or not module.active_adapters:
+            if kind in ("base", "dense") or not module.active_adapters:
                 continue
             base = module.get_base_layer()
             params = [base.weight]
@@ -235,9 +238,7 @@ def fuse(modules) -> list:
                     module.lora_bias.get(n, False) for n in module.active_adapters):
                 params.append(base.bias)
             saved.append((module, [(p, p.detach().clone()) for p in params], getattr(module, _PLAN, None)))
-            if kind == "dense":
-                base.weight.copy_(getattr(module, _PLAN)[1])
-            elif kind == "stacked":
+            if kind == "stacked":
                 _, a, b = getattr(module, _PLAN)
                 base.weight.add_(_delta(a, b, base.weight))
             else:

@@ -150,4 +150,13 @@ def test_engine_fuses_plain_blends_unfuses_step_ranges_and_restores_exactly(blen
     with engine.pipeline([]) as pipe:
         out = gen(pipe)
     assert out.lora_path == "none"
-    np.testing.assert_array_equal(out.images, reference)  # base weights restored bit-exactly
+    np.testing.assert_array_equal(out.images, reference)
+    blender.set_dense_budget(0)  # low-rank layers: fusing now merges into the base weights for real
+    try:
+        with engine.pipeline(three) as pipe:
+            merged = gen(pipe)
+        assert np.abs(merged.images - unfused.images).max() <= 1e-4
+        with engine.pipeline([]) as pipe:
+            np.testing.assert_array_equal(gen(pipe).images, reference)  # base weights restored bit-exactly
+    finally:
+        blender.set_dense_budget(128)

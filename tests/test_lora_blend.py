@@ -259,7 +259,17 @@ def test_switching_blends_reads_no_file(lora_files, tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------- fuse
 
 
-def test_fuse_matches_unfused_and_restores_base_weights_bit_exactly(stock_blender):
+@pytest.fixture(scope="module")
+def lowrank_blender(lora_files):
+    """No dense copies: every active layer runs the low-rank form, so fusing merges them all."""
+    blender = LoraBlender(make_pipe(), dense_budget_mb=0)
+    for name in "abcd":
+        blender.load(name, lora_files[name])
+    return blender
+
+
+def test_fuse_matches_unfused_and_restores_base_weights_bit_exactly(lowrank_blender):
+    stock_blender = lowrank_blender
     blend = [AdapterSetting("a", 0.8, block_weights={"up": 0.3}), AdapterSetting("b", -0.5, text_encoder_weight=1.1),
              AdapterSetting("d", 1.4)]
     models = (stock_blender.pipe.unet, stock_blender.pipe.text_encoder)
@@ -286,14 +296,28 @@ def test_fuse_matches_unfused_and_restores_base_weights_bit_exactly(stock_blende
         assert pipe.lora_path == "none"
 
 
-def test_fused_restore_is_exact_even_when_run_many_times(stock_blender, base_image):
+def test_fused_restore_is_exact_even_when_run_many_times(lowrank_blender, base_image):
     """Merging and subtracting again (peft's unmerge) drifts; the restore must not, ever."""
     blend = Blend.of({"a": 1.7, "b": -1.9, "d": 2.0}, fuse=True)
     for _ in range(20):
-        with stock_blender.apply(blend):
+        with lowrank_blender.apply(blend):
             pass
-    with stock_blender.apply(None) as pipe:
+    with lowrank_blender.apply(None) as pipe:
         assert np.array_equal(run(pipe), base_image)
+
+
+def test_fuse_leaves_dense_layers_as_they_are(stock_blender):
+    """Dense layers already run the merged weight: fusing copies nothing and gives the same images."""
+    blend = Blend.of({"a": 0.8, "b": -0.5, "d": 1.4})
+    weights = [p.detach().clone() for p in stock_blender.pipe.unet.parameters()]
+    with stock_blender.apply(blend) as pipe:
+        plans = {plan_of(l.module) for l in stock_blender._layers}
+        unfused = run(pipe)
+    assert "dense" in plans
+    with stock_blender.apply(Blend(blend.adapters, fuse=True)) as pipe:
+        assert {plan_of(l.module) for l in stock_blender._layers} == plans
+        assert all(torch.equal(p, w) for p, w in zip(pipe.unet.parameters(), weights))
+        assert np.array_equal(run(pipe), unfused)
 
 
 # ----------------------------------------------------------------------------- step ranges and the trace
