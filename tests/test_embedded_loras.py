@@ -160,3 +160,21 @@ def test_engine_fuses_plain_blends_unfuses_step_ranges_and_restores_exactly(blen
             np.testing.assert_array_equal(gen(pipe).images, reference)  # base weights restored bit-exactly
     finally:
         blender.set_dense_budget(128)
+
+
+def test_the_app_stream_reports_the_lora_path(blender):
+    """What the app's status line and trace read: the final output of engine.stream_generation."""
+    import labapp.engine as eng
+    from labapp.metadata import GenerationSettings
+
+    engine = eng.Engine(pipe=blender.pipe, model_id="tiny-shapes", reason="test", family="tiny-shapes", blender=blender)
+    previous = eng._current
+    eng.install(engine)
+    try:
+        for lora, path in (([{"name": "night", "weight": 1.0}], "fused"),
+                           ([{"name": "night", "weight": 1.0, "step_range": (0.0, 0.5)}], "unfused"), ([], "none")):
+            settings = GenerationSettings(prompt="a red circle", steps=4, guidance_scale=guidance(), lora=lora)
+            *records, final = list(eng.stream_generation(settings))
+            assert len(records) == 4 and final.lora_path == path, lora
+    finally:
+        eng._current = previous
