@@ -21,10 +21,12 @@ stacked LoRA, and a layer with none active runs its base module only (lora_layer
 attention-only LoRAs the result equals diffusers' (exactly with ``stack_adapters=False``, to
 rounding with stacking; tests/test_lora_blend.py checks both).
 
-Cost (BENCHMARKS.md, "Multi-LoRA blending"): loaded adapters cost nothing while idle; a blend
-costs a few extra matmuls per layer unfused, or one merge + exact restore per ``apply`` fused
-(``Blend.fuse``; the app's engine fuses whenever the blend has no step ranges). The stacked
-weights of the last ``cached_blends`` blends are kept, so returning to a blend stacks nothing.
+Cost (BENCHMARKS.md, "Multi-LoRA blending"): loaded adapters cost nothing while idle. An active
+layer runs a dense copy ``W + B A`` (the base layer's cost) within ``dense_budget_mb``, else the
+stacked low-rank pass; ``Blend.fuse`` merges the low-rank layers into the base weights for the
+``apply`` block and restores them exactly (the app's engine fuses whenever the blend has no step
+ranges). The layer weights of the last ``cached_blends`` blends are kept, so returning to a blend
+builds nothing.
 """
 from __future__ import annotations
 
