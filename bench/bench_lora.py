@@ -214,7 +214,7 @@ def measure_threads(args) -> str:
         return time.perf_counter() - start
 
     results = {}
-    for load in ("no added load", "1 busy process"):
+    for load in ("no added load",) + (() if args.no_busy else ("1 busy process",)):
         busy = subprocess.Popen([sys.executable, "-c", BUSY]) if load != "no added load" else None
         try:
             generate(1), generate(2)  # warm-up
@@ -222,6 +222,7 @@ def measure_threads(args) -> str:
             for r in range(args.repeats):
                 for threads in ((1, 2) if r % 2 == 0 else (2, 1)):
                     walls[threads].append(generate(threads))
+                    print(f"{load}: {threads} thread(s) {walls[threads][-1]:.2f} s", flush=True)
         finally:
             if busy is not None:
                 busy.kill()
@@ -235,7 +236,8 @@ def measure_threads(args) -> str:
             rows.append(f"| {load} | {threads} | {statistics.median(w):.3f} s | {q[-1]:.3f} s | {max(w):.3f} s |")
     return (f"Single generations on models/tiny-shapes, {args.steps} steps, CFG, wall time; {args.repeats} runs each, "
             f"1 and 2 threads alternated. Machine: {machine()}, shared with other jobs.\n"
-            f"Command: `.venv/bin/python bench/bench_lora.py --threads`\n\n"
+            f"Command: `.venv/bin/python bench/bench_lora.py --threads --steps {args.steps} --repeats {args.repeats}"
+            f"{' --no-busy' if args.no_busy else ''}`\n\n"
             "| competing load | torch threads | median | p90 | max |\n|---|---|---|---|---|\n" + "\n".join(rows))
 
 
@@ -243,6 +245,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--mid-size", action="store_true", help="the random mid-size UNet instead of tiny-shapes")
     parser.add_argument("--threads", action="store_true", help="1 vs 2 torch threads under load (wall time)")
+    parser.add_argument("--no-busy", action="store_true", help="--threads without the added busy process")
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--prompt", default="a red circle")
