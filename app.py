@@ -372,6 +372,12 @@ def main(argv=None):
 
     import torch
 
+    if not torch.cuda.is_available() and "OMP_NUM_THREADS" not in os.environ:
+        # One torch thread on CPU (BENCHMARKS.md, "Multi-LoRA blending" / "CPU threads under load",
+        # bench/bench_lora.py --threads): with two, every op's OpenMP threads wait for each other,
+        # so a generation stalls whenever another process or request holds a core (single 25-step
+        # runs up to 2.5 s against a 0.26 s median in issue 22); one thread is as fast and steady.
+        torch.set_num_threads(1)
     model_id, reason = eng.choose_model(args.model, torch.cuda.is_available())
     demo = build_demo(eng.load_engine(model_id, reason))
     # quiet: Gradio's own banner suggests `share=True in launch()`; this app's flag is --share

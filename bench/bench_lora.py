@@ -1,26 +1,33 @@
-"""Multi-LoRA blending costs, measured side by side in one run.
+"""Multi-LoRA blending costs on the shipped presets, measured side by side in one run.
 
-1. Switching between blends of already-loaded adapters (``LoraBlender.apply`` enter + exit),
-   with every file open counted (must stay 0: adapters are read once, at load).
-2. Generation time, 25 steps with CFG: no LoRA vs 3 unfused adapters vs the same 3 fused.
-   Runs are interleaved (none, unfused, fused, none, ...) and the median is reported, so a
-   background load hits all three alike. Times are this process's CPU time
-   (``time.process_time``, one thread), which a busy shared machine disturbs far less than
-   wall time; wall-clock medians are printed beside them.
+Two pipelines with the same weights: one that never loaded a LoRA (the baseline of every
+ratio) and one whose ``LoraBlender`` holds three adapters; a third one runs stock diffusers
+(``load_lora_weights`` + ``set_adapters``), the obvious alternative. Each round runs every case
+once, 25 steps with CFG, in a rotated order; a case's figure is the median over rounds of its
+time divided by the baseline's time of the same round (paired ratios, so a background load
+that hits one round hits its baseline too). Times are this process's CPU time with one torch
+thread (``time.process_time``), which a shared machine disturbs far less than wall time; every
+LoRA case is timed from ``apply`` enter to exit, so switching, merging and restoring count.
 
-Default model: a random mid-size UNet (block_out_channels (64, 128, 128), 8x8 latents) with a
-2-layer 64-wide CLIP text encoder; ``--model models/tiny-shapes`` uses the trained embedded
-model instead. Random LoRAs: rank ``--rank`` on to_q/to_k/to_v/to_out.0 and the text encoder's
-attention. ``--write`` puts the table into BENCHMARKS.md ("Multi-LoRA blending").
+Cases: idle (adapters loaded, ``Blend()``, after a blend ran), 1 and 3 adapters unfused (the
+blender's default: dense ``W + B A`` copies within the memory budget), 3 unfused in the
+low-rank form only (``dense_budget_mb=0``), 3 through the app engine's path (fused: merge +
+exact restore per request), 3 with stock diffusers.
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_lora.py [--model models/tiny-shapes] [--write]
+Models: ``models/tiny-shapes`` (default) with its three shipped presets (outline, night, pastel:
+rank 16 on attention, proj, ff, resnet conv and time-embedding layers); ``--mid-size``: the
+random mid-size UNet (block_out_channels (64, 128, 128)) with three random rank-16 LoRAs on the
+same kinds of layers. ``--threads``: wall time of single generations with 1 vs 2 torch threads,
+with and without a competing busy process (the choice behind app.py's CPU thread count).
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_lora.py [--mid-size] [--threads] [--write]
 """
 from __future__ import annotations
 
 import argparse
-import builtins
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -32,13 +39,19 @@ sys.path.insert(0, ROOT)
 
 from bench.report import machine, update_section  # noqa: E402
 from pipelines import TracingStableDiffusionPipeline  # noqa: E402
-from pipelines.lora import AdapterSetting, Blend, LoraBlender  # noqa: E402
-from tests.lora_factory import random_lora, save_diffusers_lora  # noqa: E402
+from pipelines.lora import Blend, LoraBlender  # noqa: E402
 
 SECTION = "Multi-LoRA blending"
+EMBEDDED = os.path.join(ROOT, "models", "tiny-shapes")
+PRESETS = ("outline", "night", "pastel")
+# the kinds of layers the shipped presets train (train/train_lora.py's default targets)
+PRESET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
+                  "conv1", "conv2", "time_emb_proj")
+WEIGHTS = (0.8, 0.6, 0.7)
 
 
 def mid_size_pipeline() -> TracingStableDiffusionPipeline:
+    """The bench's mid-size model: random UNet (64, 128, 128), 8x8 latents, 2-layer 64-wide CLIP."""
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -64,136 +77,189 @@ def mid_size_pipeline() -> TracingStableDiffusionPipeline:
     return pipe
 
 
-def model_pipeline(path: str) -> TracingStableDiffusionPipeline:
+def model_pipeline(path: str = EMBEDDED) -> TracingStableDiffusionPipeline:
     pipe = TracingStableDiffusionPipeline.from_pretrained(path, safety_checker=None, feature_extractor=None,
                                                           local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
-class OpenCounter:
-    """Counts builtins.open and safetensors reads while active."""
+def lora_files(mid_size: bool) -> dict[str, str]:
+    """name -> .safetensors: the shipped presets, or random preset-like LoRAs for the mid-size UNet."""
+    if not mid_size:
+        from pipelines.lora_presets import get_preset, preset_file
 
-    def __init__(self):
-        self.count = 0
+        return {name: str(preset_file(get_preset(name), offline=True)) for name in PRESETS}
+    from tests.lora_factory import random_lora, save_diffusers_lora
 
-    def __enter__(self):
-        import safetensors
-        import safetensors.torch
-
-        self._saved = [(builtins, "open", builtins.open), (safetensors, "safe_open", safetensors.safe_open),
-                       (safetensors.torch, "load_file", safetensors.torch.load_file)]
-        for owner, name, real in self._saved:
-            setattr(owner, name, self._counting(real))
-        return self
-
-    def _counting(self, real):
-        def wrapper(*args, **kwargs):
-            self.count += 1
-            return real(*args, **kwargs)
-        return wrapper
-
-    def __exit__(self, *exc):
-        for owner, name, real in self._saved:
-            setattr(owner, name, real)
+    unet = mid_size_pipeline().unet
+    folder = tempfile.mkdtemp(prefix="bench-lora-")
+    return {name: save_diffusers_lora(random_lora(unet, None, seed=seed, rank=16, std=0.05, unet_targets=PRESET_TARGETS),
+                                      folder, f"{name}.safetensors")
+            for seed, name in enumerate(("style_a", "style_b", "style_c"))}
 
 
-def time_switches(blender: LoraBlender, blends: list[Blend], rounds: int) -> tuple[list[float], list[float], int]:
-    """CPU and wall milliseconds of each apply() enter + exit, and the files opened meanwhile."""
-    cpu, wall = [], []
-    with OpenCounter() as opens:
-        for _ in range(rounds):
-            for blend in blends:
-                start, start_wall = time.process_time(), time.perf_counter()
-                with blender.apply(blend):
-                    pass
-                cpu.append((time.process_time() - start) * 1e3)
-                wall.append((time.perf_counter() - start_wall) * 1e3)
-    return cpu, wall, opens.count
+def time_applies(blender: LoraBlender, blends: list[Blend], rounds: int) -> list[float]:
+    """CPU milliseconds of each apply() enter + exit."""
+    cpu = []
+    for _ in range(rounds):
+        for blend in blends:
+            start = time.process_time()
+            with blender.apply(blend):
+                pass
+            cpu.append((time.process_time() - start) * 1e3)
+    return cpu
+
+
+def measure(args) -> str:
+    make = mid_size_pipeline if args.mid_size else model_pipeline
+    plain, pipe, lowrank_pipe, stock = make(), make(), make(), make()
+    files = lora_files(args.mid_size)
+    names = list(files)
+    start = time.perf_counter()
+    blender = LoraBlender(pipe)
+    for name, path in files.items():
+        blender.load(name, path)
+    load_ms = (time.perf_counter() - start) * 1e3 / len(names)
+    lowrank = LoraBlender(lowrank_pipe, dense_budget_mb=0)  # every layer in the low-rank form
+    for name, path in files.items():
+        lowrank.load(name, path)
+    for name, path in files.items():
+        stock.load_lora_weights(os.path.dirname(path), weight_name=os.path.basename(path), adapter_name=name)
+    stock.set_adapters(names, list(WEIGHTS))
+    layers = {n: blender.adapters[n].num_layers for n in names}
+    params = sum(p.numel() for p in plain.unet.parameters()) / 1e6
+    latent = plain.unet.config.sample_size
+    height = latent * plain.vae_scale_factor
+
+    three = dict(zip(names, WEIGHTS))
+    # apply() costs: a new blend (stacked for the first time), a cached one, the fused path
+    first_ms = time_applies(blender, [Blend.of({names[0]: 0.5, names[1]: 0.4})], rounds=1)[0]
+    switch_ms = time_applies(blender, [Blend.of(three), Blend.of({names[0]: 0.3}), Blend()], rounds=10)
+    fuse_ms = time_applies(blender, [Blend.of(three, fuse=True)], rounds=10)
+    merge_ms = time_applies(lowrank, [Blend.of(three, fuse=True)], rounds=10)
+
+    call = dict(num_inference_steps=args.steps, guidance_scale=7.5, height=height, width=height, output_type="latent")
+
+    def with_blend(blend, owner=blender):
+        def run():
+            with owner.apply(blend) as p:
+                p(args.prompt, generator=torch.Generator().manual_seed(0), **call)
+        return run
+
+    cases = {
+        "none": lambda: plain(args.prompt, generator=torch.Generator().manual_seed(0), **call),
+        "idle": with_blend(Blend()),
+        "1 unfused": with_blend(Blend.of({names[0]: WEIGHTS[0]})),
+        "3 unfused": with_blend(Blend.of(three)),
+        "3 unfused, low-rank only": with_blend(Blend.of(three), lowrank),
+        "3 fused, low-rank only (merge + restore)": with_blend(Blend.of(three, fuse=True), lowrank),
+        "3 engine path (fused)": with_blend(Blend.of(three, fuse=True)),
+        "3 stock diffusers": lambda: stock(args.prompt, generator=torch.Generator().manual_seed(0), **call),
+    }
+    for run in cases.values():  # warm-up (and every blend stacked once)
+        run()
+    times = {k: [] for k in cases}
+    order = list(cases)
+    for r in range(args.repeats):
+        for name in order[r % len(order):] + order[:r % len(order)]:
+            start = time.process_time()
+            cases[name]()
+            times[name].append(time.process_time() - start)
+    ratio = {k: [t / b for t, b in zip(v, times["none"])] for k, v in times.items()}
+
+    targets = {"idle": 1.03, "3 unfused": 1.30, "3 engine path (fused)": 1.05}
+    # the fastest run of a case is the one least disturbed by other jobs: its ratio beside the median
+    rows = [(f"generate, {k} ({args.steps} steps, CFG)", f"{statistics.median(times[k]):.3f} s",
+             f"**{statistics.median(ratio[k]):.3f}x**" if k in targets else f"{statistics.median(ratio[k]):.3f}x",
+             f"{min(times[k]) / min(times['none']):.3f}x",
+             f"{statistics.quantiles(ratio[k], n=4)[0]:.3f}-{statistics.quantiles(ratio[k], n=4)[2]:.3f}x"
+             + (f"; target <= {targets[k]:.2f}x" if k in targets else ""))
+            for k in cases]
+    rows += [
+        ("apply(), new blend of 2 (layer forms built the first time)", f"{first_ms:.1f} ms", "", "", "once per new blend"),
+        ("apply(), switch among 3 cached blends", f"{statistics.median(switch_ms):.1f} ms", "", "",
+         f"p95 {statistics.quantiles(switch_ms, n=20)[-1]:.1f} ms"),
+        ("apply(), fused (dense layers stay as they are)", f"{statistics.median(fuse_ms):.1f} ms", "", "",
+         f"p95 {statistics.quantiles(fuse_ms, n=20)[-1]:.1f} ms; counted in the engine-path row"),
+        ("apply(), fused, low-rank only: merge + exact restore", f"{statistics.median(merge_ms):.1f} ms", "", "",
+         f"p95 {statistics.quantiles(merge_ms, n=20)[-1]:.1f} ms"),
+        ("load one adapter from disk (once)", f"{load_ms:.0f} ms", "", "", "safetensors, peft injection"),
+    ]
+    table = ("| measure | CPU time (median) | paired ratio to no LoRA (median) | ratio of fastest runs | "
+             "ratio quartiles; note |\n|---|---|---|---|---|\n"
+             + "\n".join(f"| {a} | {b} | {c} | {d} | {e} |" for a, b, c, d, e in rows))
+    label = ("random UNet (64, 128, 128), 8x8 latents, 2-layer 64-wide CLIP; 3 random rank-16 LoRAs on the presets' "
+             "kinds of layers" if args.mid_size else "models/tiny-shapes with the shipped presets outline, night, pastel")
+    command = "OMP_NUM_THREADS=1 .venv/bin/python bench/bench_lora.py" + (" --mid-size" if args.mid_size else "")
+    header = (f"Model: {label}; UNet {params:.1f} M params, {latent}x{latent} latents; LoRA layers per adapter: "
+              f"{', '.join(f'{n} {c}' for n, c in layers.items())}; weights {WEIGHTS}. {args.repeats} rounds.\n"
+              f"Machine: {machine()}, 1 torch thread, shared with other jobs.\n"
+              f"Command: `{command}`")
+    return header + "\n\n" + table
+
+
+BUSY = "import torch; torch.set_num_threads(1); a = torch.randn(256, 256)\nwhile True: a @ a"
+
+
+def measure_threads(args) -> str:
+    """Wall seconds of single generations, 1 vs 2 torch threads, with and without a busy process."""
+    pipe = model_pipeline()
+    call = dict(num_inference_steps=args.steps, guidance_scale=7.5, output_type="latent")
+
+    def generate(threads):
+        torch.set_num_threads(threads)
+        start = time.perf_counter()
+        pipe(args.prompt, generator=torch.Generator().manual_seed(0), **call)
+        return time.perf_counter() - start
+
+    results = {}
+    for load in ("no added load",) + (() if args.no_busy else ("1 busy process",)):
+        busy = subprocess.Popen([sys.executable, "-c", BUSY]) if load != "no added load" else None
+        try:
+            generate(1), generate(2)  # warm-up
+            walls = {1: [], 2: []}
+            for r in range(args.repeats):
+                for threads in ((1, 2) if r % 2 == 0 else (2, 1)):
+                    walls[threads].append(generate(threads))
+                    print(f"{load}: {threads} thread(s) {walls[threads][-1]:.2f} s", flush=True)
+        finally:
+            if busy is not None:
+                busy.kill()
+                busy.wait()
+        results[load] = walls
+    torch.set_num_threads(1)
+    rows = []
+    for load, walls in results.items():
+        for threads, w in walls.items():
+            q = statistics.quantiles(w, n=10)
+            rows.append(f"| {load} | {threads} | {statistics.median(w):.3f} s | {q[-1]:.3f} s | {max(w):.3f} s |")
+    return (f"Single generations on models/tiny-shapes, {args.steps} steps, CFG, wall time; {args.repeats} runs each, "
+            f"1 and 2 threads alternated. Machine: {machine()}, shared with other jobs.\n"
+            f"Command: `.venv/bin/python bench/bench_lora.py --threads --steps {args.steps} --repeats {args.repeats}"
+            f"{' --no-busy' if args.no_busy else ''}`\n\n"
+            "| competing load | torch threads | median | p90 | max |\n|---|---|---|---|---|\n" + "\n".join(rows))
 
 
 def main():
-    torch.set_num_threads(1)  # process_time == compute time of this one thread
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default=None, help="diffusers model folder (e.g. models/tiny-shapes)")
+    parser.add_argument("--mid-size", action="store_true", help="the random mid-size UNet instead of tiny-shapes")
+    parser.add_argument("--threads", action="store_true", help="1 vs 2 torch threads under load (wall time)")
+    parser.add_argument("--no-busy", action="store_true", help="--threads without the added busy process")
     parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--prompt", default="a red circle")
     parser.add_argument("--write", action="store_true", help="update the section in BENCHMARKS.md")
     args = parser.parse_args()
-
-    pipe = model_pipeline(args.model) if args.model else mid_size_pipeline()
-    model_label = args.model or "random UNet (64, 128, 128), 8x8 latents, 2-layer 64-wide CLIP"
-    params = sum(p.numel() for p in pipe.unet.parameters()) / 1e6
-    latent = pipe.unet.config.sample_size
-    height = latent * pipe.vae_scale_factor
-
-    # 3 random adapters, written and loaded once
-    blender = LoraBlender(pipe)
-    folder = tempfile.mkdtemp(prefix="bench-lora-")
-    names = ["style_a", "style_b", "style_c"]
-    start = time.perf_counter()
-    for seed, name in enumerate(names):
-        lora = random_lora(pipe.unet, pipe.text_encoder, seed=seed, rank=args.rank, std=0.05)
-        blender.load(name, save_diffusers_lora(lora, folder, f"{name}.safetensors"))
-    load_ms = (time.perf_counter() - start) * 1e3 / len(names)
-    lora_params = sum(p.numel() for n, p in pipe.unet.named_parameters() if "lora_" in n and names[0] in n) / 1e6
-
-    # 1. switching
-    blends = [Blend.of({"style_a": 0.8, "style_b": -0.4, "style_c": 1.2}),
-              Blend.of({"style_a": 0.3}),
-              Blend((AdapterSetting("style_b", 1.0, block_weights={"up": 0.5}), AdapterSetting("style_c", 0.7))),
-              Blend.of({"style_a": 1.5, "style_c": -1.0}),
-              Blend()]
-    time_switches(blender, blends, rounds=1)  # first use of each stacked rank allocates its slot
-    switch_ms, switch_wall, switch_opens = time_switches(blender, blends, rounds=20)
-    fused_blend = Blend.of({"style_a": 0.8, "style_b": -0.4, "style_c": 1.2}, fuse=True)
-    fuse_ms, _, fuse_opens = time_switches(blender, [fused_blend], rounds=5)
-
-    # 2. generation, interleaved
-    cases = {"none": Blend(), "3 unfused": Blend(fused_blend.adapters), "3 fused": fused_blend}
-    times = {k: [] for k in cases}
-    walls = {k: [] for k in cases}
-    call = dict(num_inference_steps=args.steps, guidance_scale=7.5, height=height, width=height, output_type="latent")
-    for name, blend in cases.items():  # warm-up
-        with blender.apply(blend) as p:
-            p(args.prompt, generator=torch.Generator().manual_seed(0), **dict(call, num_inference_steps=2))
-    for _ in range(args.repeats):
-        for name, blend in cases.items():
-            with blender.apply(blend) as p:
-                start, start_wall = time.process_time(), time.perf_counter()
-                p(args.prompt, generator=torch.Generator().manual_seed(0), **call)
-                times[name].append(time.process_time() - start)
-                walls[name].append(time.perf_counter() - start_wall)
-    median = {k: statistics.median(v) for k, v in times.items()}
-    wall = {k: statistics.median(v) for k, v in walls.items()}
-
-    rows = [
-        ("switch blend (apply enter+exit), CPU median / p95", f"{statistics.median(switch_ms):.2f} / "
-         f"{statistics.quantiles(switch_ms, n=20)[-1]:.2f} ms",
-         f"{len(switch_ms)} switches over 5 blends; file opens: {switch_opens}; "
-         f"wall median {statistics.median(switch_wall):.2f} ms"),
-        ("fused apply (merge + exact restore), CPU", f"{statistics.median(fuse_ms):.1f} ms", f"file opens: {fuse_opens}"),
-        ("load one adapter from disk (once)", f"{load_ms:.0f} ms", "safetensors, UNet + text encoder"),
-        (f"generate, no LoRA ({args.steps} steps, CFG), CPU s", f"{median['none']:.2f} s",
-         f"1.00x (wall {wall['none']:.2f} s)"),
-        ("generate, 3 adapters unfused, CPU s", f"{median['3 unfused']:.2f} s",
-         f"**{median['3 unfused'] / median['none']:.2f}x** (target <= 1.3x; wall {wall['3 unfused']:.2f} s)"),
-        ("generate, 3 adapters fused, CPU s", f"{median['3 fused']:.2f} s",
-         f"**{median['3 fused'] / median['none']:.2f}x** (target <= 1.05x; wall {wall['3 fused']:.2f} s)"),
-    ]
-    table = "| measure | value | note |\n|---|---|---|\n" + "\n".join(f"| {a} | {b} | {c} |" for a, b, c in rows)
-    command = "OMP_NUM_THREADS=1 .venv/bin/python bench/bench_lora.py" + (f" --model {args.model}" if args.model else "")
-    header = (f"Model: {model_label}; UNet {params:.1f} M params, {latent}x{latent} latents. "
-              f"3 random LoRAs, rank {args.rank} on attention (UNet + text encoder), {lora_params:.2f} M UNet "
-              f"LoRA params each. Medians of {args.repeats} interleaved runs.\n"
-              f"Machine: {machine()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}.\n"
-              f"Command: `{command}`")
-    print(header + "\n\n" + table)
+    if args.threads:
+        body, label = measure_threads(args), "CPU threads under load"
+    else:
+        torch.set_num_threads(1)  # process_time == compute time of this one thread
+        body = measure(args)
+        label = "Random mid-size UNet" if args.mid_size else "`models/tiny-shapes`, shipped presets"
+    print(body)
     if args.write:
-        label = f"`{args.model}`" if args.model else "Random mid-size UNet"
-        write_subsection(label, header + "\n\n" + table)
+        write_subsection(label, body)
 
 
 def write_subsection(label: str, body: str) -> None:

@@ -114,7 +114,10 @@ class Engine:
             return
         from pipelines.lora import AdapterSetting, Blend
 
-        blend = Blend(tuple(AdapterSetting(**a) for a in lora or []))
+        settings = tuple(AdapterSetting(**a) for a in lora or [])
+        # the cheapest exact path: fused (merge + exact restore, a few ms a request) unless an
+        # adapter is gated by steps, which needs unfused layers; BlendedPipeline.lora_path says which
+        blend = Blend(settings, fuse=not any(not s.full_range for s in settings))
         self._load_adapters(blend.names)
         with self.blender.apply(blend) as pipe:
             yield pipe

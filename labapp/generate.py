@@ -175,9 +175,10 @@ def generate(prompt, negative_prompt, scheduler, steps, guidance_scale, seed, ra
     images = [with_settings(image, settings, i) for i, image in enumerate(output.images)]
     seconds = time.perf_counter() - started
     calls = records[-1].model_calls if records else 0
+    lora_path = getattr(output, "lora_path", "none")  # pipelines/lora.py: "none", "fused" or "unfused"
     status = (f"Done: {len(images)} image(s), {settings.steps} steps, {calls} model calls, {seconds:.1f} s "
-              f"on {engine.model_id} ({engine.device}).")
-    trace = {"settings": settings.to_dict(), "records": records, "model": engine.model_id}
+              f"on {engine.model_id} ({engine.device})" + (f", LoRA {lora_path}." if settings.lora else "."))
+    trace = {"settings": settings.to_dict(), "records": records, "model": engine.model_id, "lora_path": lora_path}
     gallery = gr.update(value=[(im, f"seed {settings.seed} #{i}") for i, im in enumerate(images)],
                         visible=len(images) > 1)
     yield x_t_image, x0_image, images[0], gallery, settings.to_json(), status, settings.seed, trace

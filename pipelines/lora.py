@@ -16,9 +16,17 @@ Why not diffusers' ``set_adapters`` for the scales: in diffusers 0.42.1 its nest
 leave LoRA layers outside attentions (resnets, samplers) at an absolute 1.0 whatever the
 adapter's weight, skip blocks without attention silently, and raise IndexError on top-level
 layers such as conv_in. Here every peft layer gets its scale from the blend (see
-lora_settings.py) through peft's ``set_scale``; several active adapters of a layer run as one
-stacked LoRA (lora_layers.py). For attention-only LoRAs the result equals diffusers' (exactly
-with ``stack_adapters=False``, to rounding with stacking; tests/test_lora_blend.py checks both).
+lora_settings.py) through peft's ``set_scale``; the active adapters of a layer run as one
+stacked LoRA, and a layer with none active runs its base module only (lora_layers.py). For
+attention-only LoRAs the result equals diffusers' (exactly with ``stack_adapters=False``, to
+rounding with stacking; tests/test_lora_blend.py checks both).
+
+Cost (BENCHMARKS.md, "Multi-LoRA blending"): loaded adapters cost nothing while idle. An active
+layer runs a dense copy ``W + B A`` (the base layer's cost) within ``dense_budget_mb``, else the
+stacked low-rank pass; ``Blend.fuse`` merges the low-rank layers into the base weights for the
+``apply`` block and restores them exactly (the app's engine fuses whenever the blend has no step
+ranges). The layer weights of the last ``cached_blends`` blends are kept, so returning to a blend
+builds nothing.
 """
 from __future__ import annotations
 
@@ -28,6 +36,7 @@ import os
 import re
 import threading
 import warnings
+from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,10 +120,14 @@ def _expected_loader_messages_silenced():
 class LoraBlender:
     """A pipeline plus its loaded adapters; ``apply(blend)`` is the one way to generate with it."""
 
-    def __init__(self, pipe, *, stack_adapters: bool = True):
-        """``stack_adapters``: run several active adapters of a layer as one stacked LoRA
-        (lora_layers.py; same sum up to rounding, much less overhead). False: peft's own
-        one-pass-per-adapter path, bit-identical to diffusers' ``set_adapters``."""
+    def __init__(self, pipe, *, stack_adapters: bool = True, cached_blends: int = 4, dense_budget_mb: float = 128):
+        """``stack_adapters``: run the active adapters of a layer as one stacked LoRA, or as one
+        dense weight ``W + B A`` (lora_layers.py; same sum up to rounding, much less overhead).
+        False: peft's own one-pass-per-adapter path, bit-identical to diffusers' ``set_adapters``.
+        ``cached_blends``: how many blends' layer weights to keep per component (switching back
+        to one of them computes nothing). ``dense_budget_mb``: memory per cached blend and
+        component for dense weight copies (0: low-rank only); so at most
+        2 x cached_blends x dense_budget_mb of copies in all."""
         if not all(hasattr(pipe, a) for a in ("load_lora_weights", "unet", "text_encoder")):
             raise TypeError(f"{type(pipe).__name__} cannot take LoRAs: it needs diffusers' "
                             "StableDiffusionLoraLoaderMixin (load_lora_weights) and unet / text_encoder")
@@ -125,8 +138,19 @@ class LoraBlender:
         self._adapters: dict[str, LoadedAdapter] = {}
         self._layers: list[_Layer] = []
         self._set: dict[str, tuple] = {}  # component -> key of the scales now set (skip if unchanged)
+        self.cached_blends = cached_blends
+        self.dense_budget = int(dense_budget_mb * 2**20)
+        # (component, key) -> per layer of the component: its form (lora_layers.layer_form); LRU order
+        self._stacked: OrderedDict[tuple, list] = OrderedDict()
         self._pipe_has_hook = "on_step_begin" in inspect.signature(
             getattr(pipe, "iter_steps", pipe.__call__)).parameters
+
+    def set_dense_budget(self, megabytes: float) -> None:
+        """Change ``dense_budget_mb``; cached blends are built again on their next use."""
+        with self._locked():
+            self.dense_budget = int(megabytes * 2**20)
+            self._stacked.clear()
+            self._set = {}
 
     # ------------------------------------------------------------------------------ loading
 
@@ -221,6 +245,7 @@ class LoraBlender:
                     lora_layers.freeze(module)
         self._layers = layers
         self._set = {}  # loading changed which adapters are active: set everything again
+        self._stacked.clear()
 
     # ------------------------------------------------------------------------------ blending
 
@@ -274,13 +299,15 @@ class LoraBlender:
         with self._locked():
             self._set_component("text_encoder", {a.name: a for a in blend.adapters})
             self._set_unet(blend.unet_active_at(0, 1))
-            modules = [layer.module for layer in self._layers]
-            saved = lora_layers.fuse(modules) if blend.fuse else None
+            idle = not blend.has_step_ranges and all(
+                lora_layers.plan_of(layer.module) == "base" for layer in self._layers)
+            path = "none" if idle else "fused" if blend.fuse else "unfused"
+            saved = lora_layers.fuse([layer.module for layer in self._layers]) if path == "fused" else None
             try:
-                yield BlendedPipeline(self.pipe, self._step_hook(blend), self._pipe_has_hook)
+                yield BlendedPipeline(self.pipe, self._step_hook(blend), self._pipe_has_hook, path)
             finally:
                 if saved is not None:
-                    lora_layers.unfuse(modules, saved)
+                    lora_layers.unfuse(saved)
 
     def _step_hook(self, blend: Blend) -> Callable[[int, int], dict]:
         def on_step_begin(step: int, num_steps: int) -> dict:
@@ -301,9 +328,9 @@ class LoraBlender:
             key = tuple((n, s.weight, repr(s.blocks)) for n, s in settings.items())
         if self._set.get(component) == key:
             return
-        for layer in self._layers:
-            if layer.component != component:
-                continue
+        cached = self._stacked.get((component, key))
+        stacked, dense_bytes = [], 0
+        for i, layer in enumerate(l for l in self._layers if l.component == component):
             module = layer.module
             scales = {}
             for name, setting in settings.items():
@@ -311,7 +338,17 @@ class LoraBlender:
                     scale = setting.te_weight if component == "text_encoder" else _unet_scale(setting, layer.region)
                     if scale != 0.0:  # a zero-scale adapter adds exactly nothing: leave it out
                         scales[name] = scale
-            lora_layers.set_layer_scales(module, scales, stack=self.stack_adapters)
+            weight_bytes = module.get_base_layer().weight.nbytes
+            form = lora_layers.set_layer_scales(module, scales, stack=self.stack_adapters,
+                                                cached=cached[i] if cached else None,
+                                                dense=dense_bytes + weight_bytes <= self.dense_budget)
+            if form is not None and form[0] == "dense":
+                dense_bytes += weight_bytes
+            stacked.append(form)
+        self._stacked[(component, key)] = stacked
+        self._stacked.move_to_end((component, key))
+        while len(self._stacked) > 2 * self.cached_blends:  # two components
+            self._stacked.popitem(last=False)
         self._set[component] = key
 
 
@@ -338,10 +375,11 @@ class BlendedPipeline:
     ``callback_on_step_end`` instead, and no per-step record is kept.
     """
 
-    def __init__(self, pipe, hook: Callable[[int, int], dict], has_hook: bool):
+    def __init__(self, pipe, hook: Callable[[int, int], dict], has_hook: bool, lora_path: str = "none"):
         self._pipe = pipe
         self._hook = hook
         self._has_hook = has_hook  # whether the pipeline's call takes on_step_begin
+        self.lora_path = lora_path  # "none" (every layer runs its base module), "fused" or "unfused"
 
     @property
     def pipeline(self):
@@ -354,10 +392,16 @@ class BlendedPipeline:
         return getattr(self._pipe, name)
 
     def __call__(self, *args, **kwargs):
-        return self._pipe(*args, **self._with_hook(kwargs))
+        return self._tag(self._pipe(*args, **self._with_hook(kwargs)))
 
     def iter_steps(self, *args, **kwargs):
-        return self._pipe.iter_steps(*args, **self._with_hook(kwargs))
+        for item in self._pipe.iter_steps(*args, **self._with_hook(kwargs)):
+            yield self._tag(item)
+
+    def _tag(self, output):
+        if hasattr(output, "lora_path"):  # TracingPipelineOutput: say which LoRA path made it
+            output.lora_path = self.lora_path
+        return output
 
     def _with_hook(self, kwargs: dict) -> dict:
         attention_kwargs = kwargs.get("cross_attention_kwargs") or {}

@@ -68,6 +68,7 @@ class TracingPipelineOutput(StableDiffusionPipelineOutput):
     """
 
     trace: list[StepRecord] | None = None
+    lora_path: str = "none"  # how LoRAs ran (pipelines/lora.py): "none", "fused" or "unfused"
 
 
 def guidance_norm(eps_cond: torch.Tensor, eps_uncond: torch.Tensor) -> float:

@@ -112,3 +112,69 @@ def test_outline_and_night_together_give_hollow_shapes_on_dark(blender, cases):
     _, rs = run(blender, cases, {"outline": 1.0, "night": 1.0})
     assert share(rs, "dark_background") >= 0.9
     assert sum(r.hollow and r.dark_background for r in rs) >= 6, [(r.hollow, r.dark_background) for r in rs]
+
+
+def test_engine_fuses_plain_blends_unfuses_step_ranges_and_restores_exactly(blender):
+    """The app's engine picks the path: fused (merge + exact restore) for a blend without step ranges,
+    unfused for one with them; both give the same images, and afterwards a plain run is pixel for
+    pixel a pipeline that never loaded a LoRA."""
+    import torch
+
+    from labapp.engine import Engine
+    from pipelines import TracingStableDiffusionPipeline
+    from pipelines.lora import AdapterSetting, Blend
+
+    engine = Engine(pipe=blender.pipe, model_id="tiny-shapes", reason="test", family="tiny-shapes", blender=blender)
+    three = [{"name": "outline", "weight": 0.8}, {"name": "night", "weight": 0.6}, {"name": "pastel", "weight": 0.7}]
+    call = dict(prompt="a red circle", num_inference_steps=6, guidance_scale=guidance(), output_type="np")
+
+    def gen(pipe):
+        return pipe(generator=torch.Generator().manual_seed(3), **call)
+
+    never = TracingStableDiffusionPipeline.from_pretrained(os.path.join(ROOT, "models", "tiny-shapes"))
+    never.set_progress_bar_config(disable=True)
+    reference = gen(never).images
+    with engine.pipeline(three) as pipe:
+        assert pipe.lora_path == "fused"
+        fused = gen(pipe)
+    assert fused.lora_path == "fused"
+    with blender.apply(Blend(tuple(AdapterSetting(**a) for a in three))) as pipe:
+        unfused = gen(pipe)
+    assert unfused.lora_path == "unfused"
+    assert np.abs(fused.images - reference).max() > 0.1  # the blend does change the image
+    assert np.abs(fused.images - unfused.images).max() <= 1e-4  # same sum, other rounding
+    ranged = [dict(three[0], step_range=(0.0, 0.5))] + three[1:]
+    with engine.pipeline(ranged) as pipe:
+        assert pipe.lora_path == "unfused"
+        assert gen(pipe).lora_path == "unfused"
+    with engine.pipeline([]) as pipe:
+        out = gen(pipe)
+    assert out.lora_path == "none"
+    np.testing.assert_array_equal(out.images, reference)
+    blender.set_dense_budget(0)  # low-rank layers: fusing now merges into the base weights for real
+    try:
+        with engine.pipeline(three) as pipe:
+            merged = gen(pipe)
+        assert np.abs(merged.images - unfused.images).max() <= 1e-4
+        with engine.pipeline([]) as pipe:
+            np.testing.assert_array_equal(gen(pipe).images, reference)  # base weights restored bit-exactly
+    finally:
+        blender.set_dense_budget(128)
+
+
+def test_the_app_stream_reports_the_lora_path(blender):
+    """What the app's status line and trace read: the final output of engine.stream_generation."""
+    import labapp.engine as eng
+    from labapp.metadata import GenerationSettings
+
+    engine = eng.Engine(pipe=blender.pipe, model_id="tiny-shapes", reason="test", family="tiny-shapes", blender=blender)
+    previous = eng._current
+    eng.install(engine)
+    try:
+        for lora, path in (([{"name": "night", "weight": 1.0}], "fused"),
+                           ([{"name": "night", "weight": 1.0, "step_range": (0.0, 0.5)}], "unfused"), ([], "none")):
+            settings = GenerationSettings(prompt="a red circle", steps=4, guidance_scale=guidance(), lora=lora)
+            *records, final = list(eng.stream_generation(settings))
+            assert len(records) == 4 and final.lora_path == path, lora
+    finally:
+        eng._current = previous

@@ -17,7 +17,7 @@ from diffusers import StableDiffusionPipeline
 from peft.tuners.tuners_utils import BaseTunerLayer
 
 from pipelines.lora import AdapterSetting, Blend, LoraBlender, lora_grid
-from pipelines.lora_layers import BLEND_SLOT
+from pipelines.lora_layers import plan_of
 from tests.lora_factory import ATTENTION_TARGETS, RESNET_TARGETS, random_lora, save_diffusers_lora, save_kohya_lora
 from tests.tiny import make_tiny_components
 
@@ -259,23 +259,64 @@ def test_switching_blends_reads_no_file(lora_files, tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------- fuse
 
 
-def test_fuse_matches_unfused_and_restores_base_weights_bit_exactly(stock_blender):
+@pytest.fixture(scope="module")
+def lowrank_blender(lora_files):
+    """No dense copies: every active layer runs the low-rank form, so fusing merges them all."""
+    blender = LoraBlender(make_pipe(), dense_budget_mb=0)
+    for name in "abcd":
+        blender.load(name, lora_files[name])
+    return blender
+
+
+def test_fuse_matches_unfused_and_restores_base_weights_bit_exactly(lowrank_blender):
+    stock_blender = lowrank_blender
     blend = [AdapterSetting("a", 0.8, block_weights={"up": 0.3}), AdapterSetting("b", -0.5, text_encoder_weight=1.1),
              AdapterSetting("d", 1.4)]
     models = (stock_blender.pipe.unet, stock_blender.pipe.text_encoder)
-    before = [{k: v.clone() for k, v in m.state_dict().items() if BLEND_SLOT not in k} for m in models]
+    before = [{k: v.clone() for k, v in m.state_dict().items()} for m in models]
     with stock_blender.apply(Blend(tuple(blend))) as pipe:
         unfused = run(pipe)
     with stock_blender.apply(Blend(tuple(blend), fuse=True)) as pipe:
-        assert any(m.merged for m in pipe.unet.modules() if isinstance(m, BaseTunerLayer))
+        assert pipe.lora_path == "fused"
+        # merged: every LoRA layer runs its base module, which now holds W + B A
+        assert {plan_of(l.module) for l in stock_blender._layers} == {"base"}
+        changed = [key for key, value in before[0].items() if not torch.equal(value, models[0].state_dict()[key])]
+        assert changed and all(k.endswith("base_layer.weight") for k in changed)
         fused = run(pipe)
     assert np.abs(fused - unfused).max() <= 1e-5
     for model, saved in zip(models, before):
         now = model.state_dict()
-        for key, value in saved.items():  # base and adapter weights (the stacked slot is scratch space)
+        for key, value in saved.items():  # base and adapter weights
             assert torch.equal(now[key], value), key
         assert not any(m.merged for m in model.modules() if isinstance(m, BaseTunerLayer))
     with stock_blender.apply(Blend(tuple(blend))) as pipe:
+        assert pipe.lora_path == "unfused"
+        assert np.array_equal(run(pipe), unfused)
+    with stock_blender.apply(None) as pipe:
+        assert pipe.lora_path == "none"
+
+
+def test_fused_restore_is_exact_even_when_run_many_times(lowrank_blender, base_image):
+    """Merging and subtracting again (peft's unmerge) drifts; the restore must not, ever."""
+    blend = Blend.of({"a": 1.7, "b": -1.9, "d": 2.0}, fuse=True)
+    for _ in range(20):
+        with lowrank_blender.apply(blend):
+            pass
+    with lowrank_blender.apply(None) as pipe:
+        assert np.array_equal(run(pipe), base_image)
+
+
+def test_fuse_leaves_dense_layers_as_they_are(stock_blender):
+    """Dense layers already run the merged weight: fusing copies nothing and gives the same images."""
+    blend = Blend.of({"a": 0.8, "b": -0.5, "d": 1.4})
+    weights = [p.detach().clone() for p in stock_blender.pipe.unet.parameters()]
+    with stock_blender.apply(blend) as pipe:
+        plans = {plan_of(l.module) for l in stock_blender._layers}
+        unfused = run(pipe)
+    assert "dense" in plans
+    with stock_blender.apply(Blend(blend.adapters, fuse=True)) as pipe:
+        assert {plan_of(l.module) for l in stock_blender._layers} == plans
+        assert all(torch.equal(p, w) for p, w in zip(pipe.unet.parameters(), weights))
         assert np.array_equal(run(pipe), unfused)
 
 
@@ -433,3 +474,81 @@ def test_lora_grid_none_each_alone_and_blend(stock_blender, base_image):
     first_row = [np.asarray(im) for im in grid.images[0]]
     assert all(not np.array_equal(first_row[0], im) for im in first_row[1:])
     assert grid.to_image().size == (4 * 16 + 3 * 2, 2 * 16 + 2)
+
+
+# ----------------------------------------------------------------------------- cost paths
+
+
+def _unet_ops(pipe) -> dict:
+    """aten op name -> count for one UNet call (what the CPU actually runs)."""
+    from collections import Counter
+
+    torch.manual_seed(0)
+    sample = torch.randn(2, 4, 8, 8)
+    hidden = torch.randn(2, 77, pipe.unet.config.cross_attention_dim)
+    with torch.no_grad(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        pipe.unet(sample, 10, encoder_hidden_states=hidden)
+    return Counter(e.name for e in prof.events() if e.name.startswith("aten::"))
+
+
+def test_idle_adapters_run_the_same_ops_as_a_pipeline_without_lora(stock_blender):
+    """Loaded but idle (no blend, or weight 0): each LoRA layer runs its base module, nothing else."""
+    plain = _unet_ops(make_pipe())
+    with stock_blender.apply(Blend.of({"a": 0.8, "b": 0.5})) as pipe:  # something was active before
+        assert pipe.lora_path == "unfused" and "base" not in {plan_of(l.module) for l in stock_blender._layers
+                                                              if "a" in l.module.lora_A}
+    for blend in (None, Blend.of({"a": 0.0, "c": 0.0})):
+        with stock_blender.apply(blend) as pipe:
+            assert pipe.lora_path == "none"
+            assert {plan_of(l.module) for l in stock_blender._layers} == {"base"}
+            assert _unet_ops(pipe.pipeline) == plain
+
+
+def test_one_stacked_pass_per_active_layer(lora_files):
+    """Low-rank form (dense copies off): three adapters on a layer cost what one does,
+    the base op + ``A x`` + one in-place ``addmm_``."""
+    blender = LoraBlender(make_pipe(), dense_budget_mb=0)
+    for name in "bcd":
+        blender.load(name, lora_files[name])
+    plain = _unet_ops(make_pipe())
+    with blender.apply(Blend.of({"c": 0.8})) as pipe:
+        one = _unet_ops(pipe.pipeline)
+    with blender.apply(Blend.of({"b": 0.3, "c": 0.8, "d": -0.6})) as pipe:  # the same attention layers
+        assert {plan_of(l.module) for l in blender._layers if l.component == "unet"} == {"stacked"}
+        three = _unet_ops(pipe.pipeline)
+        stacked = run(pipe)
+    layers = sum(1 for l in blender._layers if l.component == "unet" and "c" in l.module.lora_A)
+    assert one == three
+    assert one["aten::addmm_"] - plain["aten::addmm_"] == layers
+    assert one["aten::mm"] - plain["aten::mm"] == layers
+    dense = LoraBlender(make_pipe())  # default budget: these small layers all get dense copies
+    for name in "bcd":
+        dense.load(name, lora_files[name])
+    with dense.apply(Blend.of({"b": 0.3, "c": 0.8, "d": -0.6})) as pipe:
+        assert {plan_of(l.module) for l in dense._layers if l.component == "unet"} == {"dense"}
+        assert _unet_ops(pipe.pipeline) == plain  # the base ops on other weights: nothing added
+        assert np.abs(run(pipe) - stacked).max() <= 1e-5
+
+
+def test_a_repeated_blend_is_not_stacked_again(lora_files, monkeypatch):
+    import pipelines.lora_layers
+
+    blender = LoraBlender(make_pipe())
+    for name in "abc":
+        blender.load(name, lora_files[name])
+    stacks = []
+    real = pipelines.lora_layers.stacked_weights
+    monkeypatch.setattr(pipelines.lora_layers, "stacked_weights", lambda m, n: (stacks.append(m), real(m, n))[1])
+    first, second = Blend.of({"a": 0.8, "b": -0.4, "c": 1.2}), Blend.of({"a": 0.3})
+    with blender.apply(first) as pipe:
+        image = run(pipe)
+    assert stacks  # built once
+    with blender.apply(second):
+        pass
+    stacks.clear()
+    with blender.apply(first) as pipe:
+        again = run(pipe)
+    with blender.apply(Blend(first.adapters, fuse=True)):
+        pass
+    assert stacks == []  # both from the cache
+    assert np.array_equal(image, again)
