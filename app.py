@@ -16,29 +16,28 @@ from labapp import engine as eng
 from labapp import gradio_cache
 from labapp import generate as gen
 from labapp import labs, lora_ui, trace_views
-from labapp.docs import HOW_IT_WORKS, header
+from labapp.docs import HOW_IT_WORKS, example_rows, header
+from labapp.page import CSS, KEYBOARD_JS
 from pipelines.guidance import GUIDANCE_METHODS, SCALE_SCHEDULES
-from pipelines.previews import PREVIEW_DECODERS
 from pipelines.schedulers import SIGMA_KINDS
 
 PIPELINE = "pipeline"  # one concurrency group for every event that touches the model
 QUEUE_MAX_SIZE = 32
 MAX_FILE_SIZE = "5mb"
 DELETE_CACHE = (3600, 3600)  # previews are temp files: sweep hourly, drop those older than an hour
-CSS = """
-.pixelated img, .pixelated canvas { image-rendering: pixelated; }
-.pixelated .image-frame img, .pixelated .upload-container img { width: 100%; height: 100%; object-fit: contain; }
-#final-image img { image-rendering: pixelated; object-fit: contain; }
-.lab-note { color: var(--body-text-color-subdued); font-size: 0.9em; }
-"""
 THEME = gr.themes.Soft(primary_hue="violet", secondary_hue="sky", radius_size="md")
 DEFAULT_SCHEDULERS = ["DDIM", "Euler a", "DPM++ 2M Karras", "Heun"]
 
 
-def pixel_gallery(label: str, columns: int, height: int, **kwargs) -> gr.Gallery:
-    """A gallery for small generated images: whole images (contain), crisp pixels."""
+def pixel_gallery(label: str, columns: int, height="auto", **kwargs) -> gr.Gallery:
+    """A gallery for small generated images: whole images (contain), crisp pixels, sized to its items."""
     return gr.Gallery(label=label, columns=columns, height=height, object_fit="contain", elem_classes="pixelated",
                       **kwargs)
+
+
+def preview_header(engine: eng.Engine) -> str:
+    return header(engine.model_id, engine.device, engine.reason,
+                  engine.previews.reason if engine.previews else "")
 
 
 def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
@@ -47,19 +46,23 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
     gradio_cache.install()  # image outputs written once, atomically (see labapp/gradio_cache.py)
     size_lo, size_hi, size_step = gen.size_range(engine)
     schedulers = eng.known_schedulers()
-    presets = [p.id for p in engine.lora_presets()]
+    preset_list = engine.lora_presets()
+    presets = [p.id for p in preset_list]
+    decoders, stream_decoder = gen.decoders(engine), gen.engine_decoder(engine)
+    view_decoder = "vae" if "vae" in decoders else decoders[-1]
     default_scheduler, default_steps, default_guidance = engine.defaults()
     gpu = dict(concurrency_id=PIPELINE, concurrency_limit=concurrency_limit)
 
     with gr.Blocks(title="Diffusion Lab", delete_cache=DELETE_CACHE) as demo:
-        header_md = gr.Markdown(header(engine.model_id, engine.device, engine.reason))
+        header_md = gr.Markdown(preview_header(engine))
         trace = gr.State(None, time_to_live=3600)  # a run's step records, per session, dropped after an hour
 
-        with gr.Tab("Generate"):
+        with gr.Tab("Generate", elem_id="generate-tab"):
             with gr.Row():
                 with gr.Column(scale=2):
                     prompt = gr.Textbox(label="Prompt", value="a large red circle in the top left", lines=2,
-                                        max_length=gen.check.MAX_PROMPT_CHARS)
+                                        max_length=gen.check.MAX_PROMPT_CHARS, elem_id="prompt",
+                                        info="Enter runs Generate; Shift+Enter starts a new line.")
                     negative_prompt = gr.Textbox(label="Negative prompt", value="", max_length=gen.check.MAX_PROMPT_CHARS)
                     with gr.Row():
                         model = gr.Dropdown(eng.model_choices(), value=engine.model_id, label="Model",
@@ -97,8 +100,17 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
                             num_images = gr.Slider(1, gen.MAX_IMAGES, value=1, step=1, label="Images")
                         with gr.Row():
                             preview_every = gr.Slider(0, 25, value=2, step=1, label="Preview every N steps (0: off)")
-                            preview_decoder = gr.Radio(list(PREVIEW_DECODERS), value="linear", label="Preview decoder")
+                            preview_decoder = gr.Radio(list(decoders), value=stream_decoder, label="Preview decoder",
+                                                       info=f"Chosen for this model: {stream_decoder} "
+                                                            f"({engine.previews.reason if engine.previews else 'not measured'}).")
+                    with gr.Accordion("LoRA blend", open=False):
+                        lora = gr.Textbox(label="LoRA blend applied by Generate (JSON or 'name:weight, ...')", value="",
+                                          elem_id="lora-blend")
+                        clear_lora = gr.Button("No LoRA", size="sm")
+                    lora_chip = gr.Markdown(lora_ui.chips([]), elem_id="lora-chip", elem_classes="lora-chip")
                     run = gr.Button("Generate", variant="primary", elem_id="generate-btn")
+                    gr.Examples(example_rows(engine.is_embedded, preset_list), [prompt, guidance_scale, lora],
+                                label="Examples (click one, then Generate)")
                 with gr.Column(scale=3):
                     with gr.Row():
                         x_t_preview = gr.Image(label="x_t (noisy latent)", height=220, elem_classes="pixelated",
@@ -108,15 +120,16 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
                     image = gr.Image(label="Image (PNG with its settings)", format="png", height=300,
                                      elem_id="final-image", interactive=False)
                     gallery = pixel_gallery("All images", 4, 200, format="png", visible=False)
-                    status = gr.Markdown("", elem_id="status")
+                    status = gr.Markdown("Ready.", elem_id="status")
                     settings = gr.Code(label="Settings (JSON)", language="json", interactive=False, max_lines=14)
 
         with gr.Tab("CFG lab"):
             gr.Markdown("Guidance at one step of the last run, then sweeps on the prompt, seed and steps of the Generate tab.",
                         elem_classes="lab-note")
             with gr.Row():
-                cfg_step = gr.Slider(0, 1, value=0, step=1, label="Step", interactive=False)
-                cfg_decoder = gr.Radio(list(PREVIEW_DECODERS), value="vae", label="Decoder")
+                cfg_step = gr.Slider(1, 2, value=1, step=1, label="Step (opens at the strongest guidance)",
+                                     interactive=False, elem_id="cfg-step")
+                cfg_decoder = gr.Radio(list(decoders), value=view_decoder, label="Decoder")
             with gr.Row():
                 x0_uncond = gr.Image(label="x0 unconditional", height=200, elem_classes="pixelated", interactive=False)
                 x0_cond = gr.Image(label="x0 conditional", height=200, elem_classes="pixelated", interactive=False)
@@ -131,7 +144,7 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
                     adherence_prompts = gr.Slider(0, labs.MAX_ADHERENCE_PROMPTS, value=8, step=1,
                                                   label="Shapes-world prompts for the adherence curve")
                     sweep_btn = gr.Button("Run sweep", variant="primary")
-                sweep_grid = pixel_gallery("Same seed, rising guidance", 6, 240)
+                sweep_grid = pixel_gallery("Same seed, rising guidance", 6)
                 with gr.Row():
                     adherence_plot = gr.Plot(label="Prompt adherence (scorer)", show_label=False)
                     adherence_table = gr.Markdown("")
@@ -139,7 +152,7 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
                 with gr.Row():
                     methods = gr.CheckboxGroup(list(GUIDANCE_METHODS), value=["cfg", "apg", "cfg-zero-star"], label="Methods")
                     methods_btn = gr.Button("Compare methods", variant="primary")
-                methods_grid = pixel_gallery("Same seed, different guidance", 4, 240)
+                methods_grid = pixel_gallery("Same seed, different guidance", 4)
 
         with gr.Tab("Scheduler lab"):
             with gr.Row():
@@ -154,15 +167,16 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
             schedule_plot = gr.Plot(label="Training schedule and chosen timesteps", show_label=False)
             with gr.Accordion("Chosen timesteps (data)", open=False):
                 schedule_data = gr.JSON(label="Chosen timesteps", show_label=False)
-            compare_finals = pixel_gallery("Final images", 4, 240)
-            compare_traj = pixel_gallery("x0 trajectories", 1, 420)
+            compare_finals = pixel_gallery("Final images", 4, elem_id="compare-finals")
+            compare_traj = pixel_gallery("x0 trajectories (one row per sampler: predicted x0 at the labeled steps)",
+                                         labs.TRAJECTORY_FRAMES, elem_id="compare-trajectories")
             calls_plot = gr.Plot(label="Model calls", show_label=False)
 
         with gr.Tab("Timestep explorer"):
             gr.Markdown("### The last run, step by step", elem_classes="lab-note")
             with gr.Row():
-                explore_slider = gr.Slider(0, 1, value=0, step=1, label="Recorded step", interactive=False)
-                explore_decoder = gr.Radio(list(PREVIEW_DECODERS), value="vae", label="Decoder")
+                explore_slider = gr.Slider(1, 2, value=1, step=1, label="Recorded step", interactive=False)
+                explore_decoder = gr.Radio(list(decoders), value=view_decoder, label="Decoder")
             explore_info = gr.Markdown(trace_views.NO_TRACE)
             with gr.Row():
                 explore_xt = gr.Image(label="x_t", height=220, elem_classes="pixelated", interactive=False)
@@ -190,12 +204,14 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
         with gr.Tab("LoRA mixer"):
             gr.Markdown(lora_ui.presets_table(engine.lora_presets()))
             slots = []
-            for i in range(lora_ui.NUM_SLOTS):
+            for i, (slot_name, slot_weight) in enumerate(lora_ui.example_slots(preset_list)):
                 with gr.Accordion(f"Adapter {i + 1}", open=i == 0):
                     with gr.Row():
-                        name = gr.Dropdown(["(none)"] + presets, value="(none)", label="Preset", interactive=bool(presets))
-                        weight = gr.Slider(*gen.LORA_WEIGHT_RANGE, value=0.8, step=0.05, label="UNet weight")
-                        te_weight = gr.Slider(*gen.LORA_WEIGHT_RANGE, value=0.8, step=0.05, label="Text-encoder weight")
+                        name = gr.Dropdown([lora_ui.NONE] + presets, value=slot_name, label="Preset",
+                                           interactive=bool(presets))
+                        weight = gr.Slider(*gen.LORA_WEIGHT_RANGE, value=slot_weight, step=0.05, label="UNet weight")
+                        te_weight = gr.Slider(*gen.LORA_WEIGHT_RANGE, value=slot_weight, step=0.05,
+                                              label="Text-encoder weight")
                     with gr.Row():
                         down = gr.Slider(0, 2, value=1, step=0.05, label="Down blocks x")
                         mid = gr.Slider(0, 2, value=1, step=0.05, label="Mid block x")
@@ -203,9 +219,12 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
                         start = gr.Slider(0, 1, value=0, step=0.05, label="Active from (fraction)")
                         end = gr.Slider(0, 1, value=1, step=0.05, label="Active until")
                     slots += [name, weight, te_weight, down, mid, up, start, end]
-            lora = gr.Textbox(label="LoRA blend (used by Generate; JSON or 'name:weight, ...')", value="")
-            lora_btn = gr.Button("Comparison grid: none / each / blend", variant="primary")
-            lora_gallery = pixel_gallery("LoRA comparison", 5, 240)
+            mixer_blend = gr.Textbox(label="Blend to compare (set by the adapters above; JSON or 'name:weight, ...')",
+                                     value=lora_ui.example_spec(preset_list), elem_id="mixer-blend")
+            with gr.Row():
+                lora_btn = gr.Button("Comparison grid: none / each / blend", variant="primary")
+                use_blend_btn = gr.Button("Use this blend on Generate")
+            lora_gallery = pixel_gallery("LoRA comparison", 5)
             with gr.Accordion("How it works", open=False):
                 gr.Markdown(HOW_IT_WORKS, latex_delimiters=[{"left": "$$", "right": "$$", "display": True},
                                                            {"left": "$", "right": "$", "display": False}])
@@ -215,9 +234,10 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
                            height, num_images, guidance_method, guidance_rescale, guidance_schedule, interval_start,
                            interval_end, apg_momentum, apg_norm_threshold, apg_eta, cfg_zero_init_steps,
                            perp_neg_scale, timestep_spacing, sigmas, preview_every, preview_decoder, lora]
+        # progress on the status line only: Gradio's overlay would cover the streaming previews
         generated = run.click(
             gen.generate, generate_inputs, [x_t_preview, x0_preview, image, gallery, settings, status, seed, trace],
-            api_name="generate", **gpu,
+            api_name="generate", show_progress="full", show_progress_on=status, **gpu,
         )
         explore_outputs = [explore_xt, explore_x0, explore_eps, explore_info]
         cfg_outputs = [x0_uncond, x0_cond, x0_guided, eps_heatmap, guidance_plot, cfg_note]
@@ -245,9 +265,14 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
         noise_btn.click(labs.forward_noise, [noise_image, noise_t, noise_seed],
                         [noised_pixels, noised_latent, noise_info, noise_plot], api_name="forward_noise", **gpu)
 
-        gr.on([c.change for c in slots], lora_ui.slots_to_spec, slots, lora, api_visibility="private")
-        lora_btn.click(labs.lora_grid, [prompt, lora, seed, steps, guidance_scale, scheduler], lora_gallery,
+        gr.on([c.change for c in slots], lora_ui.slots_to_spec, slots, mixer_blend, api_visibility="private")
+        lora_btn.click(labs.lora_grid, [prompt, mixer_blend, seed, steps, guidance_scale, scheduler], lora_gallery,
                        api_name="lora_grid", **gpu)
+        use_blend_btn.click(lambda spec: spec, mixer_blend, lora, api_visibility="private")
+        clear_lora.click(lambda: "", None, lora, api_visibility="private")
+        gr.on([lora.change, demo.load], lora_ui.describe, lora, lora_chip, api_visibility="private",
+              show_progress="hidden")
+        demo.load(None, js=KEYBOARD_JS)
         model.input(switch_model, model, status, api_visibility="private", **gpu)
         demo.load(page_for_current_model, None, [header_md, model, width, height, noise_t], api_visibility="private")
 
@@ -272,7 +297,7 @@ def page_for_current_model():
     engine = eng.current()
     lo, hi, step = gen.size_range(engine)
     size = gr.update(minimum=lo, maximum=hi, step=step, value=engine.native_size)
-    return (header(engine.model_id, engine.device, engine.reason), gr.update(value=engine.model_id), size, size,
+    return (preview_header(engine), gr.update(value=engine.model_id), size, size,
             gr.update(maximum=engine.num_train_timesteps - 1))
 
 

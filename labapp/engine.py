@@ -20,7 +20,7 @@ import spaces
 import torch
 
 from pipelines.guidance import APGParams, CFGZeroParams, GuidanceConfig, PerpNegParams
-from pipelines.previews import decode_preview
+from pipelines.previews import PreviewChoice, decode_preview, preview_choice_for
 from pipelines.schedulers import make_scheduler, scheduler_names
 
 from .metadata import GenerationSettings
@@ -48,6 +48,7 @@ class Engine:
     device: str = "cpu"
     family: str = ""  # base-model family, for LoRA presets ("tiny-shapes", "sd15", ...)
     blender: object | None = None  # pipelines.lora.LoraBlender
+    previews: PreviewChoice | None = None  # decoders this model offers and the one it streams with
     lock: threading.RLock = field(default_factory=threading.RLock)
 
     @property
@@ -171,13 +172,16 @@ def load_engine(model_id: str, reason: str, device: str | None = None) -> Engine
     pipe.set_progress_bar_config(disable=True)
     log.info("Diffusion Lab: loaded model %r on %s (%s)", model_id, device, reason)
     family = _family(model_id)
-    return Engine(pipe=pipe, model_id=model_id, reason=reason, device=device, family=family, blender=_make_blender(pipe))
+    previews = preview_choice_for(pipe)
+    log.info("Diffusion Lab: preview decoder %r (%s)", previews.default, previews.reason)
+    return Engine(pipe=pipe, model_id=model_id, reason=reason, device=device, family=family, blender=_make_blender(pipe),
+                  previews=previews)
 
 
 def engine_from_pipe(pipe, model_id: str = "tiny-test", reason: str = "injected pipeline", family: str | None = None) -> Engine:
     pipe.set_progress_bar_config(disable=True)
     return Engine(pipe=pipe, model_id=model_id, reason=reason, device=str(pipe.device),
-                  family=family or _family(model_id), blender=_make_blender(pipe))
+                  family=family or _family(model_id), blender=_make_blender(pipe), previews=preview_choice_for(pipe))
 
 
 def _family(model_id: str) -> str:

@@ -131,10 +131,12 @@ def generate(prompt, negative_prompt, scheduler, steps, guidance_scale, seed, ra
              height=0, num_images=1, guidance_method="cfg", guidance_rescale=0.0, guidance_schedule="constant",
              guidance_interval_start=0.0, guidance_interval_end=1.0, apg_momentum=-0.5, apg_norm_threshold=15.0,
              apg_eta=0.0, cfg_zero_init_steps=1, perp_neg_scale=1.0, timestep_spacing="model default",
-             sigmas="default", preview_every=2, preview_decoder="linear", lora="", progress=gr.Progress()):
+             sigmas="default", preview_every=2, preview_decoder=None, lora="", progress=gr.Progress()):
     """Stream x_t and predicted-x0 previews every `preview_every` steps, then the image(s).
 
     Yields (x_t preview, x0 preview, image, all images, settings JSON, status, seed used, trace).
+    Each preview carries its label (what, step, t). ``preview_decoder=None``: the model's own
+    choice (engine.previews, see pipelines.previews.choose_preview_decoder).
     """
     engine = eng.current()
     if randomize_seed:
@@ -150,7 +152,7 @@ def generate(prompt, negative_prompt, scheduler, steps, guidance_scale, seed, ra
         perp_neg_scale=perp_neg_scale, timestep_spacing=timestep_spacing, sigmas=sigmas, lora=lora,
     )
     preview_every = check.integer("preview_every", preview_every, 0, MAX_STEPS)
-    preview_decoder = check.choice("preview_decoder", preview_decoder, PREVIEW_DECODERS)
+    preview_decoder = check.choice("preview_decoder", preview_decoder or engine_decoder(engine), decoders(engine))
 
     started = time.perf_counter()
     x_t_image = x0_image = None
@@ -161,21 +163,44 @@ def generate(prompt, negative_prompt, scheduler, steps, guidance_scale, seed, ra
             output = item
             break
         records.append(item)
+        # shown on the status line only (app.py: show_progress_on=status), never over the previews
         progress((item.step + 1, item.num_steps), desc="denoising", unit="steps")
         if item.previews:
-            x_t_image = upscale(item.previews["x_t"][0], PREVIEW_SIZE)
-            x0_image = upscale(item.previews["x0_guided"][0], PREVIEW_SIZE)
-            status = f"step {item.step + 1} / {item.num_steps} - t = {item.timestep:.0f}"
-            yield x_t_image, x0_image, None, None, gr.skip(), status, settings.seed, gr.skip()
+            where = step_label(item)
+            x_t_image = labeled(upscale(item.previews["x_t"][0], PREVIEW_SIZE), f"x_t (noisy latent) - {where}")
+            x0_image = labeled(upscale(item.previews["x0_guided"][0], PREVIEW_SIZE), f"predicted x0 - {where}")
+            yield x_t_image, x0_image, None, None, gr.skip(), where, settings.seed, gr.skip()
     images = [with_settings(image, settings, i) for i, image in enumerate(output.images)]
     seconds = time.perf_counter() - started
     calls = records[-1].model_calls if records else 0
+    blend = ", ".join(f"{a['name']} {a['weight']:g}" for a in settings.lora) or "none"
     status = (f"Done: {len(images)} image(s), {settings.steps} steps, {calls} model calls, {seconds:.1f} s "
-              f"on {engine.model_id} ({engine.device}).")
+              f"on {engine.model_id} ({engine.device}); seed {settings.seed}; LoRA: {blend}.")
     trace = {"settings": settings.to_dict(), "records": records, "model": engine.model_id}
     gallery = gr.update(value=[(im, f"seed {settings.seed} #{i}") for i, im in enumerate(images)],
                         visible=len(images) > 1)
-    yield x_t_image, x0_image, images[0], gallery, settings.to_json(), status, settings.seed, trace
+    final = labeled(images[0], f"final image - seed {settings.seed} (PNG with its settings)")
+    yield x_t_image, x0_image, final, gallery, settings.to_json(), status, settings.seed, trace
+
+
+def step_label(record) -> str:
+    """'step 5 / 25, t = 801' (1-based, as every view of a run says it)."""
+    return f"step {record.step + 1} / {record.num_steps}, t = {record.timestep:.0f}"
+
+
+def labeled(image, label: str):
+    """An image output with the label that says what it is (Gradio keeps the label per update)."""
+    return gr.update(value=image, label=label)
+
+
+def decoders(engine: eng.Engine) -> tuple[str, ...]:
+    """Preview decoders this model offers (taesd only when one is loaded)."""
+    return engine.previews.available if engine.previews else PREVIEW_DECODERS
+
+
+def engine_decoder(engine: eng.Engine) -> str:
+    """The model's streaming preview decoder (measured at load), linear if it was not measured."""
+    return engine.previews.default if engine.previews else "linear"
 
 
 def settings_json(settings: GenerationSettings) -> str:

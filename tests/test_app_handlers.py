@@ -109,30 +109,51 @@ def test_png_metadata_round_trip(engine):
 def test_generate_streams_previews_and_keeps_the_trace(engine):
     outputs = run(engine)
     previews, final = outputs[:-1], outputs[-1]
-    assert len(previews) == 4 and all(p[2] is None and p[1].size == (256, 256) for p in previews)
-    image, settings, status, seed, trace = final[2], final[4], final[5], final[6], final[7]
+    assert len(previews) == 4 and all(p[2] is None and p[1]["value"].size == (256, 256) for p in previews)
+    assert [p[1]["label"] for p in previews][1] == "predicted x0 - step 2 / 4, t = " + f"{trace_t(final, 1)}"
+    assert [p[5] for p in previews][-1].startswith("step 4 / 4, t = ")
+    image, settings, status, seed, trace = final[2]["value"], final[4], final[5], final[6], final[7]
     assert image.size == (16, 16) and json.loads(image.info["diffusion_lab"])["seed"] == 7
     assert json.loads(settings)["steps"] == 4 and status.startswith("Done") and seed == 7
     assert len(trace["records"]) == 4 and trace["records"][-1].eps_uncond is not None
 
 
+def trace_t(final, index: int) -> str:
+    return f"{final[7]['records'][index].timestep:.0f}"
+
+
 def test_same_seed_same_image_and_randomize_changes_the_seed(engine):
     a, b = run(engine, preview_every=0)[-1], run(engine, preview_every=0)[-1]
-    np.testing.assert_array_equal(np.asarray(a[2]), np.asarray(b[2]))
+    np.testing.assert_array_equal(np.asarray(a[2]["value"]), np.asarray(b[2]["value"]))
     c = run(engine, preview_every=0, randomize_seed=True)[-1]
     assert c[6] != 7 and json.loads(c[4])["seed"] == c[6]
 
 
 def test_trace_views(engine):
     trace = run(engine, preview_every=0)[-1][7]
-    x_t, x0, eps_fig, info = trace_views.explore_step(trace, 1, "vae")
-    assert x_t.size == x0.size and eps_fig is not None and "step 2 / 4" in info
-    uncond, cond, guided, heat, over_steps, note = trace_views.cfg_step(trace, 3, "linear")
-    assert uncond is not None and heat is not None and "applied scale 5.00" in note
+    x_t, x0, eps_fig, info = trace_views.explore_step(trace, 2, "vae")  # steps are 1-based, as the page shows them
+    assert x_t["value"].size == x0["value"].size and eps_fig is not None and "step 2 / 4" in info
+    assert x0["label"] == f"predicted x0 - step 2 / 4, t = {trace['records'][1].timestep:.0f}"
+    uncond, cond, guided, heat, over_steps, note = trace_views.cfg_step(trace, 4, "linear")
+    assert uncond["value"] is not None and heat is not None and "applied scale 5.00" in note
+    assert uncond["label"].startswith("x0 unconditional - step 4 / 4")
     with pytest.raises(gr.Error, match="Generate an image first"):
-        trace_views.explore_step(None, 0)
-    with pytest.raises(gr.Error, match=r"step=9 .*\[0, 3\]"):
+        trace_views.explore_step(None, 1)
+    with pytest.raises(gr.Error, match=r"step=9 .*\[1, 4\]"):
         trace_views.cfg_step(trace, 9)
+    with pytest.raises(gr.Error, match=r"step=0 .*\[1, 4\]"):
+        trace_views.cfg_step(trace, 0)
+    with pytest.raises(gr.Error, match=r"decoder='taesd' .*one of \['linear', 'vae'\]"):
+        trace_views.cfg_step(trace, 1, "taesd")  # no TAESD loaded: not offered, refused by name
+
+
+def test_step_sliders_get_their_own_values(engine):
+    """The explorer opens at the last step, the CFG lab at the step of largest guidance norm."""
+    trace = run(engine, preview_every=0)[-1][7]
+    norms = [r.guidance_norm for r in trace["records"]]
+    explore, cfg = trace_views.step_slider_updates(trace)
+    assert explore is not cfg and explore["value"] == 4 and explore["maximum"] == 4 and explore["minimum"] == 1
+    assert cfg["value"] == int(np.argmax(norms)) + 1 and norms[cfg["value"] - 1] == max(norms) > 0
 
 
 def test_schedule_and_forward_noise(engine):
