@@ -109,8 +109,9 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
                         clear_lora = gr.Button("No LoRA", size="sm")
                     lora_chip = gr.Markdown(lora_ui.chips([]), elem_id="lora-chip", elem_classes="lora-chip")
                     run = gr.Button("Generate", variant="primary", elem_id="generate-btn")
-                    gr.Examples(example_rows(engine.is_embedded, preset_list), [prompt, guidance_scale, lora],
-                                label="Examples (click one, then Generate)")
+                    example_labels, examples = example_rows(engine.is_embedded, preset_list)
+                    gr.Examples(examples, [prompt, guidance_scale, lora], label="Examples (click one, then Generate)",
+                                example_labels=example_labels)
                 with gr.Column(scale=3):
                     with gr.Row():
                         x_t_preview = gr.Image(label="x_t (noisy latent)", height=220, elem_classes="pixelated",
@@ -185,8 +186,8 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
             gr.Markdown("### The forward process: noise any image with the model's own schedule")
             with gr.Row():
                 with gr.Column():
-                    noise_image = gr.Image(label="Image (upload, or load a shapes-world sample)", type="pil",
-                                           sources=["upload", "clipboard"], height=200, elem_classes="pixelated")
+                    noise_image = gr.Image(labs.shapes_sample(3), label="Image (upload, or load a shapes-world sample)",
+                                           type="pil", sources=["upload", "clipboard"], height=200, elem_classes="pixelated")
                     with gr.Row():
                         sample_index = gr.Number(value=3, precision=0, minimum=0, maximum=1_000_000, label="Sample #")
                         sample_btn = gr.Button("Load sample")

@@ -26,27 +26,29 @@ FIRST_STEPS = ("Type a prompt and press **Enter** (or **Generate**): the x_t and
                "forming, step by step. Then open the **CFG lab**, **Scheduler lab**, **Timestep explorer** and "
                "**LoRA mixer** tabs: each explains one part of that loop on your last run, prompt and seed.")
 
-# (prompt, guidance scale, LoRA blend) rows for gr.Examples: each shows something on its own
+# (label, prompt, guidance scale, LoRA blend) for gr.Examples: each row shows something on its own
 EMBEDDED_EXAMPLES = [
-    ("a large red circle in the top left", 3.0, ""),
-    ("a small blue square in the bottom right", 3.0, ""),
-    ("a large green triangle in the center", 1.0, ""),   # w = 1: the conditional model alone
-    ("a large green triangle in the center", 15.0, ""),  # extreme guidance: saturated, over-sharpened
+    ("position words: red circle, top left", "a large red circle in the top left", 3.0, ""),
+    ("position words: blue square, bottom right", "a small blue square in the bottom right", 3.0, ""),
+    ("guidance 1: the conditional model alone", "a large green triangle in the center", 1.0, ""),
+    ("guidance 15: extreme, over-saturated", "a large green triangle in the center", 15.0, ""),
 ]
 SD_EXAMPLES = [
-    ("a red apple on the left of a wooden table, a blue cup on the right", 7.5, ""),
-    ("a lighthouse on a cliff at sunset, oil painting", 1.5, ""),
-    ("a lighthouse on a cliff at sunset, oil painting", 20.0, ""),
+    ("position words", "a red apple on the left of a wooden table, a blue cup on the right", 7.5, ""),
+    ("guidance 1.5: loose", "a lighthouse on a cliff at sunset, oil painting", 1.5, ""),
+    ("guidance 20: extreme", "a lighthouse on a cliff at sunset, oil painting", 20.0, ""),
 ]
 
 
-def example_rows(is_embedded: bool, presets: list) -> list[list]:
-    """Example rows for the model: position words, extreme guidance, and a two-preset LoRA blend."""
-    rows = [list(r) for r in (EMBEDDED_EXAMPLES if is_embedded else SD_EXAMPLES)]
+def example_rows(is_embedded: bool, presets: list) -> tuple[list[str], list[list]]:
+    """(labels, rows of [prompt, guidance, lora]) for the model: position words, extreme guidance,
+    and a two-preset LoRA blend when the model has presets."""
+    examples = list(EMBEDDED_EXAMPLES if is_embedded else SD_EXAMPLES)
     if len(presets) >= 2:
         first, second = presets[0], presets[1]
-        rows.append([rows[0][0], rows[0][1], f"{first.id}:{first.default_weight:g}, {second.id}:0.6"])
-    return rows
+        blend = f"{first.id}:{first.default_weight:g}, {second.id}:0.6"
+        examples.append((f"LoRA blend: {first.id} + {second.id}", examples[0][1], examples[0][2], blend))
+    return [e[0] for e in examples], [list(e[1:]) for e in examples]
 
 
 def header(model_id: str, device: str, reason: str, previews: str = "") -> str:

@@ -167,8 +167,8 @@ def generate(prompt, negative_prompt, scheduler, steps, guidance_scale, seed, ra
         progress((item.step + 1, item.num_steps), desc="denoising", unit="steps")
         if item.previews:
             where = step_label(item)
-            x_t_image = labeled(upscale(item.previews["x_t"][0], PREVIEW_SIZE), f"x_t (noisy latent) - {where}")
-            x0_image = labeled(upscale(item.previews["x0_guided"][0], PREVIEW_SIZE), f"predicted x0 - {where}")
+            x_t_image = labeled(upscale(item.previews["x_t"][0], PREVIEW_SIZE), f"x_t - {where}")
+            x0_image = labeled(upscale(item.previews["x0_guided"][0], PREVIEW_SIZE), f"pred x0 - {where}")
             yield x_t_image, x0_image, None, None, gr.skip(), where, settings.seed, gr.skip()
     images = [with_settings(image, settings, i) for i, image in enumerate(output.images)]
     seconds = time.perf_counter() - started
@@ -179,13 +179,13 @@ def generate(prompt, negative_prompt, scheduler, steps, guidance_scale, seed, ra
     trace = {"settings": settings.to_dict(), "records": records, "model": engine.model_id}
     gallery = gr.update(value=[(im, f"seed {settings.seed} #{i}") for i, im in enumerate(images)],
                         visible=len(images) > 1)
-    final = labeled(images[0], f"final image - seed {settings.seed} (PNG with its settings)")
+    final = labeled(images[0], f"image - seed {settings.seed} (PNG + settings)")
     yield x_t_image, x0_image, final, gallery, settings.to_json(), status, settings.seed, trace
 
 
 def step_label(record) -> str:
-    """'step 5 / 25, t = 801' (1-based, as every view of a run says it)."""
-    return f"step {record.step + 1} / {record.num_steps}, t = {record.timestep:.0f}"
+    """'step 5/25, t=801' (1-based, as every view of a run says it)."""
+    return f"step {record.step + 1}/{record.num_steps}, t={record.timestep:.0f}"
 
 
 def labeled(image, label: str):

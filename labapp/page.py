@@ -14,8 +14,14 @@ CSS = """
 #status { min-height: 2.6em; }
 #lora-chip p { margin: 0; }
 .lora-chip code { background: var(--color-accent-soft); border-radius: 999px; padding: 1px 8px; }
-/* gallery tiles show whole images with their captions under them (no overlay crop) */
-.pixelated .caption-label { position: static; max-width: 100%; white-space: normal; }
+/* galleries sized to their items: no 450 px minimum, no inner scrolling, whole square tiles with the
+   caption under the image (Gradio floats it, half transparent, over the image's corner) */
+.pixelated .grid-wrap.fixed-height { min-height: 0; max-height: none; overflow-y: visible; }
+.pixelated .grid-wrap .thumbnail-item { aspect-ratio: auto; height: auto; display: flex; flex-direction: column;
+                                        overflow: visible; }
+.pixelated .grid-wrap .thumbnail-item > img { aspect-ratio: 1 / 1; height: auto; image-rendering: pixelated; }
+.pixelated .grid-wrap .thumbnail-item .caption-label { position: static; opacity: 1; max-width: 100%;
+    white-space: normal; border: none; text-align: center; }
 """
 
 KEYBOARD_JS = """

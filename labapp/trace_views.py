@@ -44,7 +44,7 @@ def explore_step(trace, step, decoder="vae"):
     r = _record(trace, step)
     where = step_label(r)
     x_t = labeled(_decode(r.x_t * r.input_scale, decoder), f"x_t - {where}")
-    x0 = labeled(_decode(r.x0_guided, decoder), f"predicted x0 - {where}")
+    x0 = labeled(_decode(r.x0_guided, decoder), f"pred x0 - {where}")
     eps = r.eps_guided if r.eps_guided is not None else r.eps_cond
     eps_fig = plots.channels(eps[0].numpy(), "predicted noise eps (guided), per latent channel") if eps is not None else None
     sigma = "- (DDIM-type schedulers have no sigma)" if r.sigma is None else f"{r.sigma:.3f}"
@@ -66,24 +66,28 @@ def cfg_step(trace, step, decoder="vae"):
     guided = labeled(_decode(r.x0_guided, decoder), f"x0 guided - {where}")
     if r.eps_uncond is None or r.eps_cond is None:
         note = "This run had no unconditional branch (guidance scale <= 1): nothing to compare."
-        return (labeled(None, "x0 unconditional - none at w <= 1"), labeled(_decode(r.x0_guided, decoder),
-                f"x0 conditional - {where}"), guided, None, over_steps, note)
+        return (labeled(None, "x0 uncond - none at w <= 1"), labeled(_decode(r.x0_guided, decoder),
+                f"x0 cond - {where}"), guided, None, over_steps, note)
     diff = (r.eps_cond[0] - r.eps_uncond[0]).abs().mean(dim=0).numpy()  # (h, w) mean over channels
     heat = plots.heatmap(diff, f"|eps_c - eps_u|, step {r.step + 1}", label="mean over channels", vmin=0.0)
     note = (f"{where}: guidance norm {r.guidance_norm:.3f}, applied scale {r.guidance_scale:.2f} "
             f"({r.guidance_method})")
-    return (labeled(_decode(r.x0_uncond, decoder), f"x0 unconditional - {where}"),
-            labeled(_decode(r.x0_cond, decoder), f"x0 conditional - {where}"), guided, heat, over_steps, note)
+    return (labeled(_decode(r.x0_uncond, decoder), f"x0 uncond - {where}"),
+            labeled(_decode(r.x0_cond, decoder), f"x0 cond - {where}"), guided, heat, over_steps, note)
 
 
 def strongest_guidance_step(records) -> int:
-    """1-based step of the largest guidance norm ||eps_c - eps_u|| (where guidance shows most)."""
-    norms = [r.guidance_norm for r in records]
-    return max(range(len(norms)), key=norms.__getitem__) + 1
+    """1-based step where guidance shows most in the images: the largest mean |x0_cond - x0_uncond|
+    (the two predictions the CFG lab puts side by side); the guidance norm ||eps_c - eps_u|| when
+    the records hold no x0 pair. A v-prediction model's eps norm grows to the last step, where
+    both x0 agree, so the norm alone would open the lab where nothing differs."""
+    gaps = [float((r.x0_cond - r.x0_uncond).abs().mean()) if r.x0_cond is not None and r.x0_uncond is not None
+            else r.guidance_norm for r in records]
+    return max(range(len(gaps)), key=gaps.__getitem__) + 1
 
 
 def step_slider_updates(trace):
-    """The explorer's slider (at the last step) and the CFG lab's (at the strongest guidance), 1-based.
+    """The explorer's slider (at the last step) and the CFG lab's (where guidance shows most), 1-based.
 
     Two separate dicts: Gradio's postprocess pops "value" from an update dict, so one dict
     returned for two outputs would leave the second slider without its value.
