@@ -128,7 +128,7 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
             gr.Markdown("Guidance at one step of the last run, then sweeps on the prompt, seed and steps of the Generate tab.",
                         elem_classes="lab-note")
             with gr.Row():
-                cfg_step = gr.Slider(1, 2, value=1, step=1, label="Step (opens at the strongest guidance)",
+                cfg_step = gr.Slider(1, 2, value=1, step=1, label="Step (opens where guidance shows most)",
                                      interactive=False, elem_id="cfg-step")
                 cfg_decoder = gr.Radio(list(decoders), value=view_decoder, label="Decoder")
             with gr.Row():
@@ -145,7 +145,7 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
                     adherence_prompts = gr.Slider(0, labs.MAX_ADHERENCE_PROMPTS, value=8, step=1,
                                                   label="Shapes-world prompts for the adherence curve")
                     sweep_btn = gr.Button("Run sweep", variant="primary")
-                sweep_grid = pixel_gallery("Same seed, rising guidance", 6)
+                sweep_grid = pixel_gallery("Same seed, rising guidance", 6, elem_id="sweep-grid")
                 with gr.Row():
                     adherence_plot = gr.Plot(label="Prompt adherence (scorer)", show_label=False)
                     adherence_table = gr.Markdown("")
@@ -153,7 +153,7 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
                 with gr.Row():
                     methods = gr.CheckboxGroup(list(GUIDANCE_METHODS), value=["cfg", "apg", "cfg-zero-star"], label="Methods")
                     methods_btn = gr.Button("Compare methods", variant="primary")
-                methods_grid = pixel_gallery("Same seed, different guidance", 4)
+                methods_grid = pixel_gallery("Same seed, different guidance", 4, elem_id="methods-grid")
 
         with gr.Tab("Scheduler lab"):
             with gr.Row():
@@ -225,7 +225,7 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
             with gr.Row():
                 lora_btn = gr.Button("Comparison grid: none / each / blend", variant="primary")
                 use_blend_btn = gr.Button("Use this blend on Generate")
-            lora_gallery = pixel_gallery("LoRA comparison", 5)
+            lora_gallery = pixel_gallery("LoRA comparison", 5, elem_id="lora-grid")
             with gr.Accordion("How it works", open=False):
                 gr.Markdown(HOW_IT_WORKS, latex_delimiters=[{"left": "$$", "right": "$$", "display": True},
                                                            {"left": "$", "right": "$", "display": False}])

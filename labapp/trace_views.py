@@ -77,13 +77,18 @@ def cfg_step(trace, step, decoder="vae"):
 
 
 def strongest_guidance_step(records) -> int:
-    """1-based step where guidance shows most in the images: the largest mean |x0_cond - x0_uncond|
-    (the two predictions the CFG lab puts side by side); the guidance norm ||eps_c - eps_u|| when
-    the records hold no x0 pair. A v-prediction model's eps norm grows to the last step, where
-    both x0 agree, so the norm alone would open the lab where nothing differs."""
-    gaps = [float((r.x0_cond - r.x0_uncond).abs().mean()) if r.x0_cond is not None and r.x0_uncond is not None
-            else r.guidance_norm for r in records]
-    return max(range(len(gaps)), key=gaps.__getitem__) + 1
+    """1-based step where guidance shows in both of the CFG lab's views: the largest product of
+    the mean |x0_cond - x0_uncond| (the images side by side) and the guidance norm
+    ||eps_c - eps_u|| (the heat map). Either alone misleads on a zero-SNR v-prediction model:
+    at t = T eps_c = eps_u (flat heat map) while the two x0 differ most, and the eps norm peaks at
+    the last step, where both x0 agree. Falls back to the norm when the records hold no x0 pair."""
+    def score(r):
+        if r.x0_cond is None or r.x0_uncond is None:
+            return r.guidance_norm
+        return float((r.x0_cond - r.x0_uncond).abs().mean()) * r.guidance_norm
+
+    scores = [score(r) for r in records]
+    return max(range(len(scores)), key=scores.__getitem__) + 1
 
 
 def step_slider_updates(trace):

@@ -148,9 +148,9 @@ def test_trace_views(engine):
 
 
 def test_step_sliders_get_their_own_values(engine):
-    """The explorer opens at the last step, the CFG lab where x0 cond and uncond differ most."""
+    """The explorer opens at the last step, the CFG lab where the x0 pair and the eps pair both differ."""
     trace = run(engine, preview_every=0)[-1][7]
-    gaps = [float((r.x0_cond - r.x0_uncond).abs().mean()) for r in trace["records"]]
+    gaps = [float((r.x0_cond - r.x0_uncond).abs().mean()) * r.guidance_norm for r in trace["records"]]
     explore, cfg = trace_views.step_slider_updates(trace)
     assert explore is not cfg and explore["value"] == 4 and explore["maximum"] == 4 and explore["minimum"] == 1
     assert cfg["value"] == int(np.argmax(gaps)) + 1 and gaps[cfg["value"] - 1] == max(gaps) > 0

@@ -104,6 +104,32 @@ def error_boxes(page) -> list[str]:
         .map(e => e.textContent.trim().slice(0, 200))""")
 
 
+# Each visible gallery tile of the current tab: the image wholly inside the gallery's box, the caption
+# under the image (not over it), fully opaque and not cut.
+GALLERY_PROBLEMS = """
+() => {
+  const problems = [];
+  for (const wrap of document.querySelectorAll('.pixelated .grid-wrap')) {
+    if (wrap.offsetParent === null) continue;
+    const box = wrap.getBoundingClientRect();
+    for (const tile of wrap.querySelectorAll('.thumbnail-item')) {
+      const img = tile.querySelector('img'), cap = tile.querySelector('.caption-label');
+      const r = img.getBoundingClientRect();
+      const name = img.alt || img.src.slice(-20);
+      if (r.width < 20 || r.top < box.top - 1 || r.bottom > box.bottom + 1 || r.left < box.left - 1 || r.right > box.right + 1)
+        problems.push(`image ${name} not inside its gallery`);
+      if (!cap) { problems.push(`image ${name} has no caption`); continue; }
+      const c = cap.getBoundingClientRect();
+      if (c.top < r.bottom - 1) problems.push(`caption of ${name} over the image`);
+      if (getComputedStyle(cap).opacity !== '1' || cap.scrollWidth > cap.clientWidth + 1 || c.bottom > box.bottom + 1)
+        problems.push(`caption of ${name} faded or cut`);
+    }
+  }
+  return problems;
+}
+"""
+
+
 def shot(page, name):
     os.makedirs(ARTIFACTS, exist_ok=True)
     page.screenshot(path=os.path.join(ARTIFACTS, f"live-{name}.png"), full_page=True)
@@ -154,9 +180,9 @@ def run_tab(page, tab):
     page.wait_for_timeout(500)
     if tab == "CFG lab":
         page.get_by_role("button", name="Run sweep").click()
-        page.get_by_text("w = 12").first.wait_for(timeout=120_000)
+        page.locator("#sweep-grid img").nth(4).wait_for(timeout=120_000)
         page.get_by_role("button", name="Compare methods").click()
-        page.get_by_text("cfg-zero-star", exact=True).last.wait_for(timeout=120_000)
+        page.locator("#methods-grid img").nth(2).wait_for(timeout=120_000)
     elif tab == "Scheduler lab":
         page.get_by_role("button", name="Compare samplers on the Generate prompt and seed").click()
         page.locator("#compare-trajectories img").nth(5).wait_for(timeout=120_000)
@@ -165,8 +191,7 @@ def run_tab(page, tab):
         page.get_by_text("signal sqrt(alpha_bar)").first.wait_for(timeout=60_000)
     elif tab == "LoRA mixer":
         page.get_by_role("button", name="Comparison grid: none / each / blend").click()
-        page.get_by_text("blend", exact=False).last.wait_for(timeout=120_000)
-        page.locator("#lora-mixer-grid img, .pixelated img").last.wait_for(timeout=120_000)
+        page.locator("#lora-grid img").nth(3).wait_for(timeout=120_000)  # none, each of two, the blend
     page.wait_for_timeout(1000)
 
 
@@ -178,5 +203,10 @@ def test_every_tab_gives_its_result_on_defaults(browser, server, size):
         run_tab(page, tab)
         shot(page, f"{tab.lower().replace(' ', '-')}-{size}")
         assert error_boxes(page) == [], (tab, error_boxes(page))
+        assert page.evaluate(GALLERY_PROBLEMS) == [], tab
+        if tab == "CFG lab":  # opened where guidance shows, its images labeled with that step
+            step = int(page.locator("#cfg-step input[type=number]").input_value())
+            assert 1 < step <= 25
+            assert f"x0 uncond - step {step}/25, t=" in page.get_by_text("x0 uncond - step").first.inner_text()
     assert page.errors == [], page.errors
     page.close()
