@@ -46,7 +46,9 @@ def example_rows(is_embedded: bool, presets: list) -> tuple[list[str], list[list
     examples = list(EMBEDDED_EXAMPLES if is_embedded else SD_EXAMPLES)
     if len(presets) >= 2:
         first, second = presets[0], presets[1]
-        blend = f"{first.id}:{first.default_weight:g}, {second.id}:0.6"
+        from .lora_ui import EXAMPLE_SECOND_WEIGHT
+
+        blend = f"{first.id}:{first.default_weight:g}, {second.id}:{EXAMPLE_SECOND_WEIGHT:g}"
         examples.append((f"LoRA blend: {first.id} + {second.id}", examples[0][1], examples[0][2], blend))
     return [e[0] for e in examples], [list(e[1:]) for e in examples]
 
