@@ -28,21 +28,24 @@ KEYBOARD_JS = """
 () => {
   if (window.__diffusionLabKeys) return;
   window.__diffusionLabKeys = true;
-  document.addEventListener('keydown', (event) => {
-    if (event.key !== 'Enter' || event.isComposing) return;
-    const field = event.target;
-    const inPrompt = field && field.closest && field.closest('#prompt textarea, #prompt input');
-    const inGenerateTab = field && field.closest && field.closest('#generate-tab');
-    const run = (event.ctrlKey || event.metaKey) ? inGenerateTab : (inPrompt && !event.shiftKey);
-    if (inPrompt && event.shiftKey && !(event.ctrlKey || event.metaKey)) {
-      event.stopPropagation();  // Shift+Enter: a new line (the browser's default), not Gradio's submit
-      return;
-    }
-    if (!run) return;
-    event.preventDefault();
-    event.stopPropagation();
+  const inPrompt = (el) => el && el.closest && el.closest('#prompt textarea, #prompt input');
+  const inGenerateTab = (el) => el && el.closest && el.closest('#generate-tab');
+  const runGenerate = () => {
     const button = document.querySelector('#generate-btn');
     if (button && !button.disabled) button.click();
+  };
+  document.addEventListener('keydown', (event) => {
+    if (event.key !== 'Enter' || event.isComposing) return;
+    const modifier = event.ctrlKey || event.metaKey;
+    if (modifier ? inGenerateTab(event.target) : (inPrompt(event.target) && !event.shiftKey)) {
+      event.preventDefault();  // no new line, and no keypress: Gradio's own Enter handler never sees it
+      event.stopPropagation();
+      runGenerate();
+    }
+  }, true);
+  // Gradio's textbox submits on keypress Shift+Enter: stop it there, so the browser adds the new line
+  document.addEventListener('keypress', (event) => {
+    if (event.key === 'Enter' && event.shiftKey && inPrompt(event.target)) event.stopPropagation();
   }, true);
 }
 """

@@ -156,7 +156,7 @@ def test_previews_stream_on_top_and_change(browser, server):
     page.close()
 
 
-def test_shift_enter_adds_a_line_and_does_not_run(browser, server):
+def test_shift_enter_adds_a_line_and_ctrl_enter_runs(browser, server):
     page = open_page(browser, server)
     box = page.locator("#prompt textarea")
     box.click()
@@ -166,6 +166,9 @@ def test_shift_enter_adds_a_line_and_does_not_run(browser, server):
     page.wait_for_timeout(800)
     assert box.input_value().endswith("\nsecond line")
     assert page.locator("#status").inner_text().strip() == "Ready."  # nothing ran
+    page.get_by_label("Negative prompt").click()
+    page.keyboard.press("Control+Enter")  # Ctrl/Cmd+Enter runs from any field of the Generate tab
+    page.get_by_text("Done:").wait_for(timeout=120_000)
     page.close()
 
 
