@@ -72,9 +72,13 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
                         steps = gr.Slider(1, gen.MAX_STEPS, value=default_steps, step=1, label="Steps")
                         guidance_scale = gr.Slider(*gen.GUIDANCE_RANGE, value=default_guidance, step=0.5,
                                                    label="Guidance scale")
-                    with gr.Row():
-                        seed = gr.Number(value=0, precision=0, minimum=0, maximum=gen.check.MAX_SEED, label="Seed")
-                        randomize_seed = gr.Checkbox(value=False, label="Randomize seed")
+                    with gr.Row(equal_height=True):
+                        seed = gr.Number(value=0, precision=0, minimum=0, maximum=gen.check.MAX_SEED, label="Seed",
+                                         elem_id="seed", scale=3)
+                        random_seed_btn = gr.Button("🎲", elem_id="random-seed", scale=0, min_width=48,
+                                                    size="sm")
+                        reuse_seed_btn = gr.Button("♻️", elem_id="reuse-seed", scale=0, min_width=48, size="sm")
+                        randomize_seed = gr.Checkbox(value=False, label="Randomize seed", scale=2)
                     with gr.Accordion("Guidance method", open=False):
                         guidance_method = gr.Radio(list(GUIDANCE_METHODS), value="cfg", label="Method")
                         with gr.Row():
@@ -108,7 +112,9 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
                                           elem_id="lora-blend")
                         clear_lora = gr.Button("No LoRA", size="sm")
                     lora_chip = gr.Markdown(lora_ui.chips([]), elem_id="lora-chip", elem_classes="lora-chip")
-                    run = gr.Button("Generate", variant="primary", elem_id="generate-btn")
+                    with gr.Row():
+                        run = gr.Button("Generate", variant="primary", elem_id="generate-btn", scale=3)
+                        stop = gr.Button("Stop", variant="stop", elem_id="stop-btn", scale=1)
                     example_labels, examples = example_rows(engine.is_embedded, preset_list)
                     gr.Examples(examples, [prompt, guidance_scale, lora], label="Examples (click one, then Generate)",
                                 example_labels=example_labels)
@@ -240,6 +246,9 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
             gen.generate, generate_inputs, [x_t_preview, x0_preview, image, gallery, settings, status, seed, trace],
             api_name="generate", show_progress="full", show_progress_on=status, **gpu,
         )
+        stop.click(gen.request_stop, None, status, queue=False, show_progress="hidden", api_visibility="private")
+        random_seed_btn.click(gen.random_seed, None, seed, queue=False, api_visibility="private")
+        reuse_seed_btn.click(gen.last_seed, [trace, seed], seed, queue=False, api_visibility="private")
         explore_outputs = [explore_xt, explore_x0, explore_eps, explore_info]
         cfg_outputs = [x0_uncond, x0_cond, x0_guided, eps_heatmap, guidance_plot, cfg_note]
         (generated.success(trace_views.step_slider_updates, trace, [explore_slider, cfg_step], api_visibility="private")

@@ -129,12 +129,15 @@ def generate(prompt, negative_prompt, scheduler, steps, guidance_scale, seed, ra
              height=0, num_images=1, guidance_method="cfg", guidance_rescale=0.0, guidance_schedule="constant",
              guidance_interval_start=0.0, guidance_interval_end=1.0, apg_momentum=-0.5, apg_norm_threshold=15.0,
              apg_eta=0.0, cfg_zero_init_steps=1, perp_neg_scale=1.0, timestep_spacing="model default",
-             sigmas="default", preview_every=2, preview_decoder=None, lora="", progress=gr.Progress()):
+             sigmas="default", preview_every=2, preview_decoder=None, lora="", progress=gr.Progress(),
+             request: gr.Request = None):
     """Stream x_t and predicted-x0 previews every `preview_every` steps, then the image(s).
 
     Yields (x_t preview, x0 preview, image, all images, settings JSON, status, seed used, trace).
     Each preview carries its label (what, step, t). ``preview_decoder=None``: the model's own
-    choice (engine.previews, see pipelines.previews.choose_preview_decoder).
+    choice (engine.previews, see pipelines.previews.choose_preview_decoder). A Stop click from the
+    same browser session (``request_stop``) ends the loop after the current step and returns the
+    steps recorded so far as the trace.
     """
     engine = eng.current()
     if randomize_seed:
@@ -152,15 +155,23 @@ def generate(prompt, negative_prompt, scheduler, steps, guidance_scale, seed, ra
     preview_every = check.integer("preview_every", preview_every, 0, MAX_STEPS)
     preview_decoder = check.choice("preview_decoder", preview_decoder or engine_decoder(engine), decoders(engine))
 
+    session = getattr(request, "session_hash", None)
+    _stops.discard(session)  # a Stop clicked before this run started is not meant for it
     started = time.perf_counter()
     x_t_image = x0_image = None
     records = []
     progress(0, desc="encoding the prompt")
-    for item in run_pipeline(eng.stream_generation(settings, preview_every, preview_decoder)):
+    stream = run_pipeline(eng.stream_generation(settings, preview_every, preview_decoder))
+    for item in stream:
         if not hasattr(item, "step"):  # the final TracingPipelineOutput
             output = item
             break
         records.append(item)
+        if session is not None and session in _stops:
+            stream.close()  # closes the engine's stream: its worker stops before the next step
+            _stops.discard(session)
+            yield stopped(settings, records, x_t_image, x0_image, time.perf_counter() - started)
+            return
         # shown on the status line only (app.py: show_progress_on=status), never over the previews
         progress((item.step + 1, item.num_steps), desc="denoising", unit="steps")
         if item.previews:
@@ -181,6 +192,34 @@ def generate(prompt, negative_prompt, scheduler, steps, guidance_scale, seed, ra
                         visible=len(images) > 1)
     final = labeled(images[0], f"image - seed {settings.seed} (PNG + settings)")
     yield x_t_image, x0_image, final, gallery, settings.to_json(), status, settings.seed, trace
+
+
+_stops: set = set()  # session hashes whose Stop button was clicked during their run
+
+
+def request_stop(request: gr.Request):
+    """The Stop button: the running Generate of this browser session ends after its current step."""
+    _stops.add(request.session_hash)
+    return "Stopping after the current step..."
+
+
+def random_seed() -> int:
+    """The dice button: a new seed, drawn once (the run then uses exactly this one)."""
+    return random.randint(0, check.MAX_SEED)
+
+
+def last_seed(trace, seed):
+    """The recycle button: the seed of the last run in this session (unchanged if there was none)."""
+    return trace["settings"]["seed"] if trace and trace.get("settings") else seed
+
+
+def stopped(settings: GenerationSettings, records: list, x_t_image, x0_image, seconds: float) -> tuple:
+    """Generate's last yield after a Stop: no image, the steps so far kept as the trace."""
+    last = records[-1]
+    status = (f"Stopped at step {last.step + 1} / {last.num_steps} after {seconds:.1f} s: the Timestep explorer and "
+              f"CFG lab show the {len(records)} recorded steps.")
+    trace = {"settings": settings.to_dict(), "records": records, "model": eng.current().model_id, "stopped": True}
+    return x_t_image, x0_image, None, gr.update(value=None, visible=False), settings.to_json(), status, settings.seed, trace
 
 
 def step_label(record) -> str:

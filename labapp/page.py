@@ -22,6 +22,13 @@ CSS = """
 .pixelated .grid-wrap .thumbnail-item > img { aspect-ratio: 1 / 1; height: auto; image-rendering: pixelated; }
 .pixelated .grid-wrap .thumbnail-item .caption-label { position: static; opacity: 1; max-width: 100%;
     white-space: normal; border: none; text-align: center; }
+/* phones: as many 96 px tiles per row as fit (a 5-6 column grid would overflow 390 px); tables scroll
+   sideways instead of wrapping one letter per line */
+@media (max-width: 700px) {
+  .pixelated .grid-wrap .grid-container { grid-template-columns: repeat(auto-fill, minmax(96px, 1fr)); }
+  .prose table { display: block; overflow-x: auto; }
+  .prose table td, .prose table th { white-space: nowrap; }
+}
 """
 
 KEYBOARD_JS = """
