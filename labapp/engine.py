@@ -305,6 +305,7 @@ def stream_generation(settings: GenerationSettings, preview_every: int = 0, prev
             yield item
     finally:
         stop.set()
+        worker.join(timeout=60)  # ends at its next step; a thread left running can abort the interpreter at exit
 
 
 def _batch_duration(jobs: list[GenerationSettings], record: str = "off") -> int:

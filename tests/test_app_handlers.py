@@ -148,6 +148,23 @@ def test_trace_views(engine):
         trace_views.cfg_step(trace, 1, "taesd")  # no TAESD loaded: not offered, refused by name
 
 
+def test_stop_ends_the_run_and_keeps_the_recorded_steps(engine):
+    class Request:  # what Gradio passes as gr.Request: only the session hash is read
+        session_hash = "session-a"
+
+    outputs = []
+    for out in gen.generate(prompt="a red circle", negative_prompt="", scheduler="DDIM", steps=40, guidance_scale=5.0,
+                            seed=7, preview_every=1, progress=no_progress, request=Request()):
+        outputs.append(out)
+        if len(outputs) == 3:
+            gen.request_stop(Request())
+    *previews, final = outputs
+    trace, status = final[7], final[5]
+    assert final[2] is None and trace["stopped"] and status.startswith("Stopped at step 4 / 40")
+    assert [r.step for r in trace["records"]] == [0, 1, 2, 3] and len(previews) == 3
+    assert "session-a" not in gen._stops  # consumed: the next run is not stopped
+
+
 def test_step_sliders_get_their_own_values(engine):
     """The explorer opens at the last step, the CFG lab where the x0 pair and the eps pair both differ."""
     trace = run(engine, preview_every=0)[-1][7]

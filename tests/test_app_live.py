@@ -213,3 +213,29 @@ def test_every_tab_gives_its_result_on_defaults(browser, server, size):
             assert f"x0 uncond - step {step}/25, t=" in page.get_by_text("x0 uncond - step").first.inner_text()
     assert page.errors == [], page.errors
     page.close()
+
+
+def test_stop_keeps_the_partial_run_and_seed_buttons(browser, server):
+    page = open_page(browser, server)
+    steps = page.locator("#generate-tab input[type=number]").first  # the Steps slider's number box
+    steps.fill("150")
+    steps.press("Tab")
+    page.locator("#generate-btn").click()
+    page.get_by_text("pred x0 - step 5/150").wait_for(timeout=120_000)
+    page.locator("#stop-btn").click()
+    page.get_by_text("Stopped at step").wait_for(timeout=60_000)
+    status = page.locator("#status").inner_text()
+    stopped_at = int(status.split("Stopped at step ")[1].split(" /")[0])
+    assert 5 <= stopped_at < 150, status
+    page.wait_for_timeout(1500)
+    page.get_by_role("tab", name="Timestep explorer").click()
+    assert page.get_by_text(f"step {stopped_at} / 150").first.is_visible()  # the partial trace, at its last step
+    page.get_by_role("tab", name="Generate").click()
+    seed = page.locator("#seed input")
+    page.locator("#random-seed").click()
+    page.wait_for_function("() => document.querySelector('#seed input').value !== '0'", timeout=10_000)
+    assert seed.input_value() != "0"
+    page.locator("#reuse-seed").click()  # back to the seed of the last run
+    page.wait_for_function("() => document.querySelector('#seed input').value === '0'", timeout=10_000)
+    assert error_boxes(page) == [] and page.errors == [], (error_boxes(page), page.errors)
+    page.close()
