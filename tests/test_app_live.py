@@ -172,6 +172,15 @@ def test_shift_enter_adds_a_line_and_ctrl_enter_runs(browser, server):
     page.close()
 
 
+def open_tab(page, tab):
+    """Click a tab; on a phone the ones that do not fit sit in Gradio's overflow menu."""
+    button = page.get_by_role("tab", name=tab)
+    if not button.is_visible():
+        page.locator(".overflow-menu button").first.click()
+        button = page.locator(".overflow-dropdown button", has_text=tab).first
+    button.click()
+
+
 def run_tab(page, tab):
     """Click the tab's main button on defaults and wait for its result."""
     if tab == "Generate":
@@ -179,7 +188,7 @@ def run_tab(page, tab):
         page.get_by_text("Done:").wait_for(timeout=120_000)
         page.wait_for_timeout(1500)  # the explorer and CFG views of the run
         return
-    page.get_by_role("tab", name=tab).click()
+    open_tab(page, tab)
     page.wait_for_timeout(500)
     if tab == "CFG lab":
         page.get_by_role("button", name="Run sweep").click()
@@ -221,16 +230,17 @@ def test_stop_keeps_the_partial_run_and_seed_buttons(browser, server):
     steps.fill("150")
     steps.press("Tab")
     page.locator("#generate-btn").click()
-    page.get_by_text("pred x0 - step 5/150").wait_for(timeout=120_000)
+    page.wait_for_function("""() => { const m = (document.querySelector('#x0-preview label') || {}).textContent
+                                          ?.match(/step (\\d+)\\/150/); return m && +m[1] >= 5; }""", timeout=120_000)
     page.locator("#stop-btn").click()
     page.get_by_text("Stopped at step").wait_for(timeout=60_000)
     status = page.locator("#status").inner_text()
     stopped_at = int(status.split("Stopped at step ")[1].split(" /")[0])
     assert 5 <= stopped_at < 150, status
     page.wait_for_timeout(1500)
-    page.get_by_role("tab", name="Timestep explorer").click()
-    assert page.get_by_text(f"step {stopped_at} / 150").first.is_visible()  # the partial trace, at its last step
-    page.get_by_role("tab", name="Generate").click()
+    open_tab(page, "Timestep explorer")
+    page.locator("strong", has_text=f"step {stopped_at} / 150").first.wait_for(timeout=60_000)  # the partial trace, at its last step
+    open_tab(page, "Generate")
     seed = page.locator("#seed input")
     page.locator("#random-seed").click()
     page.wait_for_function("() => document.querySelector('#seed input').value !== '0'", timeout=10_000)
