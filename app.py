@@ -35,6 +35,12 @@ def pixel_gallery(label: str, columns: int, height="auto", **kwargs) -> gr.Galle
                       **kwargs)
 
 
+def run_status(elem_id: str) -> gr.Markdown:
+    """Where a lab button's progress and errors show: beside the button, so a failed run (bad input)
+    leaves the last good grid and plot on screen instead of covering them with Error pills."""
+    return gr.Markdown("", elem_id=elem_id, elem_classes="run-status")
+
+
 def preview_header(engine: eng.Engine) -> str:
     return header(engine.model_id, engine.device, engine.reason,
                   engine.previews.reason if engine.previews else "")
@@ -110,8 +116,9 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
                     with gr.Accordion("LoRA blend", open=False):
                         lora = gr.Textbox(label="LoRA blend applied by Generate (JSON or 'name:weight, ...')", value="",
                                           elem_id="lora-blend")
-                        clear_lora = gr.Button("No LoRA", size="sm")
-                    lora_chip = gr.Markdown(lora_ui.chips([]), elem_id="lora-chip", elem_classes="lora-chip")
+                    with gr.Row(equal_height=True):
+                        lora_chip = gr.Markdown(lora_ui.chips([]), elem_id="lora-chip", elem_classes="lora-chip")
+                        clear_lora = gr.Button("No LoRA", size="sm", scale=0, min_width=90)
                     with gr.Row():
                         run = gr.Button("Generate", variant="primary", elem_id="generate-btn", scale=3)
                         stop = gr.Button("Stop", variant="stop", elem_id="stop-btn", scale=1)
@@ -150,7 +157,9 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
                     sweep_scales = gr.Textbox(value="1, 2, 4, 7.5, 12", label="Scales (comma-separated)")
                     adherence_prompts = gr.Slider(0, labs.MAX_ADHERENCE_PROMPTS, value=8, step=1,
                                                   label="Shapes-world prompts for the adherence curve")
-                    sweep_btn = gr.Button("Run sweep", variant="primary")
+                    with gr.Column():
+                        sweep_btn = gr.Button("Run sweep", variant="primary")
+                        sweep_status = run_status("sweep-status")
                 sweep_grid = pixel_gallery("Same seed, rising guidance", 6, elem_id="sweep-grid")
                 with gr.Row():
                     adherence_plot = gr.Plot(label="Prompt adherence (scorer)", show_label=False)
@@ -158,7 +167,9 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
             with gr.Accordion("Guidance methods compared", open=True):
                 with gr.Row():
                     methods = gr.CheckboxGroup(list(GUIDANCE_METHODS), value=["cfg", "apg", "cfg-zero-star"], label="Methods")
-                    methods_btn = gr.Button("Compare methods", variant="primary")
+                    with gr.Column():
+                        methods_btn = gr.Button("Compare methods", variant="primary")
+                        methods_status = run_status("methods-status")
                 methods_grid = pixel_gallery("Same seed, different guidance", 4, elem_id="methods-grid")
 
         with gr.Tab("Scheduler lab"):
@@ -171,6 +182,7 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
             with gr.Row():
                 schedule_btn = gr.Button("Plot schedules")
                 compare_btn = gr.Button("Compare samplers on the Generate prompt and seed", variant="primary")
+            compare_status = run_status("compare-status")
             schedule_plot = gr.Plot(label="Training schedule and chosen timesteps", show_label=False)
             with gr.Accordion("Chosen timesteps (data)", open=False):
                 schedule_data = gr.JSON(label="Chosen timesteps", show_label=False)
@@ -200,6 +212,7 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
                     noise_t = gr.Slider(0, engine.num_train_timesteps - 1, value=400, step=1, label="Timestep t")
                     noise_seed = gr.Number(value=0, precision=0, minimum=0, maximum=gen.check.MAX_SEED, label="Noise seed")
                     noise_btn = gr.Button("Add noise", variant="primary")
+                    noise_status = run_status("noise-status")
                 with gr.Column():
                     with gr.Row():
                         noised_pixels = gr.Image(label="x_t in pixel space", height=200, elem_classes="pixelated", interactive=False)
@@ -231,6 +244,7 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
             with gr.Row():
                 lora_btn = gr.Button("Comparison grid: none / each / blend", variant="primary")
                 use_blend_btn = gr.Button("Use this blend on Generate")
+            lora_status = run_status("lora-status")
             lora_gallery = pixel_gallery("LoRA comparison", 5, elem_id="lora-grid")
             with gr.Accordion("How it works", open=False):
                 gr.Markdown(HOW_IT_WORKS, latex_delimiters=[{"left": "$$", "right": "$$", "display": True},
@@ -261,23 +275,26 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
               api_visibility="private", **gpu)
 
         sweep_btn.click(labs.cfg_sweep, [prompt, negative_prompt, sweep_scales, seed, steps, scheduler, adherence_prompts],
-                        [sweep_grid, adherence_plot, adherence_table], api_name="cfg_sweep", **gpu)
+                        [sweep_grid, adherence_plot, adherence_table], api_name="cfg_sweep", show_progress_on=sweep_status,
+                        **gpu)
         methods_btn.click(labs.compare_guidance, [prompt, negative_prompt, methods, guidance_scale, seed, steps, scheduler],
-                          methods_grid, api_name="compare_guidance", **gpu)
+                          methods_grid, api_name="compare_guidance", show_progress_on=methods_status, **gpu)
 
         schedule_inputs = [lab_schedulers, lab_steps, lab_spacing, lab_sigmas]
         gr.on([schedule_btn.click, demo.load], labs.schedule, schedule_inputs, [schedule_plot, schedule_data],
               api_name="schedule")
         compare_btn.click(labs.compare_schedulers, [prompt, negative_prompt, lab_schedulers, lab_steps, guidance_scale, seed],
-                          [compare_finals, compare_traj, calls_plot], api_name="compare_schedulers", **gpu)
+                          [compare_finals, compare_traj, calls_plot], api_name="compare_schedulers",
+                          show_progress_on=compare_status, **gpu)
 
         sample_btn.click(labs.shapes_sample, sample_index, noise_image, api_name="shapes_sample")
         noise_btn.click(labs.forward_noise, [noise_image, noise_t, noise_seed],
-                        [noised_pixels, noised_latent, noise_info, noise_plot], api_name="forward_noise", **gpu)
+                        [noised_pixels, noised_latent, noise_info, noise_plot], api_name="forward_noise",
+                        show_progress_on=noise_status, **gpu)
 
         gr.on([c.change for c in slots], lora_ui.slots_to_spec, slots, mixer_blend, api_visibility="private")
         lora_btn.click(labs.lora_grid, [prompt, mixer_blend, seed, steps, guidance_scale, scheduler], lora_gallery,
-                       api_name="lora_grid", **gpu)
+                       api_name="lora_grid", show_progress_on=lora_status, **gpu)
         use_blend_btn.click(lambda spec: spec, mixer_blend, lora, api_visibility="private")
         clear_lora.click(lambda: "", None, lora, api_visibility="private")
         gr.on([lora.change, demo.load], lora_ui.describe, lora, lora_chip, api_visibility="private",

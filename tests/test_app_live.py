@@ -249,3 +249,39 @@ def test_stop_keeps_the_partial_run_and_seed_buttons(browser, server):
     page.wait_for_function("() => document.querySelector('#seed input').value === '0'", timeout=10_000)
     assert error_boxes(page) == [] and page.errors == [], (error_boxes(page), page.errors)
     page.close()
+
+
+def test_a_bad_input_keeps_the_last_good_result(browser, server):
+    page = open_page(browser, server)
+    open_tab(page, "CFG lab")
+    page.get_by_role("button", name="Run sweep").click()
+    page.locator("#sweep-grid img").nth(4).wait_for(timeout=120_000)
+    before = page.locator("#sweep-grid img").evaluate_all("imgs => imgs.map(i => i.src)")
+    page.get_by_label("Scales (comma-separated)").fill("1, two, 4")
+    page.get_by_role("button", name="Run sweep").click()
+    page.locator("#sweep-status").get_by_text("Error").wait_for(timeout=60_000)  # the error beside the button
+    page.wait_for_timeout(500)
+    assert page.locator("#sweep-grid img").evaluate_all("imgs => imgs.map(i => i.src)") == before
+    assert page.locator("#sweep-grid").get_by_text("Error").count() == 0  # no pill over the last good grid
+    shot(page, "cfg-lab-bad-input-desktop")
+    page.close()
+
+
+def test_the_lora_blend_shows_as_chips_and_in_the_status(browser, server):
+    page = open_page(browser, server)
+    assert "LoRA: none" in page.locator("#lora-chip").inner_text()
+    page.get_by_text("LoRA blend: outline + night").click()  # the example row
+    page.locator("#lora-chip").get_by_text("outline 1").wait_for(timeout=30_000)
+    assert "night 0.8" in page.locator("#lora-chip").inner_text()
+    page.locator("#generate-btn").click()
+    page.get_by_text("Done:").wait_for(timeout=120_000)
+    assert "LoRA: outline 1, night 0.8" in page.locator("#status").inner_text()
+    page.get_by_role("button", name="No LoRA").click()
+    page.locator("#lora-chip").get_by_text("LoRA:").wait_for(timeout=30_000)
+    assert "none" in page.locator("#lora-chip").inner_text()
+    open_tab(page, "LoRA mixer")
+    page.get_by_role("button", name="Use this blend on Generate").click()
+    open_tab(page, "Generate")
+    page.locator("#lora-chip").get_by_text("outline 1").wait_for(timeout=30_000)
+    shot(page, "lora-chip-desktop")
+    page.close()
