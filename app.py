@@ -122,6 +122,7 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
                     with gr.Row():
                         run = gr.Button("Generate", variant="primary", elem_id="generate-btn", scale=3)
                         stop = gr.Button("Stop", variant="stop", elem_id="stop-btn", scale=1)
+                        api_generate = gr.Button("generate (API)", visible=False)
                     example_labels, examples = example_rows(engine.is_embedded, preset_list)
                     gr.Examples(examples, [prompt, guidance_scale, lora], label="Examples (click one, then Generate)",
                                 example_labels=example_labels)
@@ -255,11 +256,13 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
                            height, num_images, guidance_method, guidance_rescale, guidance_schedule, interval_start,
                            interval_end, apg_momentum, apg_norm_threshold, apg_eta, cfg_zero_init_steps,
                            perp_neg_scale, timestep_spacing, sigmas, preview_every, preview_decoder, lora]
-        # progress on the status line only: Gradio's overlay would cover the streaming previews
-        generated = run.click(
-            gen.generate, generate_inputs, [x_t_preview, x0_preview, image, gallery, settings, status, seed, trace],
-            api_name="generate", show_progress="full", show_progress_on=status, **gpu,
-        )
+        generate_outputs = [x_t_preview, x0_preview, image, gallery, settings, status, seed, trace]
+        # progress on the status line only: Gradio's overlay would cover the streaming previews.
+        # The button streams labeled images; /generate (plain values for API clients) hangs on a hidden trigger.
+        generated = run.click(gen.generate_live, generate_inputs, generate_outputs, api_visibility="private",
+                              show_progress="full", show_progress_on=status, **gpu)
+        api_generate.click(gen.generate, generate_inputs, generate_outputs, api_name="generate",
+                           show_progress_on=status, **gpu)
         stop.click(gen.request_stop, None, status, queue=False, show_progress="hidden", api_visibility="private")
         random_seed_btn.click(gen.random_seed, None, seed, queue=False, api_visibility="private")
         reuse_seed_btn.click(gen.last_seed, [trace, seed], seed, queue=False, api_visibility="private")

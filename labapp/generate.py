@@ -2,6 +2,7 @@
 its settings (JSON + PNG text chunk) and the trace for the explorer and the CFG lab."""
 from __future__ import annotations
 
+import inspect
 import json
 import random
 import time
@@ -178,8 +179,7 @@ def generate(prompt, negative_prompt, scheduler, steps, guidance_scale, seed, ra
             where = step_label(item)
             # sent at their own size: the page scales them up (CSS, pixelated), which saves encoding a
             # 256 px copy of each on every update (~4 ms per image, BENCHMARKS "App")
-            x_t_image = labeled(item.previews["x_t"][0], f"x_t - {where}")
-            x0_image = labeled(item.previews["x0_guided"][0], f"pred x0 - {where}")
+            x_t_image, x0_image = item.previews["x_t"][0], item.previews["x0_guided"][0]
             yield x_t_image, x0_image, None, None, gr.skip(), where, settings.seed, gr.skip()
     images = [with_settings(image, settings, i) for i, image in enumerate(output.images)]
     seconds = time.perf_counter() - started
@@ -190,8 +190,26 @@ def generate(prompt, negative_prompt, scheduler, steps, guidance_scale, seed, ra
     trace = {"settings": settings.to_dict(), "records": records, "model": engine.model_id}
     gallery = gr.update(value=[(im, f"seed {settings.seed} #{i}") for i, im in enumerate(images)],
                         visible=len(images) > 1)
-    final = labeled(images[0], f"image - seed {settings.seed} (PNG + settings)")
-    yield x_t_image, x0_image, final, gallery, settings.to_json(), status, settings.seed, trace
+    yield x_t_image, x0_image, images[0], gallery, settings.to_json(), status, settings.seed, trace
+
+
+def generate_live(*args, **kwargs):
+    """The Generate button: ``generate``'s stream with each image labeled (what, step, t).
+
+    The labels travel as component updates, which API clients would receive as dicts, so the
+    /generate endpoint keeps ``generate`` (plain values) and only the page's button runs this.
+    """
+    for out in generate(*args, **kwargs):
+        x_t, x0, image, gallery, settings, status, seed, trace = out
+        if isinstance(trace, dict) and "records" in trace:  # the last yield (gr.skip() is a dict too)
+            if image is not None:
+                image = labeled(image, f"image - seed {seed} (PNG + settings)")
+        elif x0 is not None:  # a preview: the status is its "step k/N, t=..."
+            x_t, x0 = labeled(x_t, f"x_t - {status}"), labeled(x0, f"pred x0 - {status}")
+        yield x_t, x0, image, gallery, settings, status, seed, trace
+
+
+generate_live.__signature__ = inspect.signature(generate)  # Gradio reads it for inputs, progress and request
 
 
 _stops: set = set()  # session hashes whose Stop button was clicked during their run

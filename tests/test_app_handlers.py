@@ -110,13 +110,22 @@ def test_generate_streams_previews_and_keeps_the_trace(engine):
     outputs = run(engine)
     previews, final = outputs[:-1], outputs[-1]
     # previews at the decoder's size (the tiny model's VAE: 16 px; the page scales them up)
-    assert len(previews) == 4 and all(p[2] is None and p[1]["value"].size == (16, 16) for p in previews)
-    assert [p[1]["label"] for p in previews][1] == "pred x0 - step 2/4, t=" + f"{trace_t(final, 1)}"
+    assert len(previews) == 4 and all(p[2] is None and p[1].size == (16, 16) for p in previews)
     assert [p[5] for p in previews][-1].startswith("step 4/4, t=")
-    image, settings, status, seed, trace = final[2]["value"], final[4], final[5], final[6], final[7]
+    image, settings, status, seed, trace = final[2], final[4], final[5], final[6], final[7]
     assert image.size == (16, 16) and json.loads(image.info["diffusion_lab"])["seed"] == 7
     assert json.loads(settings)["steps"] == 4 and status.startswith("Done") and seed == 7
     assert len(trace["records"]) == 4 and trace["records"][-1].eps_uncond is not None
+
+
+def test_the_generate_button_labels_every_image(engine):
+    """generate_live (the page's button) = generate's values, each image labeled with what, step and t."""
+    *previews, final = list(gen.generate_live(prompt="a red circle", negative_prompt="", scheduler="DDIM", steps=4,
+                                              guidance_scale=5.0, seed=7, preview_every=1, progress=no_progress))
+    assert len(previews) == 4 and all(p[1]["value"].size == (16, 16) for p in previews)
+    assert previews[1][0]["label"] == "x_t - step 2/4, t=" + trace_t(final, 1)
+    assert previews[1][1]["label"] == "pred x0 - step 2/4, t=" + trace_t(final, 1)
+    assert final[2]["label"] == "image - seed 7 (PNG + settings)" and final[2]["value"].size == (16, 16)
 
 
 def trace_t(final, index: int) -> str:
@@ -125,7 +134,7 @@ def trace_t(final, index: int) -> str:
 
 def test_same_seed_same_image_and_randomize_changes_the_seed(engine):
     a, b = run(engine, preview_every=0)[-1], run(engine, preview_every=0)[-1]
-    np.testing.assert_array_equal(np.asarray(a[2]["value"]), np.asarray(b[2]["value"]))
+    np.testing.assert_array_equal(np.asarray(a[2]), np.asarray(b[2]))
     c = run(engine, preview_every=0, randomize_seed=True)[-1]
     assert c[6] != 7 and json.loads(c[4])["seed"] == c[6]
 
