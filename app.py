@@ -81,9 +81,9 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
                     with gr.Row(equal_height=True):
                         seed = gr.Number(value=0, precision=0, minimum=0, maximum=gen.check.MAX_SEED, label="Seed",
                                          elem_id="seed", scale=3)
-                        random_seed_btn = gr.Button("🎲", elem_id="random-seed", scale=0, min_width=48,
+                        random_seed_btn = gr.Button("Random", elem_id="random-seed", scale=0, min_width=70,
                                                     size="sm")
-                        reuse_seed_btn = gr.Button("♻️", elem_id="reuse-seed", scale=0, min_width=48, size="sm")
+                        reuse_seed_btn = gr.Button("Last", elem_id="reuse-seed", scale=0, min_width=60, size="sm")
                         randomize_seed = gr.Checkbox(value=False, label="Randomize seed", scale=2)
                     with gr.Accordion("Guidance method", open=False):
                         guidance_method = gr.Radio(list(GUIDANCE_METHODS), value="cfg", label="Method")
