@@ -263,7 +263,7 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
                               show_progress="full", show_progress_on=status, **gpu)
         api_generate.click(gen.generate, generate_inputs, generate_outputs, api_name="generate",
                            show_progress_on=status, **gpu)
-        stop.click(gen.request_stop, None, status, queue=False, show_progress="hidden", api_visibility="private")
+        stop.click(gen.request_stop, None, None, queue=False, show_progress="hidden", api_visibility="private")
         random_seed_btn.click(gen.random_seed, None, seed, queue=False, api_visibility="private")
         reuse_seed_btn.click(gen.last_seed, [trace, seed], seed, queue=False, api_visibility="private")
         explore_outputs = [explore_xt, explore_x0, explore_eps, explore_info]

@@ -209,7 +209,9 @@ def generate_live(*args, **kwargs):
         yield x_t, x0, image, gallery, settings, status, seed, trace
 
 
-generate_live.__signature__ = inspect.signature(generate)  # Gradio reads it for inputs, progress and request
+# Gradio finds the inputs, gr.Progress and gr.Request of a handler from its signature and type hints
+generate_live.__signature__ = inspect.signature(generate)
+generate_live.__annotations__ = dict(generate.__annotations__)
 
 
 _stops: set = set()  # session hashes whose Stop button was clicked during their run
@@ -217,8 +219,7 @@ _stops: set = set()  # session hashes whose Stop button was clicked during their
 
 def request_stop(request: gr.Request):
     """The Stop button: the running Generate of this browser session ends after its current step."""
-    _stops.add(request.session_hash)
-    return "Stopping after the current step..."
+    _stops.add(request.session_hash)  # no output: a reply racing the run's last yield could overwrite its status
 
 
 def random_seed() -> int:
