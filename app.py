@@ -46,29 +46,34 @@ from labapp import gradio_cache  # noqa: E402
 from labapp import generate as gen  # noqa: E402
 from labapp import guidance_kinds, labs, lora_ui, trace_views  # noqa: E402
 from labapp import img2img as img2img_ui  # noqa: E402
-from labapp.docs import HOW_IT_WORKS, header  # noqa: E402
+from labapp.docs import HOW_IT_WORKS, example_rows, header  # noqa: E402
+from labapp.page import CSS, KEYBOARD_JS  # noqa: E402
 from pipelines.guidance import GUIDANCE_METHODS, SCALE_SCHEDULES  # noqa: E402
-from pipelines.previews import PREVIEW_DECODERS  # noqa: E402
 from pipelines.schedulers import SIGMA_KINDS  # noqa: E402
 
 PIPELINE = "pipeline"  # one concurrency group for every event that touches the model
 QUEUE_MAX_SIZE = 32
 MAX_FILE_SIZE = "5mb"
 DELETE_CACHE = (3600, 3600)  # previews are temp files: sweep hourly, drop those older than an hour
-CSS = """
-.pixelated img, .pixelated canvas { image-rendering: pixelated; }
-.pixelated .image-frame img, .pixelated .upload-container img { width: 100%; height: 100%; object-fit: contain; }
-#final-image img { image-rendering: pixelated; object-fit: contain; }
-.lab-note { color: var(--body-text-color-subdued); font-size: 0.9em; }
-"""
 THEME = gr.themes.Soft(primary_hue="violet", secondary_hue="sky", radius_size="md")
 DEFAULT_SCHEDULERS = ["DDIM", "Euler a", "DPM++ 2M Karras", "Heun"]
 
 
-def pixel_gallery(label: str, columns: int, height: int, **kwargs) -> gr.Gallery:
-    """A gallery for small generated images: whole images (contain), crisp pixels."""
+def pixel_gallery(label: str, columns: int, height="auto", **kwargs) -> gr.Gallery:
+    """A gallery for small generated images: whole images (contain), crisp pixels, sized to its items."""
     return gr.Gallery(label=label, columns=columns, height=height, object_fit="contain", elem_classes="pixelated",
                       **kwargs)
+
+
+def run_status(elem_id: str) -> gr.Markdown:
+    """Where a lab button's progress and errors show: beside the button, so a failed run (bad input)
+    leaves the last good grid and plot on screen instead of covering them with Error pills."""
+    return gr.Markdown("", elem_id=elem_id, elem_classes="run-status")
+
+
+def preview_header(engine: eng.Engine) -> str:
+    return header(engine.model_id, engine.device, engine.reason,
+                  engine.previews.reason if engine.previews else "")
 
 
 def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
@@ -77,19 +82,23 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
     gradio_cache.install()  # image outputs written once, atomically (see labapp/gradio_cache.py)
     size_lo, size_hi, size_step = gen.size_range(engine)
     schedulers = eng.known_schedulers()
-    presets = [p.id for p in engine.lora_presets()]
+    preset_list = engine.lora_presets()
+    presets = [p.id for p in preset_list]
+    decoders, stream_decoder = gen.decoders(engine), gen.engine_decoder(engine)
+    view_decoder = "vae" if "vae" in decoders else decoders[-1]
     default_scheduler, default_steps, default_guidance = engine.defaults()
     gpu = dict(concurrency_id=PIPELINE, concurrency_limit=concurrency_limit)
 
     with gr.Blocks(title="Diffusion Lab", delete_cache=DELETE_CACHE) as demo:
-        header_md = gr.Markdown(header(engine.model_id, engine.device, engine.reason))
+        header_md = gr.Markdown(preview_header(engine))
         trace = gr.State(None, time_to_live=3600)  # a run's step records, per session, dropped after an hour
 
-        with gr.Tab("Generate"):
+        with gr.Tab("Generate", elem_id="generate-tab"):
             with gr.Row():
                 with gr.Column(scale=2):
                     prompt = gr.Textbox(label="Prompt", value="a large red circle in the top left", lines=2,
-                                        max_length=gen.check.MAX_PROMPT_CHARS)
+                                        max_length=gen.check.MAX_PROMPT_CHARS, elem_id="prompt",
+                                        info="Enter runs Generate; Shift+Enter starts a new line.")
                     negative_prompt = gr.Textbox(label="Negative prompt", value="", max_length=gen.check.MAX_PROMPT_CHARS)
                     with gr.Row():
                         model = gr.Dropdown(eng.model_choices(), value=engine.model_id, label="Model",
@@ -99,9 +108,13 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
                         steps = gr.Slider(1, gen.MAX_STEPS, value=default_steps, step=1, label="Steps")
                         guidance_scale = gr.Slider(*gen.GUIDANCE_RANGE, value=default_guidance, step=0.5,
                                                    label="Guidance scale")
-                    with gr.Row():
-                        seed = gr.Number(value=0, precision=0, minimum=0, maximum=gen.check.MAX_SEED, label="Seed")
-                        randomize_seed = gr.Checkbox(value=False, label="Randomize seed")
+                    with gr.Row(equal_height=True):
+                        seed = gr.Number(value=0, precision=0, minimum=0, maximum=gen.check.MAX_SEED, label="Seed",
+                                         elem_id="seed", scale=3)
+                        random_seed_btn = gr.Button("Random", elem_id="random-seed", scale=0, min_width=70,
+                                                    size="sm")
+                        reuse_seed_btn = gr.Button("Last", elem_id="reuse-seed", scale=0, min_width=60, size="sm")
+                        randomize_seed = gr.Checkbox(value=False, label="Randomize seed", scale=2)
                     with gr.Accordion("Guidance method", open=False):
                         guidance_method = gr.Radio(list(GUIDANCE_METHODS), value="cfg", label="Method")
                         with gr.Row():
@@ -129,8 +142,22 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
                             num_images = gr.Slider(1, gen.MAX_IMAGES, value=1, step=1, label="Images")
                         with gr.Row():
                             preview_every = gr.Slider(0, 25, value=2, step=1, label="Preview every N steps (0: off)")
-                            preview_decoder = gr.Radio(list(PREVIEW_DECODERS), value="linear", label="Preview decoder")
-                    run = gr.Button("Generate", variant="primary", elem_id="generate-btn")
+                            preview_decoder = gr.Radio(list(decoders), value=stream_decoder, label="Preview decoder",
+                                                       info=f"Chosen for this model: {stream_decoder} "
+                                                            f"({engine.previews.reason if engine.previews else 'not measured'}).")
+                    with gr.Accordion("LoRA blend", open=False):
+                        lora = gr.Textbox(label="LoRA blend applied by Generate (JSON or 'name:weight, ...')", value="",
+                                          elem_id="lora-blend")
+                    with gr.Row(equal_height=True):
+                        lora_chip = gr.Markdown(lora_ui.chips([]), elem_id="lora-chip", elem_classes="lora-chip")
+                        clear_lora = gr.Button("No LoRA", size="sm", scale=0, min_width=90)
+                    with gr.Row():
+                        run = gr.Button("Generate", variant="primary", elem_id="generate-btn", scale=3)
+                        stop = gr.Button("Stop", variant="stop", elem_id="stop-btn", scale=1)
+                        api_generate = gr.Button("generate (API)", visible=False)
+                    example_labels, examples = example_rows(engine.is_embedded, preset_list)
+                    gr.Examples(examples, [prompt, guidance_scale, lora], label="Examples (click one, then Generate)",
+                                example_labels=example_labels)
                 with gr.Column(scale=3):
                     with gr.Row():
                         x_t_preview = gr.Image(label="x_t (noisy latent)", height=220, elem_classes="pixelated",
@@ -140,15 +167,16 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
                     image = gr.Image(label="Image (PNG with its settings)", format="png", height=300,
                                      elem_id="final-image", interactive=False)
                     gallery = pixel_gallery("All images", 4, 200, format="png", visible=False)
-                    status = gr.Markdown("", elem_id="status")
+                    status = gr.Markdown("Ready.", elem_id="status")
                     settings = gr.Code(label="Settings (JSON)", language="json", interactive=False, max_lines=14)
 
         with gr.Tab("CFG lab"):
             gr.Markdown("Guidance at one step of the last run, then sweeps on the prompt, seed and steps of the Generate tab.",
                         elem_classes="lab-note")
             with gr.Row():
-                cfg_step = gr.Slider(0, 1, value=0, step=1, label="Step", interactive=False)
-                cfg_decoder = gr.Radio(list(PREVIEW_DECODERS), value="vae", label="Decoder")
+                cfg_step = gr.Slider(1, 2, value=1, step=1, label="Step (opens where guidance shows most)",
+                                     interactive=False, elem_id="cfg-step")
+                cfg_decoder = gr.Radio(list(decoders), value=view_decoder, label="Decoder")
             with gr.Row():
                 x0_uncond = gr.Image(label="x0 unconditional", height=200, elem_classes="pixelated", interactive=False)
                 x0_cond = gr.Image(label="x0 conditional", height=200, elem_classes="pixelated", interactive=False)
@@ -162,16 +190,20 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
                     sweep_scales = gr.Textbox(value="1, 2, 4, 7.5, 12", label="Scales (comma-separated)")
                     adherence_prompts = gr.Slider(0, labs.MAX_ADHERENCE_PROMPTS, value=8, step=1,
                                                   label="Shapes-world prompts for the adherence curve")
-                    sweep_btn = gr.Button("Run sweep", variant="primary")
-                sweep_grid = pixel_gallery("Same seed, rising guidance", 6, 240)
+                    with gr.Column():
+                        sweep_btn = gr.Button("Run sweep", variant="primary")
+                        sweep_status = run_status("sweep-status")
+                sweep_grid = pixel_gallery("Same seed, rising guidance", 6, elem_id="sweep-grid")
                 with gr.Row():
                     adherence_plot = gr.Plot(label="Prompt adherence (scorer)", show_label=False)
                     adherence_table = gr.Markdown("")
             with gr.Accordion("Guidance methods compared", open=True):
                 with gr.Row():
                     methods = gr.CheckboxGroup(list(GUIDANCE_METHODS), value=["cfg", "apg", "cfg-zero-star"], label="Methods")
-                    methods_btn = gr.Button("Compare methods", variant="primary")
-                methods_grid = pixel_gallery("Same seed, different guidance", 4, 240)
+                    with gr.Column():
+                        methods_btn = gr.Button("Compare methods", variant="primary")
+                        methods_status = run_status("methods-status")
+                methods_grid = pixel_gallery("Same seed, different guidance", 4, elem_id="methods-grid")
             with gr.Accordion("Classifier vs classifier-free", open=False):  # issue 15
                 gr.Markdown(guidance_kinds.FORMULAS, latex_delimiters=[{"left": "$", "right": "$", "display": False}])
                 with gr.Row():
@@ -180,8 +212,10 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
                     kinds_prompts = gr.Slider(0, guidance_kinds.MAX_ADHERENCE_PROMPTS, value=8, step=1,
                                               label="Shapes-world prompts per point")
                     kinds_heat_step = gr.Slider(0, 1, value=0.5, step=0.05, label="Heat maps at (fraction of steps)")
-                    kinds_btn = gr.Button("Compare CG / CFG / CG+CFG", variant="primary")
-                kinds_grid = pixel_gallery("Same seed: CG over s, then CFG over w", 5, 220)
+                    with gr.Column():
+                        kinds_btn = gr.Button("Compare CG / CFG / CG+CFG", variant="primary")
+                        kinds_status = run_status("kinds-status")
+                kinds_grid = pixel_gallery("Same seed: CG over s, then CFG over w", 5, elem_id="kinds-grid")
                 with gr.Row():
                     kinds_adherence = gr.Plot(label="Adherence curves", show_label=False)
                     kinds_probs = gr.Plot(label="Classifier probability per step", show_label=False)
@@ -201,18 +235,20 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
             with gr.Row():
                 schedule_btn = gr.Button("Plot schedules")
                 compare_btn = gr.Button("Compare samplers on the Generate prompt and seed", variant="primary")
+            compare_status = run_status("compare-status")
             schedule_plot = gr.Plot(label="Training schedule and chosen timesteps", show_label=False)
             with gr.Accordion("Chosen timesteps (data)", open=False):
                 schedule_data = gr.JSON(label="Chosen timesteps", show_label=False)
-            compare_finals = pixel_gallery("Final images", 4, 240)
-            compare_traj = pixel_gallery("x0 trajectories", 1, 420)
+            compare_finals = pixel_gallery("Final images", 4, elem_id="compare-finals")
+            compare_traj = pixel_gallery("x0 trajectories (one row per sampler: predicted x0 at the labeled steps)",
+                                         labs.TRAJECTORY_FRAMES, elem_id="compare-trajectories")
             calls_plot = gr.Plot(label="Model calls", show_label=False)
 
         with gr.Tab("Timestep explorer"):
             gr.Markdown("### The last run, step by step", elem_classes="lab-note")
             with gr.Row():
-                explore_slider = gr.Slider(0, 1, value=0, step=1, label="Recorded step", interactive=False)
-                explore_decoder = gr.Radio(list(PREVIEW_DECODERS), value="vae", label="Decoder")
+                explore_slider = gr.Slider(1, 2, value=1, step=1, label="Recorded step", interactive=False)
+                explore_decoder = gr.Radio(list(decoders), value=view_decoder, label="Decoder")
             explore_info = gr.Markdown(trace_views.NO_TRACE)
             with gr.Row():
                 explore_xt = gr.Image(label="x_t", height=220, elem_classes="pixelated", interactive=False)
@@ -221,14 +257,15 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
             gr.Markdown("### The forward process: noise any image with the model's own schedule")
             with gr.Row():
                 with gr.Column():
-                    noise_image = gr.Image(label="Image (upload, or load a shapes-world sample)", type="pil",
-                                           sources=["upload", "clipboard"], height=200, elem_classes="pixelated")
+                    noise_image = gr.Image(labs.shapes_sample(3), label="Image (upload, or load a shapes-world sample)",
+                                           type="pil", sources=["upload", "clipboard"], height=200, elem_classes="pixelated")
                     with gr.Row():
                         sample_index = gr.Number(value=3, precision=0, minimum=0, maximum=1_000_000, label="Sample #")
                         sample_btn = gr.Button("Load sample")
                     noise_t = gr.Slider(0, engine.num_train_timesteps - 1, value=400, step=1, label="Timestep t")
                     noise_seed = gr.Number(value=0, precision=0, minimum=0, maximum=gen.check.MAX_SEED, label="Noise seed")
                     noise_btn = gr.Button("Add noise", variant="primary")
+                    noise_status = run_status("noise-status")
                 with gr.Column():
                     with gr.Row():
                         noised_pixels = gr.Image(label="x_t in pixel space", height=200, elem_classes="pixelated", interactive=False)
@@ -259,12 +296,14 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
         with gr.Tab("LoRA mixer"):
             gr.Markdown(lora_ui.presets_table(engine.lora_presets()))
             slots = []
-            for i in range(lora_ui.NUM_SLOTS):
+            for i, (slot_name, slot_weight) in enumerate(lora_ui.example_slots(preset_list)):
                 with gr.Accordion(f"Adapter {i + 1}", open=i == 0):
                     with gr.Row():
-                        name = gr.Dropdown(["(none)"] + presets, value="(none)", label="Preset", interactive=bool(presets))
-                        weight = gr.Slider(*gen.LORA_WEIGHT_RANGE, value=0.8, step=0.05, label="UNet weight")
-                        te_weight = gr.Slider(*gen.LORA_WEIGHT_RANGE, value=0.8, step=0.05, label="Text-encoder weight")
+                        name = gr.Dropdown([lora_ui.NONE] + presets, value=slot_name, label="Preset",
+                                           interactive=bool(presets))
+                        weight = gr.Slider(*gen.LORA_WEIGHT_RANGE, value=slot_weight, step=0.05, label="UNet weight")
+                        te_weight = gr.Slider(*gen.LORA_WEIGHT_RANGE, value=slot_weight, step=0.05,
+                                              label="Text-encoder weight")
                     with gr.Row():
                         down = gr.Slider(0, 2, value=1, step=0.05, label="Down blocks x")
                         mid = gr.Slider(0, 2, value=1, step=0.05, label="Mid block x")
@@ -272,9 +311,13 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
                         start = gr.Slider(0, 1, value=0, step=0.05, label="Active from (fraction)")
                         end = gr.Slider(0, 1, value=1, step=0.05, label="Active until")
                     slots += [name, weight, te_weight, down, mid, up, start, end]
-            lora = gr.Textbox(label="LoRA blend (used by Generate; JSON or 'name:weight, ...')", value="")
-            lora_btn = gr.Button("Comparison grid: none / each / blend", variant="primary")
-            lora_gallery = pixel_gallery("LoRA comparison", 5, 240)
+            mixer_blend = gr.Textbox(label="Blend to compare (set by the adapters above; JSON or 'name:weight, ...')",
+                                     value=lora_ui.example_spec(preset_list), elem_id="mixer-blend")
+            with gr.Row():
+                lora_btn = gr.Button("Comparison grid: none / each / blend", variant="primary")
+                use_blend_btn = gr.Button("Use this blend on Generate")
+            lora_status = run_status("lora-status")
+            lora_gallery = pixel_gallery("LoRA comparison", 5, elem_id="lora-grid")
             with gr.Accordion("How it works", open=False):
                 gr.Markdown(HOW_IT_WORKS, latex_delimiters=[{"left": "$$", "right": "$$", "display": True},
                                                            {"left": "$", "right": "$", "display": False}])
@@ -285,10 +328,16 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
                            interval_end, apg_momentum, apg_norm_threshold, apg_eta, cfg_zero_init_steps,
                            perp_neg_scale, timestep_spacing, sigmas, preview_every, preview_decoder, lora,
                            classifier_scale]
-        generated = run.click(
-            gen.generate, generate_inputs, [x_t_preview, x0_preview, image, gallery, settings, status, seed, trace],
-            api_name="generate", **gpu,
-        )
+        generate_outputs = [x_t_preview, x0_preview, image, gallery, settings, status, seed, trace]
+        # progress on the status line only: Gradio's overlay would cover the streaming previews.
+        # The button streams labeled images; /generate (plain values for API clients) hangs on a hidden trigger.
+        generated = run.click(gen.generate_live, generate_inputs, generate_outputs, api_visibility="private",
+                              show_progress="full", show_progress_on=status, **gpu)
+        api_generate.click(gen.generate, generate_inputs, generate_outputs, api_name="generate",
+                           show_progress_on=status, **gpu)
+        stop.click(gen.request_stop, None, None, queue=False, show_progress="hidden", api_visibility="private")
+        random_seed_btn.click(gen.random_seed, None, seed, queue=False, api_visibility="private")
+        reuse_seed_btn.click(gen.last_seed, [trace, seed], seed, queue=False, api_visibility="private")
         explore_outputs = [explore_xt, explore_x0, explore_eps, explore_info]
         cfg_outputs = [x0_uncond, x0_cond, x0_guided, eps_heatmap, guidance_plot, cfg_note]
         (generated.success(trace_views.step_slider_updates, trace, [explore_slider, cfg_step], api_visibility="private")
@@ -301,25 +350,28 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
               api_visibility="private", **gpu)
 
         sweep_btn.click(labs.cfg_sweep, [prompt, negative_prompt, sweep_scales, seed, steps, scheduler, adherence_prompts],
-                        [sweep_grid, adherence_plot, adherence_table], api_name="cfg_sweep", **gpu)
+                        [sweep_grid, adherence_plot, adherence_table], api_name="cfg_sweep", show_progress_on=sweep_status,
+                        **gpu)
         methods_btn.click(labs.compare_guidance, [prompt, negative_prompt, methods, guidance_scale, seed, steps, scheduler],
-                          methods_grid, api_name="compare_guidance", **gpu)
+                          methods_grid, api_name="compare_guidance", show_progress_on=methods_status, **gpu)
 
         kinds_btn.click(guidance_kinds.compare_guidance_kinds,
                         [prompt, seed, steps, scheduler, guidance_scale, kinds_cfg_scales, kinds_cg_scales,
                          classifier_scale, kinds_prompts, kinds_heat_step],
                         [kinds_grid, kinds_adherence, kinds_table, kinds_probs, kinds_grad, kinds_eps, kinds_note],
-                        api_name="compare_guidance_kinds", **gpu)
+                        api_name="compare_guidance_kinds", show_progress_on=kinds_status, **gpu)
 
         schedule_inputs = [lab_schedulers, lab_steps, lab_spacing, lab_sigmas]
         gr.on([schedule_btn.click, demo.load], labs.schedule, schedule_inputs, [schedule_plot, schedule_data],
               api_name="schedule")
         compare_btn.click(labs.compare_schedulers, [prompt, negative_prompt, lab_schedulers, lab_steps, guidance_scale, seed],
-                          [compare_finals, compare_traj, calls_plot], api_name="compare_schedulers", **gpu)
+                          [compare_finals, compare_traj, calls_plot], api_name="compare_schedulers",
+                          show_progress_on=compare_status, **gpu)
 
         sample_btn.click(labs.shapes_sample, sample_index, noise_image, api_name="shapes_sample")
         noise_btn.click(labs.forward_noise, [noise_image, noise_t, noise_seed],
-                        [noised_pixels, noised_latent, noise_info, noise_plot], api_name="forward_noise", **gpu)
+                        [noised_pixels, noised_latent, noise_info, noise_plot], api_name="forward_noise",
+                        show_progress_on=noise_status, **gpu)
         (i2i_btn.click(img2img_ui.img2img, [noise_image, i2i_prompt, negative_prompt, i2i_strength, scheduler, steps,
                                             guidance_scale, noise_seed], [i2i_image, i2i_info, trace],
                        api_name="img2img", **gpu)
@@ -329,9 +381,14 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
         snr_btn.click(img2img_ui.terminal_snr, [noise_image, snr_seeds, snr_block], [snr_gallery, snr_info],
                       api_name="terminal_snr")
 
-        gr.on([c.change for c in slots], lora_ui.slots_to_spec, slots, lora, api_visibility="private")
-        lora_btn.click(labs.lora_grid, [prompt, lora, seed, steps, guidance_scale, scheduler], lora_gallery,
-                       api_name="lora_grid", **gpu)
+        gr.on([c.change for c in slots], lora_ui.slots_to_spec, slots, mixer_blend, api_visibility="private")
+        lora_btn.click(labs.lora_grid, [prompt, mixer_blend, seed, steps, guidance_scale, scheduler], lora_gallery,
+                       api_name="lora_grid", show_progress_on=lora_status, **gpu)
+        use_blend_btn.click(lambda spec: spec, mixer_blend, lora, api_visibility="private")
+        clear_lora.click(lambda: "", None, lora, api_visibility="private")
+        gr.on([lora.change, demo.load], lora_ui.describe, lora, lora_chip, api_visibility="private",
+              show_progress="hidden")
+        demo.load(None, js=KEYBOARD_JS)
         model.input(switch_model, model, status, api_visibility="private", **gpu)
         demo.load(page_for_current_model, None, [header_md, model, width, height, noise_t], api_visibility="private")
 
@@ -356,7 +413,7 @@ def page_for_current_model():
     engine = eng.current()
     lo, hi, step = gen.size_range(engine)
     size = gr.update(minimum=lo, maximum=hi, step=step, value=engine.native_size)
-    return (header(engine.model_id, engine.device, engine.reason), gr.update(value=engine.model_id), size, size,
+    return (preview_header(engine), gr.update(value=engine.model_id), size, size,
             gr.update(maximum=engine.num_train_timesteps - 1))
 
 

@@ -3,7 +3,9 @@
     OMP_NUM_THREADS=1 .venv/bin/python bench/bench_app.py [--steps 25] [--repeats 5] [--tiny]
 
 Uses the embedded model (models/tiny-shapes) when present, else the tiny test components.
-Both sides run the same work: record="full", x_t + x0 previews every `--preview-every` steps.
+Both sides run the same work: record="full", x_t + x0 previews every `--preview-every` steps with
+the model's own preview decoder (engine.previews: the VAE on the embedded model), or `--decoder`.
+Also prints the direct run with linear previews, so the cost of the chosen decoder shows beside it.
 Prints the medians and the server/direct ratios (target: total <= 1.2x).
 """
 from __future__ import annotations
@@ -20,14 +22,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 
-def direct(engine, settings, preview_every):
+def direct(engine, settings, preview_every, decoder):
     """The pipeline alone: time to the first record carrying previews, and to the images."""
     from labapp import engine as eng
 
     start = time.perf_counter()
     first = None
     for item in engine.pipe.iter_steps(**eng.call_kwargs(settings), record="full", preview_every=preview_every,
-                                       preview_decoder="linear", preview_targets=("x_t", "x0_guided")):
+                                       preview_decoder=decoder, preview_targets=("x_t", "x0_guided")):
         if first is None and getattr(item, "previews", None):
             first = time.perf_counter() - start
     return first, time.perf_counter() - start
@@ -75,6 +77,7 @@ def main():
     parser.add_argument("--preview-every", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--tiny", action="store_true", help="use the tiny test components even if the embedded model exists")
+    parser.add_argument("--decoder", default=None, help="preview decoder (default: the model's own choice)")
     args = parser.parse_args()
     if args.serve:
         return serve(args.tiny)
@@ -97,26 +100,30 @@ def main():
     url = server.stdout.readline().strip()
     # download_files=False: time the stream of updates, not the transfer of each preview file
     client = Client(url, verbose=False, download_files=False)
+    decoder = args.decoder or engine.previews.default
     kwargs = dict(prompt="a large red circle in the top left", negative_prompt="", scheduler="DDIM",
-                  steps=args.steps, guidance_scale=7.5, seed=0, preview_every=args.preview_every)
-    settings = build_settings(engine, **{k: v for k, v in kwargs.items() if k != "preview_every"},
+                  steps=args.steps, guidance_scale=7.5, seed=0, preview_every=args.preview_every, preview_decoder=decoder)
+    settings = build_settings(engine, **{k: v for k, v in kwargs.items() if not k.startswith("preview_")},
                               width=engine.native_size, height=engine.native_size)
 
-    direct(engine, settings, args.preview_every), through_server(client, kwargs)  # warm-up both paths
-    rows = {"direct": [], "server": []}
-    for _ in range(args.repeats):  # interleaved, so background load hits both sides alike
-        rows["direct"].append(direct(engine, settings, args.preview_every))
+    direct(engine, settings, args.preview_every, decoder), through_server(client, kwargs)  # warm-up both paths
+    rows = {"direct": [], "server": [], "direct, linear previews": []}
+    for _ in range(args.repeats):  # interleaved, so background load hits every side alike
+        rows["direct"].append(direct(engine, settings, args.preview_every, decoder))
         rows["server"].append(through_server(client, kwargs))
+        rows["direct, linear previews"].append(direct(engine, settings, args.preview_every, "linear"))
     server.stdin.close()
     server.wait(timeout=60)
 
     med = {k: (statistics.median(r[0] for r in v), statistics.median(r[1] for r in v)) for k, v in rows.items()}
     print(f"model: {engine.model_id} ({engine.native_size}x{engine.native_size}), {args.steps} steps DDIM, CFG 7.5, "
-          f"previews (x_t + x0, linear) every {args.preview_every} steps, record=full, {args.repeats} runs, medians")
-    print(f"{'':8} {'first preview':>14} {'total':>10}")
+          f"previews (x_t + x0, {decoder}) every {args.preview_every} steps, record=full, {args.repeats} runs, medians")
+    print(f"{'':24} {'first preview':>14} {'total':>10}")
     for name, (first, total) in med.items():
-        print(f"{name:8} {first * 1000:11.0f} ms {total * 1000:7.0f} ms")
-    print(f"ratio    {med['server'][0] / med['direct'][0]:13.2f}x {med['server'][1] / med['direct'][1]:9.2f}x")
+        print(f"{name:24} {first * 1000:11.0f} ms {total * 1000:7.0f} ms")
+    print(f"{'server / direct':24} {med['server'][0] / med['direct'][0]:13.2f}x {med['server'][1] / med['direct'][1]:9.2f}x")
+    linear = med["direct, linear previews"]
+    print(f"{decoder + ' / linear (direct)':24} {med['direct'][0] / linear[0]:13.2f}x {med['direct'][1] / linear[1]:9.2f}x")
 
 
 if __name__ == "__main__":

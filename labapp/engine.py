@@ -25,7 +25,7 @@ from pipelines.forward import encode_image, q_sample
 from pipelines.guidance import APGParams, CFGZeroParams, GuidanceConfig, PerpNegParams
 from pipelines.img2img import SDEditStart
 from pipelines.models import EMBEDDED_MODEL, GPU_DEFAULT_MODEL, load_pipeline, model_family, model_names, model_spec
-from pipelines.previews import decode_preview
+from pipelines.previews import PreviewChoice, decode_preview, preview_choice_for
 from pipelines.schedulers import make_scheduler, scheduler_names
 
 from .metadata import GenerationSettings
@@ -51,6 +51,7 @@ class Engine:
     device: str = "cpu"
     family: str = ""  # base-model family, for LoRA presets ("tiny-shapes", "sd15", ...)
     blender: object | None = None  # pipelines.lora.LoraBlender
+    previews: PreviewChoice | None = None  # decoders this model offers and the one it streams with
     lock: threading.RLock = field(default_factory=threading.RLock)
 
     @property
@@ -161,13 +162,16 @@ def load_engine(model_id: str, reason: str, device: str | None = None) -> Engine
     pipe.set_progress_bar_config(disable=True)
     log.info("Diffusion Lab: loaded model %r on %s (%s)", model_id, device, reason)
     family = _family(model_id)
-    return Engine(pipe=pipe, model_id=model_id, reason=reason, device=device, family=family, blender=_make_blender(pipe))
+    previews = preview_choice_for(pipe)
+    log.info("Diffusion Lab: preview decoder %r (%s)", previews.default, previews.reason)
+    return Engine(pipe=pipe, model_id=model_id, reason=reason, device=device, family=family, blender=_make_blender(pipe),
+                  previews=previews)
 
 
 def engine_from_pipe(pipe, model_id: str = "tiny-test", reason: str = "injected pipeline", family: str | None = None) -> Engine:
     pipe.set_progress_bar_config(disable=True)
     return Engine(pipe=pipe, model_id=model_id, reason=reason, device=str(pipe.device),
-                  family=family or _family(model_id), blender=_make_blender(pipe))
+                  family=family or _family(model_id), blender=_make_blender(pipe), previews=preview_choice_for(pipe))
 
 
 def _family(model_id: str) -> str:
@@ -288,6 +292,7 @@ def stream_generation(settings: GenerationSettings, preview_every: int = 0, prev
             yield item
     finally:
         stop.set()
+        worker.join(timeout=60)  # ends at its next step; a thread left running can abort the interpreter at exit
 
 
 def _batch_duration(jobs: list[GenerationSettings], record: str = "off") -> int:

@@ -2,6 +2,7 @@
 its settings (JSON + PNG text chunk) and the trace for the explorer and the CFG lab."""
 from __future__ import annotations
 
+import inspect
 import json
 import random
 import time
@@ -14,7 +15,6 @@ from pipelines.schedulers import SIGMA_KINDS, TIMESTEP_SPACINGS
 
 from . import engine as eng
 from . import validation as check
-from .images import upscale
 from .metadata import GenerationSettings, with_settings
 
 MAX_STEPS = 150
@@ -23,7 +23,6 @@ GUIDANCE_RANGE = (0.0, 30.0)
 CLASSIFIER_SCALE_RANGE = (0.0, 100.0)  # s of classifier guidance (issue 15); default DEFAULT_CLASSIFIER_SCALE
 LORA_WEIGHT_RANGE = (-2.0, 2.0)
 SPACINGS = ("model default",) + TIMESTEP_SPACINGS
-PREVIEW_SIZE = 256
 
 
 def size_range(engine: eng.Engine) -> tuple[int, int, int]:
@@ -134,11 +133,15 @@ def generate(prompt, negative_prompt, scheduler, steps, guidance_scale, seed, ra
              height=0, num_images=1, guidance_method="cfg", guidance_rescale=0.0, guidance_schedule="constant",
              guidance_interval_start=0.0, guidance_interval_end=1.0, apg_momentum=-0.5, apg_norm_threshold=15.0,
              apg_eta=0.0, cfg_zero_init_steps=1, perp_neg_scale=1.0, timestep_spacing="model default",
-             sigmas="default", preview_every=2, preview_decoder="linear", lora="",
-             classifier_scale=DEFAULT_CLASSIFIER_SCALE, progress=gr.Progress()):
+             sigmas="default", preview_every=2, preview_decoder=None, lora="",
+             classifier_scale=DEFAULT_CLASSIFIER_SCALE, progress=gr.Progress(), request: gr.Request = None):
     """Stream x_t and predicted-x0 previews every `preview_every` steps, then the image(s).
 
     Yields (x_t preview, x0 preview, image, all images, settings JSON, status, seed used, trace).
+    Each preview carries its label (what, step, t). ``preview_decoder=None``: the model's own
+    choice (engine.previews, see pipelines.previews.choose_preview_decoder). A Stop click from the
+    same browser session (``request_stop``) ends the loop after the current step and returns the
+    steps recorded so far as the trace.
     """
     engine = eng.current()
     if randomize_seed:
@@ -155,33 +158,113 @@ def generate(prompt, negative_prompt, scheduler, steps, guidance_scale, seed, ra
         classifier_scale=classifier_scale,
     )
     preview_every = check.integer("preview_every", preview_every, 0, MAX_STEPS)
-    preview_decoder = check.choice("preview_decoder", preview_decoder, PREVIEW_DECODERS)
+    preview_decoder = check.choice("preview_decoder", preview_decoder or engine_decoder(engine), decoders(engine))
 
+    session = getattr(request, "session_hash", None)
+    _stops.discard(session)  # a Stop clicked before this run started is not meant for it
     started = time.perf_counter()
     x_t_image = x0_image = None
     records = []
     progress(0, desc="encoding the prompt")
-    for item in run_pipeline(eng.stream_generation(settings, preview_every, preview_decoder)):
+    stream = run_pipeline(eng.stream_generation(settings, preview_every, preview_decoder))
+    for item in stream:
         if not hasattr(item, "step"):  # the final TracingPipelineOutput
             output = item
             break
         records.append(item)
+        if session is not None and session in _stops:
+            stream.close()  # closes the engine's stream: its worker stops before the next step
+            _stops.discard(session)
+            yield stopped(settings, records, x_t_image, x0_image, time.perf_counter() - started)
+            return
+        # shown on the status line only (app.py: show_progress_on=status), never over the previews
         progress((item.step + 1, item.num_steps), desc="denoising", unit="steps")
         if item.previews:
-            x_t_image = upscale(item.previews["x_t"][0], PREVIEW_SIZE)
-            x0_image = upscale(item.previews["x0_guided"][0], PREVIEW_SIZE)
-            status = f"step {item.step + 1} / {item.num_steps} - t = {item.timestep:.0f}"
-            yield x_t_image, x0_image, None, None, gr.skip(), status, settings.seed, gr.skip()
+            where = step_label(item)
+            # sent at their own size: the page scales them up (CSS, pixelated), which saves encoding a
+            # 256 px copy of each on every update (~4 ms per image, BENCHMARKS "App")
+            x_t_image, x0_image = item.previews["x_t"][0], item.previews["x0_guided"][0]
+            yield x_t_image, x0_image, None, None, gr.skip(), where, settings.seed, gr.skip()
     images = [with_settings(image, settings, i) for i, image in enumerate(output.images)]
     seconds = time.perf_counter() - started
     calls = records[-1].model_calls if records else 0
     lora_path = getattr(output, "lora_path", "none")  # pipelines/lora.py: "none", "fused" or "unfused"
+    blend = ", ".join(f"{a['name']} {a['weight']:g}" for a in settings.lora) or "none"
     status = (f"Done: {len(images)} image(s), {settings.steps} steps, {calls} model calls, {seconds:.1f} s "
-              f"on {engine.model_id} ({engine.device})" + (f", LoRA {lora_path}." if settings.lora else "."))
+              f"on {engine.model_id} ({engine.device}); seed {settings.seed}; LoRA: {blend}"
+              + (f" ({lora_path})." if settings.lora else "."))
     trace = {"settings": settings.to_dict(), "records": records, "model": engine.model_id, "lora_path": lora_path}
     gallery = gr.update(value=[(im, f"seed {settings.seed} #{i}") for i, im in enumerate(images)],
                         visible=len(images) > 1)
     yield x_t_image, x0_image, images[0], gallery, settings.to_json(), status, settings.seed, trace
+
+
+def generate_live(*args, **kwargs):
+    """The Generate button: ``generate``'s stream with each image labeled (what, step, t).
+
+    The labels travel as component updates, which API clients would receive as dicts, so the
+    /generate endpoint keeps ``generate`` (plain values) and only the page's button runs this.
+    """
+    for out in generate(*args, **kwargs):
+        x_t, x0, image, gallery, settings, status, seed, trace = out
+        if isinstance(trace, dict) and "records" in trace:  # the last yield (gr.skip() is a dict too)
+            if image is not None:
+                image = labeled(image, f"image - seed {seed} (PNG + settings)")
+        elif x0 is not None:  # a preview: the status is its "step k/N, t=..."
+            x_t, x0 = labeled(x_t, f"x_t - {status}"), labeled(x0, f"pred x0 - {status}")
+        yield x_t, x0, image, gallery, settings, status, seed, trace
+
+
+# Gradio finds the inputs, gr.Progress and gr.Request of a handler from its signature and type hints
+generate_live.__signature__ = inspect.signature(generate)
+generate_live.__annotations__ = dict(generate.__annotations__)
+
+
+_stops: set = set()  # session hashes whose Stop button was clicked during their run
+
+
+def request_stop(request: gr.Request):
+    """The Stop button: the running Generate of this browser session ends after its current step."""
+    _stops.add(request.session_hash)  # no output: a reply racing the run's last yield could overwrite its status
+
+
+def random_seed() -> int:
+    """The dice button: a new seed, drawn once (the run then uses exactly this one)."""
+    return random.randint(0, check.MAX_SEED)
+
+
+def last_seed(trace, seed):
+    """The recycle button: the seed of the last run in this session (unchanged if there was none)."""
+    return trace["settings"]["seed"] if trace and trace.get("settings") else seed
+
+
+def stopped(settings: GenerationSettings, records: list, x_t_image, x0_image, seconds: float) -> tuple:
+    """Generate's last yield after a Stop: no image, the steps so far kept as the trace."""
+    last = records[-1]
+    status = (f"Stopped at step {last.step + 1} / {last.num_steps} after {seconds:.1f} s: the Timestep explorer and "
+              f"CFG lab show the {len(records)} recorded steps.")
+    trace = {"settings": settings.to_dict(), "records": records, "model": eng.current().model_id, "stopped": True}
+    return x_t_image, x0_image, None, gr.update(value=None, visible=False), settings.to_json(), status, settings.seed, trace
+
+
+def step_label(record) -> str:
+    """'step 5/25, t=801' (1-based, as every view of a run says it)."""
+    return f"step {record.step + 1}/{record.num_steps}, t={record.timestep:.0f}"
+
+
+def labeled(image, label: str):
+    """An image output with the label that says what it is (Gradio keeps the label per update)."""
+    return gr.update(value=image, label=label)
+
+
+def decoders(engine: eng.Engine) -> tuple[str, ...]:
+    """Preview decoders this model offers (taesd only when one is loaded)."""
+    return engine.previews.available if engine.previews else PREVIEW_DECODERS
+
+
+def engine_decoder(engine: eng.Engine) -> str:
+    """The model's streaming preview decoder (measured at load), linear if it was not measured."""
+    return engine.previews.default if engine.previews else "linear"
 
 
 def settings_json(settings: GenerationSettings) -> str:

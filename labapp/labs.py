@@ -4,6 +4,7 @@ from __future__ import annotations
 import gradio as gr
 import numpy as np
 import torch
+from PIL import Image
 
 from pipelines.forward import snr
 from pipelines.guidance import GUIDANCE_METHODS
@@ -13,7 +14,7 @@ from . import engine as eng
 from . import plots
 from . import validation as check
 from .generate import GUIDANCE_RANGE, MAX_STEPS, SPACINGS, build_settings, parse_lora
-from .images import pil_to_tensor, strip, tensor_to_pil, upscale
+from .images import pil_to_tensor, tensor_to_pil, upscale
 
 GRID_SIZE = 192
 MAX_ADHERENCE_PROMPTS = 32
@@ -117,7 +118,11 @@ def compare_schedulers(prompt, negative_prompt, schedulers, steps, guidance_scal
         finals.append((upscale(out.images[0], GRID_SIZE), f"{name} - {n_calls} model calls"))
         picks = np.unique(np.linspace(0, len(records) - 1, min(TRAJECTORY_FRAMES, len(records))).round().astype(int))
         frames = eng.decode_latents(torch.cat([records[i].x0_guided[:1] for i in picks]), "vae")
-        trajectories.append((strip(frames), f"{name}: predicted x0 at steps {', '.join(str(i + 1) for i in picks)}"))
+        # one gallery row per sampler, one captioned tile per frame (a grid, not a long strip)
+        trajectories += [(upscale(frame, GRID_SIZE), f"{name} - step {i + 1}/{len(records)}, t = {records[i].timestep:.0f}")
+                         for i, frame in zip(picks, frames)]
+        blank = Image.new("RGB", (GRID_SIZE, GRID_SIZE), "white")  # keeps one row per sampler when steps < frames
+        trajectories += [(blank, f"{name} - no further step")] * (TRAJECTORY_FRAMES - len(frames))
     return finals, trajectories, plots.model_calls_bars(names, calls)
 
 

@@ -43,10 +43,11 @@ def guidance_over_steps(steps, norms, scales, current_step: int | None = None) -
     return fig
 
 
-def heatmap(values: np.ndarray, title: str, cmap: str = "magma", label: str = "") -> Figure:
-    """One (h, w) array as a heatmap with a colorbar."""
+def heatmap(values: np.ndarray, title: str, cmap: str = "magma", label: str = "", vmin: float | None = None) -> Figure:
+    """One (h, w) array as a heatmap with a colorbar (``vmin=0`` for values that cannot be negative)."""
     fig, (ax,) = _figure(3.4, 3.0)
-    im = ax.imshow(values, cmap=cmap, interpolation="nearest")
+    vmax = None if vmin is None else max(float(np.max(values)), vmin + 1e-6)
+    im = ax.imshow(values, cmap=cmap, interpolation="nearest", vmin=vmin, vmax=vmax)
     ax.set_title(title, fontsize=10)
     ax.set_xticks([])
     ax.set_yticks([])

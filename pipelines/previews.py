@@ -10,11 +10,18 @@ space as the pipeline's x_t (VP form) and x0 predictions.
 (b) taesd: ``diffusers.AutoencoderTiny`` (Bohan, "Tiny AutoEncoder for Stable Diffusion"), only
     when the caller has one.
 (c) vae: the model's own decoder (exact, slowest).
+
+Which one streams by default is decided per model (``choose_preview_decoder``): the full VAE when
+one decode costs under ``CHEAP_DECODE_FRACTION`` of a denoising step or when the latent is so small
+(<= ``LEGIBLE_LINEAR_SIDE`` latent pixels a side, the embedded 8x8 model) that a linear preview,
+one pixel per latent pixel, cannot show the picture; else TAESD when the pipeline has one, else linear.
 """
 from __future__ import annotations
 
 import json
 import os
+import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -22,6 +29,8 @@ from PIL import Image
 
 PREVIEW_DECODERS = ("linear", "taesd", "vae")
 FACTORS_FILE = "preview_factors.json"
+CHEAP_DECODE_FRACTION = 0.10  # a VAE decode under 10% of a step's cost adds < 10% to a run previewing every step
+LEGIBLE_LINEAR_SIDE = 16  # a linear preview of an 8x8 latent is 8x8 colored blocks: no shape can be read
 
 # Published SD 1.x latent -> RGB factors (rows: latent channels; columns: R, G, B), zero bias.
 SD15_LATENT_RGB_FACTORS = torch.tensor(
@@ -126,3 +135,90 @@ def decode_preview(latents: torch.Tensor, decoder: str = "linear", *, factors=No
         z = latents.to(device=vae.device, dtype=vae.dtype) / vae.config.scaling_factor
         return to_pil(vae.decode(z, return_dict=False)[0])
     raise ValueError(f"preview_decoder={decoder!r} is not allowed; valid: {list(PREVIEW_DECODERS)}")
+
+
+# ------------------------------------------------------------------------------ per-model choice
+
+
+@dataclass(frozen=True)
+class PreviewChoice:
+    """The decoders a model can use, the one it streams with, and why (a sentence for the page)."""
+
+    available: tuple[str, ...]
+    default: str
+    reason: str
+
+
+def available_preview_decoders(pipe) -> tuple[str, ...]:
+    """Decoders that work for ``pipe``: linear when it has factors (or SD's 4 latent channels),
+    taesd only when an AutoencoderTiny is attached, vae always."""
+    available = []
+    channels = int(pipe.vae.config.latent_channels)
+    if getattr(pipe, "preview_factors", None) is not None or channels == 4:
+        available.append("linear")
+    if getattr(pipe, "preview_taesd", None) is not None:
+        available.append("taesd")
+    available.append("vae")
+    return tuple(available)
+
+
+def choose_preview_decoder(available, decode_seconds: float, step_seconds: float, latent_side: int = 64,
+                           cheap_fraction: float = CHEAP_DECODE_FRACTION) -> PreviewChoice:
+    """The full VAE if ``decode_seconds < cheap_fraction * step_seconds`` or ``latent_side <=
+    LEGIBLE_LINEAR_SIDE``; else taesd if available, else linear (else the VAE, the only one left)."""
+    available = tuple(available)
+    share = decode_seconds / step_seconds if step_seconds > 0 else float("inf")
+    cost = f"a VAE decode costs {share:.0%} of a denoising step"
+    if "vae" in available and share < cheap_fraction:
+        return PreviewChoice(available, "vae", f"exact VAE previews: {cost}")
+    if "vae" in available and latent_side <= LEGIBLE_LINEAR_SIDE:
+        return PreviewChoice(available, "vae", f"VAE previews: a {latent_side}x{latent_side} latent is unreadable "
+                                               f"as linear colors ({cost})")
+    if "taesd" in available:
+        return PreviewChoice(available, "taesd", f"TAESD previews: {cost}, the tiny autoencoder is much cheaper")
+    if "linear" in available:
+        return PreviewChoice(available, "linear", f"linear latent->RGB previews: {cost} and no TAESD is loaded")
+    return PreviewChoice(available, "vae", f"VAE previews (no other decoder fits this model): {cost}")
+
+
+def _seconds(fn, repeats: int, cuda: bool) -> float:
+    """Best of ``repeats`` timed calls after one warm-up call."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if cuda:
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+@torch.no_grad()
+def time_decode_and_step(pipe, repeats: int = 2) -> tuple[float, float]:
+    """(seconds per VAE decode of one native-size latent, seconds per CFG denoising step).
+
+    The step is one UNet call at batch 2 (unconditional + conditional), as the pipeline runs it.
+    """
+    unet, vae = pipe.unet, pipe.vae
+    size = unet.config.sample_size
+    h, w = (size, size) if isinstance(size, int) else size
+    device, dtype = unet.device, unet.dtype
+    latents = torch.zeros(1, unet.config.in_channels, h, w, device=device, dtype=dtype)
+    context = torch.zeros(2, 77, unet.config.cross_attention_dim, device=device, dtype=dtype)
+    timestep = torch.tensor(500, device=device)
+    cuda = device.type == "cuda"
+    step = _seconds(lambda: unet(latents.repeat(2, 1, 1, 1), timestep, encoder_hidden_states=context), repeats, cuda)
+    z = torch.zeros(1, vae.config.latent_channels, h, w, device=vae.device, dtype=vae.dtype)
+    decode = _seconds(lambda: vae.decode(z, return_dict=False), repeats, cuda)
+    return decode, step
+
+
+def preview_choice_for(pipe) -> PreviewChoice:
+    """Measure ``pipe`` once and pick its streaming preview decoder (see choose_preview_decoder)."""
+    decode, step = time_decode_and_step(pipe)
+    size = pipe.unet.config.sample_size
+    side = min(size) if not isinstance(size, int) else size
+    return choose_preview_decoder(available_preview_decoders(pipe), decode, step, side)

@@ -109,11 +109,27 @@ def test_png_metadata_round_trip(engine):
 def test_generate_streams_previews_and_keeps_the_trace(engine):
     outputs = run(engine)
     previews, final = outputs[:-1], outputs[-1]
-    assert len(previews) == 4 and all(p[2] is None and p[1].size == (256, 256) for p in previews)
+    # previews at the decoder's size (the tiny model's VAE: 16 px; the page scales them up)
+    assert len(previews) == 4 and all(p[2] is None and p[1].size == (16, 16) for p in previews)
+    assert [p[5] for p in previews][-1].startswith("step 4/4, t=")
     image, settings, status, seed, trace = final[2], final[4], final[5], final[6], final[7]
     assert image.size == (16, 16) and json.loads(image.info["diffusion_lab"])["seed"] == 7
     assert json.loads(settings)["steps"] == 4 and status.startswith("Done") and seed == 7
     assert len(trace["records"]) == 4 and trace["records"][-1].eps_uncond is not None
+
+
+def test_the_generate_button_labels_every_image(engine):
+    """generate_live (the page's button) = generate's values, each image labeled with what, step and t."""
+    *previews, final = list(gen.generate_live(prompt="a red circle", negative_prompt="", scheduler="DDIM", steps=4,
+                                              guidance_scale=5.0, seed=7, preview_every=1, progress=no_progress))
+    assert len(previews) == 4 and all(p[1]["value"].size == (16, 16) for p in previews)
+    assert previews[1][0]["label"] == "x_t - step 2/4, t=" + trace_t(final, 1)
+    assert previews[1][1]["label"] == "pred x0 - step 2/4, t=" + trace_t(final, 1)
+    assert final[2]["label"] == "image - seed 7 (PNG + settings)" and final[2]["value"].size == (16, 16)
+
+
+def trace_t(final, index: int) -> str:
+    return f"{final[7]['records'][index].timestep:.0f}"
 
 
 def test_same_seed_same_image_and_randomize_changes_the_seed(engine):
@@ -125,14 +141,47 @@ def test_same_seed_same_image_and_randomize_changes_the_seed(engine):
 
 def test_trace_views(engine):
     trace = run(engine, preview_every=0)[-1][7]
-    x_t, x0, eps_fig, info = trace_views.explore_step(trace, 1, "vae")
-    assert x_t.size == x0.size and eps_fig is not None and "step 2 / 4" in info
-    uncond, cond, guided, heat, over_steps, note = trace_views.cfg_step(trace, 3, "linear")
-    assert uncond is not None and heat is not None and "applied scale 5.00" in note
+    x_t, x0, eps_fig, info = trace_views.explore_step(trace, 2, "vae")  # steps are 1-based, as the page shows them
+    assert x_t["value"].size == x0["value"].size and eps_fig is not None and "step 2 / 4" in info
+    assert x0["label"] == f"pred x0 - step 2/4, t={trace['records'][1].timestep:.0f}"
+    uncond, cond, guided, heat, over_steps, note = trace_views.cfg_step(trace, 4, "linear")
+    assert uncond["value"] is not None and heat is not None and "applied scale 5.00" in note
+    assert uncond["label"].startswith("x0 uncond - step 4/4")
     with pytest.raises(gr.Error, match="Generate an image first"):
-        trace_views.explore_step(None, 0)
-    with pytest.raises(gr.Error, match=r"step=9 .*\[0, 3\]"):
+        trace_views.explore_step(None, 1)
+    with pytest.raises(gr.Error, match=r"step=9 .*\[1, 4\]"):
         trace_views.cfg_step(trace, 9)
+    with pytest.raises(gr.Error, match=r"step=0 .*\[1, 4\]"):
+        trace_views.cfg_step(trace, 0)
+    with pytest.raises(gr.Error, match=r"decoder='taesd' .*one of \['linear', 'vae'\]"):
+        trace_views.cfg_step(trace, 1, "taesd")  # no TAESD loaded: not offered, refused by name
+
+
+def test_stop_ends_the_run_and_keeps_the_recorded_steps(engine):
+    class Request:  # what Gradio passes as gr.Request: only the session hash is read
+        session_hash = "session-a"
+
+    outputs = []
+    for out in gen.generate(prompt="a red circle", negative_prompt="", scheduler="DDIM", steps=40, guidance_scale=5.0,
+                            seed=7, preview_every=1, progress=no_progress, request=Request()):
+        outputs.append(out)
+        if len(outputs) == 3:
+            gen.request_stop(Request())
+    *previews, final = outputs
+    trace, status = final[7], final[5]
+    assert final[2] is None and trace["stopped"] and status.startswith("Stopped at step 4 / 40")
+    assert [r.step for r in trace["records"]] == [0, 1, 2, 3] and len(previews) == 3
+    assert "session-a" not in gen._stops  # consumed: the next run is not stopped
+
+
+def test_step_sliders_get_their_own_values(engine):
+    """The explorer opens at the last step, the CFG lab where the x0 pair and the eps pair both differ."""
+    trace = run(engine, preview_every=0)[-1][7]
+    gaps = [float((r.x0_cond - r.x0_uncond).abs().mean()) * r.guidance_norm for r in trace["records"]]
+    explore, cfg = trace_views.step_slider_updates(trace)
+    assert explore is not cfg and explore["value"] == 4 and explore["maximum"] == 4 and explore["minimum"] == 1
+    assert cfg["value"] == int(np.argmax(gaps)) + 1 and gaps[cfg["value"] - 1] == max(gaps) > 0
+    assert len(set(gaps)) > 1  # the choice is not forced by equal gaps
 
 
 def test_schedule_and_forward_noise(engine):

@@ -119,3 +119,29 @@ def test_pipeline_previews(components, decoder):
     if decoder == "vae":  # the last step's x0 preview is the image itself, up to one more step
         final = np.asarray(record.previews["x0_guided"][0], dtype=np.float32) / 255
         assert np.abs(final - out.images[0]).mean() < 0.02, np.abs(final - out.images[0]).mean()
+
+
+# ------------------------------------------------------------------------------ per-model choice
+
+
+def test_choose_preview_decoder_follows_the_cost_rule():
+    from pipelines.previews import choose_preview_decoder
+
+    everything = ("linear", "taesd", "vae")
+    assert choose_preview_decoder(everything, 0.009, 0.1).default == "vae"  # 9% of a step: cheap
+    assert choose_preview_decoder(everything, 0.011, 0.1).default == "taesd"  # 11%: TAESD when there is one
+    assert choose_preview_decoder(("linear", "vae"), 0.5, 0.1).default == "linear"
+    small = choose_preview_decoder(("linear", "vae"), 0.03, 0.1, latent_side=8)  # 8x8 linear blocks are unreadable
+    assert small.default == "vae" and "8x8" in small.reason and "30%" in small.reason
+    assert choose_preview_decoder(("vae",), 1.0, 0.1).default == "vae"
+
+
+def test_taesd_is_offered_only_when_loaded(components):
+    from pipelines.previews import available_preview_decoders, preview_choice_for
+
+    pipe = TracingStableDiffusionPipeline(**components)
+    assert available_preview_decoders(pipe) == ("linear", "vae")
+    pipe.preview_taesd = tiny_taesd()
+    assert available_preview_decoders(pipe) == ("linear", "taesd", "vae")
+    choice = preview_choice_for(pipe)  # measured on the real modules
+    assert choice.default in choice.available and "of a denoising step" in choice.reason

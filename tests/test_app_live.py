@@ -1,0 +1,287 @@
+"""What a person sees, in a real browser, on the embedded model: the loop live, every tab on defaults.
+
+Playwright (python) driving Debian's chromium against the app built on models/tiny-shapes (the
+model a CPU user gets). Judged from the rendered page, not only the DOM:
+- during a run the x0 preview is on top at its center (``document.elementFromPoint``: no progress
+  overlay), it changes at least 3 times, and the shown images are not one flat color;
+- on defaults, each tab's main button gives its result and no error box;
+- screenshots of every tab at 1440x1000 and 390x844 under test-artifacts/ (gitignored).
+Skipped, with the reason, when chromium, playwright or the embedded model is missing.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+import pytest
+
+from tests.test_app_browser import ARTIFACTS, CHROMIUM, FLAGS
+
+playwright_api = pytest.importorskip("playwright.sync_api", reason="the playwright python package is not installed")
+EMBEDDED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", "tiny-shapes")
+if not os.path.isfile(os.path.join(EMBEDDED, "model_index.json")):
+    pytest.skip("models/tiny-shapes is missing", allow_module_level=True)
+
+SIZES = {"desktop": (1440, 1000), "phone": (390, 844)}
+TABS = ["Generate", "CFG lab", "Scheduler lab", "Timestep explorer", "LoRA mixer"]
+
+# Every 40 ms while a run streams: what is on top at the x0 preview's center, which image it shows,
+# and whether that image has more than one color (read back through a canvas: same origin).
+PROBE_PREVIEW = """
+() => {
+  window.__probe = {samples: [], srcs: new Set(), flat: 0, colorful: 0};
+  const canvas = document.createElement('canvas');
+  const colors = (img) => {
+    canvas.width = img.naturalWidth; canvas.height = img.naturalHeight;
+    const ctx = canvas.getContext('2d', {willReadFrequently: true});
+    ctx.drawImage(img, 0, 0);
+    const data = ctx.getImageData(0, 0, canvas.width, canvas.height).data;
+    const seen = new Set();
+    for (let i = 0; i < data.length && seen.size < 3; i += 4) seen.add(data[i] << 16 | data[i + 1] << 8 | data[i + 2]);
+    return seen.size;
+  };
+  window.__probeTimer = setInterval(() => {
+    const img = document.querySelector('#x0-preview img');
+    if (!img || !img.complete || !img.naturalWidth) return;
+    const box = img.getBoundingClientRect();
+    const top = document.elementFromPoint(box.left + box.width / 2, box.top + box.height / 2);
+    window.__probe.samples.push(top === img ? 'image' : (top ? top.tagName + '.' + top.className : 'nothing'));
+    if (!window.__probe.srcs.has(img.src)) {
+      window.__probe.srcs.add(img.src);
+      if (colors(img) > 1) window.__probe.colorful++; else window.__probe.flat++;
+    }
+  }, 40);
+}
+"""
+STOP_PROBE = """
+() => { clearInterval(window.__probeTimer);
+        return {samples: window.__probe.samples, changes: window.__probe.srcs.size,
+                flat: window.__probe.flat, colorful: window.__probe.colorful}; }
+"""
+
+
+@pytest.fixture(scope="module")
+def server():
+    import torch
+
+    from labapp import engine as eng
+    from tests.app_server import launch
+
+    torch.set_num_threads(1)
+    demo, url = launch(eng.load_engine(eng.EMBEDDED_MODEL, "browser test", "cpu"), concurrency_limit=2)
+    yield url
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    profile = tempfile.mkdtemp(prefix="chromium-profile-")
+    with playwright_api.sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(profile, executable_path=CHROMIUM, args=FLAGS, headless=True,
+                                                       viewport={"width": 1440, "height": 1000})
+        yield context
+        context.close()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+def open_page(browser, server, size="desktop"):
+    width, height = SIZES[size]
+    page = browser.new_page()
+    page.set_viewport_size({"width": width, "height": height})
+    page.errors = []
+    page.on("pageerror", lambda e: page.errors.append(str(e)))
+    page.on("console", lambda m: m.type == "error" and page.errors.append(m.text))
+    page.goto(server, wait_until="domcontentloaded", timeout=60_000)
+    page.locator("#generate-btn").wait_for(timeout=120_000)
+    return page
+
+
+def error_boxes(page) -> list[str]:
+    """Texts of Gradio's visible error toasts and error pills."""
+    return page.evaluate("""() => [...document.querySelectorAll('.toast-body.error, .error, [data-testid="toast-body"]')]
+        .filter(e => e.offsetParent !== null && /error/i.test(e.className + ' ' + e.textContent))
+        .map(e => e.textContent.trim().slice(0, 200))""")
+
+
+# Each visible gallery tile of the current tab: the image wholly inside the gallery's box, the caption
+# under the image (not over it), fully opaque and not cut.
+GALLERY_PROBLEMS = """
+() => {
+  const problems = [];
+  for (const wrap of document.querySelectorAll('.pixelated .grid-wrap')) {
+    if (wrap.offsetParent === null) continue;
+    const box = wrap.getBoundingClientRect();
+    for (const tile of wrap.querySelectorAll('.thumbnail-item')) {
+      const img = tile.querySelector('img'), cap = tile.querySelector('.caption-label');
+      const r = img.getBoundingClientRect();
+      const name = img.alt || img.src.slice(-20);
+      if (r.width < 20 || r.top < box.top - 1 || r.bottom > box.bottom + 1 || r.left < box.left - 1 || r.right > box.right + 1)
+        problems.push(`image ${name} not inside its gallery`);
+      if (!cap) { problems.push(`image ${name} has no caption`); continue; }
+      const c = cap.getBoundingClientRect();
+      if (c.top < r.bottom - 1) problems.push(`caption of ${name} over the image`);
+      if (getComputedStyle(cap).opacity !== '1' || cap.scrollWidth > cap.clientWidth + 1 || c.bottom > box.bottom + 1)
+        problems.push(`caption of ${name} faded or cut`);
+    }
+  }
+  return problems;
+}
+"""
+
+
+def shot(page, name):
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    page.screenshot(path=os.path.join(ARTIFACTS, f"live-{name}.png"), full_page=True)
+
+
+def test_previews_stream_on_top_and_change(browser, server):
+    page = open_page(browser, server)
+    page.evaluate(PROBE_PREVIEW)
+    page.locator("#prompt textarea").click()
+    page.keyboard.press("End")
+    page.keyboard.press("Enter")  # Enter in the prompt runs Generate
+    page.wait_for_timeout(700)
+    shot(page, "generate-streaming-desktop")
+    page.get_by_text("Done:").wait_for(timeout=120_000)
+    probe = page.evaluate(STOP_PROBE)
+    assert probe["changes"] >= 3, probe
+    assert probe["colorful"] >= 3 and probe["flat"] == 0, probe
+    covered = [s for s in probe["samples"] if s != "image"]
+    assert probe["samples"] and not covered, f"something covered the preview: {covered[:5]} of {len(probe['samples'])}"
+    assert "\n" not in page.locator("#prompt textarea").input_value()  # Enter ran, it did not add a line
+    label = page.locator("#x0-preview").inner_text()
+    assert "pred x0 - step 25/25, t=" in label, label
+    assert error_boxes(page) == [] and page.errors == [], (error_boxes(page), page.errors)
+    page.close()
+
+
+def test_shift_enter_adds_a_line_and_ctrl_enter_runs(browser, server):
+    page = open_page(browser, server)
+    box = page.locator("#prompt textarea")
+    box.click()
+    page.keyboard.press("End")
+    page.keyboard.press("Shift+Enter")
+    page.keyboard.type("second line")
+    page.wait_for_timeout(800)
+    assert box.input_value().endswith("\nsecond line")
+    assert page.locator("#status").inner_text().strip() == "Ready."  # nothing ran
+    page.get_by_label("Negative prompt").click()
+    page.keyboard.press("Control+Enter")  # Ctrl/Cmd+Enter runs from any field of the Generate tab
+    page.get_by_text("Done:").wait_for(timeout=120_000)
+    page.close()
+
+
+def open_tab(page, tab):
+    """Click a tab; on a phone the ones that do not fit sit in Gradio's overflow menu."""
+    button = page.get_by_role("tab", name=tab)
+    if not button.is_visible():
+        page.locator(".overflow-menu button").first.click()
+        button = page.locator(".overflow-dropdown button", has_text=tab).first
+    button.click()
+
+
+def run_tab(page, tab):
+    """Click the tab's main button on defaults and wait for its result."""
+    if tab == "Generate":
+        page.locator("#generate-btn").click()
+        page.get_by_text("Done:").wait_for(timeout=120_000)
+        page.wait_for_timeout(1500)  # the explorer and CFG views of the run
+        return
+    open_tab(page, tab)
+    page.wait_for_timeout(500)
+    if tab == "CFG lab":
+        page.get_by_role("button", name="Run sweep").click()
+        page.locator("#sweep-grid img").nth(4).wait_for(timeout=120_000)
+        page.get_by_role("button", name="Compare methods").click()
+        page.locator("#methods-grid img").nth(2).wait_for(timeout=120_000)
+    elif tab == "Scheduler lab":
+        page.get_by_role("button", name="Compare samplers on the Generate prompt and seed").click()
+        page.locator("#compare-trajectories img").nth(5).wait_for(timeout=120_000)
+    elif tab == "Timestep explorer":
+        page.get_by_role("button", name="Add noise").click()
+        page.get_by_text("signal sqrt(alpha_bar)").first.wait_for(timeout=60_000)
+    elif tab == "LoRA mixer":
+        page.get_by_role("button", name="Comparison grid: none / each / blend").click()
+        page.locator("#lora-grid img").nth(3).wait_for(timeout=120_000)  # none, each of two, the blend
+    page.wait_for_timeout(1000)
+
+
+@pytest.mark.parametrize("size", list(SIZES))
+def test_every_tab_gives_its_result_on_defaults(browser, server, size):
+    page = open_page(browser, server, size)
+    shot(page, f"first-screen-{size}")
+    for tab in TABS:
+        run_tab(page, tab)
+        shot(page, f"{tab.lower().replace(' ', '-')}-{size}")
+        assert error_boxes(page) == [], (tab, error_boxes(page))
+        assert page.evaluate(GALLERY_PROBLEMS) == [], tab
+        if tab == "CFG lab":  # opened where guidance shows, its images labeled with that step
+            step = int(page.locator("#cfg-step input[type=number]").input_value())
+            assert 1 < step <= 25
+            assert f"x0 uncond - step {step}/25, t=" in page.get_by_text("x0 uncond - step").first.inner_text()
+    assert page.errors == [], page.errors
+    page.close()
+
+
+def test_stop_keeps_the_partial_run_and_seed_buttons(browser, server):
+    page = open_page(browser, server)
+    steps = page.locator("#generate-tab input[type=number]").first  # the Steps slider's number box
+    steps.fill("150")
+    steps.press("Tab")
+    page.locator("#generate-btn").click()
+    page.wait_for_function("""() => { const m = (document.querySelector('#x0-preview label') || {}).textContent
+                                          ?.match(/step (\\d+)\\/150/); return m && +m[1] >= 5; }""", timeout=120_000)
+    page.locator("#stop-btn").click()
+    page.get_by_text("Stopped at step").wait_for(timeout=60_000)
+    status = page.locator("#status").inner_text()
+    stopped_at = int(status.split("Stopped at step ")[1].split(" /")[0])
+    assert 5 <= stopped_at < 150, status
+    page.wait_for_timeout(1500)
+    open_tab(page, "Timestep explorer")
+    page.locator("strong", has_text=f"step {stopped_at} / 150").first.wait_for(timeout=60_000)  # the partial trace, at its last step
+    open_tab(page, "Generate")
+    seed = page.locator("#seed input")
+    page.locator("#random-seed").click()
+    page.wait_for_function("() => document.querySelector('#seed input').value !== '0'", timeout=10_000)
+    assert seed.input_value() != "0"
+    page.locator("#reuse-seed").click()  # back to the seed of the last run
+    page.wait_for_function("() => document.querySelector('#seed input').value === '0'", timeout=10_000)
+    assert error_boxes(page) == [] and page.errors == [], (error_boxes(page), page.errors)
+    page.close()
+
+
+def test_a_bad_input_keeps_the_last_good_result(browser, server):
+    page = open_page(browser, server)
+    open_tab(page, "CFG lab")
+    page.get_by_role("button", name="Run sweep").click()
+    page.locator("#sweep-grid img").nth(4).wait_for(timeout=120_000)
+    before = page.locator("#sweep-grid img").evaluate_all("imgs => imgs.map(i => i.src)")
+    page.get_by_label("Scales (comma-separated)").fill("1, two, 4")
+    page.get_by_role("button", name="Run sweep").click()
+    page.locator("#sweep-status").get_by_text("Error").wait_for(timeout=60_000)  # the error beside the button
+    page.wait_for_timeout(500)
+    assert page.locator("#sweep-grid img").evaluate_all("imgs => imgs.map(i => i.src)") == before
+    assert page.locator("#sweep-grid").get_by_text("Error").count() == 0  # no pill over the last good grid
+    shot(page, "cfg-lab-bad-input-desktop")
+    page.close()
+
+
+def test_the_lora_blend_shows_as_chips_and_in_the_status(browser, server):
+    page = open_page(browser, server)
+    assert "LoRA: none" in page.locator("#lora-chip").inner_text()
+    page.get_by_text("LoRA blend: outline + night").click()  # the example row
+    page.locator("#lora-chip").get_by_text("outline 1").wait_for(timeout=30_000)
+    assert "night 0.8" in page.locator("#lora-chip").inner_text()
+    page.locator("#generate-btn").click()
+    page.get_by_text("Done:").wait_for(timeout=120_000)
+    assert "LoRA: outline 1, night 0.8" in page.locator("#status").inner_text()
+    page.get_by_role("button", name="No LoRA").click()
+    page.locator("#lora-chip").get_by_text("LoRA:").wait_for(timeout=30_000)
+    assert "none" in page.locator("#lora-chip").inner_text()
+    open_tab(page, "LoRA mixer")
+    page.get_by_role("button", name="Use this blend on Generate").click()
+    open_tab(page, "Generate")
+    page.locator("#lora-chip").get_by_text("outline 1").wait_for(timeout=30_000)
+    shot(page, "lora-chip-desktop")
+    page.close()
