@@ -10,8 +10,10 @@ import gradio as gr
 
 from . import engine as eng
 from . import validation as check
-from .generate import PREVIEW_SIZE, build_settings
+from .generate import build_settings
 from .images import pil_to_tensor, upscale
+
+RESULT_SIZE = 256  # the result shown upscaled (nearest neighbour), crisp at 32 px native
 
 
 def check_image(field: str, image, min_side: int):
@@ -57,7 +59,7 @@ def img2img(image, prompt="", negative_prompt="", strength=0.6, scheduler="DDIM"
     status = (f"img2img at strength {strength:g}: {len(records)} of {settings.steps} steps from {first}, "
               f"{calls} model calls, {time.perf_counter() - started:.1f} s on {engine.model_id}.")
     trace = {"settings": {**settings.to_dict(), "strength": strength}, "records": records, "model": engine.model_id}
-    return upscale(output.images[0], PREVIEW_SIZE), status, trace
+    return upscale(output.images[0], RESULT_SIZE), status, trace
 
 
 # ------------------------------------------------------------------------------ the schedule flaw
