@@ -15,7 +15,8 @@ import gradio as gr
 from labapp import engine as eng
 from labapp import gradio_cache
 from labapp import generate as gen
-from labapp import labs, lora_ui, trace_views
+from labapp import labs, lora_ui, trace_store, trace_views, uploads
+from labapp import validation as check
 from labapp.docs import HOW_IT_WORKS, header
 from pipelines.guidance import GUIDANCE_METHODS, SCALE_SCHEDULES
 from pipelines.previews import PREVIEW_DECODERS
@@ -23,7 +24,11 @@ from pipelines.schedulers import SIGMA_KINDS
 
 PIPELINE = "pipeline"  # one concurrency group for every event that touches the model
 QUEUE_MAX_SIZE = 32
-MAX_FILE_SIZE = "5mb"
+MAX_FILE_SIZE = uploads.MAX_IMAGE_BYTES  # bytes; data: URLs get the same limit (labapp/uploads.py)
+# Gradio keeps ~0.3 MB of per-session config for every visitor (SessionState), 10000 sessions by
+# default (3 GB); past this many the least recently used session is dropped (its trace with it).
+MAX_SESSIONS = 1000
+MODEL_SWITCH_ENV = "DIFFUSION_LAB_MODEL_SWITCH"
 DELETE_CACHE = (3600, 3600)  # previews are temp files: sweep hourly, drop those older than an hour
 CSS = """
 .pixelated img, .pixelated canvas { image-rendering: pixelated; }
@@ -41,9 +46,24 @@ def pixel_gallery(label: str, columns: int, height: int, **kwargs) -> gr.Gallery
                       **kwargs)
 
 
-def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
+def model_switch_allowed(flag: bool | None = None) -> bool:
+    """Whether visitors may switch the model for everyone: off by default on a Space (SPACE_ID is
+    set there; a switch is a multi-GB download holding the GPU slot), on elsewhere; the
+    --allow-model-switch flag or DIFFUSION_LAB_MODEL_SWITCH=1/0 decides explicitly."""
+    if flag is not None:
+        return flag
+    env = os.environ.get(MODEL_SWITCH_ENV, "").strip().lower()
+    if env:
+        return env in ("1", "true", "yes", "on")
+    return not os.environ.get("SPACE_ID")
+
+
+def build_demo(engine: eng.Engine, concurrency_limit: int = 1, allow_model_switch: bool | None = None) -> gr.Blocks:
     """The whole app around ``engine`` (tests pass one built from tiny components)."""
     eng.install(engine)
+    uploads.use_own_temp_dir()  # before any component exists: Gradio reads it for its cache dir
+    uploads.limit_files_per_upload()
+    switchable = model_switch_allowed(allow_model_switch)
     gradio_cache.install()  # image outputs written once, atomically (see labapp/gradio_cache.py)
     size_lo, size_hi, size_step = gen.size_range(engine)
     schedulers = eng.known_schedulers()
@@ -51,9 +71,10 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
     default_scheduler, default_steps, default_guidance = engine.defaults()
     gpu = dict(concurrency_id=PIPELINE, concurrency_limit=concurrency_limit)
 
-    with gr.Blocks(title="Diffusion Lab", delete_cache=DELETE_CACHE) as demo:
+    with gr.Blocks(title="Diffusion Lab", delete_cache=DELETE_CACHE, state_session_capacity=MAX_SESSIONS) as demo:
         header_md = gr.Markdown(header(engine.model_id, engine.device, engine.reason))
-        trace = gr.State(None, time_to_live=3600)  # a run's step records, per session, dropped after an hour
+        trace = gr.State(None, time_to_live=trace_store.TRACE_TTL_SECONDS,
+                         delete_callback=trace_store.forget)  # a handle; the records live in trace_store
 
         with gr.Tab("Generate"):
             with gr.Row():
@@ -63,7 +84,7 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
                     negative_prompt = gr.Textbox(label="Negative prompt", value="", max_length=gen.check.MAX_PROMPT_CHARS)
                     with gr.Row():
                         model = gr.Dropdown(eng.model_choices(), value=engine.model_id, label="Model",
-                                            allow_custom_value=True)
+                                            allow_custom_value=True, interactive=switchable)
                         scheduler = gr.Dropdown(schedulers, value=default_scheduler, label="Scheduler")
                     with gr.Row():
                         steps = gr.Slider(1, gen.MAX_STEPS, value=default_steps, step=1, label="Steps")
@@ -248,9 +269,11 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
         gr.on([c.change for c in slots], lora_ui.slots_to_spec, slots, lora, api_visibility="private")
         lora_btn.click(labs.lora_grid, [prompt, lora, seed, steps, guidance_scale, scheduler], lora_gallery,
                        api_name="lora_grid", **gpu)
-        model.input(switch_model, model, status, api_visibility="private", **gpu)
+        if switchable:  # not wired at all otherwise: a forged queue call finds no event to run
+            model.input(switch_model, model, status, api_visibility="private", **gpu)
         demo.load(page_for_current_model, None, [header_md, model, width, height, noise_t], api_visibility="private")
 
+    check.take_raw_inputs(demo)  # no Gradio preprocess: our checks name the field (labapp/validation.py)
     demo.queue(max_size=QUEUE_MAX_SIZE)
     return demo
 
@@ -258,6 +281,7 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
 def switch_model(model_id):
     """Reload with another registry model; the page shows the new one after a reload."""
     current = eng.current()
+    model_id = check.text("model", model_id, 200)
     if model_id == current.model_id:
         return f"Model `{model_id}` is already loaded."
     try:
@@ -289,13 +313,16 @@ def main(argv=None):
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
     parser.add_argument("--share", action="store_true")
+    parser.add_argument("--allow-model-switch", action=argparse.BooleanOptionalAction, default=None,
+                        help=f"let visitors switch the model for everyone (default: off on a Space, on elsewhere; "
+                             f"env {MODEL_SWITCH_ENV}=1/0)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
     import torch
 
     model_id, reason = eng.choose_model(args.model, torch.cuda.is_available())
-    demo = build_demo(eng.load_engine(model_id, reason))
+    demo = build_demo(eng.load_engine(model_id, reason), allow_model_switch=args.allow_model_switch)
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, **launch_kwargs())
 
 
