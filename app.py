@@ -13,7 +13,7 @@ import os
 import gradio as gr
 
 from labapp import engine as eng
-from labapp import gradio_cache
+from labapp import gradio_cache, gradio_guards
 from labapp import generate as gen
 from labapp import labs, lora_ui, trace_store, trace_views, uploads
 from labapp import validation as check
@@ -62,7 +62,7 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1, allow_model_switc
     """The whole app around ``engine`` (tests pass one built from tiny components)."""
     eng.install(engine)
     uploads.use_own_temp_dir()  # before any component exists: Gradio reads it for its cache dir
-    uploads.limit_files_per_upload()
+    gradio_guards.install()  # files per upload, unknown fn_index, headers of 206 replies
     switchable = model_switch_allowed(allow_model_switch)
     gradio_cache.install()  # image outputs written once, atomically (see labapp/gradio_cache.py)
     size_lo, size_hi, size_step = gen.size_range(engine)
@@ -71,7 +71,7 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1, allow_model_switc
     default_scheduler, default_steps, default_guidance = engine.defaults()
     gpu = dict(concurrency_id=PIPELINE, concurrency_limit=concurrency_limit)
 
-    with gr.Blocks(title="Diffusion Lab", delete_cache=DELETE_CACHE, state_session_capacity=MAX_SESSIONS) as demo:
+    with gr.Blocks(title="Diffusion Lab", delete_cache=DELETE_CACHE) as demo:
         header_md = gr.Markdown(header(engine.model_id, engine.device, engine.reason))
         trace = gr.State(None, time_to_live=trace_store.TRACE_TTL_SECONDS,
                          delete_callback=trace_store.forget)  # a handle; the records live in trace_store
@@ -303,7 +303,7 @@ def page_for_current_model():
 def launch_kwargs() -> dict:
     # show_error: Gradio's own input errors (e.g. text where a number belongs) reach API clients too
     return dict(theme=THEME, css=CSS, max_file_size=MAX_FILE_SIZE, show_error=True,
-                footer_links=["api", "gradio", "settings"])
+                footer_links=["api", "gradio", "settings"], state_session_capacity=MAX_SESSIONS)
 
 
 def main(argv=None):

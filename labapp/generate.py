@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import time
 
 import gradio as gr
@@ -37,15 +38,18 @@ LORA_FIELDS = {"name", "weight", "text_encoder_weight", "block_weights", "step_r
 
 
 def _shorthand(field: str, spec: str) -> list[dict]:
-    """"name:weight, name" -> items. A name is a registry key, so one that looks like a URL or a
-    path is refused as a name here (splitting "https://x:0.5" at its first ':' would report a
-    bad *weight*)."""
+    """"name:weight, name" -> items. A name is a registry key: one that looks like a URL or a path
+    is refused as a *name* (split at its first ':', "https://x:0.5" used to report a bad weight)."""
     items = []
     for part in spec.split(","):
         part = part.strip()
+        name, sep, weight = part.rpartition(":")
+        if not sep:
+            name, weight = part, ""
         if "/" in part or "\\" in part:
-            raise check.fail(f"{field} name", part, "a preset name (LoRAs load from the registry, never from a URL or path)")
-        name, sep, weight = part.rpartition(":") if ":" in part else (part, "", "")
+            shown = name if sep and re.fullmatch(r"\s*[-+]?[0-9.eE]+\s*", weight) else part
+            raise check.fail(f"{field} name", shown.strip(),
+                             "a preset name (LoRAs load from the registry, never from a URL or path)")
         if sep:
             try:
                 weight = float(weight)

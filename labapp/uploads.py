@@ -35,7 +35,6 @@ from . import validation as check
 MAX_IMAGE_BYTES = 5 * 1024 * 1024  # any photo a visitor may try; the lab works at 32-1024 px
 MAX_IMAGE_SIDE = 8192  # px per side: bigger than any camera frame the lab is meant for
 MAX_IMAGE_PIXELS = 16 * 1024 * 1024  # 16 MP: at most 64 MB decoded (RGBA), then resized to <= 1024 px
-MAX_FILES_PER_UPLOAD = 1  # the app has one single-image input; 40 files per request were accepted before
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
 TEMP_DIR_PREFIX = "diffusion-lab-"
 NOT_UPLOADED = "a file uploaded to this app (a path outside its uploads, or not a regular file, is never read)"
@@ -133,7 +132,10 @@ def decode_image(field: str, data: bytes) -> Image.Image:
     """Header first (format, dimensions), then the pixels; every failure names the field."""
     try:
         image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+    except Image.DecompressionBombError:  # over Pillow's own limit (~179 MP): far over ours
+        raise check.fail(field, f"<{len(data)} bytes>", f"at most {MAX_IMAGE_SIDE} px per side and "
+                                                       f"{MAX_IMAGE_PIXELS // 2**20} MP") from None
+    except (UnidentifiedImageError, OSError, ValueError):
         raise check.fail(field, f"<{len(data)} bytes>", f"an image in one of {list(IMAGE_FORMATS)}") from None
     check_dimensions(field, *image.size)
     try:
@@ -153,24 +155,3 @@ def read_image(field: str, payload) -> Image.Image:
         return payload
     return decode_image(field, payload_bytes(field, payload))
 
-
-def limit_files_per_upload(max_files: int = MAX_FILES_PER_UPLOAD, max_fields: int = 10) -> None:
-    """Cap the files (and form fields) one ``/gradio_api/upload`` request may carry.
-
-    Gradio 6.31 builds its upload parser with ``max_files=1000`` hard-coded in
-    ``route_utils.upload_fn``; this swaps in a subclass (idempotent) that lowers both caps. A
-    request over the cap gets HTTP 400 "Too many files. Maximum number of files is 1."
-    """
-    from gradio import route_utils
-
-    base = getattr(route_utils.GradioMultiPartParser, "unlimited", route_utils.GradioMultiPartParser)
-
-    class LimitedMultiPartParser(base):
-        unlimited = base
-
-        def __init__(self, *args, **kwargs):
-            kwargs["max_files"] = min(kwargs.get("max_files", max_files), max_files)
-            kwargs["max_fields"] = min(kwargs.get("max_fields", max_fields), max_fields)
-            super().__init__(*args, **kwargs)
-
-    route_utils.GradioMultiPartParser = LimitedMultiPartParser
