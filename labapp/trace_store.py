@@ -143,7 +143,7 @@ class StoredRecords(Sequence):
 
     @property
     def store(self) -> TraceStore:
-        return self._store or STORE
+        return STORE if self._store is None else self._store
 
     def __len__(self) -> int:
         return self._length
@@ -167,7 +167,7 @@ class StoredRecords(Sequence):
 
 def keep(settings: dict, records: list, model: str, store: TraceStore | None = None) -> dict:
     """Store ``records`` and return the session's handle (the shape trace_views reads)."""
-    store = store or STORE
+    store = STORE if store is None else store  # (an empty store is falsy: it has a __len__)
     key = store.put(records)
     return {"settings": settings, "records": StoredRecords(key, len(records), store), "model": model}
 

@@ -128,10 +128,10 @@ def test_the_largest_generate_fits_the_budget(engine):
 
 
 def test_maximal_sweep_is_refused_with_budget_and_cost(tiny_pipe):
-    """8 scales x 150 steps x (1 + 32 adherence prompts) x 2 branches = 79200 model calls: refused
-    before anything runs (it ran 322 s before)."""
+    """8 scales x 150 steps x (1 + 32 adherence prompts) images x 2 branches (1 at w = 1): 74250 model
+    calls, refused before anything runs (the issue's maximal sweep ran 322 s)."""
     eng.install(eng.engine_from_pipe(tiny_pipe, eng.EMBEDDED_MODEL, "test components as the embedded model"))
-    with pytest.raises(gr.Error, match=r"cfg_sweep: this request needs 79200 model calls.*budget is 3600"):
+    with pytest.raises(gr.Error, match=r"cfg_sweep: this request needs 74250 model calls.*budget is 3600"):
         labs.cfg_sweep("a red circle", "", "1, 2, 3, 4, 5, 6, 7, 8", 0, 150, "DDIM", labs.MAX_ADHERENCE_PROMPTS)
 
 
