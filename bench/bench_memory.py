@@ -10,8 +10,9 @@ process for each tree, then from this process:
    twice the native size, CFG, a preview every step): each keeps its trace in session state;
 4. RSS after ``--idle`` seconds idle.
 
-The child's RSS is read from /proc/<pid>/status (VmRSS). Prints one table and the ratios
-(this tree / baseline). Give the baseline as a plain copy of an older commit, e.g.
+The child's RSS is read from /proc/<pid>/status (VmRSS). Both trees run at the same time (one
+server each), so they share the machine's load. Prints one table and the ratios (this tree /
+baseline). Give the baseline as a plain copy of an older commit, e.g.
 
     git archive 7b31748 | (mkdir -p /tmp/lab-before && tar -x -C /tmp/lab-before)
     .venv/bin/python -m bench.bench_memory --baseline-root /tmp/lab-before
@@ -25,6 +26,7 @@ import subprocess
 import sys
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -147,10 +149,12 @@ def main(argv=None):
     parser.add_argument("--idle", type=float, default=30.0)
     args = parser.parse_args(argv)
     roots = {"this tree": ROOT} | ({"baseline": args.baseline_root} if args.baseline_root else {})
-    results = {}
-    for name, root in roots.items():
-        results[name] = measure(root, args.sessions, args.requests, args.idle)
-        print(name, json.dumps({k: round(v, 1) for k, v in results[name].items()}), flush=True)
+    # the trees run side by side (one server each, torch 1 thread each): same machine load for both
+    with ThreadPoolExecutor(len(roots)) as pool:
+        futures = {name: pool.submit(measure, root, args.sessions, args.requests, args.idle) for name, root in roots.items()}
+        results = {name: future.result() for name, future in futures.items()}
+    for name, r in results.items():
+        print(name, json.dumps({k: round(v, 1) for k, v in r.items()}), flush=True)
     print(f"\nRSS in MB ({args.sessions} new sessions, then {args.requests} maximal /generate from new sessions, "
           f"then {args.idle:g} s idle); torch 1 thread")
     print("| tree | start | +sessions | per session | +requests | per request | idle |")
