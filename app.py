@@ -11,6 +11,8 @@ import os
 
 from pipelines.models import EMBEDDED_MODEL, GPU_DEFAULT_MODEL, model_names
 
+MODEL_SWITCH_ENV = "DIFFUSION_LAB_MODEL_SWITCH"  # 1/0: let visitors switch the model (see --allow-model-switch)
+
 
 class _OneLineErrors(argparse.ArgumentParser):
     """Usage errors as one line (`app.py: error: ...`) and exit status 2, without the usage block."""
@@ -32,6 +34,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
                         help="port to serve on (default: %(default)s, or env GRADIO_SERVER_PORT)")
     parser.add_argument("--share", action="store_true", help="also open a temporary public gradio.live link (off by default)")
+    parser.add_argument("--allow-model-switch", action=argparse.BooleanOptionalAction, default=None,
+                        help=f"let visitors switch the model for everyone (default: off on a Space, on elsewhere; "
+                             f"env {MODEL_SWITCH_ENV}=1/0)")
     return parser.parse_args(argv)
 
 
@@ -42,9 +47,10 @@ import gradio as gr  # noqa: E402
 
 from labapp import console  # noqa: E402
 from labapp import engine as eng  # noqa: E402
-from labapp import gradio_cache  # noqa: E402
+from labapp import gradio_cache, gradio_guards  # noqa: E402
 from labapp import generate as gen  # noqa: E402
-from labapp import guidance_kinds, labs, lora_ui, trace_views  # noqa: E402
+from labapp import guidance_kinds, labs, lora_ui, trace_store, trace_views, uploads  # noqa: E402
+from labapp import validation as check  # noqa: E402
 from labapp import img2img as img2img_ui  # noqa: E402
 from labapp.docs import HOW_IT_WORKS, example_rows, header  # noqa: E402
 from labapp.page import CSS, KEYBOARD_JS  # noqa: E402
@@ -53,7 +59,10 @@ from pipelines.schedulers import SIGMA_KINDS  # noqa: E402
 
 PIPELINE = "pipeline"  # one concurrency group for every event that touches the model
 QUEUE_MAX_SIZE = 32
-MAX_FILE_SIZE = "5mb"
+MAX_FILE_SIZE = uploads.MAX_IMAGE_BYTES  # bytes; data: URLs get the same limit (labapp/uploads.py)
+# Gradio keeps ~0.3 MB of per-session config for every visitor (SessionState), 10000 sessions by
+# default (3 GB); past this many the least recently used session is dropped (its trace with it).
+MAX_SESSIONS = 1000
 DELETE_CACHE = (3600, 3600)  # previews are temp files: sweep hourly, drop those older than an hour
 THEME = gr.themes.Soft(primary_hue="violet", secondary_hue="sky", radius_size="md")
 DEFAULT_SCHEDULERS = ["DDIM", "Euler a", "DPM++ 2M Karras", "Heun"]
@@ -76,9 +85,24 @@ def preview_header(engine: eng.Engine) -> str:
                   engine.previews.reason if engine.previews else "")
 
 
-def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
+def model_switch_allowed(flag: bool | None = None) -> bool:
+    """Whether visitors may switch the model for everyone: off by default on a Space (SPACE_ID is
+    set there; a switch is a multi-GB download holding the GPU slot), on elsewhere; the
+    --allow-model-switch flag or DIFFUSION_LAB_MODEL_SWITCH=1/0 decides explicitly."""
+    if flag is not None:
+        return flag
+    env = os.environ.get(MODEL_SWITCH_ENV, "").strip().lower()
+    if env:
+        return env in ("1", "true", "yes", "on")
+    return not os.environ.get("SPACE_ID")
+
+
+def build_demo(engine: eng.Engine, concurrency_limit: int = 1, allow_model_switch: bool | None = None) -> gr.Blocks:
     """The whole app around ``engine`` (tests pass one built from tiny components)."""
     eng.install(engine)
+    uploads.use_own_temp_dir()  # before any component exists: Gradio reads it for its cache dir
+    gradio_guards.install()  # files per upload, unknown fn_index, headers of 206 replies
+    switchable = model_switch_allowed(allow_model_switch)
     gradio_cache.install()  # image outputs written once, atomically (see labapp/gradio_cache.py)
     size_lo, size_hi, size_step = gen.size_range(engine)
     schedulers = eng.known_schedulers()
@@ -91,7 +115,8 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
 
     with gr.Blocks(title="Diffusion Lab", delete_cache=DELETE_CACHE) as demo:
         header_md = gr.Markdown(preview_header(engine))
-        trace = gr.State(None, time_to_live=3600)  # a run's step records, per session, dropped after an hour
+        trace = gr.State(None, time_to_live=trace_store.TRACE_TTL_SECONDS,
+                         delete_callback=trace_store.forget)  # a handle; the records live in trace_store
 
         with gr.Tab("Generate", elem_id="generate-tab"):
             with gr.Row():
@@ -102,7 +127,7 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
                     negative_prompt = gr.Textbox(label="Negative prompt", value="", max_length=gen.check.MAX_PROMPT_CHARS)
                     with gr.Row():
                         model = gr.Dropdown(eng.model_choices(), value=engine.model_id, label="Model",
-                                            allow_custom_value=True)
+                                            allow_custom_value=True, interactive=switchable)
                         scheduler = gr.Dropdown(schedulers, value=default_scheduler, label="Scheduler")
                     with gr.Row():
                         steps = gr.Slider(1, gen.MAX_STEPS, value=default_steps, step=1, label="Steps")
@@ -389,9 +414,11 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
         gr.on([lora.change, demo.load], lora_ui.describe, lora, lora_chip, api_visibility="private",
               show_progress="hidden")
         demo.load(None, js=KEYBOARD_JS)
-        model.input(switch_model, model, status, api_visibility="private", **gpu)
+        if switchable:  # not wired at all otherwise: a forged queue call finds no event to run
+            model.input(switch_model, model, status, api_visibility="private", **gpu)
         demo.load(page_for_current_model, None, [header_md, model, width, height, noise_t], api_visibility="private")
 
+    check.take_raw_inputs(demo)  # no Gradio preprocess: our checks name the field (labapp/validation.py)
     demo.queue(max_size=QUEUE_MAX_SIZE)
     return demo
 
@@ -399,6 +426,7 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1) -> gr.Blocks:
 def switch_model(model_id):
     """Reload with another registry model; the page shows the new one after a reload."""
     current = eng.current()
+    model_id = check.text("model", model_id, 200)
     if model_id == current.model_id:
         return f"Model `{model_id}` is already loaded."
     try:
@@ -420,7 +448,7 @@ def page_for_current_model():
 def launch_kwargs() -> dict:
     # show_error: Gradio's own input errors (e.g. text where a number belongs) reach API clients too
     return dict(theme=THEME, css=CSS, max_file_size=MAX_FILE_SIZE, show_error=True,
-                footer_links=["api", "gradio", "settings"])
+                footer_links=["api", "gradio", "settings"], state_session_capacity=MAX_SESSIONS)
 
 
 def main(argv=None):
@@ -436,7 +464,7 @@ def main(argv=None):
         # runs up to 2.5 s against a 0.26 s median in issue 22); one thread is as fast and steady.
         torch.set_num_threads(1)
     model_id, reason = eng.choose_model(args.model, torch.cuda.is_available())
-    demo = build_demo(eng.load_engine(model_id, reason))
+    demo = build_demo(eng.load_engine(model_id, reason), allow_model_switch=args.allow_model_switch)
     # quiet: Gradio's own banner suggests `share=True in launch()`; this app's flag is --share
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, quiet=True,
                 prevent_thread_lock=True, **launch_kwargs())

@@ -39,6 +39,11 @@ EMBEDDED_DIR = os.path.join(ROOT, "models", EMBEDDED_MODEL)
 # loading, encoding and decoding. Generous on purpose: a task killed at its limit shows nothing.
 GPU_SECONDS_PER_STEP_IMAGE = 0.12
 GPU_SECONDS_OVERHEAD = 15
+# Work one request may ask for, in model calls (one UNet evaluation of one image in one guidance
+# branch): the largest single /generate, 150 steps x 2 calls per step (second-order samplers) x
+# 4 images x 3 branches (Perp-Neg) = 3600. No lab request may hold the pipeline slot longer than
+# the largest generation (a maximal /cfg_sweep asked for 79,200 and held the slot 322 s).
+MODEL_CALL_BUDGET = 3600
 
 
 @dataclass
@@ -239,12 +244,42 @@ def _gpu_seconds(step_images: int) -> int:
     return int(GPU_SECONDS_OVERHEAD + GPU_SECONDS_PER_STEP_IMAGE * step_images)
 
 
+# ------------------------------------------------------------------------------ work per request
+
+
+def job_images(s: GenerationSettings) -> int:
+    """Images one job makes: a list prompt (the sweep's adherence batch) is one image per prompt."""
+    prompts = len(s.prompt) if isinstance(s.prompt, (list, tuple)) else 1
+    return prompts * int(s.num_images)
+
+
+def job_branches(s: GenerationSettings) -> int:
+    """UNet branches per image and call: 1 without guidance, 2 with CFG, 3 with Perp-Neg."""
+    from pipelines.guidance import Guider
+
+    config = guidance_config(s).resolved(float(s.guidance_scale), float(s.guidance_rescale))
+    return Guider(config, enabled=config.peak_scale() > 1.0).num_branches
+
+
+def job_calls(s: GenerationSettings) -> int:
+    """Scheduler model calls for ``s.steps`` (second-order samplers call the model twice a step)."""
+    from pipelines.schedulers import sampling_schedule
+
+    return int(sampling_schedule(s.scheduler, current().scheduler_config, int(s.steps), **scheduler_options(s))["num_model_calls"])
+
+
+def request_cost(jobs: list[GenerationSettings], columns: int = 1) -> int:
+    """Model calls of a request: calls x images x branches, summed over its jobs (x ``columns``
+    for the LoRA grid, which runs each job once per column)."""
+    return sum(job_calls(j) * job_images(j) * job_branches(j) for j in jobs) * columns
+
+
 # ------------------------------------------------------------------------------ GPU functions
 
 
 def _generation_duration(settings: GenerationSettings, preview_every: int = 0, preview_decoder: str = "linear") -> int:
     previews = 0 if not preview_every else settings.steps // max(1, preview_every) + 1
-    return _gpu_seconds(settings.steps * settings.num_images + previews * settings.num_images)
+    return _gpu_seconds((job_calls(settings) + previews) * job_images(settings))
 
 
 class _Cancelled(Exception):
@@ -296,7 +331,8 @@ def stream_generation(settings: GenerationSettings, preview_every: int = 0, prev
 
 
 def _batch_duration(jobs: list[GenerationSettings], record: str = "off") -> int:
-    return _gpu_seconds(sum(j.steps * j.num_images for j in jobs))
+    # every image counts: the sweep's adherence jobs make one image per prompt (this counted 1)
+    return _gpu_seconds(sum(job_calls(j) * job_images(j) for j in jobs))
 
 
 @spaces.GPU(duration=_batch_duration)
@@ -354,7 +390,7 @@ def img2img_run(settings: GenerationSettings, image: torch.Tensor, strength: flo
 
 
 def _grid_duration(settings: GenerationSettings) -> int:
-    return _gpu_seconds(settings.steps * (len(settings.lora) + 2))
+    return _gpu_seconds(job_calls(settings) * (len(settings.lora) + 2))
 
 
 @spaces.GPU(duration=_grid_duration)

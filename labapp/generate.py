@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 import random
+import re
 import time
 
 import gradio as gr
@@ -14,6 +15,7 @@ from pipelines.previews import PREVIEW_DECODERS
 from pipelines.schedulers import SIGMA_KINDS, TIMESTEP_SPACINGS
 
 from . import engine as eng
+from . import trace_store
 from . import validation as check
 from .metadata import GenerationSettings, with_settings
 
@@ -31,6 +33,32 @@ def size_range(engine: eng.Engine) -> tuple[int, int, int]:
     return max(step, native // 2), native * 2, step
 
 
+LORA_FORMS = 'a JSON list like [{"name": "outline", "weight": 0.8}] or "outline:0.8, night:0.5"'
+LORA_FIELDS = {"name", "weight", "text_encoder_weight", "block_weights", "step_range"}
+
+
+def _shorthand(field: str, spec: str) -> list[dict]:
+    """"name:weight, name" -> items. A name is a registry key: one that looks like a URL or a path
+    is refused as a *name* (split at its first ':', "https://x:0.5" used to report a bad weight)."""
+    items = []
+    for part in spec.split(","):
+        part = part.strip()
+        name, sep, weight = part.rpartition(":")
+        if not sep:
+            name, weight = part, ""
+        if "/" in part or "\\" in part:
+            shown = name if sep and re.fullmatch(r"\s*[-+]?[0-9.eE]+\s*", weight) else part
+            raise check.fail(f"{field} name", shown.strip(),
+                             "a preset name (LoRAs load from the registry, never from a URL or path)")
+        if sep:
+            try:
+                weight = float(weight)
+            except ValueError:
+                raise check.fail(f"{field}[{name.strip()}].weight", weight.strip(), "a number (name:weight)") from None
+        items.append({"name": name.strip(), "weight": weight if sep else 1.0})
+    return items
+
+
 def parse_lora(field: str, spec, presets: list[str]) -> list[dict]:
     """LoRA blend from JSON (list of AdapterSetting dicts) or shorthand "name:weight, name:weight".
 
@@ -38,21 +66,22 @@ def parse_lora(field: str, spec, presets: list[str]) -> list[dict]:
     """
     if spec is None or (isinstance(spec, str) and not spec.strip()):
         return []
-    if isinstance(spec, str):
-        check.text(field, spec, check.MAX_LORA_CHARS)
-    if isinstance(spec, str) and not spec.lstrip().startswith("["):
-        items = []
-        for part in spec.split(","):
-            name, sep, weight = part.partition(":")
-            items.append({"name": name.strip(), "weight": weight.strip() if sep else 1.0})
+    check.text(field, spec, check.MAX_LORA_CHARS)
+    if spec.lstrip()[:1] in "[{":  # JSON; an object is not a blend (it used to be read as shorthand)
+        items = check.json_value(field, spec, LORA_FORMS)
+        if not isinstance(items, list) or not all(isinstance(i, dict) and isinstance(i.get("name"), str) for i in items):
+            raise check.fail(field, spec, 'a JSON list of objects, each with a string "name" (and a "weight")')
     else:
-        items = check.json_value(field, spec, 'a JSON list like [{"name": "outline", "weight": 0.8}] or "outline:0.8"')
-        if not isinstance(items, list) or not all(isinstance(i, dict) and "name" in i for i in items):
-            raise check.fail(field, spec, 'a list of objects with at least "name" and "weight"')
+        items = _shorthand(field, spec)
+    if len(items) > check.MAX_LIST_ITEMS:
+        raise check.fail(field, spec, f"at most {check.MAX_LIST_ITEMS} adapters")
     lo, hi = LORA_WEIGHT_RANGE
     blend = []
     for item in items:
-        name = str(item.get("name", ""))
+        name = item["name"]
+        unknown = set(item) - LORA_FIELDS
+        if unknown:
+            raise check.fail(f"{field}[{name}]", sorted(unknown)[0], f"a field among {sorted(LORA_FIELDS)}")
         entry = {"name": name, "weight": check.number(f"{field}[{name}].weight", item.get("weight", 1.0), lo, hi)}
         if item.get("text_encoder_weight") is not None:
             entry["text_encoder_weight"] = check.number(f"{field}[{name}].text_encoder_weight", item["text_encoder_weight"], lo, hi)
@@ -63,7 +92,7 @@ def parse_lora(field: str, spec, presets: list[str]) -> list[dict]:
             entry["block_weights"] = {k: check.number(f"{field}[{name}].block_weights.{k}", v, lo, hi) for k, v in blocks.items()}
         if item.get("step_range") is not None:
             rng = item["step_range"]
-            if not isinstance(rng, (list, tuple)) or len(rng) != 2:
+            if not isinstance(rng, list) or len(rng) != 2:
                 raise check.fail(f"{field}[{name}].step_range", rng, "a pair [start, end] of fractions in [0, 1]")
             start = check.number(f"{field}[{name}].step_range", rng[0], 0.0, 1.0)
             end = check.number(f"{field}[{name}].step_range", rng[1], 0.0, 1.0)
@@ -144,7 +173,7 @@ def generate(prompt, negative_prompt, scheduler, steps, guidance_scale, seed, ra
     steps recorded so far as the trace.
     """
     engine = eng.current()
-    if randomize_seed:
+    if check.boolean("randomize_seed", randomize_seed):
         seed = random.randint(0, check.MAX_SEED)
     native = engine.native_size
     settings = build_settings(
@@ -171,7 +200,7 @@ def generate(prompt, negative_prompt, scheduler, steps, guidance_scale, seed, ra
         if not hasattr(item, "step"):  # the final TracingPipelineOutput
             output = item
             break
-        records.append(item)
+        records.append(trace_store.compact(item))  # what the views need, not the full record
         if session is not None and session in _stops:
             stream.close()  # closes the engine's stream: its worker stops before the next step
             _stops.discard(session)
@@ -193,7 +222,7 @@ def generate(prompt, negative_prompt, scheduler, steps, guidance_scale, seed, ra
     status = (f"Done: {len(images)} image(s), {settings.steps} steps, {calls} model calls, {seconds:.1f} s "
               f"on {engine.model_id} ({engine.device}); seed {settings.seed}; LoRA: {blend}"
               + (f" ({lora_path})." if settings.lora else "."))
-    trace = {"settings": settings.to_dict(), "records": records, "model": engine.model_id, "lora_path": lora_path}
+    trace = trace_store.keep(settings.to_dict(), records, engine.model_id, lora_path=lora_path)
     gallery = gr.update(value=[(im, f"seed {settings.seed} #{i}") for i, im in enumerate(images)],
                         visible=len(images) > 1)
     yield x_t_image, x0_image, images[0], gallery, settings.to_json(), status, settings.seed, trace
@@ -243,7 +272,7 @@ def stopped(settings: GenerationSettings, records: list, x_t_image, x0_image, se
     last = records[-1]
     status = (f"Stopped at step {last.step + 1} / {last.num_steps} after {seconds:.1f} s: the Timestep explorer and "
               f"CFG lab show the {len(records)} recorded steps.")
-    trace = {"settings": settings.to_dict(), "records": records, "model": eng.current().model_id, "stopped": True}
+    trace = trace_store.keep(settings.to_dict(), records, eng.current().model_id, stopped=True)
     return x_t_image, x0_image, None, gr.update(value=None, visible=False), settings.to_json(), status, settings.seed, trace
 
 

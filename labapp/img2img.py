@@ -9,17 +9,20 @@ import time
 import gradio as gr
 
 from . import engine as eng
+from . import trace_store
 from . import validation as check
 from .generate import build_settings
 from .images import pil_to_tensor, upscale
+from .uploads import read_image
 
 RESULT_SIZE = 256  # the result shown upscaled (nearest neighbour), crisp at 32 px native
 
 
 def check_image(field: str, image, min_side: int):
-    if image is None:
-        raise check.fail(field, None, "an image (upload one or load a shapes-world sample)")
-    if not hasattr(image, "size") or min(image.size) < min_side:
+    """The image through the app's safe intake (labapp/uploads.py: the app's own upload folder,
+    regular files, size and pixel limits before decoding), then at least ``min_side`` px a side."""
+    image = read_image(field, image)
+    if min(image.size) < min_side:
         size = "x".join(map(str, image.size)) if hasattr(image, "size") else type(image).__name__
         raise check.fail(field, size, f"an image at least {min_side}x{min_side} px")
     return image
@@ -58,7 +61,8 @@ def img2img(image, prompt="", negative_prompt="", strength=0.6, scheduler="DDIM"
     first = f"t = {records[0].timestep:.0f}" if records else "-"
     status = (f"img2img at strength {strength:g}: {len(records)} of {settings.steps} steps from {first}, "
               f"{calls} model calls, {time.perf_counter() - started:.1f} s on {engine.model_id}.")
-    trace = {"settings": {**settings.to_dict(), "strength": strength}, "records": records, "model": engine.model_id}
+    trace = trace_store.keep({**settings.to_dict(), "strength": strength}, [trace_store.compact(r) for r in records],
+                             engine.model_id)
     return upscale(output.images[0], RESULT_SIZE), status, trace
 
 

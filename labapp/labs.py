@@ -14,17 +14,31 @@ from . import engine as eng
 from . import plots
 from . import validation as check
 from .generate import GUIDANCE_RANGE, MAX_STEPS, SPACINGS, build_settings, parse_lora
-from .images import pil_to_tensor, tensor_to_pil, upscale
+from .images import pil_to_tensor, strip, tensor_to_pil, upscale
+from .uploads import read_image
 
 GRID_SIZE = 192
 MAX_ADHERENCE_PROMPTS = 32
 TRAJECTORY_FRAMES = 6
+MAX_SAMPLE_INDEX = 1_000_000
 
 
 def _settings(**kwargs):
     engine = eng.current()
     native = engine.native_size
     return build_settings(engine, width=native, height=native, **kwargs)
+
+
+def within_budget(endpoint: str, jobs, columns: int = 1, hint: str = "fewer steps") -> None:
+    """Refuse a request whose work exceeds engine.MODEL_CALL_BUDGET, before anything runs."""
+    try:
+        cost = eng.request_cost(jobs, columns)
+    except ValueError as error:
+        raise gr.Error(str(error), title="Invalid settings") from None
+    if cost > eng.MODEL_CALL_BUDGET:
+        raise gr.Error(f"{endpoint}: this request needs {cost} model calls (steps x calls per step x images x "
+                       f"guidance branches); the budget is {eng.MODEL_CALL_BUDGET} model calls per request "
+                       f"(MODEL_CALL_BUDGET, the largest single /generate). Use {hint}.", title="Too much work for one request")
 
 
 def _run(jobs, record="off"):
@@ -44,23 +58,28 @@ def cfg_sweep(prompt, negative_prompt, scales, seed, steps, scheduler, adherence
     n_prompts = check.integer("adherence_prompts", adherence_prompts, 0, MAX_ADHERENCE_PROMPTS)
     jobs = [_settings(prompt=prompt, negative_prompt=negative_prompt, scheduler=scheduler, steps=steps,
                       guidance_scale=w, seed=seed) for w in scales]
-    grid = [(upscale(out.images[0], GRID_SIZE), f"w = {w:g}") for w, out in zip(scales, _run(jobs))]
     engine = eng.current()
-    if not engine.is_embedded or n_prompts == 0:
+    adherence_jobs = []
+    if engine.is_embedded and n_prompts:
+        from shapesworld import full_caption, sample
+
+        samples = [sample(10_000 + i, empty_prob=0.0) for i in range(n_prompts)]
+        captions = [full_caption(s.attributes) for s in samples]
+        adherence_jobs = [_settings(prompt="x", negative_prompt="", scheduler=scheduler, steps=steps, guidance_scale=w,
+                                    seed=seed) for w in scales]
+        for job in adherence_jobs:
+            job.prompt = captions  # one batch per scale, one generator: image i gets the same noise at every w
+    within_budget("cfg_sweep", jobs + adherence_jobs, hint="fewer scales, steps or adherence prompts")
+    grid = [(upscale(out.images[0], GRID_SIZE), f"w = {w:g}") for w, out in zip(scales, _run(jobs))]
+    if not adherence_jobs:
         why = "the scorer reads shapes-world images: load the embedded model" if not engine.is_embedded else "0 prompts asked"
         return grid, None, f"Adherence curve skipped ({why})."
 
-    from shapesworld import adherence, full_caption, sample, score_image
+    from shapesworld import adherence, score_image
 
-    samples = [sample(10_000 + i, empty_prob=0.0) for i in range(n_prompts)]
-    captions = [full_caption(s.attributes) for s in samples]
-    jobs = [_settings(prompt="x", negative_prompt="", scheduler=scheduler, steps=steps, guidance_scale=w, seed=seed)
-            for w in scales]
-    for job in jobs:
-        job.prompt = captions  # one batch per scale, one generator: image i gets the same noise at every w
     accuracy: dict[str, list[float]] = {}
     rows = []
-    for w, out in zip(scales, _run(jobs)):
+    for w, out in zip(scales, _run(adherence_jobs)):
         acc = adherence([score_image(im) for im in out.images], [s.attributes for s in samples])
         for key in ("shape", "color", "size", "position"):
             accuracy.setdefault(key, []).append(acc[key])
@@ -74,6 +93,7 @@ def compare_guidance(prompt, negative_prompt, methods, guidance_scale, seed, ste
     methods = check.choices("methods", methods, GUIDANCE_METHODS)
     jobs = [_settings(prompt=prompt, negative_prompt=negative_prompt, scheduler=scheduler, steps=steps,
                       guidance_scale=guidance_scale, seed=seed, guidance_method=m) for m in methods]
+    within_budget("compare_guidance", jobs, hint="fewer methods or steps")
     return [(upscale(out.images[0], GRID_SIZE), m) for m, out in zip(methods, _run(jobs))]
 
 
@@ -109,6 +129,7 @@ def compare_schedulers(prompt, negative_prompt, schedulers, steps, guidance_scal
     names = check.choices("schedulers", schedulers, eng.known_schedulers())
     jobs = [_settings(prompt=prompt, negative_prompt=negative_prompt, scheduler=n, steps=steps,
                       guidance_scale=guidance_scale, seed=seed) for n in names]
+    within_budget("compare_schedulers", jobs, hint="fewer schedulers or steps")
     outputs = _run(jobs, record="light")
     finals, trajectories, calls = [], [], []
     for name, out in zip(names, outputs):
@@ -133,7 +154,7 @@ def shapes_sample(index):
     """A shapes-world image (the embedded model's domain) to noise."""
     from shapesworld import sample
 
-    index = check.integer("sample", index, 0, 1_000_000)
+    index = check.integer("index", index, 0, MAX_SAMPLE_INDEX)
     return sample(index, empty_prob=0.0).image
 
 
@@ -141,8 +162,7 @@ def forward_noise(image, timestep, seed=0):
     """x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps with the model's own schedule,
     in pixel space and in the latent space the UNet works in."""
     engine = eng.current()
-    if image is None:
-        raise check.fail("image", None, "an image (upload one or pick a shapes-world sample)")
+    image = read_image("image", image)
     t = check.integer("timestep", timestep, 0, engine.num_train_timesteps - 1)
     seed = check.integer("seed", seed, 0, check.MAX_SEED)
     x0 = pil_to_tensor(image, engine.native_size)
@@ -170,6 +190,7 @@ def lora_grid(prompt, lora, seed, steps, guidance_scale, scheduler):
                     guidance_scale=guidance_scale, seed=seed, lora=lora)
     if not job.lora:
         raise check.fail("lora", lora, "at least one adapter (e.g. 'outline:0.8')")
+    within_budget("lora_grid", [job], columns=len(job.lora) + 2, hint="fewer adapters or steps")
     try:
         columns, images = eng.lora_grid_images(job)
     except ValueError as error:

@@ -11,6 +11,8 @@ import shutil
 import torch
 from safetensors.torch import save_file
 
+from train.redact import known_tokens, redact
+
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 KOHYA_WEIGHT_NAME = "pytorch_lora_weights_kohya.safetensors"
 HUB_IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/**", ".tmp-*", ".tmp-*/**", ".trash-*", ".trash-*/**", "data/**",
@@ -161,9 +163,7 @@ def push_output_folder(output_dir: str, repo_id: str, token: str | None, private
                       ignore_patterns=HUB_IGNORE_PATTERNS, token=token)
         return repo.repo_id
     except Exception as err:  # noqa: BLE001 - any failure must keep local files and explain itself
-        detail = f"{type(err).__name__}: {err}"
-        if token:
-            detail = detail.replace(token, "***")
+        detail = redact(f"{type(err).__name__}: {err}", known_tokens(token))  # HF_TOKEN and the login too
         raise HubPushError(
             f"--push_to_hub failed for --hub_model_id={repo_id!r} at {constants.ENDPOINT} ({detail}). "
             f"Nothing local was removed: the adapter and model card are in {os.path.abspath(output_dir)}; "

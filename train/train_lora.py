@@ -33,6 +33,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from train.lora_args import parse_args, public_config  # noqa: E402
+from train.redact import install_log_redaction  # noqa: E402
 from train.lora_checkpoints import (  # noqa: E402
     latest_checkpoint, read_marker, register_lora_state_hooks, remove_stale_partials, save_checkpoint,
 )
@@ -192,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
                         level=logging.INFO)
+    install_log_redaction(args.hub_token)  # any token (flag, HF_TOKEN, login) masked in every log line
     logger = get_logger("train_lora", log_level="INFO")
     logger.info(accelerator.state, main_process_only=False)
     if accelerator.distributed_type == DistributedType.DEEPSPEED and args.train_text_encoder:

@@ -1,0 +1,70 @@
+"""Three narrow guards on Gradio 6.31's HTTP layer, installed by ``app.build_demo`` (idempotent).
+
+1. Files per upload request: ``route_utils.upload_fn`` builds its multipart parser with
+   ``max_files=1000`` hard-coded (40 x 1 MB were accepted in one request). The app has one
+   single-image input, so one file per request (HTTP 400 "Too many files ..." beyond).
+2. An unknown ``fn_index`` in ``/gradio_api/queue/join`` (or ``/run``) raised a KeyError inside
+   ``route_utils.get_fn``: HTTP 500. Now HTTP 404 naming ``fn_index``.
+3. A ``Range`` request on ``/gradio_api/file=`` was answered by
+   ``RangedFileResponse(path, range, dict(request.headers) + 2 headers)``: the request's own
+   headers (Cookie, Authorization, ...) were copied into the 206 response. Gradio 6.31.0 is the
+   newest release on the package index (checked with ``pip index versions gradio``) and its code
+   still does it, so only Content-Disposition and Content-Type are kept here.
+"""
+from __future__ import annotations
+
+MAX_FILES_PER_UPLOAD = 1
+MAX_FIELDS_PER_UPLOAD = 10
+RANGED_RESPONSE_HEADERS = ("content-disposition", "content-type")
+
+
+def limit_files_per_upload(max_files: int = MAX_FILES_PER_UPLOAD, max_fields: int = MAX_FIELDS_PER_UPLOAD) -> None:
+    from gradio import route_utils
+
+    base = getattr(route_utils.GradioMultiPartParser, "unlimited", route_utils.GradioMultiPartParser)
+
+    class LimitedMultiPartParser(base):
+        unlimited = base
+
+        def __init__(self, *args, **kwargs):
+            kwargs["max_files"] = min(kwargs.get("max_files", max_files), max_files)
+            kwargs["max_fields"] = min(kwargs.get("max_fields", max_fields), max_fields)
+            super().__init__(*args, **kwargs)
+
+    route_utils.GradioMultiPartParser = LimitedMultiPartParser
+
+
+def refuse_unknown_fn_index() -> None:
+    from fastapi import HTTPException
+    from gradio import route_utils
+
+    original = getattr(route_utils.get_fn, "unguarded", route_utils.get_fn)
+
+    def get_fn(blocks, api_name, body):
+        try:
+            return original(blocks, api_name, body)
+        except KeyError:
+            raise HTTPException(status_code=404, detail=f"fn_index={body.fn_index!r} is not an event of this app") from None
+
+    get_fn.unguarded = original
+    route_utils.get_fn = get_fn
+
+
+def drop_echoed_range_headers() -> None:
+    from gradio import ranged_response
+
+    cls = ranged_response.RangedFileResponse
+    original = getattr(cls.__init__, "unguarded", cls.__init__)
+
+    def __init__(self, path, range, headers=None, *args, **kwargs):
+        kept = {k: v for k, v in (headers or {}).items() if k.lower() in RANGED_RESPONSE_HEADERS}
+        original(self, path, range, kept, *args, **kwargs)
+
+    __init__.unguarded = original
+    cls.__init__ = __init__
+
+
+def install() -> None:
+    limit_files_per_upload()
+    refuse_unknown_fn_index()
+    drop_echoed_range_headers()
