@@ -26,7 +26,6 @@ from bench.report import machine, update_section  # noqa: E402
 from shapesworld import score_image  # noqa: E402
 from shapesworld.evaluate import eval_cases, generate  # noqa: E402
 
-STYLES = ("outline", "night", "pastel")
 PAIRS = (("outline", "night"), ("outline", "pastel"), ("night", "pastel"))
 WEIGHTS = tuple(round(0.1 * i, 1) for i in range(11))
 
@@ -49,16 +48,10 @@ def main():
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
-    from pipelines import TracingStableDiffusionPipeline
-    from pipelines.lora import Blend, LoraBlender
-    from pipelines.lora_presets import presets_for_family
+    from bench.eval_style_loras import STYLES, style_blender
+    from pipelines.lora import Blend
 
-    pipe = TracingStableDiffusionPipeline.from_pretrained(args.model)
-    pipe.set_progress_bar_config(disable=True)
-    blender = LoraBlender(pipe)
-    presets = {p.id: p for p in presets_for_family("tiny-shapes") if p.id in STYLES}
-    for style in STYLES:
-        blender.load_preset(presets[style], family="tiny-shapes")
+    blender, _ = style_blender(args.model)
     cases = eval_cases(args.num_samples, seed=7)
 
     settings = [(s,) for s in STYLES] + list(PAIRS)

@@ -65,6 +65,21 @@ decode(encode(true styled image)) bounds what any LoRA can show. From `{model}/t
 """
 
 
+def style_blender(model: str):
+    """The model with the three embedded style presets loaded: (LoraBlender, {style: preset})."""
+    from pipelines import TracingStableDiffusionPipeline
+    from pipelines.lora import LoraBlender
+    from pipelines.lora_presets import presets_for_family
+
+    pipe = TracingStableDiffusionPipeline.from_pretrained(model)
+    pipe.set_progress_bar_config(disable=True)
+    blender = LoraBlender(pipe)
+    presets = {p.id: p for p in presets_for_family("tiny-shapes") if p.id in STYLES}
+    for style in STYLES:
+        blender.load_preset(presets[style], family="tiny-shapes")
+    return blender, presets
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--model", default="models/tiny-shapes")
@@ -80,16 +95,9 @@ def main():
         spec = next((m for m in MODELS.values() if os.path.normpath(m.source) == os.path.normpath(args.model)), None)
         args.guidance = spec.default_guidance if spec else 7.5
 
-    from pipelines import TracingStableDiffusionPipeline
-    from pipelines.lora import Blend, LoraBlender
-    from pipelines.lora_presets import presets_for_family
+    from pipelines.lora import Blend
 
-    pipe = TracingStableDiffusionPipeline.from_pretrained(args.model)
-    pipe.set_progress_bar_config(disable=True)
-    blender = LoraBlender(pipe)
-    presets = {p.id: p for p in presets_for_family("tiny-shapes") if p.id in STYLES}
-    for style in STYLES:
-        blender.load_preset(presets[style], family="tiny-shapes")
+    blender, presets = style_blender(args.model)
     prefix = {s: "".join(f"{w}, " for w in presets[s].trigger_words) for s in STYLES}
     cases = eval_cases(args.num_samples, seed=7)
 
