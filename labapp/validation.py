@@ -130,6 +130,14 @@ def take_raw_inputs(demo) -> None:
     """Every event of ``demo`` gets its inputs as sent (``preprocess=False``): the handlers' checks
     above are then the only ones, with the field named and nothing coerced, and Gradio's
     ``Image.preprocess`` (which opened any path a forged payload named) never runs: images go
-    through ``labapp.uploads.read_image``. States still arrive as stored values."""
+    through ``labapp.uploads.read_image``. States still arrive as stored values.
+
+    Except ``gr.Examples``' own event (its input is a ``gr.Dataset``): its preprocess turns the
+    clicked row's index into that row of the server's own example list, which reads no file and
+    cannot be steered outside the list; without it the example rows stop filling the inputs."""
+    import gradio as gr
+
     for block_fn in demo.fns.values():
+        if any(isinstance(block, gr.Dataset) for block in block_fn.inputs):
+            continue
         block_fn.preprocess = False
