@@ -217,7 +217,7 @@ def generate(prompt, negative_prompt, scheduler, steps, guidance_scale, seed, ra
     images = [with_settings(image, settings, i) for i, image in enumerate(output.images)]
     seconds = time.perf_counter() - started
     calls = records[-1].model_calls if records else 0
-    lora_path = getattr(output, "lora_path", "none")  # pipelines/lora.py: "none", "fused" or "unfused"
+    lora_path = getattr(output, "lora_path", None) or "none"  # pipelines/lora.py: "none", "fused" or "unfused"
     blend = ", ".join(f"{a['name']} {a['weight']:g}" for a in settings.lora) or "none"
     status = (f"Done: {len(images)} image(s), {settings.steps} steps, {calls} model calls, {seconds:.1f} s "
               f"on {engine.model_id} ({engine.device}); seed {settings.seed}; LoRA: {blend}"

@@ -68,7 +68,9 @@ class TracingPipelineOutput(StableDiffusionPipelineOutput):
     """
 
     trace: list[StepRecord] | None = None
-    lora_path: str = "none"  # how LoRAs ran (pipelines/lora.py): "none", "fused" or "unfused"
+    # how a LoRA blender ran this call (pipelines/lora.py): "none", "fused" or "unfused"; None when no
+    # blender was involved, so that to_tuple() stays stock's (BaseOutput leaves None fields out)
+    lora_path: str | None = None
 
 
 def guidance_norm(eps_cond: torch.Tensor, eps_uncond: torch.Tensor) -> float:

@@ -153,7 +153,7 @@ def test_img2img_endpoint_runs_and_reports_its_steps(client, tmp_path, image):
 
 @pytest.mark.parametrize("override, expected", [
     (dict(strength=0), "strength=0"),
-    (dict(strength=1.5), "1.5 is greater than maximum"),  # Gradio's slider check, before the handler
+    (dict(strength=1.5), "strength=1.5"),  # our check, naming the field (raw inputs since issue 13)
     (dict(strength=0.05, steps=10), "strength=0.05"),
 ])
 def test_img2img_endpoint_names_bad_input(client, tmp_path, image, override, expected):
@@ -207,7 +207,7 @@ def test_terminal_snr_endpoint(client, tmp_path, image):
     image.resize((64, 64)).save(path)
     gallery, text = client.predict(image=handle_file(str(path)), seeds=64, block="8", api_name="/terminal_snr")
     assert len(gallery) == 6 and "alpha_bar_T = 0.00466" in text and "over 64 noise seeds" in text
-    with pytest.raises(Exception, match="5 is less than minimum value 16"):  # Gradio checks first
+    with pytest.raises(Exception, match="seeds=5"):  # our check names the field (raw inputs since issue 13)
         client.predict(image=handle_file(str(path)), seeds=5, api_name="/terminal_snr")
 
 
@@ -235,6 +235,6 @@ def test_img2img_trace_loads_into_the_explorer(image):
     out, status, trace = img2img_handler(image, "a blue circle", "", 0.5, "Euler a", 8, 5.0, 3)
     assert "4 of 8 steps" in status and len(trace["records"]) == 4 and trace["settings"]["strength"] == 0.5
     slider, _cfg = trace_views.step_slider_updates(trace)
-    assert slider["maximum"] == 3
-    x_t, x0, _plot, info = trace_views.explore_step(trace, 3, "vae")
-    assert x_t is not None and x0 is not None and "3" in info
+    assert slider["maximum"] == 4  # 1-based steps (issue 14)
+    x_t, x0, _plot, info = trace_views.explore_step(trace, 4, "vae")
+    assert x_t is not None and x0 is not None and "step 4 / 4" in info

@@ -102,7 +102,7 @@ def load_data(args, vae, cache_path: str, seeds: list[int]):
     key = {"model": os.path.abspath(args.pretrained_model_name_or_path), "first": seeds[0], "n": len(seeds),
            "vae_mtime": os.path.getmtime(os.path.join(args.pretrained_model_name_or_path, "vae"))}
     if os.path.isfile(cache_path):
-        blob = torch.load(cache_path)
+        blob = torch.load(cache_path, weights_only=True)  # our own tensors and a dict of plain values
         if blob.get("key") == key:
             return blob["mean"], blob["std"], blob["labels"]
     mean, std, labels = encode_renders(vae, seeds)
