@@ -165,10 +165,10 @@ def load_engine(model_id: str, reason: str, device: str | None = None) -> Engine
     dtype = torch.float16 if device == "cuda" else torch.float32
     pipe = load_pipeline(model_id, device=device, dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
-    log.info("Diffusion Lab: loaded model %r on %s (%s)", model_id, device, reason)
     family = _family(model_id)
     previews = preview_choice_for(pipe)
-    log.info("Diffusion Lab: preview decoder %r (%s)", previews.default, previews.reason)
+    # one line for the model (the page header says the same, with the preview decoder's reason)
+    log.info("Diffusion Lab: loaded model %r on %s (%s); previews: %s", model_id, device, reason, previews.default)
     return Engine(pipe=pipe, model_id=model_id, reason=reason, device=device, family=family, blender=_make_blender(pipe),
                   previews=previews)
 
