@@ -90,6 +90,16 @@ Shape accuracy:
 {chr(10).join(row(n, "shape") for n in names)}
 
 outline 0.8 + night 0.6 (the unequal pair): color {odd['color']:.2f}, shape {odd['shape']:.2f}.
+
+Reading: the prompt is kept at weight 0 to ~0.3 and again near 1, and lost in between. Each
+LoRA was trained at weight 1 only, so a partial weight does not give a partial style: it moves
+the UNet into states neither the base model nor the LoRA training visited (a half-dark background,
+half-hollow strokes), where the prediction, and the VAE decoder fine-tuned on the pure styles,
+are least reliable; the scorer also reads colors against a background that is neither light nor
+dark. This is the "outline:0.8, night:0.6" oddity of issue 23, measured: not a bug in blending
+(weight 0 is the base model pixel for pixel, weight 1 each effect as trained), but a property of
+single-weight training. Not yet separated here: how much of the dip is the scorer's reading of
+in-between backgrounds rather than the image. A fix would train at random weights in [0, 1].
 """
     update_section("LoRA weights and what the prompt keeps", body)
 
