@@ -205,3 +205,92 @@ def test_from_pretrained_reads_a_local_folder(tmp_path):
     images = torch.rand(2, 3, 16, 16) * 2 - 1
     assert torch.allclose(loaded.text_embeds(["a red circle"]), guide.text_embeds(["a red circle"]), atol=1e-5)
     assert torch.allclose(loaded.image_embeds(images), guide.image_embeds(images), atol=1e-5)
+
+
+# --------------------------------------------------------------------------- the app: flag, engine, API
+
+
+def test_app_flag_and_its_env_var(monkeypatch):
+    import app
+    from pipelines.guidance_gradient import CLIP_GUIDANCE_ENV
+
+    assert app.CLIP_GUIDANCE_ENV == CLIP_GUIDANCE_ENV
+    monkeypatch.delenv(CLIP_GUIDANCE_ENV, raising=False)
+    assert app.parse_args([]).clip_guidance_model is None
+    assert app.parse_args(["--clip-guidance-model", "some/clip"]).clip_guidance_model == "some/clip"
+    monkeypatch.setenv(CLIP_GUIDANCE_ENV, "env/clip")
+    assert app.parse_args([]).clip_guidance_model == "env/clip"
+    assert app.parse_args(["--clip-guidance-model", "none"]).clip_guidance_model == "none"
+
+
+@pytest.mark.parametrize("requested, model_id, device, expected", [
+    (None, "sd15", "cuda", "openai/clip-vit-base-patch32"),  # the Space: a Hub model on CUDA
+    (None, "sd15", "cpu", None),
+    (None, "tiny-shapes", "cuda", None),  # ships a trained classifier
+    ("none", "sd15", "cuda", None),
+    ("off", "sd15", "cuda", None),
+    ("my/clip", "tiny-shapes", "cpu", "my/clip"),
+])
+def test_choose_clip_guide(requested, model_id, device, expected):
+    from labapp.engine import choose_clip_guide
+
+    assert choose_clip_guide(requested, model_id, device) == expected
+
+
+def test_a_clip_model_that_cannot_load_leaves_the_app_without_it(caplog):
+    from labapp.engine import _load_clip_guide
+
+    with caplog.at_level("WARNING", logger="diffusion_lab"):
+        assert _load_clip_guide("/no/such/clip-folder", "cpu", torch.float32) is None
+    assert "clip_guidance_model='/no/such/clip-folder' could not be loaded" in caplog.text
+    assert _load_clip_guide(None, "cpu", torch.float32) is None
+
+
+@pytest.fixture(scope="module")
+def clip_client():
+    from gradio_client import Client
+
+    from labapp import engine_from_pipe
+    from tests.app_server import launch
+
+    torch.set_num_threads(1)
+    engine = engine_from_pipe(_pipe(prediction_type="epsilon", zero_snr=False), "tiny-clip", "test components")
+    demo, url = launch(engine, concurrency_limit=1)
+    yield engine, Client(url, verbose=False)
+    demo.close()
+
+
+API_BASE = dict(negative_prompt="", scheduler="DDIM", steps=4, seed=11, preview_every=0)
+
+
+def _pixels(path):
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def test_generate_with_clip_guidance_through_the_api(clip_client):
+    from labapp.engine import job_branches
+    from labapp.metadata import GenerationSettings
+
+    engine, client = clip_client
+    uncond = client.predict(prompt="", guidance_scale=1.0, **API_BASE, api_name="/generate")
+    zero = client.predict(prompt="a red circle", guidance_scale=1.0, guidance_method="classifier",
+                          classifier_scale=0.0, **API_BASE, api_name="/generate")
+    guided = client.predict(prompt="a red circle", guidance_scale=1.0, guidance_method="classifier",
+                            classifier_scale=100.0, **API_BASE, api_name="/generate")
+    assert np.array_equal(_pixels(uncond[2]), _pixels(zero[2]))
+    assert not np.array_equal(_pixels(uncond[2]), _pixels(guided[2]))
+    assert guided[5].startswith("Done")
+    settings = GenerationSettings(prompt="a red circle", guidance_method="classifier", guidance_scale=1.0)
+    assert job_branches(settings) == 2  # the empty-prompt call + CLIP's own UNet call for x0
+
+
+def test_generate_refused_without_classifier_or_clip(clip_client):
+    engine, client = clip_client
+    guide, engine.pipe.clip_guide = engine.pipe.clip_guide, None
+    try:
+        with pytest.raises(Exception, match="--clip-guidance-model"):
+            client.predict(prompt="a red circle", guidance_scale=1.0, guidance_method="classifier",
+                           classifier_scale=1.0, **API_BASE, api_name="/generate")
+    finally:
+        engine.pipe.clip_guide = guide
+    assert client.predict(prompt="a red circle", guidance_scale=1.0, **API_BASE, api_name="/generate")[5].startswith("Done")
