@@ -129,11 +129,23 @@ class ClipGuide:
     def from_pretrained(cls, model_id: str, device="cpu", dtype=torch.float32) -> "ClipGuide":
         """Both towers, the tokenizer and the preprocessing config from one CLIP checkpoint
         (a Hub id such as openai/clip-vit-base-patch32, or a local folder)."""
-        from transformers import (CLIPImageProcessor, CLIPTextModelWithProjection, CLIPTokenizer,
+        from transformers import (CLIPImageProcessor, CLIPModel, CLIPTextModelWithProjection, CLIPTokenizer,
                                   CLIPVisionModelWithProjection)
 
-        vision = CLIPVisionModelWithProjection.from_pretrained(model_id, dtype=dtype).to(device)
-        text = CLIPTextModelWithProjection.from_pretrained(model_id, dtype=dtype).to(device)
+        # published CLIP checkpoints are CLIPModel folders: load once, and give each tower its projection
+        # (loading each *WithProjection class from it reports the other tower's weights as unexpected)
+        clip = CLIPModel.from_pretrained(model_id, dtype=dtype)
+        towers = []
+        for cls_, config, body, projection in (
+                (CLIPVisionModelWithProjection, clip.config.vision_config, "vision_model", "visual_projection"),
+                (CLIPTextModelWithProjection, clip.config.text_config, "text_model", "text_projection")):
+            config.projection_dim = clip.config.projection_dim
+            with torch.device("meta"):  # no random init: every parameter is replaced just below
+                tower = cls_(config)
+            setattr(tower, body, getattr(clip, body))
+            setattr(tower, projection, getattr(clip, projection))
+            towers.append(tower.to(device=device, dtype=dtype))
+        vision, text = towers
         processor = CLIPImageProcessor.from_pretrained(model_id)
         crop = processor.crop_size  # a dict or transformers' SizeDict, {"height": .., "width": ..}
         size = crop["height"] if hasattr(crop, "__getitem__") else int(crop)

@@ -202,6 +202,8 @@ def test_from_pretrained_reads_a_local_folder(tmp_path):
     CLIPImageProcessor(size={"shortest_edge": 8}, crop_size={"height": 8, "width": 8}).save_pretrained(folder)
     loaded = ClipGuide.from_pretrained(str(folder))
     assert loaded.image_size == 8 and loaded.model_id == str(folder)
+    tensors = [*loaded.vision.parameters(), *loaded.vision.buffers(), *loaded.text.parameters(), *loaded.text.buffers()]
+    assert all(t.device.type == "cpu" for t in tensors)  # nothing left on the meta device
     images = torch.rand(2, 3, 16, 16) * 2 - 1
     assert torch.allclose(loaded.text_embeds(["a red circle"]), guide.text_embeds(["a red circle"]), atol=1e-5)
     assert torch.allclose(loaded.image_embeds(images), guide.image_embeds(images), atol=1e-5)
