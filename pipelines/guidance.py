@@ -350,11 +350,11 @@ class Guider:
                             prediction_type: str, denoise=None) -> torch.Tensor:
         """guided + the gradient term at scale s, in the model's output space: epsilon moved by
         -s b g (``classifier_guided_eps``), converted by ``output_shift_from_eps``. ``x_t`` is the VP
-        latent the UNet saw; ``denoise(x_vp)`` one UNet call on it (CLIP's x0). s = 0 or zero SNR:
-        ``guided`` itself, untouched. Keeps the readout (classifier: log p(y|x_t), target
+        latent the UNet saw; ``denoise(x_vp)`` one UNet call on it (CLIP's x0). s = 0 or zero SNR
+        (CLIP: alpha_bar <= CLIP_MIN_ALPHA_BAR): ``guided`` itself, untouched. Keeps the readout (classifier: log p(y|x_t), target
         probabilities, g; CLIP: the cosine, g) for the step record."""
         s = self.config.classifier_scale
-        active = s != 0 and alpha_bar > 0.0
+        active = s != 0 and alpha_bar > self.gradient_guide.min_alpha_bar
         grad, self.classifier_readout = self.gradient_guide.gradient(x_t, t, alpha_bar, prediction_type, denoise,
                                                                      need_grad=active)
         if not active:

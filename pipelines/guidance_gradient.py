@@ -36,6 +36,13 @@ from .schedulers import EvalPoint
 
 CLIP_GUIDANCE_ENV = "DIFFUSION_LAB_CLIP_GUIDANCE_MODEL"  # the app's --clip-guidance-model
 DEFAULT_SPACE_CLIP_MODEL = "openai/clip-vit-base-patch32"  # CLIP guide for Hub models on CUDA
+# CLIP's term is off at alpha_bar <= this (sigma >= ~31.6; SD 1.x's largest sigma is 14.6, alpha_bar 0.0047).
+# There x_t carries almost nothing of the image, so the exact term grad log p(y | x_t) is ~0 (p(y | x_t) ~ p(y));
+# a noise-aware classifier learns that, but CLIP on x0_hat does not (the UNet's Jacobian does not vanish), and
+# the conversion to the model's output multiplies it by 1 / sqrt(alpha_bar) (4096 at the 2^-24 that diffusers'
+# sigma samplers put at zero terminal SNR): measured on the tiny test model, Euler and DPM++ then saturate
+# the image whatever the scale.
+CLIP_MIN_ALPHA_BAR = 1e-3
 
 
 # --------------------------------------------------------------------------- score -> prediction
@@ -229,6 +236,7 @@ class GradientGuide:
         from .classifier import parse_prompt, target_indices
 
         self.method = method
+        self.min_alpha_bar = 0.0  # the term is applied where alpha_bar > this (CLIP: CLIP_MIN_ALPHA_BAR)
         if classifier is None and clip_guide is None:
             raise ValueError(
                 f"guidance method {method!r} needs a noise-aware classifier or a CLIP guide and this pipeline has "
@@ -259,7 +267,7 @@ class GradientGuide:
                                      "embedding: pass a prompt")
             if vae is None:
                 raise ValueError(f"guidance method {method!r} with CLIP needs the pipeline's VAE to decode x0")
-            self.clip, self.decode = clip_guide, vae_decoder(vae)
+            self.clip, self.decode, self.min_alpha_bar = clip_guide, vae_decoder(vae), CLIP_MIN_ALPHA_BAR
             embeds = clip_guide.text_embeds(texts)
             self.text_embeds = embeds.repeat_interleave(num_images_per_prompt, dim=0)
 

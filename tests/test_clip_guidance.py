@@ -108,6 +108,25 @@ def test_scale_zero_equals_unconditional_bit_for_bit(clip_pipe, scheduler):
     assert not torch.equal(guided, uncond)
 
 
+@pytest.mark.parametrize("prediction_type", ["v_prediction", "epsilon"])
+@pytest.mark.parametrize("scheduler", ["DDIM", "Euler", "DPM++ 2M"])
+def test_guidance_raises_the_final_images_clip_similarity(prediction_type, scheduler):
+    """End to end: the decoded images' cosine with the prompt rises with s (4 seeds, 8 steps).
+    v-prediction at zero terminal SNR with Euler / DPM++ also checks CLIP_MIN_ALPHA_BAR: without it
+    the first step's 1 / sqrt(alpha_bar) = 4096 saturates the image and s stops mattering."""
+    zero_snr = prediction_type == "v_prediction"
+    pipe = _pipe(prediction_type=prediction_type, zero_snr=zero_snr)
+    text = pipe.clip_guide.text_embeds(["a red circle"]).expand(4, -1)
+    decode = vae_decoder(pipe.vae)
+    means = []
+    for s in (0.0, 20.0, 100.0):
+        latents = pipe(["a red circle"] * 4, num_inference_steps=8, output_type="latent", scheduler=scheduler,
+                       guidance=_cg(s), generator=[torch.Generator().manual_seed(i) for i in range(4)]).images
+        with torch.no_grad():
+            means.append(pipe.clip_guide.similarity(decode(latents), text).mean().item())
+    assert means[1] > means[0] + 0.1 and means[2] > means[1] + 0.01, means
+
+
 def test_epsilon_model_too():
     pipe = _pipe(prediction_type="epsilon", zero_snr=False)
     for scheduler in ("DDIM", "Euler", "DPM++ 2M"):
