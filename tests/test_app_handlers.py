@@ -63,37 +63,44 @@ def test_integer_and_text_and_lists():
         check.json_value("lora", "[" * 100_000 + "]" * 100_000, "JSON")
 
 
+def parse_lora(field, spec, presets):
+    """The Generate tab's blend field as the request reads it (Blend.parse), errors as the app shows them."""
+    from pipelines.lora_settings import Blend
+
+    return check.gradio_errors(Blend.parse)(spec, presets, field=field).to_list()
+
+
 def test_parse_lora_shorthand_json_and_errors():
     presets = ["outline", "night"]
-    assert gen.parse_lora("lora", "outline:0.8, night", presets) == [
+    assert parse_lora("lora", "outline:0.8, night", presets) == [
         {"name": "outline", "weight": 0.8}, {"name": "night", "weight": 1.0}]
     spec = json.dumps([{"name": "night", "weight": -0.5, "text_encoder_weight": 0.2,
                         "block_weights": {"down": 0.0, "up": 1.5}, "step_range": [0.2, 0.8]}])
-    (entry,) = gen.parse_lora("lora", spec, presets)
+    (entry,) = parse_lora("lora", spec, presets)
     assert entry["block_weights"] == {"down": 0.0, "up": 1.5} and entry["step_range"] == (0.2, 0.8)
     with pytest.raises(gr.Error, match=r"lora\[outline\].weight=9.0 is not allowed: a finite number in \[-2, 2\]"):
-        gen.parse_lora("lora", "outline:9", presets)
+        parse_lora("lora", "outline:9", presets)
     with pytest.raises(gr.Error, match=r"lora\[night\].step_range"):
-        gen.parse_lora("lora", '[{"name": "night", "step_range": [0.9, 0.1]}]', presets)
+        parse_lora("lora", '[{"name": "night", "step_range": [0.9, 0.1]}]', presets)
     with pytest.raises(gr.Error, match=r"lora name='pastel' .*one of \['outline', 'night'\]"):
-        gen.parse_lora("lora", "pastel:0.5", presets)
+        parse_lora("lora", "pastel:0.5", presets)
 
 
-def test_build_settings_checks_size_and_combinations(engine):
+def test_build_request_checks_size_and_combinations(engine):
     base = dict(prompt="a", negative_prompt="", scheduler="DDIM", steps=4, guidance_scale=5, seed=0)
     with pytest.raises(gr.Error, match=r"width=15 .*multiple of 2 in \[8, 32\]"):
-        gen.build_settings(engine, **base, width=15, height=16)
+        gen.build_request(engine, **base, width=15, height=16)
     with pytest.raises(gr.Error, match="negative_prompt.*perp-neg"):
-        gen.build_settings(engine, **base, width=16, height=16, guidance_method="perp-neg")
+        gen.build_request(engine, **base, width=16, height=16, guidance_method="perp-neg")
     with pytest.raises(gr.Error, match="guidance_interval_start"):
-        gen.build_settings(engine, **base, width=16, height=16, guidance_interval_start=0.6, guidance_interval_end=0.4)
-    s = gen.build_settings(engine, **base, width=16, height=16, guidance_interval_start=0.5)
-    assert s.guidance_interval == (0.5, 1.0) and s.model == "tiny-test"
+        gen.build_request(engine, **base, width=16, height=16, guidance_interval_start=0.6, guidance_interval_end=0.4)
+    s = gen.build_request(engine, **base, width=16, height=16, guidance_interval_start=0.5)
+    assert s.guidance.interval == (0.5, 1.0) and s.model == "tiny-test"
 
 
 def test_png_metadata_round_trip(engine):
-    s = gen.build_settings(engine, prompt="blue square", negative_prompt="red", scheduler="Euler a", steps=3,
-                           guidance_scale=4, seed=11, width=16, height=16)
+    s = gen.build_request(engine, prompt="blue square", negative_prompt="red", scheduler="Euler a", steps=3,
+                          guidance_scale=4, seed=11, width=16, height=16)
     tagged = with_settings(Image.new("RGB", (16, 16)), s)
     buffer = io.BytesIO()
     from gradio.processing_utils import get_pil_metadata
@@ -197,8 +204,8 @@ def test_model_choice_and_gpu_durations():
     assert eng.choose_model(None, cuda=False)[0] == "tiny-shapes"
     assert eng.choose_model(None, cuda=True)[0] == "sd15"
     assert eng.choose_model("sd21", cuda=False) == ("sd21", "--model sd21 was requested")
-    from labapp.metadata import GenerationSettings
+    from pipelines.request import GenerationRequest
 
-    small, big = GenerationSettings("a", steps=10), GenerationSettings("a", steps=50, num_images=4)
+    small, big = GenerationRequest("a", steps=10), GenerationRequest("a", steps=50, num_images=4)
     assert eng._generation_duration(big, 5) > eng._generation_duration(small, 5) > 0
     assert eng._batch_duration([small, big]) > eng._batch_duration([small])

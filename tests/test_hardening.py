@@ -120,8 +120,8 @@ def test_a_view_of_an_evicted_run_says_so(engine):
 
 
 def test_the_largest_generate_fits_the_budget(engine):
-    job = gen.build_settings(engine, prompt="a", negative_prompt="b", scheduler="Heun", steps=gen.MAX_STEPS,
-                             guidance_scale=7.5, seed=0, width=16, height=16, num_images=gen.MAX_IMAGES,
+    job = gen.build_request(engine, prompt="a", negative_prompt="b", scheduler="Heun", steps=gen.MAX_STEPS,
+                            guidance_scale=7.5, seed=0, width=16, height=16, num_images=gen.MAX_IMAGES,
                              guidance_method="perp-neg")
     assert eng.job_branches(job) == 3 and eng.job_images(job) == gen.MAX_IMAGES
     assert eng.request_cost([job]) <= eng.MODEL_CALL_BUDGET
