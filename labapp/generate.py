@@ -128,7 +128,7 @@ def generate_live(*args, **kwargs):
     """
     for out in generate(*args, **kwargs):
         x_t, x0, image, gallery, settings, status, seed, trace = out
-        if isinstance(trace, dict) and "records" in trace:  # the last yield (gr.skip() is a dict too)
+        if isinstance(trace, trace_store.Trace):  # the last yield
             if image is not None:
                 image = labeled(image, f"image - seed {seed} (PNG + settings)")
         elif x0 is not None:  # a preview: the status is its "step k/N, t=..."
@@ -157,7 +157,7 @@ def random_seed() -> int:
 
 def last_seed(trace, seed):
     """The recycle button: the seed of the last run in this session (unchanged if there was none)."""
-    return trace["settings"]["seed"] if trace and trace.get("settings") else seed
+    return trace.seed if isinstance(trace, trace_store.Trace) else seed
 
 
 def stopped(settings: GenerationRequest, records: list, x_t_image, x0_image, seconds: float) -> tuple:

@@ -122,7 +122,7 @@ def test_generate_streams_previews_and_keeps_the_trace(engine):
     image, settings, status, seed, trace = final[2], final[4], final[5], final[6], final[7]
     assert image.size == (16, 16) and json.loads(image.info["diffusion_lab"])["seed"] == 7
     assert json.loads(settings)["steps"] == 4 and status.startswith("Done") and seed == 7
-    assert len(trace["records"]) == 4 and trace["records"][-1].eps_uncond is not None
+    assert len(trace.records) == 4 and trace.records[-1].eps_uncond is not None
 
 
 def test_the_generate_button_labels_every_image(engine):
@@ -136,7 +136,7 @@ def test_the_generate_button_labels_every_image(engine):
 
 
 def trace_t(final, index: int) -> str:
-    return f"{final[7]['records'][index].timestep:.0f}"
+    return f"{final[7].records[index].timestep:.0f}"
 
 
 def test_same_seed_same_image_and_randomize_changes_the_seed(engine):
@@ -150,7 +150,7 @@ def test_trace_views(engine):
     trace = run(engine, preview_every=0)[-1][7]
     x_t, x0, eps_fig, info = trace_views.explore_step(trace, 2, "vae")  # steps are 1-based, as the page shows them
     assert x_t["value"].size == x0["value"].size and eps_fig is not None and "step 2 / 4" in info
-    assert x0["label"] == f"pred x0 - step 2/4, t={trace['records'][1].timestep:.0f}"
+    assert x0["label"] == f"pred x0 - step 2/4, t={trace.records[1].timestep:.0f}"
     uncond, cond, guided, heat, over_steps, note = trace_views.cfg_step(trace, 4, "linear")
     assert uncond["value"] is not None and heat is not None and "applied scale 5.00" in note
     assert uncond["label"].startswith("x0 uncond - step 4/4")
@@ -176,15 +176,15 @@ def test_stop_ends_the_run_and_keeps_the_recorded_steps(engine):
             gen.request_stop(Request())
     *previews, final = outputs
     trace, status = final[7], final[5]
-    assert final[2] is None and trace["stopped"] and status.startswith("Stopped at step 4 / 40")
-    assert [r.step for r in trace["records"]] == [0, 1, 2, 3] and len(previews) == 3
+    assert final[2] is None and trace.stopped and status.startswith("Stopped at step 4 / 40")
+    assert [r.step for r in trace.records] == [0, 1, 2, 3] and len(previews) == 3
     assert "session-a" not in gen._stops  # consumed: the next run is not stopped
 
 
 def test_step_sliders_get_their_own_values(engine):
     """The explorer opens at the last step, the CFG lab where the x0 pair and the eps pair both differ."""
     trace = run(engine, preview_every=0)[-1][7]
-    gaps = [float((r.x0_cond - r.x0_uncond).abs().mean()) * r.guidance_norm for r in trace["records"]]
+    gaps = [float((r.x0_cond - r.x0_uncond).abs().mean()) * r.guidance_norm for r in trace.records]
     explore, cfg = trace_views.step_slider_updates(trace)
     assert explore is not cfg and explore["value"] == 4 and explore["maximum"] == 4 and explore["minimum"] == 1
     assert cfg["value"] == int(np.argmax(gaps)) + 1 and gaps[cfg["value"] - 1] == max(gaps) > 0
