@@ -33,12 +33,10 @@ def cpu_seconds(pid: int) -> float:
 
 def direct(engine, settings, preview_every, decoder):
     """The pipeline alone: time to the first record carrying previews, to the images, and CPU seconds."""
-    from labapp import engine as eng
-
     cpu = time.process_time()
     start = time.perf_counter()
     first = None
-    for item in engine.pipe.iter_steps(**eng.call_kwargs(settings), record="full", preview_every=preview_every,
+    for item in engine.pipe.iter_steps(**settings.call_kwargs(engine.device), record="full", preview_every=preview_every,
                                        preview_decoder=decoder, preview_targets=("x_t", "x0_guided")):
         if first is None and getattr(item, "previews", None):
             first = time.perf_counter() - start
@@ -101,7 +99,7 @@ def main():
     from gradio_client import Client
 
     from labapp import engine as eng
-    from labapp.generate import build_settings
+    from labapp.generate import build_request
 
     engine = make_engine(args.tiny)
     eng.install(engine)
@@ -114,8 +112,7 @@ def main():
     decoder = args.decoder or engine.previews.default
     kwargs = dict(prompt="a large red circle in the top left", negative_prompt="", scheduler="DDIM",
                   steps=args.steps, guidance_scale=7.5, seed=0, preview_every=args.preview_every, preview_decoder=decoder)
-    settings = build_settings(engine, **{k: v for k, v in kwargs.items() if not k.startswith("preview_")},
-                              width=engine.native_size, height=engine.native_size)
+    settings = build_request(engine, **{k: v for k, v in kwargs.items() if not k.startswith("preview_")})
 
     direct(engine, settings, args.preview_every, decoder), through_server(client, kwargs, server.pid)  # warm-up
     rows = {"direct": [], "server": [], "direct, linear previews": []}

@@ -46,7 +46,7 @@ def example_spec(presets) -> str:
 
 
 def chips(blend: list[dict]) -> str:
-    """A parsed blend (generate.parse_lora) as one line of chips for the Generate tab."""
+    """A parsed blend (``Blend.parse(...).to_list()``) as one line of chips for the Generate tab."""
     if not blend:
         return "**LoRA:** none (pick a blend in the LoRA mixer, or an example below)"
     parts = [f"`{a['name']} {a['weight']:g}`" for a in blend]
@@ -65,13 +65,12 @@ def presets_table(presets) -> str:
 
 def describe(spec) -> str:
     """The Generate tab's chip line for the blend text ``spec`` (or why it is not a valid blend)."""
-    import gradio as gr
+    from pipelines.lora_settings import Blend
 
     from . import engine as eng
-    from .generate import parse_lora
 
     try:
-        blend = parse_lora("lora", spec, [p.id for p in eng.current().lora_presets()])
-    except gr.Error as error:
-        return f"**LoRA:** not applied, {error.message}"
-    return chips(blend)
+        blend = Blend.parse(spec, eng.current().limits().presets)
+    except ValueError as error:
+        return f"**LoRA:** not applied, {error}"
+    return chips(blend.to_list())

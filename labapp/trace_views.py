@@ -14,6 +14,7 @@ from . import plots
 from . import validation as check
 from .generate import decoders, labeled, step_label
 from .images import upscale
+from .trace_store import Trace
 
 VIEW_SIZE = 256
 NO_TRACE = "Generate an image first (Generate tab): its steps are kept here for this browser session."
@@ -21,9 +22,9 @@ NO_TRACE = "Generate an image first (Generate tab): its steps are kept here for 
 
 def _record(trace, step):
     """The record of 1-based ``step``."""
-    if not trace or not trace.get("records"):
+    if not isinstance(trace, Trace) or not trace.records:
         raise gr.Error(NO_TRACE, title="Nothing recorded yet")
-    records = trace["records"]
+    records = trace.records
     step = check.integer("step", step, 1, len(records))
     return records[step - 1]
 
@@ -38,6 +39,7 @@ def _decoder(decoder) -> str:
     return check.choice("decoder", decoder, decoders(eng.current()))
 
 
+@check.gradio_errors
 def explore_step(trace, step, decoder="vae"):
     """x_t (as the model sees it), predicted x0 and the noise prediction at one recorded step (1-based)."""
     decoder = _decoder(decoder)
@@ -53,12 +55,13 @@ def explore_step(trace, step, decoder="vae"):
     return x_t, x0, eps_fig, info
 
 
+@check.gradio_errors
 def cfg_step(trace, step, decoder="vae"):
     """Unconditional / conditional / guided x0 at one step (1-based), |eps_c - eps_u| heatmap, and
     the guidance norm and applied scale over all steps."""
     decoder = _decoder(decoder)
     r = _record(trace, step)
-    records = trace["records"]
+    records = trace.records
     where = step_label(r)
     over_steps = plots.guidance_over_steps(
         [x.step + 1 for x in records], [x.guidance_norm for x in records], [x.guidance_scale for x in records], r.step + 1
@@ -97,7 +100,7 @@ def step_slider_updates(trace):
     Two separate dicts: Gradio's postprocess pops "value" from an update dict, so one dict
     returned for two outputs would leave the second slider without its value.
     """
-    records = trace["records"] if trace and trace.get("records") else []
+    records = trace.records if isinstance(trace, Trace) else []
     n = max(1, len(records))
     explore = gr.update(minimum=1, maximum=n, value=n, interactive=n > 1)
     cfg = gr.update(minimum=1, maximum=n, value=strongest_guidance_step(records) if records else 1, interactive=n > 1)
