@@ -12,6 +12,7 @@ import os
 from pipelines.models import EMBEDDED_MODEL, GPU_DEFAULT_MODEL, model_names
 
 MODEL_SWITCH_ENV = "DIFFUSION_LAB_MODEL_SWITCH"  # 1/0: let visitors switch the model (see --allow-model-switch)
+CLIP_GUIDANCE_ENV = "DIFFUSION_LAB_CLIP_GUIDANCE_MODEL"  # = pipelines.guidance_gradient.CLIP_GUIDANCE_ENV (no torch here)
 
 
 class _OneLineErrors(argparse.ArgumentParser):
@@ -37,6 +38,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--allow-model-switch", action=argparse.BooleanOptionalAction, default=None,
                         help=f"let visitors switch the model for everyone (default: off on a Space, on elsewhere; "
                              f"env {MODEL_SWITCH_ENV}=1/0)")
+    parser.add_argument("--clip-guidance-model", default=os.environ.get(CLIP_GUIDANCE_ENV), metavar="ID",
+                        help="CLIP checkpoint for CLIP guidance (guidance_method 'classifier' on models without a "
+                             "trained classifier), or 'none' (default: openai/clip-vit-base-patch32 for a Hub model "
+                             f"on CUDA, none on CPU and for {EMBEDDED_MODEL}; env {CLIP_GUIDANCE_ENV})")
     return parser.parse_args(argv)
 
 
@@ -430,7 +435,7 @@ def switch_model(model_id):
     if model_id == current.model_id:
         return f"Model `{model_id}` is already loaded."
     try:
-        eng.install(eng.load_engine(model_id, "picked in the UI"))
+        eng.install(eng.load_engine(model_id, "picked in the UI", clip_guidance_model=current.clip_request))
     except Exception as error:  # an offline machine or an unknown id: keep the current model
         raise gr.Error(f"model={model_id!r} could not be loaded ({error}); still using {current.model_id!r}.") from None
     return f"Loaded `{model_id}`: reload the page to update sizes and LoRA presets."
@@ -464,7 +469,8 @@ def main(argv=None):
         # runs up to 2.5 s against a 0.26 s median in issue 22); one thread is as fast and steady.
         torch.set_num_threads(1)
     model_id, reason = eng.choose_model(args.model, torch.cuda.is_available())
-    demo = build_demo(eng.load_engine(model_id, reason), allow_model_switch=args.allow_model_switch)
+    engine = eng.load_engine(model_id, reason, clip_guidance_model=args.clip_guidance_model)
+    demo = build_demo(engine, allow_model_switch=args.allow_model_switch)
     # quiet: Gradio's own banner suggests `share=True in launch()`; this app's flag is --share
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, quiet=True,
                 prevent_thread_lock=True, **launch_kwargs())

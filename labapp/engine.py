@@ -23,6 +23,7 @@ import spaces
 import torch
 
 from pipelines.forward import encode_image, q_sample
+from pipelines.guidance_gradient import DEFAULT_SPACE_CLIP_MODEL, ClipGuide
 from pipelines.img2img import SDEditStart
 from pipelines.lora_settings import Blend
 from pipelines.models import EMBEDDED_MODEL, GPU_DEFAULT_MODEL, load_pipeline, model_family, model_names, model_spec
@@ -39,6 +40,9 @@ EMBEDDED_DIR = os.path.join(ROOT, "models", EMBEDDED_MODEL)
 # loading, encoding and decoding. Generous on purpose: a task killed at its limit shows nothing.
 GPU_SECONDS_PER_STEP_IMAGE = 0.12
 GPU_SECONDS_OVERHEAD = 15
+# A CLIP-guided step also runs the UNet with a backward pass, the VAE decoder forward and backward
+# at full size, and CLIP: counted as this many plain steps (an estimate, not measured on a GPU).
+CLIP_GUIDANCE_GPU_FACTOR = 6
 # Work one request may ask for, in model calls (one UNet evaluation of one image in one guidance
 # branch): the largest single /generate, 150 steps x 2 calls per step (second-order samplers) x
 # 4 images x 3 branches (Perp-Neg) = 3600. No lab request may hold the pipeline slot longer than
@@ -57,6 +61,7 @@ class Engine:
     family: str = ""  # base-model family, for LoRA presets ("tiny-shapes", "sd15", ...)
     blender: object | None = None  # pipelines.lora.LoraBlender
     previews: PreviewChoice | None = None  # decoders this model offers and the one it streams with
+    clip_request: str | None = None  # --clip-guidance-model as asked (None: the default), kept across switches
     lock: threading.RLock = field(default_factory=threading.RLock)
 
     @property
@@ -163,17 +168,49 @@ def model_choices() -> list[str]:
     return model_names()
 
 
-def load_engine(model_id: str, reason: str, device: str | None = None) -> Engine:
+def load_engine(model_id: str, reason: str, device: str | None = None, clip_guidance_model: str | None = None) -> Engine:
+    """``clip_guidance_model``: the CLIP checkpoint for CLIP guidance (``choose_clip_guide``)."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.float16 if device == "cuda" else torch.float32
     pipe = load_pipeline(model_id, device=device, dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
     family = _family(model_id)
     previews = preview_choice_for(pipe)
+    clip_id = choose_clip_guide(clip_guidance_model, model_id, device)
+    pipe.clip_guide = _load_clip_guide(clip_id, device, dtype)
+    clip_note = f"; CLIP guidance: {clip_id}" if pipe.clip_guide is not None else ""
     # one line for the model (the page header says the same, with the preview decoder's reason)
-    log.info("Diffusion Lab: loaded model %r on %s (%s); previews: %s", model_id, device, reason, previews.default)
+    log.info("Diffusion Lab: loaded model %r on %s (%s); previews: %s%s", model_id, device, reason, previews.default,
+             clip_note)
     return Engine(pipe=pipe, model_id=model_id, reason=reason, device=device, family=family, blender=_make_blender(pipe),
-                  previews=previews)
+                  previews=previews, clip_request=clip_guidance_model)
+
+
+def choose_clip_guide(requested: str | None, model_id: str, device: str) -> str | None:
+    """The CLIP checkpoint for CLIP guidance (the ``classifier`` methods on a model without a
+    trained classifier; pipelines/guidance_gradient.py), or None. ``requested`` (the app's
+    --clip-guidance-model or its env var) wins; "none" / "off" / "" turn it off. Unset: a Hub
+    model on CUDA (SD 1.5 on the Space) gets DEFAULT_SPACE_CLIP_MODEL; the embedded model (it
+    ships a classifier) and CPU runs get none."""
+    if requested is not None:
+        return None if requested.strip().lower() in ("", "none", "off") else requested.strip()
+    try:
+        local = model_spec(model_id).local
+    except ValueError:
+        local = True  # injected components: nothing to download for them
+    return DEFAULT_SPACE_CLIP_MODEL if device == "cuda" and not local else None
+
+
+def _load_clip_guide(clip_id: str | None, device: str, dtype):
+    """The ClipGuide, or None; a CLIP model that cannot be loaded (offline, a wrong id) leaves the
+    app serving without it (CLIP guidance is then refused, naming what is missing)."""
+    if clip_id is None:
+        return None
+    try:
+        return ClipGuide.from_pretrained(clip_id, device=device, dtype=dtype)
+    except Exception as error:
+        log.warning("CLIP guidance off: clip_guidance_model=%r could not be loaded (%s)", clip_id, error)
+        return None
 
 
 def engine_from_pipe(pipe, model_id: str = "tiny-test", reason: str = "injected pipeline", family: str | None = None) -> Engine:
@@ -212,11 +249,22 @@ def job_images(s: GenerationRequest) -> int:
 
 
 def job_branches(s: GenerationRequest) -> int:
-    """UNet branches per image and call: 1 without guidance, 2 with CFG, 3 with Perp-Neg."""
+    """UNet branches per image and call: 1 without guidance, 2 with CFG, 3 with Perp-Neg; CLIP
+    guidance adds its own UNet call (with a backward pass) for the predicted x0."""
     from pipelines.guidance import Guider
 
     config = s.guidance.resolved(float(s.guidance_scale), 0.0)
-    return Guider(config, enabled=config.peak_scale() > 1.0).num_branches
+    return Guider(config, enabled=config.peak_scale() > 1.0).num_branches + int(uses_clip_guidance(s))
+
+
+def uses_clip_guidance(s: GenerationRequest) -> bool:
+    """Whether ``s`` runs CLIP guidance: a classifier method on a model with a CLIP guide and no
+    trained classifier (the pipeline's own choice, pipelines/guidance_gradient.GradientGuide)."""
+    from pipelines.guidance import CLASSIFIER_METHODS
+
+    pipe = current().pipe
+    return (s.guidance.method in CLASSIFIER_METHODS and getattr(pipe, "classifier", None) is None
+            and getattr(pipe, "clip_guide", None) is not None)
 
 
 def job_calls(s: GenerationRequest) -> int:
@@ -237,7 +285,8 @@ def request_cost(jobs: list[GenerationRequest], columns: int = 1) -> int:
 
 def _generation_duration(settings: GenerationRequest, preview_every: int = 0, preview_decoder: str = "linear") -> int:
     previews = 0 if not preview_every else settings.steps // max(1, preview_every) + 1
-    return _gpu_seconds((job_calls(settings) + previews) * job_images(settings))
+    calls = job_calls(settings) * (CLIP_GUIDANCE_GPU_FACTOR if uses_clip_guidance(settings) else 1)
+    return _gpu_seconds((calls + previews) * job_images(settings))
 
 
 class _Cancelled(Exception):
