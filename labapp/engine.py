@@ -2,7 +2,7 @@
 
 The handlers never touch the pipeline directly. They call the module-level functions below
 (``stream_generation``, ``generate_batch``, ``decode_latents``, ``forward_noise_latents``,
-``img2img_run``),
+``img2img_run``, ``inpaint_run``),
 which are the app's GPU functions: on a ZeroGPU Space ``@spaces.GPU`` runs them in a worker
 with the GPU attached for a duration that follows the requested work (steps x images); anywhere
 else the decorator is a no-op. They take only picklable arguments (ZeroGPU pickles them) and
@@ -24,6 +24,7 @@ import torch
 from pipelines.forward import encode_image, q_sample
 from pipelines.guidance import APGParams, CFGZeroParams, GuidanceConfig, PerpNegParams
 from pipelines.img2img import SDEditStart
+from pipelines.inpaint import InpaintStart, region_errors
 from pipelines.models import EMBEDDED_MODEL, GPU_DEFAULT_MODEL, load_pipeline, model_family, model_names, model_spec
 from pipelines.previews import PreviewChoice, decode_preview, preview_choice_for
 from pipelines.schedulers import make_scheduler, scheduler_names
@@ -387,6 +388,26 @@ def img2img_run(settings: GenerationSettings, image: torch.Tensor, strength: flo
     the settings' size, noised to t ~ strength x T, denoised on the grid's tail."""
     with current().pipeline(settings.lora) as pipe:
         return pipe(**call_kwargs(settings), start=SDEditStart(image, strength), record="full")
+
+
+def _inpaint_duration(settings: GenerationSettings, image, mask, strength: float, method=None) -> int:
+    return _img2img_duration(settings, image, strength)
+
+
+@spaces.GPU(duration=_inpaint_duration)
+def inpaint_run(settings: GenerationSettings, image: torch.Tensor, mask: torch.Tensor, strength: float,
+                method: str | None = None) -> dict:
+    """Inpainting (pipelines/inpaint.py), record='full': ``image`` (1, 3, H, W) in [-1, 1] and ``mask``
+    (1, 1, H, W) in {0, 1} (1 = regenerate) at the settings' size. Returns the output, the method
+    run, the latent mask and the per-step known / unknown x0 errors (``region_errors``)."""
+    start = InpaintStart(image, mask, strength, method)
+    with current().pipeline(settings.lora) as pipe:
+        output = pipe(**call_kwargs(settings), start=start, record="full")
+        if start.z0 is None:  # the 9-channel method at strength 1 never encodes the image
+            with torch.no_grad():
+                start.z0 = encode_image(pipe, image, sample=False)
+    return {"output": output, "method": start.method, "mask_latent": start.mask_latent[:1].cpu(),
+            "regions": region_errors(output.trace, start)}
 
 
 def _grid_duration(settings: GenerationSettings) -> int:

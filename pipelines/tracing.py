@@ -275,7 +275,7 @@ class TracingStableDiffusionPipeline(StableDiffusionPipeline):
         num_steps = int(getattr(sched, "num_inference_steps", None) or num_inference_steps)
 
         # 5. Prepare latent variables: pure noise, or an x_t from ``start`` on the tail of the grid
-        if start is None and self.unet.config.in_channels != self.vae.config.latent_channels:
+        if self.unet.config.in_channels != self.vae.config.latent_channels and not hasattr(start, "model_input"):
             raise ValueError(f"this UNet takes {self.unet.config.in_channels} input channels (an inpainting model): it "
                              "needs an image and a mask (pipelines/inpaint.py), not text-to-image or img2img")
         if start is None:
