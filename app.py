@@ -57,6 +57,7 @@ from labapp import generate as gen  # noqa: E402
 from labapp import guidance_kinds, labs, lora_ui, trace_store, trace_views, uploads  # noqa: E402
 from labapp import validation as check  # noqa: E402
 from labapp import img2img as img2img_ui  # noqa: E402
+from labapp import inpaint as inpaint_ui  # noqa: E402
 from labapp.docs import HOW_IT_WORKS, example_rows, header  # noqa: E402
 from labapp.page import CSS, KEYBOARD_JS  # noqa: E402
 from pipelines.guidance import GUIDANCE_METHODS, SCALE_SCHEDULES  # noqa: E402
@@ -315,6 +316,7 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1, allow_model_switc
                 with gr.Column():
                     i2i_image = gr.Image(label="img2img result", height=200, elem_classes="pixelated", interactive=False)
                     i2i_info = gr.Markdown("")
+            inpaint_box = inpaint_ui.build(noise_image)  # issue 16: mask drawn or uploaded, two methods
             gr.Markdown("### The schedule flaw: what is left of the image above at t = T")
             with gr.Row():
                 snr_seeds = gr.Number(value=256, precision=0, minimum=16, maximum=2048, label="Noise seeds")
@@ -408,6 +410,8 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1, allow_model_switc
          .success(trace_views.step_slider_updates, trace, [explore_slider, cfg_step], api_visibility="private")
          .then(trace_views.explore_step, [trace, explore_slider, explore_decoder], explore_outputs,
                api_visibility="private", **gpu))
+        inpaint_ui.wire(inpaint_box, noise_image, negative_prompt, scheduler, steps, guidance_scale, noise_seed, trace,
+                        [explore_slider, cfg_step], explore_outputs, [explore_slider, explore_decoder], gpu)
         snr_btn.click(img2img_ui.terminal_snr, [noise_image, snr_seeds, snr_block], [snr_gallery, snr_info],
                       api_name="terminal_snr")
 

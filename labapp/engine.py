@@ -2,7 +2,7 @@
 
 The handlers never touch the pipeline directly. They call the module-level functions below
 (``stream_generation``, ``generate_batch``, ``decode_latents``, ``forward_noise_latents``,
-``img2img_run``),
+``img2img_run``, ``inpaint_run``),
 which are the app's GPU functions: on a ZeroGPU Space ``@spaces.GPU`` runs them in a worker
 with the GPU attached for a duration that follows the requested work (steps x images); anywhere
 else the decorator is a no-op. They take only picklable arguments (ZeroGPU pickles them) and
@@ -25,6 +25,7 @@ import torch
 from pipelines.forward import encode_image, q_sample
 from pipelines.guidance_gradient import DEFAULT_SPACE_CLIP_MODEL, ClipGuide
 from pipelines.img2img import SDEditStart
+from pipelines.inpaint import InpaintStart, region_errors
 from pipelines.lora_settings import Blend
 from pipelines.models import EMBEDDED_MODEL, GPU_DEFAULT_MODEL, load_pipeline, model_family, model_names, model_spec
 from pipelines.previews import PreviewChoice, decode_preview, preview_choice_for
@@ -395,6 +396,27 @@ def img2img_run(settings: GenerationRequest, image: torch.Tensor, strength: floa
     engine = current()
     with engine.pipeline(settings.blend) as pipe:
         return pipe(**settings.call_kwargs(engine.device), start=SDEditStart(image, strength), record="full")
+
+
+def _inpaint_duration(settings: GenerationRequest, image, mask, strength: float, method=None) -> int:
+    return _img2img_duration(settings, image, strength)
+
+
+@spaces.GPU(duration=_inpaint_duration)
+def inpaint_run(settings: GenerationRequest, image: torch.Tensor, mask: torch.Tensor, strength: float,
+                method: str | None = None) -> dict:
+    """Inpainting (pipelines/inpaint.py), record='full': ``image`` (1, 3, H, W) in [-1, 1] and ``mask``
+    (1, 1, H, W) in {0, 1} (1 = regenerate) at the settings' size. Returns the output, the method
+    run, the latent mask and the per-step known / unknown x0 errors (``region_errors``)."""
+    start = InpaintStart(image, mask, strength, method)
+    engine = current()
+    with engine.pipeline(settings.blend) as pipe:
+        output = pipe(**settings.call_kwargs(engine.device), start=start, record="full")
+        if start.z0 is None:  # the 9-channel method at strength 1 never encodes the image
+            with torch.no_grad():
+                start.z0 = encode_image(pipe, image, sample=False)
+    return {"output": output, "method": start.method, "mask_latent": start.mask_latent[:1].cpu(),
+            "regions": region_errors(output.trace, start)}
 
 
 def _grid_duration(settings: GenerationRequest) -> int:
