@@ -7,6 +7,7 @@ Layout and event wiring only; handlers, plots, validation and model access live 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 
 from pipelines.models import EMBEDDED_MODEL, GPU_DEFAULT_MODEL, model_names
@@ -52,7 +53,8 @@ from labapp import generate as gen  # noqa: E402
 from labapp import guidance_kinds, labs, lora_ui, trace_store, trace_views, uploads  # noqa: E402
 from labapp import validation as check  # noqa: E402
 from labapp import img2img as img2img_ui  # noqa: E402
-from labapp.docs import HOW_IT_WORKS, example_rows, header  # noqa: E402
+from labapp import docs  # noqa: E402
+from labapp.docs import example_rows, header  # noqa: E402
 from labapp.page import CSS, KEYBOARD_JS  # noqa: E402
 from pipelines.guidance import GUIDANCE_METHODS, SCALE_SCHEDULES  # noqa: E402
 from pipelines.schedulers import SIGMA_KINDS  # noqa: E402
@@ -65,6 +67,7 @@ MAX_FILE_SIZE = uploads.MAX_IMAGE_BYTES  # bytes; data: URLs get the same limit 
 MAX_SESSIONS = 1000
 DELETE_CACHE = (3600, 3600)  # previews are temp files: sweep hourly, drop those older than an hour
 THEME = gr.themes.Soft(primary_hue="violet", secondary_hue="sky", radius_size="md")
+LATEX = [{"left": "$$", "right": "$$", "display": True}, {"left": "$", "right": "$", "display": False}]
 DEFAULT_SCHEDULERS = ["DDIM", "Euler a", "DPM++ 2M Karras", "Heun"]
 
 
@@ -74,10 +77,14 @@ def pixel_gallery(label: str, columns: int, height="auto", **kwargs) -> gr.Galle
                       **kwargs)
 
 
-def run_status(elem_id: str) -> gr.Markdown:
-    """Where a lab button's progress and errors show: beside the button, so a failed run (bad input)
-    leaves the last good grid and plot on screen instead of covering them with Error pills."""
-    return gr.Markdown("", elem_id=elem_id, elem_classes="run-status")
+def run_button(label: str, status_id: str, variant: str = "primary", **button_kwargs) -> tuple[gr.Button, gr.Markdown]:
+    """A lab's run button with its status line under it, in one column: progress and errors show
+    beside the button, so a failed run (bad input) leaves the last good grid and plot on screen
+    instead of covering them with Error pills (wire the event with ``show_progress_on=status``)."""
+    with gr.Column(min_width=160):
+        button = gr.Button(label, variant=variant, **button_kwargs)
+        status = gr.Markdown("", elem_id=status_id, elem_classes="run-status")
+    return button, status
 
 
 def preview_header(engine: eng.Engine) -> str:
@@ -115,6 +122,9 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1, allow_model_switc
 
     with gr.Blocks(title="Diffusion Lab", delete_cache=DELETE_CACHE) as demo:
         header_md = gr.Markdown(preview_header(engine))
+        with gr.Accordion("How the tabs fit together, and the formulas", open=False, elem_id="overview"):
+            gr.Markdown(docs.OVERVIEW)
+            gr.Markdown(docs.HOW_IT_WORKS, latex_delimiters=LATEX)
         trace = gr.State(None, time_to_live=trace_store.TRACE_TTL_SECONDS,
                          delete_callback=trace_store.forget)  # a handle; the records live in trace_store
 
@@ -132,7 +142,7 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1, allow_model_switc
                     with gr.Row():
                         steps = gr.Slider(1, gen.MAX_STEPS, value=default_steps, step=1, label="Steps")
                         guidance_scale = gr.Slider(*gen.GUIDANCE_RANGE, value=default_guidance, step=0.5,
-                                                   label="Guidance scale")
+                                                   label="Guidance scale", info=docs.INFO["guidance_scale"])
                     with gr.Row(equal_height=True):
                         seed = gr.Number(value=0, precision=0, minimum=0, maximum=gen.check.MAX_SEED, label="Seed",
                                          elem_id="seed", scale=3)
@@ -143,15 +153,18 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1, allow_model_switc
                     with gr.Accordion("Guidance method", open=False):
                         guidance_method = gr.Radio(list(GUIDANCE_METHODS), value="cfg", label="Method")
                         with gr.Row():
-                            guidance_rescale = gr.Slider(0, 1, value=0.0, step=0.05, label="CFG rescale (phi)")
+                            guidance_rescale = gr.Slider(0, 1, value=0.0, step=0.05, label="CFG rescale (phi)",
+                                                         info=docs.INFO["guidance_rescale"])
                             guidance_schedule = gr.Dropdown(list(SCALE_SCHEDULES), value="constant", label="Scale schedule")
                         with gr.Row():
                             interval_start = gr.Slider(0, 1, value=0.0, step=0.05, label="Guide from (fraction of steps)")
                             interval_end = gr.Slider(0, 1, value=1.0, step=0.05, label="Guide until")
                         with gr.Row():
-                            apg_momentum = gr.Slider(-1, 1, value=-0.5, step=0.05, label="APG momentum (beta)")
-                            apg_norm_threshold = gr.Slider(0, 100, value=15, step=0.5, label="APG norm threshold (r)")
-                            apg_eta = gr.Slider(0, 1, value=0.0, step=0.05, label="APG eta")
+                            apg_momentum = gr.Slider(-1, 1, value=-0.5, step=0.05, label="APG momentum (beta)",
+                                                     info=docs.INFO["apg_momentum"])
+                            apg_norm_threshold = gr.Slider(0, 100, value=15, step=0.5, label="APG norm threshold (r)",
+                                                           info=docs.INFO["apg_norm_threshold"])
+                            apg_eta = gr.Slider(0, 1, value=0.0, step=0.05, label="APG eta", info=docs.INFO["apg_eta"])
                         with gr.Row():
                             cfg_zero_init_steps = gr.Slider(0, 10, value=1, step=1, label="CFG-Zero* zero-init steps")
                             perp_neg_scale = gr.Slider(0, 10, value=1.0, step=0.1, label="Perp-Neg negative scale")
@@ -159,8 +172,9 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1, allow_model_switc
                                                      label="Classifier scale s (classifier, classifier+cfg)")
                     with gr.Accordion("Sampler, size and previews", open=False):
                         with gr.Row():
-                            timestep_spacing = gr.Dropdown(list(gen.SPACINGS), value="model default", label="Timestep spacing")
-                            sigmas = gr.Dropdown(list(SIGMA_KINDS), value="default", label="Sigmas")
+                            timestep_spacing = gr.Dropdown(list(gen.SPACINGS), value="model default", label="Timestep spacing",
+                                                           info=docs.INFO["spacing"])
+                            sigmas = gr.Dropdown(list(SIGMA_KINDS), value="default", label="Sigmas", info=docs.INFO["sigmas"])
                         with gr.Row():
                             width = gr.Slider(size_lo, size_hi, value=engine.native_size, step=size_step, label="Width")
                             height = gr.Slider(size_lo, size_hi, value=engine.native_size, step=size_step, label="Height")
@@ -196,8 +210,7 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1, allow_model_switc
                     settings = gr.Code(label="Settings (JSON)", language="json", interactive=False, max_lines=14)
 
         with gr.Tab("CFG lab"):
-            gr.Markdown("Guidance at one step of the last run, then sweeps on the prompt, seed and steps of the Generate tab.",
-                        elem_classes="lab-note")
+            gr.Markdown(docs.LAB_INTROS["cfg"], elem_classes="lab-note")
             with gr.Row():
                 cfg_step = gr.Slider(1, 2, value=1, step=1, label="Step (opens where guidance shows most)",
                                      interactive=False, elem_id="cfg-step")
@@ -215,9 +228,7 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1, allow_model_switc
                     sweep_scales = gr.Textbox(value="1, 2, 4, 7.5, 12", label="Scales (comma-separated)")
                     adherence_prompts = gr.Slider(0, labs.MAX_ADHERENCE_PROMPTS, value=8, step=1,
                                                   label="Shapes-world prompts for the adherence curve")
-                    with gr.Column():
-                        sweep_btn = gr.Button("Run sweep", variant="primary")
-                        sweep_status = run_status("sweep-status")
+                    sweep_btn, sweep_status = run_button("Run sweep", "sweep-status")
                 sweep_grid = pixel_gallery("Same seed, rising guidance", 6, elem_id="sweep-grid")
                 with gr.Row():
                     adherence_plot = gr.Plot(label="Prompt adherence (scorer)", show_label=False)
@@ -225,9 +236,7 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1, allow_model_switc
             with gr.Accordion("Guidance methods compared", open=True):
                 with gr.Row():
                     methods = gr.CheckboxGroup(list(GUIDANCE_METHODS), value=["cfg", "apg", "cfg-zero-star"], label="Methods")
-                    with gr.Column():
-                        methods_btn = gr.Button("Compare methods", variant="primary")
-                        methods_status = run_status("methods-status")
+                    methods_btn, methods_status = run_button("Compare methods", "methods-status")
                 methods_grid = pixel_gallery("Same seed, different guidance", 4, elem_id="methods-grid")
             with gr.Accordion("Classifier vs classifier-free", open=False):  # issue 15
                 gr.Markdown(guidance_kinds.FORMULAS, latex_delimiters=[{"left": "$", "right": "$", "display": False}])
@@ -237,9 +246,7 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1, allow_model_switc
                     kinds_prompts = gr.Slider(0, guidance_kinds.MAX_ADHERENCE_PROMPTS, value=8, step=1,
                                               label="Shapes-world prompts per point")
                     kinds_heat_step = gr.Slider(0, 1, value=0.5, step=0.05, label="Heat maps at (fraction of steps)")
-                    with gr.Column():
-                        kinds_btn = gr.Button("Compare CG / CFG / CG+CFG", variant="primary")
-                        kinds_status = run_status("kinds-status")
+                    kinds_btn, kinds_status = run_button("Compare CG / CFG / CG+CFG", "kinds-status")
                 kinds_grid = pixel_gallery("Same seed: CG over s, then CFG over w", 5, elem_id="kinds-grid")
                 with gr.Row():
                     kinds_adherence = gr.Plot(label="Adherence curves", show_label=False)
@@ -251,16 +258,18 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1, allow_model_switc
                 kinds_note = gr.Markdown("", elem_classes="lab-note")
 
         with gr.Tab("Scheduler lab"):
+            gr.Markdown(docs.LAB_INTROS["scheduler"] + " " + docs.INFO["log_snr"], elem_classes="lab-note")
             with gr.Row():
                 lab_schedulers = gr.CheckboxGroup(schedulers, value=DEFAULT_SCHEDULERS, label="Schedulers")
             with gr.Row():
                 lab_steps = gr.Slider(1, 50, value=10, step=1, label="Steps")
-                lab_spacing = gr.Dropdown(list(gen.SPACINGS), value="model default", label="Timestep spacing")
-                lab_sigmas = gr.Dropdown(list(SIGMA_KINDS), value="default", label="Sigmas")
+                lab_spacing = gr.Dropdown(list(gen.SPACINGS), value="model default", label="Timestep spacing",
+                                          info=docs.INFO["spacing"])
+                lab_sigmas = gr.Dropdown(list(SIGMA_KINDS), value="default", label="Sigmas", info=docs.INFO["sigmas"])
             with gr.Row():
                 schedule_btn = gr.Button("Plot schedules")
-                compare_btn = gr.Button("Compare samplers on the Generate prompt and seed", variant="primary")
-            compare_status = run_status("compare-status")
+                compare_btn, compare_status = run_button("Compare samplers on the Generate prompt and seed",
+                                                         "compare-status")
             schedule_plot = gr.Plot(label="Training schedule and chosen timesteps", show_label=False)
             with gr.Accordion("Chosen timesteps (data)", open=False):
                 schedule_data = gr.JSON(label="Chosen timesteps", show_label=False)
@@ -280,6 +289,7 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1, allow_model_switc
                 explore_x0 = gr.Image(label="predicted x0", height=220, elem_classes="pixelated", interactive=False)
             explore_eps = gr.Plot(label="Noise prediction", show_label=False)
             gr.Markdown("### The forward process: noise any image with the model's own schedule")
+            gr.Markdown(docs.LAB_INTROS["forward"], elem_classes="lab-note")
             with gr.Row():
                 with gr.Column():
                     noise_image = gr.Image(labs.shapes_sample(3), label="Image (upload, or load a shapes-world sample)",
@@ -287,10 +297,10 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1, allow_model_switc
                     with gr.Row():
                         sample_index = gr.Number(value=3, precision=0, minimum=0, maximum=1_000_000, label="Sample #")
                         sample_btn = gr.Button("Load sample")
-                    noise_t = gr.Slider(0, engine.num_train_timesteps - 1, value=400, step=1, label="Timestep t")
+                    noise_t = gr.Slider(0, engine.num_train_timesteps - 1, value=400, step=1, label="Timestep t",
+                                        info=docs.INFO["noise_t"])
                     noise_seed = gr.Number(value=0, precision=0, minimum=0, maximum=gen.check.MAX_SEED, label="Noise seed")
-                    noise_btn = gr.Button("Add noise", variant="primary")
-                    noise_status = run_status("noise-status")
+                    noise_btn, noise_status = run_button("Add noise", "noise-status")
                 with gr.Column():
                     with gr.Row():
                         noised_pixels = gr.Image(label="x_t in pixel space", height=200, elem_classes="pixelated", interactive=False)
@@ -306,7 +316,7 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1, allow_model_switc
                     i2i_prompt = gr.Textbox(label="img2img prompt", value="a blue circle",
                                             max_length=gen.check.MAX_PROMPT_CHARS)
                     i2i_strength = gr.Slider(0, 1, value=0.6, step=0.05, label="Strength (start at t ~ strength x T)")
-                    i2i_btn = gr.Button("Denoise from here", variant="primary")
+                    i2i_btn, i2i_status = run_button("Denoise from here", "i2i-status")
                 with gr.Column():
                     i2i_image = gr.Image(label="img2img result", height=200, elem_classes="pixelated", interactive=False)
                     i2i_info = gr.Markdown("")
@@ -314,20 +324,24 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1, allow_model_switc
             with gr.Row():
                 snr_seeds = gr.Number(value=256, precision=0, minimum=16, maximum=2048, label="Noise seeds")
                 snr_block = gr.Radio(["2", "4", "8", "16"], value="8", label="Blur block (px)")
-                snr_btn = gr.Button("Compare x_T: SD 1.5 vs zero terminal SNR")
+                snr_btn, snr_status = run_button("Compare x_T: SD 1.5 vs zero terminal SNR", "snr-status",
+                                                 variant="secondary")
             snr_gallery = gr.Gallery(label="x_T side by side", columns=6, height=240, elem_classes="pixelated")
             snr_info = gr.Markdown("")
 
         with gr.Tab("LoRA mixer"):
-            gr.Markdown(lora_ui.presets_table(engine.lora_presets()))
+            gr.Markdown(docs.LAB_INTROS["lora"], elem_classes="lab-note")
+            gr.Markdown(lora_ui.presets_table(engine.lora_presets()), elem_classes="wide-table")
             slots = []
-            for i, (slot_name, slot_weight) in enumerate(lora_ui.example_slots(preset_list)):
-                with gr.Accordion(f"Adapter {i + 1}", open=i == 0):
+            for i in range(lora_ui.NUM_SLOTS):
+                with gr.Accordion(f"Adapter {i + 1}", open=i < 2):
                     with gr.Row():
-                        name = gr.Dropdown([lora_ui.NONE] + presets, value=slot_name, label="Preset",
-                                           interactive=bool(presets))
-                        weight = gr.Slider(*gen.LORA_WEIGHT_RANGE, value=slot_weight, step=0.05, label="UNet weight")
-                        te_weight = gr.Slider(*gen.LORA_WEIGHT_RANGE, value=slot_weight, step=0.05,
+                        name = gr.Dropdown([lora_ui.NONE] + presets, value=lora_ui.NONE, label="Preset",
+                                           interactive=bool(presets), elem_id=f"slot-{i + 1}-preset")
+                        weight = gr.Slider(*gen.LORA_WEIGHT_RANGE, value=1.0, step=0.05, label="UNet weight",
+                                           elem_id=f"slot-{i + 1}-weight",
+                                           info="Picking a preset sets its weight from the table above.")
+                        te_weight = gr.Slider(*gen.LORA_WEIGHT_RANGE, value=1.0, step=0.05,
                                               label="Text-encoder weight")
                     with gr.Row():
                         down = gr.Slider(0, 2, value=1, step=0.05, label="Down blocks x")
@@ -336,16 +350,15 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1, allow_model_switc
                         start = gr.Slider(0, 1, value=0, step=0.05, label="Active from (fraction)")
                         end = gr.Slider(0, 1, value=1, step=0.05, label="Active until")
                     slots += [name, weight, te_weight, down, mid, up, start, end]
-            mixer_blend = gr.Textbox(label="Blend to compare (set by the adapters above; JSON or 'name:weight, ...')",
-                                     value=lora_ui.example_spec(preset_list), elem_id="mixer-blend")
-            with gr.Row():
-                lora_btn = gr.Button("Comparison grid: none / each / blend", variant="primary")
-                use_blend_btn = gr.Button("Use this blend on Generate")
-            lora_status = run_status("lora-status")
+            with gr.Row(equal_height=True):
+                mixer_chip = gr.Markdown(lora_ui.chips([]), elem_id="mixer-chip", elem_classes="lora-chip")
+                example_blend = gr.Button(f"Example: {lora_ui.example_spec(preset_list) or '-'}", size="sm",
+                                          scale=0, min_width=160, interactive=bool(lora_ui.example_spec(preset_list)),
+                                          elem_id="example-blend")
+                mixer_clear = gr.Button("No LoRA", size="sm", scale=0, min_width=90)
+            gr.Markdown(lora_ui.BLEND_NOTE, elem_classes="lab-note")
+            lora_btn, lora_status = run_button("Comparison grid: none / each / blend", "lora-status")
             lora_gallery = pixel_gallery("LoRA comparison", 5, elem_id="lora-grid")
-            with gr.Accordion("How it works", open=False):
-                gr.Markdown(HOW_IT_WORKS, latex_delimiters=[{"left": "$$", "right": "$$", "display": True},
-                                                           {"left": "$", "right": "$", "display": False}])
 
         # ---------------------------------------------------------------- wiring
         generate_inputs = [prompt, negative_prompt, scheduler, steps, guidance_scale, seed, randomize_seed, width,
@@ -399,20 +412,31 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1, allow_model_switc
                         show_progress_on=noise_status, **gpu)
         (i2i_btn.click(img2img_ui.img2img, [noise_image, i2i_prompt, negative_prompt, i2i_strength, scheduler, steps,
                                             guidance_scale, noise_seed], [i2i_image, i2i_info, trace],
-                       api_name="img2img", **gpu)
+                       api_name="img2img", show_progress_on=i2i_status, **gpu)
          .success(trace_views.step_slider_updates, trace, [explore_slider, cfg_step], api_visibility="private")
          .then(trace_views.explore_step, [trace, explore_slider, explore_decoder], explore_outputs,
                api_visibility="private", **gpu))
         snr_btn.click(img2img_ui.terminal_snr, [noise_image, snr_seeds, snr_block], [snr_gallery, snr_info],
-                      api_name="terminal_snr")
+                      api_name="terminal_snr", show_progress_on=snr_status)
 
-        gr.on([c.change for c in slots], lora_ui.slots_to_spec, slots, mixer_blend, api_visibility="private")
-        lora_btn.click(labs.lora_grid, [prompt, mixer_blend, seed, steps, guidance_scale, scheduler], lora_gallery,
+        # one blend: the text is the state, the slots edit it and follow it (labapp/lora_ui.py)
+        lora_views = [lora_chip, mixer_chip, *slots]
+        gr.on([lora.change, demo.load], lora_ui.spec_to_slots, lora, lora_views, api_visibility="private",
+              show_progress="hidden", queue=False)
+        slot_names = slots[::lora_ui.SLOT_FIELDS]
+        for i, name in enumerate(slot_names):
+            weights = slots[i * lora_ui.SLOT_FIELDS + 1:i * lora_ui.SLOT_FIELDS + 3]
+            (name.input(functools.partial(lora_ui.preset_weights, preset_list), name, weights,
+                        api_visibility="private", queue=False)
+             .then(lora_ui.slots_to_spec, slots, lora, api_visibility="private", queue=False))
+        slot_sliders = [c for c in slots if isinstance(c, gr.Slider)]
+        gr.on([c.release for c in slot_sliders], lora_ui.slots_to_spec, slots, lora, api_visibility="private",
+              queue=False)
+        lora_btn.click(labs.lora_grid, [prompt, lora, seed, steps, guidance_scale, scheduler], lora_gallery,
                        api_name="lora_grid", show_progress_on=lora_status, **gpu)
-        use_blend_btn.click(lambda spec: spec, mixer_blend, lora, api_visibility="private")
-        clear_lora.click(lambda: "", None, lora, api_visibility="private")
-        gr.on([lora.change, demo.load], lora_ui.describe, lora, lora_chip, api_visibility="private",
-              show_progress="hidden")
+        example_blend.click(functools.partial(lora_ui.example_spec, preset_list), None, lora,
+                            api_visibility="private", queue=False)
+        gr.on([clear_lora.click, mixer_clear.click], lambda: "", None, lora, api_visibility="private", queue=False)
         demo.load(None, js=KEYBOARD_JS)
         if switchable:  # not wired at all otherwise: a forged queue call finds no event to run
             model.input(switch_model, model, status, api_visibility="private", **gpu)
