@@ -38,6 +38,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--allow-model-switch", action=argparse.BooleanOptionalAction, default=None,
                         help=f"let visitors switch the model for everyone (default: off on a Space, on elsewhere; "
                              f"env {MODEL_SWITCH_ENV}=1/0)")
+    parser.add_argument("--no-warmup", dest="warmup", action="store_false",
+                        help="skip the warm-up at start (one tiny generation and the LoRA presets loaded, a few seconds "
+                             "on CPU, so the first visitor's Generate and LoRA grid are not the slow ones)")
     return parser.parse_args(argv)
 
 
@@ -50,8 +53,9 @@ from labapp import console  # noqa: E402
 from labapp import engine as eng  # noqa: E402
 from labapp import gradio_cache, gradio_guards  # noqa: E402
 from labapp import generate as gen  # noqa: E402
-from labapp import guidance_kinds, labs, lora_ui, trace_store, trace_views, uploads  # noqa: E402
+from labapp import guidance_kinds, labs, lora_ui, models_ui, trace_store, trace_views, uploads  # noqa: E402
 from labapp import validation as check  # noqa: E402
+from labapp import warmup  # noqa: E402
 from labapp import img2img as img2img_ui  # noqa: E402
 from labapp import docs  # noqa: E402
 from labapp.docs import example_rows, header  # noqa: E402
@@ -136,8 +140,10 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1, allow_model_switc
                                         info="Enter runs Generate; Shift+Enter starts a new line.")
                     negative_prompt = gr.Textbox(label="Negative prompt", value="", max_length=gen.check.MAX_PROMPT_CHARS)
                     with gr.Row():
-                        model = gr.Dropdown(eng.model_choices(), value=engine.model_id, label="Model",
-                                            allow_custom_value=True, interactive=switchable)
+                        model = gr.Dropdown(models_ui.choices(engine.device == "cuda"), value=engine.model_id,
+                                            label="Model", interactive=switchable, elem_id="model",
+                                            info="Beside each name: why it may not load here. A failed switch "
+                                                 "keeps the current model.")
                         scheduler = gr.Dropdown(schedulers, value=default_scheduler, label="Scheduler")
                     with gr.Row():
                         steps = gr.Slider(1, gen.MAX_STEPS, value=default_steps, step=1, label="Steps")
@@ -439,25 +445,13 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1, allow_model_switc
         gr.on([clear_lora.click, mixer_clear.click], lambda: "", None, lora, api_visibility="private", queue=False)
         demo.load(None, js=KEYBOARD_JS)
         if switchable:  # not wired at all otherwise: a forged queue call finds no event to run
-            model.input(switch_model, model, status, api_visibility="private", **gpu)
+            model.input(models_ui.switch_model, model, [status, model], api_visibility="private",
+                        show_progress_on=status, **gpu)
         demo.load(page_for_current_model, None, [header_md, model, width, height, noise_t], api_visibility="private")
 
     check.take_raw_inputs(demo)  # no Gradio preprocess: our checks name the field (labapp/validation.py)
     demo.queue(max_size=QUEUE_MAX_SIZE)
     return demo
-
-
-def switch_model(model_id):
-    """Reload with another registry model; the page shows the new one after a reload."""
-    current = eng.current()
-    model_id = check.text("model", model_id, 200)
-    if model_id == current.model_id:
-        return f"Model `{model_id}` is already loaded."
-    try:
-        eng.install(eng.load_engine(model_id, "picked in the UI"))
-    except Exception as error:  # an offline machine or an unknown id: keep the current model
-        raise gr.Error(f"model={model_id!r} could not be loaded ({error}); still using {current.model_id!r}.") from None
-    return f"Loaded `{model_id}`: reload the page to update sizes and LoRA presets."
 
 
 def page_for_current_model():
@@ -488,7 +482,10 @@ def main(argv=None):
         # runs up to 2.5 s against a 0.26 s median in issue 22); one thread is as fast and steady.
         torch.set_num_threads(1)
     model_id, reason = eng.choose_model(args.model, torch.cuda.is_available())
-    demo = build_demo(eng.load_engine(model_id, reason), allow_model_switch=args.allow_model_switch)
+    engine = eng.load_engine(model_id, reason)
+    demo = build_demo(engine, allow_model_switch=args.allow_model_switch)
+    if args.warmup:  # after build_demo (it installs the engine and the temp dir), before the page opens
+        eng.log.info("Diffusion Lab: %s", warmup.warm_up(engine))
     # quiet: Gradio's own banner suggests `share=True in launch()`; this app's flag is --share
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, quiet=True,
                 prevent_thread_lock=True, **launch_kwargs())
