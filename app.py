@@ -59,7 +59,7 @@ from labapp import warmup  # noqa: E402
 from labapp import img2img as img2img_ui  # noqa: E402
 from labapp import docs  # noqa: E402
 from labapp.docs import example_rows, header  # noqa: E402
-from labapp.page import CSS, KEYBOARD_JS  # noqa: E402
+from labapp.page import CSS, EXPLORER_JS, KEYBOARD_JS, PLAY_JS  # noqa: E402
 from pipelines.guidance import GUIDANCE_METHODS, SCALE_SCHEDULES  # noqa: E402
 from pipelines.schedulers import SIGMA_KINDS  # noqa: E402
 
@@ -203,8 +203,8 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1, allow_model_switc
                     example_labels, examples = example_rows(engine.is_embedded, preset_list)
                     gr.Examples(examples, [prompt, guidance_scale, lora], label="Examples (click one, then Generate)",
                                 example_labels=example_labels)
-                with gr.Column(scale=3):
-                    with gr.Row():
+                with gr.Column(scale=3, elem_id="results"):
+                    with gr.Row(elem_id="preview-row"):
                         x_t_preview = gr.Image(label="x_t (noisy latent)", height=220, elem_classes="pixelated",
                                                elem_id="xt-preview", interactive=False)
                         x0_preview = gr.Image(label="predicted x0", height=220, elem_classes="pixelated",
@@ -213,7 +213,8 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1, allow_model_switc
                                      elem_id="final-image", interactive=False)
                     gallery = pixel_gallery("All images", 4, 200, format="png", visible=False)
                     status = gr.Markdown("Ready.", elem_id="status")
-                    settings = gr.Code(label="Settings (JSON)", language="json", interactive=False, max_lines=14)
+                    settings = gr.Code(label="Settings (JSON)", language="json", interactive=False, max_lines=14,
+                                       wrap_lines=True, elem_id="settings-json")
 
         with gr.Tab("CFG lab"):
             gr.Markdown(docs.LAB_INTROS["cfg"], elem_classes="lab-note")
@@ -276,7 +277,8 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1, allow_model_switc
                 schedule_btn = gr.Button("Plot schedules")
                 compare_btn, compare_status = run_button("Compare samplers on the Generate prompt and seed",
                                                          "compare-status")
-            schedule_plot = gr.Plot(label="Training schedule and chosen timesteps", show_label=False)
+            schedule_plot = gr.Plot(label="Training schedule and chosen timesteps", show_label=False,
+                                    elem_id="schedule-plot")
             with gr.Accordion("Chosen timesteps (data)", open=False):
                 schedule_data = gr.JSON(label="Chosen timesteps", show_label=False)
             compare_finals = pixel_gallery("Final images", 4, elem_id="compare-finals")
@@ -285,14 +287,15 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1, allow_model_switc
             calls_plot = gr.Plot(label="Model calls", show_label=False)
 
         with gr.Tab("Timestep explorer"):
-            gr.Markdown("### The last run, step by step", elem_classes="lab-note")
-            with gr.Row():
-                explore_slider = gr.Slider(1, 2, value=1, step=1, label="Recorded step", interactive=False)
-                explore_decoder = gr.Radio(list(decoders), value=view_decoder, label="Decoder")
+            gr.Markdown("### The last run, step by step")
+            gr.Markdown(docs.LAB_INTROS["explorer"], elem_classes="lab-note")
+            with gr.Row(equal_height=True):
+                explore_slider = gr.Slider(1, 2, value=1, step=1, label="Recorded step", interactive=False,
+                                           elem_id="explore-step", scale=4, info=docs.INFO["explore_step"])
+                explore_play = gr.Button("Play", elem_id="explore-play", scale=0, min_width=80)
+                explore_decoder = gr.Radio(list(decoders), value=view_decoder, label="Decoder", scale=2)
+            explore_frames = gr.HTML(trace_views.NO_FRAMES, elem_id="explore-frames", js_on_load=None)
             explore_info = gr.Markdown(trace_views.NO_TRACE)
-            with gr.Row():
-                explore_xt = gr.Image(label="x_t", height=220, elem_classes="pixelated", interactive=False)
-                explore_x0 = gr.Image(label="predicted x0", height=220, elem_classes="pixelated", interactive=False)
             explore_eps = gr.Plot(label="Noise prediction", show_label=False)
             gr.Markdown("### The forward process: noise any image with the model's own schedule")
             gr.Markdown(docs.LAB_INTROS["forward"], elem_classes="lab-note")
@@ -382,14 +385,21 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1, allow_model_switc
         stop.click(gen.request_stop, None, None, queue=False, show_progress="hidden", api_visibility="private")
         random_seed_btn.click(gen.random_seed, None, seed, queue=False, api_visibility="private")
         reuse_seed_btn.click(gen.last_seed, [trace, seed], seed, queue=False, api_visibility="private")
-        explore_outputs = [explore_xt, explore_x0, explore_eps, explore_info]
+        explore_outputs = [explore_eps, explore_info]
         cfg_outputs = [x0_uncond, x0_cond, x0_guided, eps_heatmap, guidance_plot, cfg_note]
         (generated.success(trace_views.step_slider_updates, trace, [explore_slider, cfg_step], api_visibility="private")
-         .then(trace_views.explore_step, [trace, explore_slider, explore_decoder], explore_outputs,
-               api_visibility="private", **gpu)
+         .then(trace_views.explore_frames, [trace, explore_decoder], explore_frames, api_visibility="private", **gpu)
+         .then(trace_views.explore_details, [trace, explore_slider], explore_outputs, api_visibility="private")
          .then(trace_views.cfg_step, [trace, cfg_step, cfg_decoder], cfg_outputs, api_visibility="private", **gpu))
-        gr.on([explore_slider.release, explore_decoder.input], trace_views.explore_step,
-              [trace, explore_slider, explore_decoder], explore_outputs, api_visibility="private", **gpu)
+        # the images flip in the browser while the slider moves (page.EXPLORER_JS); the server adds the
+        # noise plot and the numbers when it is released, and decodes all frames again for another decoder
+        explore_slider.release(trace_views.explore_details, [trace, explore_slider], explore_outputs,
+                               api_visibility="private", show_progress="hidden")
+        explore_decoder.input(trace_views.explore_frames, [trace, explore_decoder, explore_slider], explore_frames,
+                              api_visibility="private", **gpu)
+        (explore_play.click(None, js=PLAY_JS)
+         .then(trace_views.explore_details, [trace, explore_slider], explore_outputs, api_visibility="private",
+               show_progress="hidden"))
         gr.on([cfg_step.release, cfg_decoder.input], trace_views.cfg_step, [trace, cfg_step, cfg_decoder], cfg_outputs,
               api_visibility="private", **gpu)
 
@@ -420,8 +430,8 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1, allow_model_switc
                                             guidance_scale, noise_seed], [i2i_image, i2i_info, trace],
                        api_name="img2img", show_progress_on=i2i_status, **gpu)
          .success(trace_views.step_slider_updates, trace, [explore_slider, cfg_step], api_visibility="private")
-         .then(trace_views.explore_step, [trace, explore_slider, explore_decoder], explore_outputs,
-               api_visibility="private", **gpu))
+         .then(trace_views.explore_frames, [trace, explore_decoder], explore_frames, api_visibility="private", **gpu)
+         .then(trace_views.explore_details, [trace, explore_slider], explore_outputs, api_visibility="private"))
         snr_btn.click(img2img_ui.terminal_snr, [noise_image, snr_seeds, snr_block], [snr_gallery, snr_info],
                       api_name="terminal_snr", show_progress_on=snr_status)
 
@@ -444,6 +454,7 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1, allow_model_switc
                             api_visibility="private", queue=False)
         gr.on([clear_lora.click, mixer_clear.click], lambda: "", None, lora, api_visibility="private", queue=False)
         demo.load(None, js=KEYBOARD_JS)
+        demo.load(None, js=EXPLORER_JS)
         if switchable:  # not wired at all otherwise: a forged queue call finds no event to run
             model.input(models_ui.switch_model, model, [status, model], api_visibility="private",
                         show_progress_on=status, **gpu)
