@@ -221,7 +221,7 @@ def build(image_component) -> dict:
 
 
 def wire(box, image, negative_prompt, scheduler, steps, guidance_scale, seed, trace, slider_outputs, explore_outputs,
-         explore_inputs, gpu) -> None:
+         explore_inputs, frames, gpu) -> None:
     """``/inpaint`` (named parameters: image, mask, prompt, ..., mask_drawing) and the editor's
     background following the explorer's image."""
     from . import trace_views
@@ -232,4 +232,5 @@ def wire(box, image, negative_prompt, scheduler, steps, guidance_scale, seed, tr
                          [box["result"], box["status"], box["gallery"], box["table"], trace], api_name="inpaint",
                          show_progress_on=box["status"], **gpu)
      .success(trace_views.step_slider_updates, trace, slider_outputs, api_visibility="private")
-     .then(trace_views.explore_step, [trace, *explore_inputs], explore_outputs, api_visibility="private", **gpu))
+     .then(trace_views.explore_frames, [trace, explore_inputs[1]], frames, api_visibility="private", **gpu)
+     .then(trace_views.explore_details, [trace, explore_inputs[0]], explore_outputs, api_visibility="private"))
