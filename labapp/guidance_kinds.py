@@ -40,10 +40,7 @@ predictions, $\tilde\varepsilon = \varepsilon(x_t, \varnothing) + w\,(\varepsilo
 
 
 def _run(kind, prompts, seeds, targets=None, mentioned=None, **kwargs):
-    try:
-        return eng.measure_guidance_kind(kind, prompts, seeds, targets, mentioned, **kwargs)
-    except ValueError as error:
-        raise gr.Error(str(error), title="Invalid settings") from None
+    return eng.measure_guidance_kind(kind, prompts, seeds, targets, mentioned, **kwargs)
 
 
 def _adherence_figure(cg_scales, cfg_scales, curves: dict, guidance_scale: float, n_prompts: int) -> Figure:
@@ -79,6 +76,7 @@ def _probability_figure(traces: dict) -> Figure:
     return fig
 
 
+@check.gradio_errors
 def compare_guidance_kinds(prompt="a red circle", seed=0, steps=25, scheduler="DDIM", guidance_scale=3.0,
                            cfg_scales="1, 1.5, 3, 5", classifier_scales="0, 2, 4, 8, 16",
                            classifier_scale=DEFAULT_CLASSIFIER_SCALE, adherence_prompts=8, heat_step=0.5):

@@ -381,9 +381,9 @@ def lora_file_truncated(ctx):
 def build(**override):
     def run(ctx):
         from labapp import engine as eng
-        from labapp.generate import build_settings
+        from labapp.generate import build_request
 
         kwargs = {k: GENERATE_DEFAULTS[k] for k in ("prompt", "negative_prompt", "scheduler", "steps",
                                                        "guidance_scale", "seed", "width", "height")} | override
-        return outcome(lambda: build_settings(eng.current(), **kwargs))
+        return outcome(lambda: build_request(eng.current(), **kwargs))
     return run

@@ -289,7 +289,8 @@ def _pixels(path):
 
 def test_generate_with_clip_guidance_through_the_api(clip_client):
     from labapp.engine import job_branches
-    from labapp.metadata import GenerationSettings
+    from pipelines.guidance import GuidanceConfig
+    from pipelines.request import GenerationRequest
 
     engine, client = clip_client
     uncond = client.predict(prompt="", guidance_scale=1.0, **API_BASE, api_name="/generate")
@@ -300,7 +301,8 @@ def test_generate_with_clip_guidance_through_the_api(clip_client):
     assert np.array_equal(_pixels(uncond[2]), _pixels(zero[2]))
     assert not np.array_equal(_pixels(uncond[2]), _pixels(guided[2]))
     assert guided[5].startswith("Done")
-    settings = GenerationSettings(prompt="a red circle", guidance_method="classifier", guidance_scale=1.0)
+    settings = GenerationRequest(prompt="a red circle", guidance_scale=1.0,
+                                 guidance=GuidanceConfig(method="classifier", interval_space="fraction"))
     assert job_branches(settings) == 2  # the empty-prompt call + CLIP's own UNet call for x0
 
 

@@ -6,6 +6,7 @@ the direction and rough size of each effect with room for 12 prompts and 12 step
 targets (measured on 100 prompts, 25 steps in BENCHMARKS.md "Embedded style LoRAs")."""
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -165,7 +166,8 @@ def test_engine_fuses_plain_blends_unfuses_step_ranges_and_restores_exactly(blen
 def test_the_app_stream_reports_the_lora_path(blender):
     """What the app's status line and trace read: the final output of engine.stream_generation."""
     import labapp.engine as eng
-    from labapp.metadata import GenerationSettings
+    from pipelines.lora_settings import Blend
+    from pipelines.request import GenerationRequest
 
     engine = eng.Engine(pipe=blender.pipe, model_id="tiny-shapes", reason="test", family="tiny-shapes", blender=blender)
     previous = eng._current
@@ -173,7 +175,8 @@ def test_the_app_stream_reports_the_lora_path(blender):
     try:
         for lora, path in (([{"name": "night", "weight": 1.0}], "fused"),
                            ([{"name": "night", "weight": 1.0, "step_range": (0.0, 0.5)}], "unfused"), ([], "none")):
-            settings = GenerationSettings(prompt="a red circle", steps=4, guidance_scale=guidance(), lora=lora)
+            settings = GenerationRequest(prompt="a red circle", steps=4, guidance_scale=guidance(),
+                                         blend=Blend.parse(json.dumps(lora)))
             *records, final = list(eng.stream_generation(settings))
             assert len(records) == 4 and final.lora_path == path, lora
     finally:

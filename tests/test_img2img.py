@@ -233,7 +233,7 @@ def test_img2img_trace_loads_into_the_explorer(image):
 
     eng.install(tiny_engine())
     out, status, trace = img2img_handler(image, "a blue circle", "", 0.5, "Euler a", 8, 5.0, 3)
-    assert "4 of 8 steps" in status and len(trace["records"]) == 4 and trace["settings"]["strength"] == 0.5
+    assert "4 of 8 steps" in status and len(trace.records) == 4 and trace.settings["strength"] == 0.5
     slider, _cfg = trace_views.step_slider_updates(trace)
     assert slider["maximum"] == 4  # 1-based steps (issue 14)
     x_t, x0, _plot, info = trace_views.explore_step(trace, 4, "vae")
