@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from tests.tiny import save_tiny_model, train_env, write_noise_imagefolder
+from testkit.tiny import save_tiny_model, train_env, write_noise_imagefolder
 from tests.train_lora.helpers import TOKEN, TRAIN_ARGS, run_train, HubStandIn
 
 

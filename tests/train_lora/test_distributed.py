@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from tests.tiny import train_env
+from testkit.tiny import train_env
 from tests.train_lora.helpers import ROOT, SCRIPT, closed_port
 
 

@@ -7,7 +7,7 @@ import os
 import numpy as np
 import torch
 
-from tests.tiny import train_env
+from testkit.tiny import train_env
 from tests.train_lora.helpers import TOKEN, run_train, load_tensors, closed_port, assert_token_absent
 
 

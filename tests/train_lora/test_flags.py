@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.tiny import train_env
+from testkit.tiny import train_env
 from tests.train_lora.helpers import run_train
 
 

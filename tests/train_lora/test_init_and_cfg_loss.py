@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 
-from tests.tiny import train_env
+from testkit.tiny import train_env
 from tests.train_lora.helpers import run_train, load_tensors
 
 
@@ -44,7 +44,7 @@ def test_cfg_loss_adds_the_guided_prediction_term(image_folder):
     from train.lora_args import parse_args
     from train.lora_data import build_dataset, collate, keyed_generator
     from train.train_lora import setup_lora_models, training_loss
-    from tests.tiny import make_tiny_components
+    from testkit.tiny import make_tiny_components
 
     c = make_tiny_components(prediction_type="v_prediction")
     args = parse_args(["--pretrained_model_name_or_path", "m", "--train_data_dir", image_folder, "--snr_gamma", "5"])

@@ -44,7 +44,7 @@ def test_min_snr_weights_epsilon_and_v():
 def test_data_is_a_function_of_seed_epoch_index(image_folder):
     from train.lora_data import EpochShuffleSampler, build_dataset
     from train.lora_args import parse_args
-    from tests.tiny import make_tiny_tokenizer
+    from testkit.tiny import make_tiny_tokenizer
 
     args = parse_args(["--pretrained_model_name_or_path", "m", "--train_data_dir", image_folder, "--random_flip",
                        "--caption_dropout_prob", "0.5"])
@@ -63,7 +63,7 @@ def test_data_is_a_function_of_seed_epoch_index(image_folder):
 def test_mixed_precision_casts_keep_lora_in_fp32():
     from train.lora_args import parse_args
     from train.train_lora import setup_lora_models
-    from tests.tiny import make_tiny_components
+    from testkit.tiny import make_tiny_components
 
     c = make_tiny_components()
     args = parse_args(["--pretrained_model_name_or_path", "m", "--shapes_style", "night", "--train_text_encoder"])
@@ -82,7 +82,7 @@ def test_gradient_checkpointing_still_trains_both_adapters(image_folder):
     from train.lora_args import parse_args
     from train.lora_data import build_dataset, collate, keyed_generator
     from train.train_lora import setup_lora_models, training_loss
-    from tests.tiny import make_tiny_components
+    from testkit.tiny import make_tiny_components
 
     c = make_tiny_components(prediction_type="v_prediction")
     args = parse_args(["--pretrained_model_name_or_path", "m", "--train_data_dir", image_folder, "--train_text_encoder",
@@ -128,7 +128,7 @@ def test_mixed_target_adapter_keeps_every_layer_through_the_stock_loader(tmp_pat
     from peft import LoraConfig, inject_adapter_in_model
     from peft.tuners.lora import LoraLayer
 
-    from tests.tiny import make_tiny_components
+    from testkit.tiny import make_tiny_components
     from train.lora_export import save_adapter
 
     targets = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",

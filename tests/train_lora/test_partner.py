@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from tests.tiny import train_env, write_noise_imagefolder
+from testkit.tiny import train_env, write_noise_imagefolder
 from tests.train_lora.helpers import ROOT, SCRIPT, TRAIN_ARGS, run_train, load_tensors, closed_port
 
 

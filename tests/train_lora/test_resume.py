@@ -9,7 +9,7 @@ import time
 
 import torch
 
-from tests.tiny import train_env
+from testkit.tiny import train_env
 from tests.train_lora.helpers import ROOT, SCRIPT, TRAIN_ARGS, run_train, load_tensors
 
 
@@ -45,7 +45,7 @@ def test_checkpoint_round_trip_restores_lora_weights(tmp_path):
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
-    from tests.tiny import make_tiny_components
+    from testkit.tiny import make_tiny_components
     from train.lora_checkpoints import latest_checkpoint, register_lora_state_hooks, save_checkpoint
 
     def lora_unet(seed):
