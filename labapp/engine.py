@@ -2,7 +2,7 @@
 
 The handlers never touch the pipeline directly. They call the module-level functions below
 (``stream_generation``, ``generate_batch``, ``decode_latents``, ``forward_noise_latents``,
-``img2img_run``),
+``img2img_run``, ``inpaint_run``),
 which are the app's GPU functions: on a ZeroGPU Space ``@spaces.GPU`` runs them in a worker
 with the GPU attached for a duration that follows the requested work (steps x images); anywhere
 else the decorator is a no-op. They take only picklable arguments (ZeroGPU pickles them) and
@@ -23,7 +23,9 @@ import spaces
 import torch
 
 from pipelines.forward import encode_image, q_sample
+from pipelines.guidance_gradient import DEFAULT_SPACE_CLIP_MODEL, ClipGuide
 from pipelines.img2img import SDEditStart
+from pipelines.inpaint import InpaintStart, region_errors
 from pipelines.lora_settings import Blend
 from pipelines.models import EMBEDDED_MODEL, GPU_DEFAULT_MODEL, load_pipeline, model_family, model_names, model_spec
 from pipelines.previews import PreviewChoice, decode_preview, preview_choice_for
@@ -39,6 +41,9 @@ EMBEDDED_DIR = os.path.join(ROOT, "models", EMBEDDED_MODEL)
 # loading, encoding and decoding. Generous on purpose: a task killed at its limit shows nothing.
 GPU_SECONDS_PER_STEP_IMAGE = 0.12
 GPU_SECONDS_OVERHEAD = 15
+# A CLIP-guided step also runs the UNet with a backward pass, the VAE decoder forward and backward
+# at full size, and CLIP: counted as this many plain steps (an estimate, not measured on a GPU).
+CLIP_GUIDANCE_GPU_FACTOR = 6
 # Work one request may ask for, in model calls (one UNet evaluation of one image in one guidance
 # branch): the largest single /generate, 150 steps x 2 calls per step (second-order samplers) x
 # 4 images x 3 branches (Perp-Neg) = 3600. No lab request may hold the pipeline slot longer than
@@ -57,6 +62,7 @@ class Engine:
     family: str = ""  # base-model family, for LoRA presets ("tiny-shapes", "sd15", ...)
     blender: object | None = None  # pipelines.lora.LoraBlender
     previews: PreviewChoice | None = None  # decoders this model offers and the one it streams with
+    clip_request: str | None = None  # --clip-guidance-model as asked (None: the default), kept across switches
     lock: threading.RLock = field(default_factory=threading.RLock)
 
     @property
@@ -163,17 +169,49 @@ def model_choices() -> list[str]:
     return model_names()
 
 
-def load_engine(model_id: str, reason: str, device: str | None = None) -> Engine:
+def load_engine(model_id: str, reason: str, device: str | None = None, clip_guidance_model: str | None = None) -> Engine:
+    """``clip_guidance_model``: the CLIP checkpoint for CLIP guidance (``choose_clip_guide``)."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.float16 if device == "cuda" else torch.float32
     pipe = load_pipeline(model_id, device=device, dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
     family = _family(model_id)
     previews = preview_choice_for(pipe)
+    clip_id = choose_clip_guide(clip_guidance_model, model_id, device)
+    pipe.clip_guide = _load_clip_guide(clip_id, device, dtype)
+    clip_note = f"; CLIP guidance: {clip_id}" if pipe.clip_guide is not None else ""
     # one line for the model (the page header says the same, with the preview decoder's reason)
-    log.info("Diffusion Lab: loaded model %r on %s (%s); previews: %s", model_id, device, reason, previews.default)
+    log.info("Diffusion Lab: loaded model %r on %s (%s); previews: %s%s", model_id, device, reason, previews.default,
+             clip_note)
     return Engine(pipe=pipe, model_id=model_id, reason=reason, device=device, family=family, blender=_make_blender(pipe),
-                  previews=previews)
+                  previews=previews, clip_request=clip_guidance_model)
+
+
+def choose_clip_guide(requested: str | None, model_id: str, device: str) -> str | None:
+    """The CLIP checkpoint for CLIP guidance (the ``classifier`` methods on a model without a
+    trained classifier; pipelines/guidance_gradient.py), or None. ``requested`` (the app's
+    --clip-guidance-model or its env var) wins; "none" / "off" / "" turn it off. Unset: a Hub
+    model on CUDA (SD 1.5 on the Space) gets DEFAULT_SPACE_CLIP_MODEL; the embedded model (it
+    ships a classifier) and CPU runs get none."""
+    if requested is not None:
+        return None if requested.strip().lower() in ("", "none", "off") else requested.strip()
+    try:
+        local = model_spec(model_id).local
+    except ValueError:
+        local = True  # injected components: nothing to download for them
+    return DEFAULT_SPACE_CLIP_MODEL if device == "cuda" and not local else None
+
+
+def _load_clip_guide(clip_id: str | None, device: str, dtype):
+    """The ClipGuide, or None; a CLIP model that cannot be loaded (offline, a wrong id) leaves the
+    app serving without it (CLIP guidance is then refused, naming what is missing)."""
+    if clip_id is None:
+        return None
+    try:
+        return ClipGuide.from_pretrained(clip_id, device=device, dtype=dtype)
+    except Exception as error:
+        log.warning("CLIP guidance off: clip_guidance_model=%r could not be loaded (%s)", clip_id, error)
+        return None
 
 
 def engine_from_pipe(pipe, model_id: str = "tiny-test", reason: str = "injected pipeline", family: str | None = None) -> Engine:
@@ -212,11 +250,22 @@ def job_images(s: GenerationRequest) -> int:
 
 
 def job_branches(s: GenerationRequest) -> int:
-    """UNet branches per image and call: 1 without guidance, 2 with CFG, 3 with Perp-Neg."""
+    """UNet branches per image and call: 1 without guidance, 2 with CFG, 3 with Perp-Neg; CLIP
+    guidance adds its own UNet call (with a backward pass) for the predicted x0."""
     from pipelines.guidance import Guider
 
     config = s.guidance.resolved(float(s.guidance_scale), 0.0)
-    return Guider(config, enabled=config.peak_scale() > 1.0).num_branches
+    return Guider(config, enabled=config.peak_scale() > 1.0).num_branches + int(uses_clip_guidance(s))
+
+
+def uses_clip_guidance(s: GenerationRequest) -> bool:
+    """Whether ``s`` runs CLIP guidance: a classifier method on a model with a CLIP guide and no
+    trained classifier (the pipeline's own choice, pipelines/guidance_gradient.GradientGuide)."""
+    from pipelines.guidance import CLASSIFIER_METHODS
+
+    pipe = current().pipe
+    return (s.guidance.method in CLASSIFIER_METHODS and getattr(pipe, "classifier", None) is None
+            and getattr(pipe, "clip_guide", None) is not None)
 
 
 def job_calls(s: GenerationRequest) -> int:
@@ -237,7 +286,8 @@ def request_cost(jobs: list[GenerationRequest], columns: int = 1) -> int:
 
 def _generation_duration(settings: GenerationRequest, preview_every: int = 0, preview_decoder: str = "linear") -> int:
     previews = 0 if not preview_every else settings.steps // max(1, preview_every) + 1
-    return _gpu_seconds((job_calls(settings) + previews) * job_images(settings))
+    calls = job_calls(settings) * (CLIP_GUIDANCE_GPU_FACTOR if uses_clip_guidance(settings) else 1)
+    return _gpu_seconds((calls + previews) * job_images(settings))
 
 
 class _Cancelled(Exception):
@@ -346,6 +396,27 @@ def img2img_run(settings: GenerationRequest, image: torch.Tensor, strength: floa
     engine = current()
     with engine.pipeline(settings.blend) as pipe:
         return pipe(**settings.call_kwargs(engine.device), start=SDEditStart(image, strength), record="full")
+
+
+def _inpaint_duration(settings: GenerationRequest, image, mask, strength: float, method=None) -> int:
+    return _img2img_duration(settings, image, strength)
+
+
+@spaces.GPU(duration=_inpaint_duration)
+def inpaint_run(settings: GenerationRequest, image: torch.Tensor, mask: torch.Tensor, strength: float,
+                method: str | None = None) -> dict:
+    """Inpainting (pipelines/inpaint.py), record='full': ``image`` (1, 3, H, W) in [-1, 1] and ``mask``
+    (1, 1, H, W) in {0, 1} (1 = regenerate) at the settings' size. Returns the output, the method
+    run, the latent mask and the per-step known / unknown x0 errors (``region_errors``)."""
+    start = InpaintStart(image, mask, strength, method)
+    engine = current()
+    with engine.pipeline(settings.blend) as pipe:
+        output = pipe(**settings.call_kwargs(engine.device), start=start, record="full")
+        if start.z0 is None:  # the 9-channel method at strength 1 never encodes the image
+            with torch.no_grad():
+                start.z0 = encode_image(pipe, image, sample=False)
+    return {"output": output, "method": start.method, "mask_latent": start.mask_latent[:1].cpu(),
+            "regions": region_errors(output.trace, start)}
 
 
 def _grid_duration(settings: GenerationRequest) -> int:

@@ -88,7 +88,9 @@ def compare_guidance_kinds(prompt="a red circle", seed=0, steps=25, scheduler="D
     engine = eng.current()
     if getattr(engine.pipe, "classifier", None) is None:
         raise gr.Error(f"model {engine.model_id!r} has no noise-aware classifier (the embedded tiny-shapes model ships "
-                       "one in models/tiny-shapes/classifier/): classifier guidance is not available", title="No classifier")
+                       "one in models/tiny-shapes/classifier/): this comparison reads the shapes classifier and its "
+                       "scorer, so it is not available. CLIP guidance (guidance_method 'classifier' with "
+                       "--clip-guidance-model) still works on Generate and /generate", title="No classifier")
     prompt = check.text("prompt", prompt, required=True)
     seed = check.integer("seed", seed, 0, check.MAX_SEED)
     steps = check.integer("steps", steps, 2, MAX_STEPS)
