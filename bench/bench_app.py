@@ -62,7 +62,7 @@ def serve(tiny: bool):
     import torch
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    from tests.app_server import launch
+    from testkit.app_server import launch
 
     demo, url = launch(make_engine(tiny), concurrency_limit=1)
     print(url, flush=True)
@@ -72,7 +72,7 @@ def serve(tiny: bool):
 
 def make_engine(tiny: bool):
     from labapp import engine as eng
-    from tests.app_server import tiny_engine
+    from testkit.app_server import tiny_engine
 
     if os.path.isfile(os.path.join(eng.EMBEDDED_DIR, "model_index.json")) and not tiny:
         return eng.load_engine(eng.EMBEDDED_MODEL, "benchmark", "cpu")

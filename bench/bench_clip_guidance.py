@@ -60,7 +60,7 @@ def main():
     torch.set_num_threads(1)
     from pipelines.guidance import GuidanceConfig
     from pipelines.models import load_pipeline
-    from tests.tiny import make_tiny_clip_guide
+    from testkit.tiny import make_tiny_clip_guide
 
     pipe = load_pipeline("tiny-shapes")
     pipe.set_progress_bar_config(disable=True)

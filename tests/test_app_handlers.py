@@ -25,7 +25,7 @@ def no_progress(*args, **kwargs):
 
 @pytest.fixture(scope="module")
 def engine():
-    from tests.app_server import tiny_engine
+    from testkit.app_server import tiny_engine
 
     torch.set_num_threads(1)
     return eng.install(tiny_engine())

@@ -66,7 +66,7 @@ def server():
     import torch
 
     from labapp import engine as eng
-    from tests.app_server import launch
+    from testkit.app_server import launch
 
     torch.set_num_threads(1)
     demo, url = launch(eng.load_engine(eng.EMBEDDED_MODEL, "browser test", "cpu"), concurrency_limit=2)

@@ -1,5 +1,5 @@
 """CLIP guidance on the predicted x0 (issue 15, point 3), with a tiny random CLIP built in code
-(tests/tiny.py) on tiny seeded SD components: preprocessing parity with CLIPImageProcessor, the
+(testkit/tiny.py) on tiny seeded SD components: preprocessing parity with CLIPImageProcessor, the
 gradient's sign, s = 0 bit for bit, the guide chosen per model, refusals, loading from a folder."""
 import numpy as np
 import pytest
@@ -12,7 +12,7 @@ from pipelines.guidance import GuidanceConfig
 from pipelines.guidance_gradient import ClipGuide, clip_gradient, vae_decoder
 from pipelines.prediction import predicted_x0
 from pipelines.schedulers import SCHEDULERS, EvalPoint
-from tests.tiny import make_tiny_clip_guide, make_tiny_components
+from testkit.tiny import make_tiny_clip_guide, make_tiny_components
 
 
 
@@ -271,7 +271,7 @@ def clip_client():
     from gradio_client import Client
 
     from labapp import engine_from_pipe
-    from tests.app_server import launch
+    from testkit.app_server import launch
 
     torch.set_num_threads(1)
     engine = engine_from_pipe(_pipe(prediction_type="epsilon", zero_snr=False), "tiny-clip", "test components")

@@ -26,7 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def tiny_pipe():
     torch.set_num_threads(1)
     from pipelines import TracingStableDiffusionPipeline
-    from tests.tiny import make_tiny_components
+    from testkit.tiny import make_tiny_components
 
     pipe = TracingStableDiffusionPipeline(**make_tiny_components())
     pipe.set_progress_bar_config(disable=True)
@@ -183,7 +183,7 @@ def test_every_event_takes_raw_inputs(engine):
 def test_the_app_has_its_own_temp_dir():
     """In a fresh process (GRADIO_TEMP_DIR unset): the app sets its own before Gradio writes."""
     code = ("import os, sys; sys.path.insert(0, %r); os.environ.pop('GRADIO_TEMP_DIR', None)\n"
-            "import app, tempfile\nfrom tests.app_server import tiny_engine\n"
+            "import app, tempfile\nfrom testkit.app_server import tiny_engine\n"
             "demo = app.build_demo(tiny_engine())\n"
             "caches = {b.GRADIO_CACHE for b in demo.blocks.values()}\n"
             "print(os.environ['GRADIO_TEMP_DIR']); print(sorted(caches)); print(oct(os.stat(os.environ['GRADIO_TEMP_DIR']).st_mode & 0o777))\n") % ROOT
