@@ -37,6 +37,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--allow-model-switch", action=argparse.BooleanOptionalAction, default=None,
                         help=f"let visitors switch the model for everyone (default: off on a Space, on elsewhere; "
                              f"env {MODEL_SWITCH_ENV}=1/0)")
+    parser.add_argument("--max-lora-mb", type=int, default=None, metavar="MB",
+                        help="largest user LoRA upload or Hub file, in MB (default: 256, or env DIFFUSION_LAB_MAX_LORA_MB)")
+    parser.add_argument("--max-user-loras", type=int, default=None, metavar="N",
+                        help="user LoRAs held on the server for all sessions, least recently used unloaded first "
+                             "(default: 8, or env DIFFUSION_LAB_MAX_USER_LORAS)")
     return parser.parse_args(argv)
 
 
@@ -49,7 +54,7 @@ from labapp import console  # noqa: E402
 from labapp import engine as eng  # noqa: E402
 from labapp import gradio_cache, gradio_guards  # noqa: E402
 from labapp import generate as gen  # noqa: E402
-from labapp import guidance_kinds, labs, lora_ui, trace_store, trace_views, uploads  # noqa: E402
+from labapp import guidance_kinds, labs, lora_ui, lora_user_ui, trace_store, trace_views, uploads  # noqa: E402
 from labapp import validation as check  # noqa: E402
 from labapp import img2img as img2img_ui  # noqa: E402
 from labapp.docs import HOW_IT_WORKS, example_rows, header  # noqa: E402
@@ -343,6 +348,7 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1, allow_model_switc
                 use_blend_btn = gr.Button("Use this blend on Generate")
             lora_status = run_status("lora-status")
             lora_gallery = pixel_gallery("LoRA comparison", 5, elem_id="lora-grid")
+            user_lora_panel(mixer_blend, gpu)
             with gr.Accordion("How it works", open=False):
                 gr.Markdown(HOW_IT_WORKS, latex_delimiters=[{"left": "$$", "right": "$$", "display": True},
                                                            {"left": "$", "right": "$", "display": False}])
@@ -417,10 +423,37 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1, allow_model_switc
         if switchable:  # not wired at all otherwise: a forged queue call finds no event to run
             model.input(switch_model, model, status, api_visibility="private", **gpu)
         demo.load(page_for_current_model, None, [header_md, model, width, height, noise_t], api_visibility="private")
+        demo.unload(lora_user_ui.forget_session)  # a closed tab unloads its user LoRAs
 
     check.take_raw_inputs(demo)  # no Gradio preprocess: our checks name the field (labapp/validation.py)
     demo.queue(max_size=QUEUE_MAX_SIZE)
     return demo
+
+
+def user_lora_panel(mixer_blend: gr.Textbox, gpu: dict) -> None:
+    """Bring your own LoRA (labapp/lora_user_ui.py): upload or Hub id, inspect, add to the blend, unload."""
+    with gr.Accordion("Your own LoRA: upload a .safetensors or give a Hub id", open=False, elem_id="user-lora"):
+        with gr.Row():
+            file = gr.File(label=f"LoRA file (.safetensors, at most {lora_user_ui.max_upload_bytes() // 2**20} MB)",
+                           file_types=[".safetensors"], file_count="single", elem_id="user-lora-file")
+            with gr.Column():
+                hub_id = gr.Textbox(label="or a Hub id (owner/name or owner/name/file.safetensors)", value="",
+                                    max_length=lora_user_ui.MAX_HUB_ID_CHARS, elem_id="user-lora-hub")
+                inspect_btn = gr.Button("Load and inspect", variant="primary", elem_id="user-lora-inspect")
+                name = gr.Textbox(label="Loaded adapter (this session only)", interactive=False,
+                                  elem_id="user-lora-name")
+                with gr.Row():
+                    add_btn = gr.Button("Add to blend", elem_id="user-lora-add")
+                    unload_btn = gr.Button("Unload", variant="stop", elem_id="user-lora-unload")
+        status = run_status("user-lora-status")
+        summary = gr.Markdown("", elem_id="user-lora-summary")
+        heat = gr.Plot(label="||(alpha/r) B A||_F per block", show_label=False, elem_id="user-lora-heat")
+        with gr.Accordion("Full report (JSON)", open=False):
+            report = gr.JSON(label="Inspection")
+    inspect_btn.click(lora_user_ui.lora_inspect, [file, hub_id], [name, summary, report, heat], api_name="lora_inspect",
+                      show_progress_on=status, **gpu)
+    add_btn.click(lora_user_ui.add_to_blend, [mixer_blend, name], mixer_blend, api_visibility="private")
+    unload_btn.click(lora_user_ui.lora_unload, name, status, api_name="lora_unload", show_progress_on=status, **gpu)
 
 
 def switch_model(model_id):
@@ -447,7 +480,8 @@ def page_for_current_model():
 
 def launch_kwargs() -> dict:
     # show_error: Gradio's own input errors (e.g. text where a number belongs) reach API clients too
-    return dict(theme=THEME, css=CSS, max_file_size=MAX_FILE_SIZE, show_error=True,
+    # one upload limit for every file: the LoRA limit (images are held to theirs by labapp/uploads.py)
+    return dict(theme=THEME, css=CSS, max_file_size=max(MAX_FILE_SIZE, lora_user_ui.max_upload_bytes()), show_error=True,
                 footer_links=["api", "gradio", "settings"], state_session_capacity=MAX_SESSIONS)
 
 
@@ -463,6 +497,7 @@ def main(argv=None):
         # so a generation stalls whenever another process or request holds a core (single 25-step
         # runs up to 2.5 s against a 0.26 s median in issue 22); one thread is as fast and steady.
         torch.set_num_threads(1)
+    lora_user_ui.configure(args.max_lora_mb, args.max_user_loras)
     model_id, reason = eng.choose_model(args.model, torch.cuda.is_available())
     demo = build_demo(eng.load_engine(model_id, reason), allow_model_switch=args.allow_model_switch)
     # quiet: Gradio's own banner suggests `share=True in launch()`; this app's flag is --share

@@ -15,7 +15,7 @@ from pipelines.previews import PREVIEW_DECODERS
 from pipelines.schedulers import SIGMA_KINDS, TIMESTEP_SPACINGS
 
 from . import engine as eng
-from . import trace_store
+from . import lora_user_ui, trace_store
 from . import validation as check
 from .metadata import GenerationSettings, with_settings
 
@@ -145,7 +145,7 @@ def build_settings(engine: eng.Engine, *, prompt, negative_prompt, scheduler, st
         width=check.integer("width", width, lo, hi, multiple_of=step),
         height=check.integer("height", height, lo, hi, multiple_of=step),
         num_images=check.integer("num_images", num_images, 1, MAX_IMAGES),
-        lora=parse_lora("lora", lora, [p.id for p in engine.lora_presets()]),
+        lora=lora_user_ui.used(parse_lora("lora", lora, lora_user_ui.blend_names(engine))),
         classifier_scale=check.number("classifier_scale", classifier_scale, *CLASSIFIER_SCALE_RANGE),
     )
 

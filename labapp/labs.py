@@ -11,7 +11,7 @@ from pipelines.guidance import GUIDANCE_METHODS
 from pipelines.schedulers import SIGMA_KINDS, sampling_schedule, training_schedule
 
 from . import engine as eng
-from . import plots
+from . import lora_user_ui, plots
 from . import validation as check
 from .generate import GUIDANCE_RANGE, MAX_STEPS, SPACINGS, build_settings, parse_lora
 from .images import pil_to_tensor, strip, tensor_to_pil, upscale
@@ -184,7 +184,7 @@ def forward_noise(image, timestep, seed=0):
 def lora_grid(prompt, lora, seed, steps, guidance_scale, scheduler):
     """Comparison grid on one seed: no adapter, each adapter alone (at its blend setting), the blend."""
     engine = eng.current()
-    if engine.blender is None or not engine.lora_presets():
+    if engine.blender is None or not lora_user_ui.blend_names(engine):
         raise gr.Error(f"model {engine.model_id!r} has no LoRA presets available", title="No LoRA presets")
     job = _settings(prompt=prompt, negative_prompt="", scheduler=scheduler, steps=steps,
                     guidance_scale=guidance_scale, seed=seed, lora=lora)

@@ -68,10 +68,11 @@ def describe(spec) -> str:
     import gradio as gr
 
     from . import engine as eng
+    from . import lora_user_ui
     from .generate import parse_lora
 
     try:
-        blend = parse_lora("lora", spec, [p.id for p in eng.current().lora_presets()])
+        blend = parse_lora("lora", spec, lora_user_ui.blend_names(eng.current()))
     except gr.Error as error:
         return f"**LoRA:** not applied, {error.message}"
     return chips(blend)
