@@ -185,7 +185,8 @@ def inspection(engine: eng.Engine, adapter) -> dict:
     """The JSON report: the file, its source and the per-layer inspection (pipelines.lora_inspect)."""
     from pipelines.lora_inspect import inspect_adapter
 
-    report = inspect_adapter(engine.pipe, adapter.name)
+    with engine.blender.holding() as pipe:
+        report = inspect_adapter(pipe, adapter.name)
     info = adapter.file
     return {"name": adapter.name, "source": adapter.source,
             "file": {"format": info.format, "sha256": info.sha256, "size_bytes": info.size_bytes,

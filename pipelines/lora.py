@@ -274,6 +274,13 @@ class LoraBlender:
             finally:
                 self._owner = None
 
+    @contextmanager
+    def holding(self):
+        """Hold the pipeline while reading its module tree (user-LoRA checks, the inspector): no
+        load, unload or blend changes it meanwhile (peft injection edits ``_modules``)."""
+        with self._locked():
+            yield self.pipe
+
     def check_blend(self, blend: Blend) -> None:
         """ValueError for adapters not loaded, or block weights that do not fit this UNet."""
         missing = [n for n in blend.names if n not in self._adapters]

@@ -100,20 +100,22 @@ class UserAdapterStore:
         """
         if not isinstance(session, str) or not session:
             raise ValueError("a user adapter needs a session")
-        checked = read_user_lora(path, self.blender.pipe)
+        with self.blender.holding() as pipe:  # other sessions may load or unload meanwhile
+            checked = read_user_lora(path, pipe)
+            estimate = self._estimate_bytes(checked)
         with self._lock:
             for adapter in self._adapters.values():
                 if adapter.session == session and adapter.file.sha256 == checked.sha256:
                     self._adapters.move_to_end(adapter.name)
                     return adapter
-        estimate = self._estimate_bytes(checked)
         if estimate > self.max_bytes:
             raise ValueError(f"LoRA file {Path(path).name!r} needs about {estimate / 2**20:.0f} MB in memory; user "
                              f"adapters may hold {self.max_bytes / 2**20:.0f} MB in all")
         self._make_room(estimate)
         name = self._new_name(source.get("filename") or Path(path).name)
         loaded = self.blender.load(name, path)
-        nbytes = self._loaded_bytes(name)
+        with self.blender.holding():
+            nbytes = self._loaded_bytes(name)
         adapter = UserAdapter(name=name, session=session, file=checked, source=dict(source), nbytes=nbytes,
                               num_layers=loaded.num_layers)
         with self._lock:
