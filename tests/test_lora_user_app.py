@@ -165,6 +165,10 @@ def test_upload_limit_and_bad_files_keep_the_server_serving(server, lora_paths, 
         from gradio_client import handle_file
 
         c.predict(file=handle_file(lora_paths[0]), hub_id="a/b", api_name="/lora_inspect")
+    from tests.hostile_helpers import upload
+
+    # the upload route's own limit is the larger of the image and LoRA limits (5 MB here): a 413, nothing stored
+    assert upload(url, "huge.safetensors", b"\0" * (6 * 2**20)).status_code == 413
     image(c, "")
 
 
