@@ -30,6 +30,7 @@ which ``LoraBlender.load`` injects it like a preset (diffusers' ``load_lora_weig
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -112,6 +113,7 @@ class UserLoraFile:
     base_model: str | None  # from the metadata, when it says
     components: tuple[str, ...]  # "unet", "text_encoder"
     dtypes: tuple[str, ...]
+    num_weights: int  # elements of its A and B matrices (alphas left out)
 
 
 def _fail(path, problem: str) -> ValueError:
@@ -333,8 +335,12 @@ def check_fit(path, parts: dict[str, dict[str, torch.Tensor]], pipe, base_model:
     return tuple(c for c in ("unet", "text_encoder") if parts.get(c))
 
 
-def read_user_lora(path, pipe) -> UserLoraFile:
-    """Every check of the module docstring, in order; returns what ``LoraBlender.load`` needs."""
+def read_user_lora(path, pipe, hold=contextlib.nullcontext) -> UserLoraFile:
+    """Every check of the module docstring, in order; returns what ``LoraBlender.load`` needs.
+
+    ``hold``: a context manager held while the pipeline's modules are read (the fit check), e.g.
+    ``LoraBlender.holding`` when other threads may load adapters meanwhile; the file is read and
+    hashed outside it."""
     header = read_header(path)
     kind = detect_format(path, header.tensors)
     base_model = base_model_of(header.metadata)
@@ -350,13 +356,15 @@ def read_user_lora(path, pipe) -> UserLoraFile:
         parts = peft_keys(tensors)
     except (ValueError, KeyError) as error:  # diffusers' converter found keys it cannot rename
         raise _fail(path, f"diffusers cannot convert its keys: {str(error).strip()[:300]}") from None
-    components = check_fit(path, parts, pipe, base_model)
+    with hold():
+        components = check_fit(path, parts, pipe, base_model)
     if not components:
         raise _fail(path, "has no layers for this model's UNet or text encoder")
     return UserLoraFile(path=str(Path(path).resolve()), sha256=sha256_of(path), format=kind,
                         size_bytes=header.file_size, num_tensors=len(header.tensors), metadata=dict(header.metadata),
                         base_model=base_model, components=components,
-                        dtypes=tuple(sorted({e.dtype for e in header.tensors.values()})))
+                        dtypes=tuple(sorted({e.dtype for e in header.tensors.values()})),
+                        num_weights=sum(e.numel for k, e in header.tensors.items() if not k.endswith(".alpha")))
 
 
 # ------------------------------------------------------------------------------ Hub ids

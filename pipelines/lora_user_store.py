@@ -100,9 +100,11 @@ class UserAdapterStore:
         """
         if not isinstance(session, str) or not session:
             raise ValueError("a user adapter needs a session")
-        with self.blender.holding() as pipe:  # other sessions may load or unload meanwhile
-            checked = read_user_lora(path, pipe)
-            estimate = self._estimate_bytes(checked)
+        # the file is read and hashed without the lock; the model's modules are read holding it
+        # (other sessions may load or unload adapters meanwhile)
+        checked = read_user_lora(path, self.blender.pipe, hold=self.blender.holding)
+        with self.blender.holding() as pipe:
+            estimate = checked.num_weights * pipe.unet.dtype.itemsize  # adapters load in the model's dtype
         with self._lock:
             for adapter in self._adapters.values():
                 if adapter.session == session and adapter.file.sha256 == checked.sha256:
@@ -157,13 +159,6 @@ class UserAdapterStore:
             name = f"user-{_stem(filename)}-{secrets.token_hex(3)}"
             if name not in self.reserved and name not in self.blender.adapters:
                 return name
-
-    def _estimate_bytes(self, checked: UserLoraFile) -> int:
-        from .lora_user import read_header
-
-        itemsize = self.blender.pipe.unet.dtype.itemsize
-        header = read_header(checked.path)
-        return sum(e.numel for k, e in header.tensors.items() if not k.endswith(".alpha")) * itemsize
 
     def _loaded_bytes(self, name: str) -> int:
         from .lora_inspect import _layers
