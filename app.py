@@ -21,6 +21,12 @@ class _OneLineErrors(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def _positive_int(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return int(text)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = _OneLineErrors(
         prog="app.py", description="Diffusion Lab: watch a Stable Diffusion denoising loop, step by step.")
@@ -37,9 +43,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--allow-model-switch", action=argparse.BooleanOptionalAction, default=None,
                         help=f"let visitors switch the model for everyone (default: off on a Space, on elsewhere; "
                              f"env {MODEL_SWITCH_ENV}=1/0)")
-    parser.add_argument("--max-lora-mb", type=int, default=None, metavar="MB",
+    parser.add_argument("--max-lora-mb", type=_positive_int, default=None, metavar="MB",
                         help="largest user LoRA upload or Hub file, in MB (default: 256, or env DIFFUSION_LAB_MAX_LORA_MB)")
-    parser.add_argument("--max-user-loras", type=int, default=None, metavar="N",
+    parser.add_argument("--max-user-loras", type=_positive_int, default=None, metavar="N",
                         help="user LoRAs held on the server for all sessions, least recently used unloaded first "
                              "(default: 8, or env DIFFUSION_LAB_MAX_USER_LORAS)")
     return parser.parse_args(argv)

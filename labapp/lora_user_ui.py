@@ -50,6 +50,9 @@ def _env_int(name: str, default: int) -> int:
 
 def configure(max_lora_mb: int | None = None, max_user_loras: int | None = None) -> None:
     """Set the limits (app.py flags); None: the environment variable, else the default."""
+    for name, value in (("max_lora_mb", max_lora_mb), ("max_user_loras", max_user_loras)):
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name}={value!r} must be a positive integer")
     _limits["mb"] = max_lora_mb or _env_int(MAX_LORA_MB_ENV, DEFAULT_MAX_LORA_MB)
     _limits["count"] = max_user_loras or _env_int(MAX_USER_LORAS_ENV, DEFAULT_MAX_USER_LORAS)
     _stores.clear()  # stores are made again with the new limits (their adapters stay loaded in the blender)
@@ -125,7 +128,7 @@ def lora_inspect(file, hub_id, request: gr.Request = None):
             path, filename = uploads.uploaded_file("file", file, max_upload_bytes())
             source = {"kind": "upload", "filename": filename}
         else:
-            from pipelines.lora_user import resolve_hub_lora
+            from pipelines.lora_hub import resolve_hub_lora
 
             hub = resolve_hub_lora(hub_id, max_bytes=max_upload_bytes())
             path, filename = hub.path, os.path.basename(hub.filename)

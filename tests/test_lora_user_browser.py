@@ -54,7 +54,7 @@ def test_upload_inspect_add_to_blend_and_grid(served):
         name = name_box.input_value()
         summary = page.locator("#user-lora-summary").inner_text()
         assert "kohya format" in summary and "rank 2" in summary and "SHA-256" in summary, summary
-        page.locator("#user-lora-heat").locator("img, canvas, svg").first.wait_for(timeout=60_000)
+        page.locator("#user-lora-heat img").first.wait_for(timeout=60_000)
         page.locator("#user-lora-add").click()
         blend = page.locator("#mixer-blend textarea").first
         page.wait_for_function(f"() => document.querySelector('#mixer-blend textarea').value.includes('{name}')",
