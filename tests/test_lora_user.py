@@ -237,3 +237,31 @@ def test_inspector_reports_ranks_alphas_kinds_and_block_heat(files):
     row, col = heat["blocks"].index("down 1"), heat["kinds"].index("attn2")
     cell = [l["delta_norm"] for l in report["layers"] if l["block"] == "down 1" and l["kind"] == "attn2"]
     assert heat["values"][row][col] == pytest.approx(float(np.sqrt(np.sum(np.square(cell)))))
+
+
+# ------------------------------------------------------------------------------ the store (LRU, sessions)
+
+
+def test_store_evicts_the_least_recently_used_and_keeps_sessions_apart(files, pipe):
+    from pipelines.lora_user_store import UserAdapterStore
+
+    blender = LoraBlender(make_pipe())
+    store = UserAdapterStore(blender, max_adapters=2, max_bytes=2**30)
+    paths = []
+    for seed in range(3):
+        lora = random_lora(blender.pipe.unet, None, seed=200 + seed, rank=2)
+        paths.append(save_kohya_lora(lora, str(files["folder"] / f"lru{seed}.safetensors")))
+    first = store.add("s1", paths[0], {"kind": "upload"})
+    second = store.add("s2", paths[1], {"kind": "upload"})
+    assert store.add("s1", paths[0], {"kind": "upload"}) is first  # same file, same session: no second copy
+    assert store.names("s1") == [first.name] and store.names("s2") == [second.name] and store.names(None) == []
+    with pytest.raises(LookupError, match="no user adapter"):
+        store.get("s2", first.name)
+    with pytest.raises(LookupError):
+        store.remove("s2", first.name)
+    store.touch("s1", [first.name])  # first is now the most recently used
+    third = store.add("s1", paths[2], {"kind": "upload"})
+    assert second.name not in blender.adapters and store.names("s2") == []
+    assert set(blender.adapters) == {first.name, third.name} and len(store) == 2
+    assert store.nbytes == first.nbytes + third.nbytes > 0
+    assert store.forget_session("s1") == 2 and not blender.adapters
