@@ -23,6 +23,12 @@ class _OneLineErrors(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def _positive_int(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return int(text)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = _OneLineErrors(
         prog="app.py", description="Diffusion Lab: watch a Stable Diffusion denoising loop, step by step.")
@@ -46,6 +52,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--no-warmup", dest="warmup", action="store_false",
                         help="skip the warm-up at start (one tiny generation and the LoRA presets loaded, a few seconds "
                              "on CPU, so the first visitor's Generate and LoRA grid are not the slow ones)")
+    parser.add_argument("--max-lora-mb", type=_positive_int, default=None, metavar="MB",
+                        help="largest user LoRA upload or Hub file, in MB (default: 256, or env DIFFUSION_LAB_MAX_LORA_MB)")
+    parser.add_argument("--max-user-loras", type=_positive_int, default=None, metavar="N",
+                        help="user LoRAs held on the server for all sessions, least recently used unloaded first "
+                             "(default: 8, or env DIFFUSION_LAB_MAX_USER_LORAS)")
     return parser.parse_args(argv)
 
 
@@ -58,7 +69,7 @@ from labapp import console  # noqa: E402
 from labapp import engine as eng  # noqa: E402
 from labapp import gradio_cache, gradio_guards  # noqa: E402
 from labapp import generate as gen  # noqa: E402
-from labapp import guidance_kinds, labs, lora_ui, models_ui, trace_store, trace_views, uploads  # noqa: E402
+from labapp import guidance_kinds, labs, lora_ui, lora_user_ui, models_ui, trace_store, trace_views, uploads  # noqa: E402
 from labapp import validation as check  # noqa: E402
 from labapp import warmup  # noqa: E402
 from labapp import img2img as img2img_ui  # noqa: E402
@@ -375,6 +386,7 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1, allow_model_switc
             gr.Markdown(lora_ui.BLEND_NOTE, elem_classes="lab-note")
             lora_btn, lora_status = run_button("Comparison grid: none / each / blend", "lora-status")
             lora_gallery = pixel_gallery("LoRA comparison", 5, elem_id="lora-grid")
+            user_lora_panel(lora, gpu)
 
         # ---------------------------------------------------------------- wiring
         generate_inputs = [prompt, negative_prompt, scheduler, steps, guidance_scale, seed, randomize_seed, width,
@@ -468,10 +480,37 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1, allow_model_switc
             model.input(models_ui.switch_model, model, [status, model], api_visibility="private",
                         show_progress_on=status, **gpu)
         demo.load(page_for_current_model, None, [header_md, model, width, height, noise_t], api_visibility="private")
+        demo.unload(lora_user_ui.forget_session)  # a closed tab unloads its user LoRAs
 
     check.take_raw_inputs(demo)  # no Gradio preprocess: our checks name the field (labapp/validation.py)
     demo.queue(max_size=QUEUE_MAX_SIZE)
     return demo
+
+
+def user_lora_panel(blend: gr.Textbox, gpu: dict) -> None:
+    """Bring your own LoRA (labapp/lora_user_ui.py): upload or Hub id, inspect, add to the blend, unload."""
+    with gr.Accordion("Your own LoRA: upload a .safetensors or give a Hub id", open=False, elem_id="user-lora"):
+        with gr.Row():
+            file = gr.File(label=f"LoRA file (.safetensors, at most {lora_user_ui.max_upload_bytes() // 2**20} MB)",
+                           file_types=[".safetensors"], file_count="single", elem_id="user-lora-file")
+            with gr.Column():
+                hub_id = gr.Textbox(label="or a Hub id (owner/name or owner/name/file.safetensors)", value="",
+                                    max_length=lora_user_ui.MAX_HUB_ID_CHARS, elem_id="user-lora-hub")
+                inspect_btn = gr.Button("Load and inspect", variant="primary", elem_id="user-lora-inspect")
+                name = gr.Textbox(label="Loaded adapter (this session only)", interactive=False,
+                                  elem_id="user-lora-name")
+                with gr.Row():
+                    add_btn = gr.Button("Add to blend", elem_id="user-lora-add")
+                    unload_btn = gr.Button("Unload", variant="stop", elem_id="user-lora-unload")
+        status = gr.Markdown("", elem_id="user-lora-status", elem_classes="run-status")
+        summary = gr.Markdown("", elem_id="user-lora-summary")
+        heat = gr.Plot(label="||(alpha/r) B A||_F per block", show_label=False, elem_id="user-lora-heat")
+        with gr.Accordion("Full report (JSON)", open=False):
+            report = gr.JSON(label="Inspection")
+    inspect_btn.click(lora_user_ui.lora_inspect, [file, hub_id], [name, summary, report, heat], api_name="lora_inspect",
+                      show_progress_on=status, **gpu)
+    add_btn.click(lora_user_ui.add_to_blend, [blend, name], blend, api_visibility="private")
+    unload_btn.click(lora_user_ui.lora_unload, name, status, api_name="lora_unload", show_progress_on=status, **gpu)
 
 
 def page_for_current_model():
@@ -485,7 +524,8 @@ def page_for_current_model():
 
 def launch_kwargs() -> dict:
     # show_error: Gradio's own input errors (e.g. text where a number belongs) reach API clients too
-    return dict(theme=THEME, css=CSS, max_file_size=MAX_FILE_SIZE, show_error=True,
+    # one upload limit for every file: the LoRA limit (images are held to theirs by labapp/uploads.py)
+    return dict(theme=THEME, css=CSS, max_file_size=max(MAX_FILE_SIZE, lora_user_ui.max_upload_bytes()), show_error=True,
                 footer_links=["api", "gradio", "settings"], state_session_capacity=MAX_SESSIONS)
 
 
@@ -501,6 +541,7 @@ def main(argv=None):
         # so a generation stalls whenever another process or request holds a core (single 25-step
         # runs up to 2.5 s against a 0.26 s median in issue 22); one thread is as fast and steady.
         torch.set_num_threads(1)
+    lora_user_ui.configure(args.max_lora_mb, args.max_user_loras)
     model_id, reason = eng.choose_model(args.model, torch.cuda.is_available())
     engine = eng.load_engine(model_id, reason, clip_guidance_model=args.clip_guidance_model)
     demo = build_demo(engine, allow_model_switch=args.allow_model_switch)

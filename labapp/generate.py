@@ -16,7 +16,7 @@ from pipelines.request import (CLASSIFIER_SCALE_RANGE, GUIDANCE_RANGE, MAX_IMAGE
                                SPACINGS, GenerationRequest)
 
 from . import engine as eng
-from . import trace_store
+from . import lora_user_ui, trace_store
 from . import validation as check
 from .metadata import with_settings
 
@@ -30,7 +30,7 @@ def size_range(engine: eng.Engine) -> tuple[int, int, int]:
 def build_request(engine: eng.Engine, **form) -> GenerationRequest:
     """The request for ``form`` (/generate's parameters by name; the rest at their defaults) on the
     loaded model: GenerationRequest.from_form, each refusal a gr.Error naming its field."""
-    return GenerationRequest.from_form(engine.limits(), **form)
+    return lora_user_ui.used(GenerationRequest.from_form(lora_user_ui.limits(engine), **form))
 
 
 # The Generate handler's own inputs (not part of the request), each after the form field it follows
@@ -77,7 +77,7 @@ def generate(*args, **kwargs):
     engine = eng.current()
     if check.boolean("randomize_seed", randomize_seed):
         form["seed"] = random.randint(0, check.MAX_SEED)
-    settings = GenerationRequest.from_form(engine.limits(), **form)
+    settings = lora_user_ui.used(GenerationRequest.from_form(lora_user_ui.limits(engine), **form))
     preview_every = check.integer("preview_every", preview_every, 0, MAX_STEPS)
     preview_decoder = check.choice("preview_decoder", preview_decoder or engine_decoder(engine), decoders(engine))
 

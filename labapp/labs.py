@@ -12,7 +12,7 @@ from pipelines.request import schedule_options
 from pipelines.schedulers import sampling_schedule, training_schedule
 
 from . import engine as eng
-from . import plots
+from . import lora_user_ui, plots
 from . import validation as check
 from .generate import GUIDANCE_RANGE, MAX_STEPS, build_request
 from .images import pil_to_tensor, strip, tensor_to_pil, upscale
@@ -174,7 +174,7 @@ def forward_noise(image, timestep, seed=0):
 def lora_grid(prompt, lora, seed, steps, guidance_scale, scheduler):
     """Comparison grid on one seed: no adapter, each adapter alone (at its blend setting), the blend."""
     engine = eng.current()
-    if engine.blender is None or not engine.lora_presets():
+    if engine.blender is None or not lora_user_ui.blend_names(engine):
         raise gr.Error(f"model {engine.model_id!r} has no LoRA presets available", title="No LoRA presets")
     job = _settings(prompt=prompt, negative_prompt="", scheduler=scheduler, steps=steps,
                     guidance_scale=guidance_scale, seed=seed, lora=lora)

@@ -115,8 +115,9 @@ def _parse(spec) -> list[dict]:
     from pipelines.lora_settings import Blend
 
     from . import engine as eng
+    from . import lora_user_ui
 
-    return Blend.parse(spec, eng.current().limits().presets).to_list()
+    return Blend.parse(spec, lora_user_ui.limits(eng.current()).presets).to_list()
 
 
 def describe(spec) -> str:

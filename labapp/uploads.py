@@ -155,3 +155,27 @@ def read_image(field: str, payload) -> Image.Image:
         return payload
     return decode_image(field, payload_bytes(field, payload))
 
+
+
+def uploaded_file(field: str, payload, max_bytes: int) -> tuple[str, str]:
+    """(real path, original file name) of an uploaded file (a LoRA), checked like ``read_upload``:
+    a regular file inside the app's temp dir, at most ``max_bytes``; never a URL or a data: URL."""
+    if not isinstance(payload, dict) or not payload.get("path"):
+        raise check.fail(field, payload if not isinstance(payload, dict) else payload.get("url"),
+                         "an uploaded file (URLs and server paths are never read)")
+    path = payload["path"]
+    if not isinstance(path, str) or "\0" in path:
+        raise check.fail(field, "<path>", NOT_UPLOADED)
+    real = os.path.realpath(path)
+    if not _inside(real, temp_dir()):
+        raise check.fail(field, "<path>", NOT_UPLOADED)
+    try:
+        info = os.stat(real)
+    except OSError:
+        raise check.fail(field, "<path>", NOT_UPLOADED) from None
+    if not stat.S_ISREG(info.st_mode):
+        raise check.fail(field, "<path>", NOT_UPLOADED)
+    if info.st_size > max_bytes:
+        raise check.fail(field, f"<{info.st_size} bytes>", f"at most {max_bytes} bytes")
+    name = payload.get("orig_name") or os.path.basename(real)
+    return real, name if isinstance(name, str) else os.path.basename(real)

@@ -207,6 +207,19 @@ class LoraBlender:
             return self._adapters[preset.id]
         return self.load(preset.id, preset_file(preset, offline=offline), preset=preset)
 
+    def unload(self, name: str) -> None:
+        """Remove a loaded adapter's layers from the pipeline (diffusers' ``delete_adapters``) and
+        forget every cached form that held its weights, so its memory can be freed."""
+        with self._locked():
+            if name not in self._adapters:
+                raise ValueError(f"adapter {name!r} is not loaded; loaded: {sorted(self._adapters)}")
+            for layer in self._layers:  # drop stacked / dense copies that include its weights
+                lora_layers.set_layer_scales(layer.module, {})
+            with _expected_loader_messages_silenced():
+                self.pipe.delete_adapters(name)
+            del self._adapters[name]
+            self._index_layers()
+
     def _copy_off_file(self, name: str) -> None:
         """Give the new adapter's weights their own memory.
 
@@ -260,6 +273,13 @@ class LoraBlender:
                 yield
             finally:
                 self._owner = None
+
+    @contextmanager
+    def holding(self):
+        """Hold the pipeline while reading its module tree (user-LoRA checks, the inspector): no
+        load, unload or blend changes it meanwhile (peft injection edits ``_modules``)."""
+        with self._locked():
+            yield self.pipe
 
     def check_blend(self, blend: Blend) -> None:
         """ValueError for adapters not loaded, or block weights that do not fit this UNet."""

@@ -104,3 +104,47 @@ def save_kohya_lora(lora: RandomLora, path: str) -> str:
                                                       "ss_network_dim": str(lora.rank),
                                                       "ss_network_alpha": str(lora.alpha)})
     return path
+
+
+# ----------------------------------------------------------------------------- user files (issue 17)
+
+
+def write_safetensors(path: str, tensors: dict, metadata: dict | None = None) -> str:
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in tensors.items()}, path, metadata=metadata)
+    return path
+
+
+def raw_safetensors(path: str, header: dict, data: bytes = b"") -> str:
+    """A file with exactly this header and data (for headers safetensors itself would not write)."""
+    import json
+    import struct
+
+    encoded = json.dumps(header).encode()
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(encoded)) + encoded + data)
+    return path
+
+
+def sdxl_like_kohya(path: str, rank: int = 4) -> str:
+    """A kohya SDXL LoRA in miniature: SDXL's cross-attention width (2048) and its metadata."""
+    gen = torch.Generator().manual_seed(0)
+    stem = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k"
+    tensors = {f"{stem}.lora_down.weight": torch.randn(rank, 2048, generator=gen),
+               f"{stem}.lora_up.weight": torch.randn(8, rank, generator=gen),
+               f"{stem}.alpha": torch.tensor(float(rank))}
+    return write_safetensors(path, tensors, {"ss_base_model_version": "sdxl_base_v1-0",
+                                             "ss_network_module": "networks.lora"})
+
+
+def loha_file(path: str) -> str:
+    stem = "lora_unet_down_blocks_1_attentions_0_proj_in"
+    tensors = {f"{stem}.hada_w1_a": torch.zeros(8, 2), f"{stem}.hada_w1_b": torch.zeros(2, 8),
+               f"{stem}.hada_w2_a": torch.zeros(8, 2), f"{stem}.hada_w2_b": torch.zeros(2, 8),
+               f"{stem}.alpha": torch.tensor(2.0)}
+    return write_safetensors(path, tensors, {"ss_network_module": "lycoris.kohya"})
+
+
+def many_tiny_tensors(path: str, count: int = 10_000) -> str:
+    return write_safetensors(path, {f"lora_unet_x{i}.alpha": torch.tensor(1.0) for i in range(count)})

@@ -11,7 +11,7 @@ import numpy as np
 from tests.hostile_helpers import (
     COMPARE_DEFAULTS, Case, ROOT, _fifo, api, api_image,
     bad_fn_index, build, call, data_url, decompression_bomb_png, file_data,
-    forged, http_get, http_upload, in_temp_dir, lora_file, lora_file_mismatched,
+    forged, http_get, in_temp_dir, lora_file, lora_file_mismatched,
     lora_file_truncated, noise_png, outcome, pipe_call, png_bytes, preset_entry,
     presets_file, raw, raw_data, raw_forward_noise, real_png, safetensors_bytes,
     switch_model, torch_save_bytes, upload_many, wide_png,
@@ -45,6 +45,33 @@ def _many_layers(ctx):
     image = handle_file(ctx.path("in.png", png_bytes(np.full((32, 32, 3), 90, np.uint8))))
     drawing = {"background": None, "composite": None, "layers": [layer] * 9}
     return outcome(lambda: ctx.client.predict(image=image, mask=None, mask_drawing=drawing, steps=2, api_name="/inpaint"))
+
+
+def _lora_upload(name: str, content):
+    def run(ctx):
+        from gradio_client import handle_file
+
+        file = handle_file(ctx.path(name, content() if callable(content) else content))
+        return outcome(lambda: ctx.client.predict(file=file, hub_id="", api_name="/lora_inspect"))
+    return run
+
+
+def _many_tensors() -> bytes:
+    import torch
+    from safetensors.torch import save
+
+    return save({f"lora_unet_x{i}.alpha": torch.tensor(1.0) for i in range(10_000)})
+
+
+def _sdxl_bytes() -> bytes:
+    import tempfile
+
+    from testkit.lora_factory import sdxl_like_kohya
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = sdxl_like_kohya(os.path.join(folder, "sdxl.safetensors"))
+        with open(path, "rb") as f:
+            return f.read()
 
 
 CASES: list[Case] = [
@@ -203,8 +230,9 @@ CASES: list[Case] = [
          forbid=r"/tmp/|gradio"),
     Case("image-tiny-rgba", "API /forward_noise", "a 1x1 RGBA PNG", "works: converted and resized",
          api_image(png_bytes(np.zeros((1, 1, 4), np.uint8))), None),
-    Case("image-oversized", "API /forward_noise", "a 6 MB upload (limit 5 MB)", "HTTP 413, nothing stored",
-         http_upload("big.png", 6 * 1024 * 1024), r"HTTP 413"),
+    Case("image-oversized", "API /forward_noise", "a 6 MB upload (image limit 5 MB; the upload route allows the LoRA limit)",
+         "error naming `image`: at most 5242880 bytes, checked before reading",
+         api_image(lambda: b"\0" * (6 * 1024 * 1024), "big.png"), r"image='<6291456 bytes>' is not allowed: at most 5242880 bytes"),
     Case("image-forged-path", "HTTP /forward_noise", "FileData path '/etc/passwd' (not uploaded)",
          "refused: not uploaded by a user, never read", raw_forward_noise(file_data("/etc/passwd")),
          r"Cannot move /etc/passwd to the gradio cache dir because it was not uploaded by a user"),
@@ -266,6 +294,56 @@ CASES: list[Case] = [
          http_get("gradio_api/file=../../../../etc/passwd"), r"HTTP 40[34]"),
     Case("file-model", "HTTP GET", "/gradio_api/file=<repo>/lora_presets/presets.json", "403",
          http_get(f"gradio_api/file={os.path.join(ROOT, 'lora_presets', 'presets.json')}"), r"HTTP 403"),
+    # --- bring your own LoRA (issue 17): /lora_inspect and /lora_unload
+    Case("byo-pickle-renamed", "API /lora_inspect", "a pickle uploaded as style.safetensors",
+         "error: a pickle, refused by its magic bytes (never unpickled)",
+         _lora_upload("style.safetensors", lambda: __import__("pickle").dumps({"a": 1}, protocol=4)),
+         r"is a pickle \(starts with bytes 0x80 0x04", forbid=r"/tmp/|gradio"),
+    Case("byo-ckpt", "API /lora_inspect", "an upload named evil.ckpt", "error: pickle refused by name before any read",
+         _lora_upload("evil.ckpt", b"\x80\x04K\x01."), r"pickle checkpoint", forbid=r"/tmp/"),
+    Case("byo-torch-save", "API /lora_inspect", "a torch.save zip uploaded as x.safetensors",
+         "error: a zip archive (torch.save), never loaded", _lora_upload("x.safetensors", torch_save_bytes),
+         r"is a zip archive"),
+    Case("byo-10k-tensors", "API /lora_inspect", "10,000 tiny tensors", "error from the header: at most 4096 tensors",
+         _lora_upload("many.safetensors", lambda: _many_tensors()), r"holds 10000 tensors; at most 4096"),
+    Case("byo-huge-claim", "API /lora_inspect", "a header claiming a 2^20 x 2^20 tensor in a 100-byte file",
+         "error naming the tensor and its claimed shape",
+         _lora_upload("huge.safetensors", safetensors_bytes({"lora_unet_a.lora_down.weight": {
+             "dtype": "F32", "shape": [2**20, 2**20], "data_offsets": [0, 4 * 2**40]}}, b"\0" * 64)),
+         r"claims shape \[1048576, 1048576\]"),
+    Case("byo-truncated", "API /lora_inspect", "a LoRA cut after its header", "error: truncated",
+         _lora_upload("cut.safetensors", lambda: _unrelated_safetensors()[:-8]), r"is truncated"),
+    Case("byo-sdxl", "API /lora_inspect", "an SDXL-shaped kohya LoRA with SDXL metadata",
+         "error naming the first mismatch and the base model from the metadata",
+         _lora_upload("sdxl.safetensors", lambda: _sdxl_bytes()),
+         r"does not fit this model: .*attn2\.to_k.* \(the file's metadata says it was made for ss_base_model_version=sdxl"),
+    Case("byo-forged-path", "HTTP /lora_inspect", "FileData path '/etc/passwd' (with `meta`: not uploaded)",
+         "refused: not uploaded by a user, never read", raw_data("/lora_inspect", [file_data("/etc/passwd"), ""]),
+         r"(not uploaded by a user|file='<path>' is not allowed: a file uploaded to this app)", forbid=r"root:"),
+    Case("byo-forged-no-meta", "HTTP /lora_inspect", "FileData without `meta`, path '/etc/passwd'",
+         "refused by Gradio's FileData model (meta required), never read",
+         raw_data("/lora_inspect", [{"path": "/etc/passwd"}, ""]), r"The 'meta' field must be explicitly provided",
+         forbid=r"root:"),
+    Case("byo-url", "HTTP /lora_inspect", "FileData with `url` = https://evil.example/x.safetensors and no path",
+         "refused, never fetched", raw_data("/lora_inspect", [
+             {"url": "https://evil.example/x.safetensors", "meta": {"_type": "gradio.FileData"}}, ""]),
+         r"(?i)(is not allowed|validation error|path)", forbid=r"root:"),
+    Case("byo-nothing", "API /lora_inspect", "no file and no Hub id", "error naming `file`",
+         lambda ctx: outcome(lambda: ctx.client.predict(file=None, hub_id="", api_name="/lora_inspect")),
+         r"file=None is not allowed: a \.safetensors LoRA file, or a Hub id"),
+    Case("byo-hub-traversal", "API /lora_inspect", "hub_id='../../etc/passwd'", "error: not a Hub id (never a path)",
+         lambda ctx: outcome(lambda: ctx.client.predict(file=None, hub_id="../../etc/passwd", api_name="/lora_inspect")),
+         r"'\.\./\.\./etc/passwd' is not a Hub id"),
+    Case("byo-hub-url", "API /lora_inspect", "hub_id='https://evil.example/x'", "error: not a Hub id (never fetched as a URL)",
+         lambda ctx: outcome(lambda: ctx.client.predict(file=None, hub_id="https://evil.example/x", api_name="/lora_inspect")),
+         r"is not a Hub id"),
+    Case("byo-hub-huge", "API /lora_inspect", "hub_id = 'a/' + 'b' * 5000", "error naming `hub_id`: at most 300 characters",
+         lambda ctx: outcome(lambda: ctx.client.predict(file=None, hub_id="a/" + "b" * 5000, api_name="/lora_inspect")),
+         r"hub_id=.* is not allowed: at most 300 characters"),
+    Case("byo-unload-other", "API /lora_unload", "name='user-someone-000000' (not this session's)",
+         "error naming `name`: one of this session's user adapters",
+         lambda ctx: outcome(lambda: ctx.client.predict(name="user-someone-000000", api_name="/lora_unload")),
+         r"name='user-someone-000000' is not allowed: one of this session's user adapters"),
     # --- the model switch (a private event, still reachable through the queue)
     Case("model-path", "queue: Model dropdown", "model='../../etc/passwd'",
          "error naming `model`: not a registered id; the current model stays", switch_model("../../etc/passwd"),

@@ -1,0 +1,71 @@
+"""The LoRA mixer's "Your own LoRA" panel in a real browser (Playwright + Debian chromium, tiny
+components): upload a kohya LoCon, inspect it, add it to the blend, run the comparison grid.
+Screenshots go to test-artifacts/ (gitignored)."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+
+import pytest
+
+from tests.test_app_browser import ARTIFACTS, CHROMIUM, FLAGS
+
+playwright_api = pytest.importorskip("playwright.sync_api", reason="the playwright python package is not installed")
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    import torch
+
+    from testkit.app_server import launch, tiny_engine
+    from testkit.lora_factory import ATTENTION_TARGETS, RESNET_TARGETS, random_lora, save_kohya_lora
+
+    torch.set_num_threads(1)
+    engine = tiny_engine()
+    lora = random_lora(engine.pipe.unet, engine.pipe.text_encoder, seed=7, rank=2, std=0.3,
+                       unet_targets=ATTENTION_TARGETS + RESNET_TARGETS)
+    path = save_kohya_lora(lora, str(tmp_path_factory.mktemp("byo") / "mystyle.safetensors"))
+    demo, url = launch(engine, concurrency_limit=2)
+    yield url, path
+    demo.close()
+
+
+def test_upload_inspect_add_to_blend_and_grid(served):
+    url, path = served
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    profile = tempfile.mkdtemp(prefix="chromium-profile-")
+    with playwright_api.sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(profile, executable_path=CHROMIUM, args=FLAGS, headless=True,
+                                                       viewport={"width": 1440, "height": 1000})
+        page = context.new_page()
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(url, wait_until="domcontentloaded", timeout=60_000)
+        page.get_by_role("tab", name="LoRA mixer").click()
+        page.get_by_text("Your own LoRA: upload a .safetensors or give a Hub id").click()
+        page.locator("#user-lora-file input[type=file]").set_input_files(path)
+        page.locator("#user-lora-file").get_by_text("mystyle.safetensors").first.wait_for(timeout=60_000)
+        page.locator("#user-lora-inspect").click()
+        name_box = page.locator("#user-lora-name textarea, #user-lora-name input").first
+        page.wait_for_function("() => { const e = document.querySelector('#user-lora-name textarea, #user-lora-name input');"
+                               " return e && e.value.startsWith('user-mystyle-'); }", timeout=120_000)
+        name = name_box.input_value()
+        summary = page.locator("#user-lora-summary").inner_text()
+        assert "kohya format" in summary and "rank 2" in summary and "SHA-256" in summary, summary
+        page.locator("#user-lora-heat img").first.wait_for(timeout=60_000)
+        page.locator("#user-lora-add").click()
+        blend = page.locator("#mixer-blend textarea").first
+        page.wait_for_function(f"() => document.querySelector('#mixer-blend textarea').value.includes('{name}')",
+                               timeout=30_000)
+        assert name in blend.input_value()
+        page.get_by_role("button", name=re.compile("Comparison grid")).click()
+        page.locator("#lora-grid img").first.wait_for(timeout=180_000)
+        captions = page.locator("#lora-grid").inner_text()
+        assert name in captions, captions
+        page.locator("#user-lora").scroll_into_view_if_needed()
+        page.screenshot(path=os.path.join(ARTIFACTS, "user-lora-panel.png"), full_page=True)
+        assert not errors, errors
+        context.close()
+    shutil.rmtree(profile, ignore_errors=True)
