@@ -7,11 +7,13 @@ Layout and event wiring only; handlers, plots, validation and model access live 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 
 from pipelines.models import EMBEDDED_MODEL, GPU_DEFAULT_MODEL, model_names
 
 MODEL_SWITCH_ENV = "DIFFUSION_LAB_MODEL_SWITCH"  # 1/0: let visitors switch the model (see --allow-model-switch)
+CLIP_GUIDANCE_ENV = "DIFFUSION_LAB_CLIP_GUIDANCE_MODEL"  # = pipelines.guidance_gradient.CLIP_GUIDANCE_ENV (no torch here)
 
 
 class _OneLineErrors(argparse.ArgumentParser):
@@ -37,6 +39,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--allow-model-switch", action=argparse.BooleanOptionalAction, default=None,
                         help=f"let visitors switch the model for everyone (default: off on a Space, on elsewhere; "
                              f"env {MODEL_SWITCH_ENV}=1/0)")
+    parser.add_argument("--clip-guidance-model", default=os.environ.get(CLIP_GUIDANCE_ENV), metavar="ID",
+                        help="CLIP checkpoint for CLIP guidance (guidance_method 'classifier' on models without a "
+                             "trained classifier), or 'none' (default: openai/clip-vit-base-patch32 for a Hub model "
+                             f"on CUDA, none on CPU and for {EMBEDDED_MODEL}; env {CLIP_GUIDANCE_ENV})")
+    parser.add_argument("--no-warmup", dest="warmup", action="store_false",
+                        help="skip the warm-up at start (one tiny generation and the LoRA presets loaded, a few seconds "
+                             "on CPU, so the first visitor's Generate and LoRA grid are not the slow ones)")
     return parser.parse_args(argv)
 
 
@@ -49,12 +58,14 @@ from labapp import console  # noqa: E402
 from labapp import engine as eng  # noqa: E402
 from labapp import gradio_cache, gradio_guards  # noqa: E402
 from labapp import generate as gen  # noqa: E402
-from labapp import guidance_kinds, labs, lora_ui, trace_store, trace_views, uploads  # noqa: E402
+from labapp import guidance_kinds, labs, lora_ui, models_ui, trace_store, trace_views, uploads  # noqa: E402
 from labapp import validation as check  # noqa: E402
+from labapp import warmup  # noqa: E402
 from labapp import img2img as img2img_ui  # noqa: E402
 from labapp import inpaint as inpaint_ui  # noqa: E402
-from labapp.docs import HOW_IT_WORKS, example_rows, header  # noqa: E402
-from labapp.page import CSS, KEYBOARD_JS  # noqa: E402
+from labapp import docs  # noqa: E402
+from labapp.docs import example_rows, header  # noqa: E402
+from labapp.page import CSS, EXPLORER_JS, KEYBOARD_JS, PLAY_JS  # noqa: E402
 from pipelines.guidance import GUIDANCE_METHODS, SCALE_SCHEDULES  # noqa: E402
 from pipelines.schedulers import SIGMA_KINDS  # noqa: E402
 
@@ -66,6 +77,7 @@ MAX_FILE_SIZE = uploads.MAX_IMAGE_BYTES  # bytes; data: URLs get the same limit 
 MAX_SESSIONS = 1000
 DELETE_CACHE = (3600, 3600)  # previews are temp files: sweep hourly, drop those older than an hour
 THEME = gr.themes.Soft(primary_hue="violet", secondary_hue="sky", radius_size="md")
+LATEX = [{"left": "$$", "right": "$$", "display": True}, {"left": "$", "right": "$", "display": False}]
 DEFAULT_SCHEDULERS = ["DDIM", "Euler a", "DPM++ 2M Karras", "Heun"]
 
 
@@ -75,10 +87,14 @@ def pixel_gallery(label: str, columns: int, height="auto", **kwargs) -> gr.Galle
                       **kwargs)
 
 
-def run_status(elem_id: str) -> gr.Markdown:
-    """Where a lab button's progress and errors show: beside the button, so a failed run (bad input)
-    leaves the last good grid and plot on screen instead of covering them with Error pills."""
-    return gr.Markdown("", elem_id=elem_id, elem_classes="run-status")
+def run_button(label: str, status_id: str, variant: str = "primary", **button_kwargs) -> tuple[gr.Button, gr.Markdown]:
+    """A lab's run button with its status line under it, in one column: progress and errors show
+    beside the button, so a failed run (bad input) leaves the last good grid and plot on screen
+    instead of covering them with Error pills (wire the event with ``show_progress_on=status``)."""
+    with gr.Column(min_width=160):
+        button = gr.Button(label, variant=variant, **button_kwargs)
+        status = gr.Markdown("", elem_id=status_id, elem_classes="run-status")
+    return button, status
 
 
 def preview_header(engine: eng.Engine) -> str:
@@ -116,6 +132,9 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1, allow_model_switc
 
     with gr.Blocks(title="Diffusion Lab", delete_cache=DELETE_CACHE) as demo:
         header_md = gr.Markdown(preview_header(engine))
+        with gr.Accordion("How the tabs fit together, and the formulas", open=False, elem_id="overview"):
+            gr.Markdown(docs.OVERVIEW)
+            gr.Markdown(docs.HOW_IT_WORKS, latex_delimiters=LATEX)
         trace = gr.State(None, time_to_live=trace_store.TRACE_TTL_SECONDS,
                          delete_callback=trace_store.forget)  # a handle; the records live in trace_store
 
@@ -127,13 +146,15 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1, allow_model_switc
                                         info="Enter runs Generate; Shift+Enter starts a new line.")
                     negative_prompt = gr.Textbox(label="Negative prompt", value="", max_length=gen.check.MAX_PROMPT_CHARS)
                     with gr.Row():
-                        model = gr.Dropdown(eng.model_choices(), value=engine.model_id, label="Model",
-                                            allow_custom_value=True, interactive=switchable)
+                        model = gr.Dropdown(models_ui.choices(engine.device == "cuda"), value=engine.model_id,
+                                            label="Model", interactive=switchable, elem_id="model",
+                                            info="Beside each name: why it may not load here. A failed switch "
+                                                 "keeps the current model.")
                         scheduler = gr.Dropdown(schedulers, value=default_scheduler, label="Scheduler")
                     with gr.Row():
                         steps = gr.Slider(1, gen.MAX_STEPS, value=default_steps, step=1, label="Steps")
                         guidance_scale = gr.Slider(*gen.GUIDANCE_RANGE, value=default_guidance, step=0.5,
-                                                   label="Guidance scale")
+                                                   label="Guidance scale", info=docs.INFO["guidance_scale"])
                     with gr.Row(equal_height=True):
                         seed = gr.Number(value=0, precision=0, minimum=0, maximum=gen.check.MAX_SEED, label="Seed",
                                          elem_id="seed", scale=3)
@@ -144,15 +165,18 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1, allow_model_switc
                     with gr.Accordion("Guidance method", open=False):
                         guidance_method = gr.Radio(list(GUIDANCE_METHODS), value="cfg", label="Method")
                         with gr.Row():
-                            guidance_rescale = gr.Slider(0, 1, value=0.0, step=0.05, label="CFG rescale (phi)")
+                            guidance_rescale = gr.Slider(0, 1, value=0.0, step=0.05, label="CFG rescale (phi)",
+                                                         info=docs.INFO["guidance_rescale"])
                             guidance_schedule = gr.Dropdown(list(SCALE_SCHEDULES), value="constant", label="Scale schedule")
                         with gr.Row():
                             interval_start = gr.Slider(0, 1, value=0.0, step=0.05, label="Guide from (fraction of steps)")
                             interval_end = gr.Slider(0, 1, value=1.0, step=0.05, label="Guide until")
                         with gr.Row():
-                            apg_momentum = gr.Slider(-1, 1, value=-0.5, step=0.05, label="APG momentum (beta)")
-                            apg_norm_threshold = gr.Slider(0, 100, value=15, step=0.5, label="APG norm threshold (r)")
-                            apg_eta = gr.Slider(0, 1, value=0.0, step=0.05, label="APG eta")
+                            apg_momentum = gr.Slider(-1, 1, value=-0.5, step=0.05, label="APG momentum (beta)",
+                                                     info=docs.INFO["apg_momentum"])
+                            apg_norm_threshold = gr.Slider(0, 100, value=15, step=0.5, label="APG norm threshold (r)",
+                                                           info=docs.INFO["apg_norm_threshold"])
+                            apg_eta = gr.Slider(0, 1, value=0.0, step=0.05, label="APG eta", info=docs.INFO["apg_eta"])
                         with gr.Row():
                             cfg_zero_init_steps = gr.Slider(0, 10, value=1, step=1, label="CFG-Zero* zero-init steps")
                             perp_neg_scale = gr.Slider(0, 10, value=1.0, step=0.1, label="Perp-Neg negative scale")
@@ -160,8 +184,9 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1, allow_model_switc
                                                      label="Classifier scale s (classifier, classifier+cfg)")
                     with gr.Accordion("Sampler, size and previews", open=False):
                         with gr.Row():
-                            timestep_spacing = gr.Dropdown(list(gen.SPACINGS), value="model default", label="Timestep spacing")
-                            sigmas = gr.Dropdown(list(SIGMA_KINDS), value="default", label="Sigmas")
+                            timestep_spacing = gr.Dropdown(list(gen.SPACINGS), value="model default", label="Timestep spacing",
+                                                           info=docs.INFO["spacing"])
+                            sigmas = gr.Dropdown(list(SIGMA_KINDS), value="default", label="Sigmas", info=docs.INFO["sigmas"])
                         with gr.Row():
                             width = gr.Slider(size_lo, size_hi, value=engine.native_size, step=size_step, label="Width")
                             height = gr.Slider(size_lo, size_hi, value=engine.native_size, step=size_step, label="Height")
@@ -184,8 +209,8 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1, allow_model_switc
                     example_labels, examples = example_rows(engine.is_embedded, preset_list)
                     gr.Examples(examples, [prompt, guidance_scale, lora], label="Examples (click one, then Generate)",
                                 example_labels=example_labels)
-                with gr.Column(scale=3):
-                    with gr.Row():
+                with gr.Column(scale=3, elem_id="results"):
+                    with gr.Row(elem_id="preview-row"):
                         x_t_preview = gr.Image(label="x_t (noisy latent)", height=220, elem_classes="pixelated",
                                                elem_id="xt-preview", interactive=False)
                         x0_preview = gr.Image(label="predicted x0", height=220, elem_classes="pixelated",
@@ -194,11 +219,11 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1, allow_model_switc
                                      elem_id="final-image", interactive=False)
                     gallery = pixel_gallery("All images", 4, 200, format="png", visible=False)
                     status = gr.Markdown("Ready.", elem_id="status")
-                    settings = gr.Code(label="Settings (JSON)", language="json", interactive=False, max_lines=14)
+                    settings = gr.Code(label="Settings (JSON)", language="json", interactive=False, max_lines=14,
+                                       wrap_lines=True, elem_id="settings-json")
 
         with gr.Tab("CFG lab"):
-            gr.Markdown("Guidance at one step of the last run, then sweeps on the prompt, seed and steps of the Generate tab.",
-                        elem_classes="lab-note")
+            gr.Markdown(docs.LAB_INTROS["cfg"], elem_classes="lab-note")
             with gr.Row():
                 cfg_step = gr.Slider(1, 2, value=1, step=1, label="Step (opens where guidance shows most)",
                                      interactive=False, elem_id="cfg-step")
@@ -216,9 +241,7 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1, allow_model_switc
                     sweep_scales = gr.Textbox(value="1, 2, 4, 7.5, 12", label="Scales (comma-separated)")
                     adherence_prompts = gr.Slider(0, labs.MAX_ADHERENCE_PROMPTS, value=8, step=1,
                                                   label="Shapes-world prompts for the adherence curve")
-                    with gr.Column():
-                        sweep_btn = gr.Button("Run sweep", variant="primary")
-                        sweep_status = run_status("sweep-status")
+                    sweep_btn, sweep_status = run_button("Run sweep", "sweep-status")
                 sweep_grid = pixel_gallery("Same seed, rising guidance", 6, elem_id="sweep-grid")
                 with gr.Row():
                     adherence_plot = gr.Plot(label="Prompt adherence (scorer)", show_label=False)
@@ -226,9 +249,7 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1, allow_model_switc
             with gr.Accordion("Guidance methods compared", open=True):
                 with gr.Row():
                     methods = gr.CheckboxGroup(list(GUIDANCE_METHODS), value=["cfg", "apg", "cfg-zero-star"], label="Methods")
-                    with gr.Column():
-                        methods_btn = gr.Button("Compare methods", variant="primary")
-                        methods_status = run_status("methods-status")
+                    methods_btn, methods_status = run_button("Compare methods", "methods-status")
                 methods_grid = pixel_gallery("Same seed, different guidance", 4, elem_id="methods-grid")
             with gr.Accordion("Classifier vs classifier-free", open=False):  # issue 15
                 gr.Markdown(guidance_kinds.FORMULAS, latex_delimiters=[{"left": "$", "right": "$", "display": False}])
@@ -238,9 +259,7 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1, allow_model_switc
                     kinds_prompts = gr.Slider(0, guidance_kinds.MAX_ADHERENCE_PROMPTS, value=8, step=1,
                                               label="Shapes-world prompts per point")
                     kinds_heat_step = gr.Slider(0, 1, value=0.5, step=0.05, label="Heat maps at (fraction of steps)")
-                    with gr.Column():
-                        kinds_btn = gr.Button("Compare CG / CFG / CG+CFG", variant="primary")
-                        kinds_status = run_status("kinds-status")
+                    kinds_btn, kinds_status = run_button("Compare CG / CFG / CG+CFG", "kinds-status")
                 kinds_grid = pixel_gallery("Same seed: CG over s, then CFG over w", 5, elem_id="kinds-grid")
                 with gr.Row():
                     kinds_adherence = gr.Plot(label="Adherence curves", show_label=False)
@@ -252,17 +271,20 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1, allow_model_switc
                 kinds_note = gr.Markdown("", elem_classes="lab-note")
 
         with gr.Tab("Scheduler lab"):
+            gr.Markdown(docs.LAB_INTROS["scheduler"] + " " + docs.INFO["log_snr"], elem_classes="lab-note")
             with gr.Row():
                 lab_schedulers = gr.CheckboxGroup(schedulers, value=DEFAULT_SCHEDULERS, label="Schedulers")
             with gr.Row():
                 lab_steps = gr.Slider(1, 50, value=10, step=1, label="Steps")
-                lab_spacing = gr.Dropdown(list(gen.SPACINGS), value="model default", label="Timestep spacing")
-                lab_sigmas = gr.Dropdown(list(SIGMA_KINDS), value="default", label="Sigmas")
+                lab_spacing = gr.Dropdown(list(gen.SPACINGS), value="model default", label="Timestep spacing",
+                                          info=docs.INFO["spacing"])
+                lab_sigmas = gr.Dropdown(list(SIGMA_KINDS), value="default", label="Sigmas", info=docs.INFO["sigmas"])
             with gr.Row():
                 schedule_btn = gr.Button("Plot schedules")
-                compare_btn = gr.Button("Compare samplers on the Generate prompt and seed", variant="primary")
-            compare_status = run_status("compare-status")
-            schedule_plot = gr.Plot(label="Training schedule and chosen timesteps", show_label=False)
+                compare_btn, compare_status = run_button("Compare samplers on the Generate prompt and seed",
+                                                         "compare-status")
+            schedule_plot = gr.Plot(label="Training schedule and chosen timesteps", show_label=False,
+                                    elem_id="schedule-plot")
             with gr.Accordion("Chosen timesteps (data)", open=False):
                 schedule_data = gr.JSON(label="Chosen timesteps", show_label=False)
             compare_finals = pixel_gallery("Final images", 4, elem_id="compare-finals")
@@ -271,16 +293,18 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1, allow_model_switc
             calls_plot = gr.Plot(label="Model calls", show_label=False)
 
         with gr.Tab("Timestep explorer"):
-            gr.Markdown("### The last run, step by step", elem_classes="lab-note")
-            with gr.Row():
-                explore_slider = gr.Slider(1, 2, value=1, step=1, label="Recorded step", interactive=False)
-                explore_decoder = gr.Radio(list(decoders), value=view_decoder, label="Decoder")
+            gr.Markdown("### The last run, step by step")
+            gr.Markdown(docs.LAB_INTROS["explorer"], elem_classes="lab-note")
+            with gr.Row(equal_height=True):
+                explore_slider = gr.Slider(1, 2, value=1, step=1, label="Recorded step", interactive=False,
+                                           elem_id="explore-step", scale=4, info=docs.INFO["explore_step"])
+                explore_play = gr.Button("Play", elem_id="explore-play", scale=0, min_width=80)
+                explore_decoder = gr.Radio(list(decoders), value=view_decoder, label="Decoder", scale=2)
+            explore_frames = gr.HTML(trace_views.NO_FRAMES, elem_id="explore-frames", js_on_load=None)
             explore_info = gr.Markdown(trace_views.NO_TRACE)
-            with gr.Row():
-                explore_xt = gr.Image(label="x_t", height=220, elem_classes="pixelated", interactive=False)
-                explore_x0 = gr.Image(label="predicted x0", height=220, elem_classes="pixelated", interactive=False)
             explore_eps = gr.Plot(label="Noise prediction", show_label=False)
             gr.Markdown("### The forward process: noise any image with the model's own schedule")
+            gr.Markdown(docs.LAB_INTROS["forward"], elem_classes="lab-note")
             with gr.Row():
                 with gr.Column():
                     noise_image = gr.Image(labs.shapes_sample(3), label="Image (upload, or load a shapes-world sample)",
@@ -288,10 +312,10 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1, allow_model_switc
                     with gr.Row():
                         sample_index = gr.Number(value=3, precision=0, minimum=0, maximum=1_000_000, label="Sample #")
                         sample_btn = gr.Button("Load sample")
-                    noise_t = gr.Slider(0, engine.num_train_timesteps - 1, value=400, step=1, label="Timestep t")
+                    noise_t = gr.Slider(0, engine.num_train_timesteps - 1, value=400, step=1, label="Timestep t",
+                                        info=docs.INFO["noise_t"])
                     noise_seed = gr.Number(value=0, precision=0, minimum=0, maximum=gen.check.MAX_SEED, label="Noise seed")
-                    noise_btn = gr.Button("Add noise", variant="primary")
-                    noise_status = run_status("noise-status")
+                    noise_btn, noise_status = run_button("Add noise", "noise-status")
                 with gr.Column():
                     with gr.Row():
                         noised_pixels = gr.Image(label="x_t in pixel space", height=200, elem_classes="pixelated", interactive=False)
@@ -307,7 +331,7 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1, allow_model_switc
                     i2i_prompt = gr.Textbox(label="img2img prompt", value="a blue circle",
                                             max_length=gen.check.MAX_PROMPT_CHARS)
                     i2i_strength = gr.Slider(0, 1, value=0.6, step=0.05, label="Strength (start at t ~ strength x T)")
-                    i2i_btn = gr.Button("Denoise from here", variant="primary")
+                    i2i_btn, i2i_status = run_button("Denoise from here", "i2i-status")
                 with gr.Column():
                     i2i_image = gr.Image(label="img2img result", height=200, elem_classes="pixelated", interactive=False)
                     i2i_info = gr.Markdown("")
@@ -316,20 +340,24 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1, allow_model_switc
             with gr.Row():
                 snr_seeds = gr.Number(value=256, precision=0, minimum=16, maximum=2048, label="Noise seeds")
                 snr_block = gr.Radio(["2", "4", "8", "16"], value="8", label="Blur block (px)")
-                snr_btn = gr.Button("Compare x_T: SD 1.5 vs zero terminal SNR")
+                snr_btn, snr_status = run_button("Compare x_T: SD 1.5 vs zero terminal SNR", "snr-status",
+                                                 variant="secondary")
             snr_gallery = gr.Gallery(label="x_T side by side", columns=6, height=240, elem_classes="pixelated")
             snr_info = gr.Markdown("")
 
         with gr.Tab("LoRA mixer"):
-            gr.Markdown(lora_ui.presets_table(engine.lora_presets()))
+            gr.Markdown(docs.LAB_INTROS["lora"], elem_classes="lab-note")
+            gr.Markdown(lora_ui.presets_table(engine.lora_presets()), elem_classes="wide-table")
             slots = []
-            for i, (slot_name, slot_weight) in enumerate(lora_ui.example_slots(preset_list)):
-                with gr.Accordion(f"Adapter {i + 1}", open=i == 0):
+            for i in range(lora_ui.NUM_SLOTS):
+                with gr.Accordion(f"Adapter {i + 1}", open=i < 2):
                     with gr.Row():
-                        name = gr.Dropdown([lora_ui.NONE] + presets, value=slot_name, label="Preset",
-                                           interactive=bool(presets))
-                        weight = gr.Slider(*gen.LORA_WEIGHT_RANGE, value=slot_weight, step=0.05, label="UNet weight")
-                        te_weight = gr.Slider(*gen.LORA_WEIGHT_RANGE, value=slot_weight, step=0.05,
+                        name = gr.Dropdown([lora_ui.NONE] + presets, value=lora_ui.NONE, label="Preset",
+                                           interactive=bool(presets), elem_id=f"slot-{i + 1}-preset")
+                        weight = gr.Slider(*gen.LORA_WEIGHT_RANGE, value=1.0, step=0.05, label="UNet weight",
+                                           elem_id=f"slot-{i + 1}-weight",
+                                           info="Picking a preset sets its weight from the table above.")
+                        te_weight = gr.Slider(*gen.LORA_WEIGHT_RANGE, value=1.0, step=0.05,
                                               label="Text-encoder weight")
                     with gr.Row():
                         down = gr.Slider(0, 2, value=1, step=0.05, label="Down blocks x")
@@ -338,16 +366,15 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1, allow_model_switc
                         start = gr.Slider(0, 1, value=0, step=0.05, label="Active from (fraction)")
                         end = gr.Slider(0, 1, value=1, step=0.05, label="Active until")
                     slots += [name, weight, te_weight, down, mid, up, start, end]
-            mixer_blend = gr.Textbox(label="Blend to compare (set by the adapters above; JSON or 'name:weight, ...')",
-                                     value=lora_ui.example_spec(preset_list), elem_id="mixer-blend")
-            with gr.Row():
-                lora_btn = gr.Button("Comparison grid: none / each / blend", variant="primary")
-                use_blend_btn = gr.Button("Use this blend on Generate")
-            lora_status = run_status("lora-status")
+            with gr.Row(equal_height=True):
+                mixer_chip = gr.Markdown(lora_ui.chips([]), elem_id="mixer-chip", elem_classes="lora-chip")
+                example_blend = gr.Button(f"Example: {lora_ui.example_spec(preset_list) or '-'}", size="sm",
+                                          scale=0, min_width=160, interactive=bool(lora_ui.example_spec(preset_list)),
+                                          elem_id="example-blend")
+                mixer_clear = gr.Button("No LoRA", size="sm", scale=0, min_width=90)
+            gr.Markdown(lora_ui.BLEND_NOTE, elem_classes="lab-note")
+            lora_btn, lora_status = run_button("Comparison grid: none / each / blend", "lora-status")
             lora_gallery = pixel_gallery("LoRA comparison", 5, elem_id="lora-grid")
-            with gr.Accordion("How it works", open=False):
-                gr.Markdown(HOW_IT_WORKS, latex_delimiters=[{"left": "$$", "right": "$$", "display": True},
-                                                           {"left": "$", "right": "$", "display": False}])
 
         # ---------------------------------------------------------------- wiring
         generate_inputs = [prompt, negative_prompt, scheduler, steps, guidance_scale, seed, randomize_seed, width,
@@ -365,14 +392,21 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1, allow_model_switc
         stop.click(gen.request_stop, None, None, queue=False, show_progress="hidden", api_visibility="private")
         random_seed_btn.click(gen.random_seed, None, seed, queue=False, api_visibility="private")
         reuse_seed_btn.click(gen.last_seed, [trace, seed], seed, queue=False, api_visibility="private")
-        explore_outputs = [explore_xt, explore_x0, explore_eps, explore_info]
+        explore_outputs = [explore_eps, explore_info]
         cfg_outputs = [x0_uncond, x0_cond, x0_guided, eps_heatmap, guidance_plot, cfg_note]
         (generated.success(trace_views.step_slider_updates, trace, [explore_slider, cfg_step], api_visibility="private")
-         .then(trace_views.explore_step, [trace, explore_slider, explore_decoder], explore_outputs,
-               api_visibility="private", **gpu)
+         .then(trace_views.explore_frames, [trace, explore_decoder], explore_frames, api_visibility="private", **gpu)
+         .then(trace_views.explore_details, [trace, explore_slider], explore_outputs, api_visibility="private")
          .then(trace_views.cfg_step, [trace, cfg_step, cfg_decoder], cfg_outputs, api_visibility="private", **gpu))
-        gr.on([explore_slider.release, explore_decoder.input], trace_views.explore_step,
-              [trace, explore_slider, explore_decoder], explore_outputs, api_visibility="private", **gpu)
+        # the images flip in the browser while the slider moves (page.EXPLORER_JS); the server adds the
+        # noise plot and the numbers when it is released, and decodes all frames again for another decoder
+        explore_slider.release(trace_views.explore_details, [trace, explore_slider], explore_outputs,
+                               api_visibility="private", show_progress="hidden")
+        explore_decoder.input(trace_views.explore_frames, [trace, explore_decoder, explore_slider], explore_frames,
+                              api_visibility="private", **gpu)
+        (explore_play.click(None, js=PLAY_JS)
+         .then(trace_views.explore_details, [trace, explore_slider], explore_outputs, api_visibility="private",
+               show_progress="hidden"))
         gr.on([cfg_step.release, cfg_decoder.input], trace_views.cfg_step, [trace, cfg_step, cfg_decoder], cfg_outputs,
               api_visibility="private", **gpu)
 
@@ -401,43 +435,43 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1, allow_model_switc
                         show_progress_on=noise_status, **gpu)
         (i2i_btn.click(img2img_ui.img2img, [noise_image, i2i_prompt, negative_prompt, i2i_strength, scheduler, steps,
                                             guidance_scale, noise_seed], [i2i_image, i2i_info, trace],
-                       api_name="img2img", **gpu)
+                       api_name="img2img", show_progress_on=i2i_status, **gpu)
          .success(trace_views.step_slider_updates, trace, [explore_slider, cfg_step], api_visibility="private")
-         .then(trace_views.explore_step, [trace, explore_slider, explore_decoder], explore_outputs,
-               api_visibility="private", **gpu))
+         .then(trace_views.explore_frames, [trace, explore_decoder], explore_frames, api_visibility="private", **gpu)
+         .then(trace_views.explore_details, [trace, explore_slider], explore_outputs, api_visibility="private"))
         inpaint_ui.wire(inpaint_box, noise_image, negative_prompt, scheduler, steps, guidance_scale, noise_seed, trace,
-                        [explore_slider, cfg_step], explore_outputs, [explore_slider, explore_decoder], gpu)
+                        [explore_slider, cfg_step], explore_outputs, [explore_slider, explore_decoder], explore_frames, gpu)
         snr_btn.click(img2img_ui.terminal_snr, [noise_image, snr_seeds, snr_block], [snr_gallery, snr_info],
-                      api_name="terminal_snr")
+                      api_name="terminal_snr", show_progress_on=snr_status)
 
-        gr.on([c.change for c in slots], lora_ui.slots_to_spec, slots, mixer_blend, api_visibility="private")
-        lora_btn.click(labs.lora_grid, [prompt, mixer_blend, seed, steps, guidance_scale, scheduler], lora_gallery,
+        # one blend: the text is the state, the slots edit it and follow it (labapp/lora_ui.py)
+        lora_views = [lora_chip, mixer_chip, *slots]
+        gr.on([lora.change, demo.load], lora_ui.spec_to_slots, lora, lora_views, api_visibility="private",
+              show_progress="hidden", queue=False)
+        slot_names = slots[::lora_ui.SLOT_FIELDS]
+        for i, name in enumerate(slot_names):
+            weights = slots[i * lora_ui.SLOT_FIELDS + 1:i * lora_ui.SLOT_FIELDS + 3]
+            (name.input(functools.partial(lora_ui.preset_weights, preset_list), name, weights,
+                        api_visibility="private", queue=False)
+             .then(lora_ui.slots_to_spec, slots, lora, api_visibility="private", queue=False))
+        slot_sliders = [c for c in slots if isinstance(c, gr.Slider)]
+        gr.on([c.release for c in slot_sliders], lora_ui.slots_to_spec, slots, lora, api_visibility="private",
+              queue=False)
+        lora_btn.click(labs.lora_grid, [prompt, lora, seed, steps, guidance_scale, scheduler], lora_gallery,
                        api_name="lora_grid", show_progress_on=lora_status, **gpu)
-        use_blend_btn.click(lambda spec: spec, mixer_blend, lora, api_visibility="private")
-        clear_lora.click(lambda: "", None, lora, api_visibility="private")
-        gr.on([lora.change, demo.load], lora_ui.describe, lora, lora_chip, api_visibility="private",
-              show_progress="hidden")
+        example_blend.click(functools.partial(lora_ui.example_spec, preset_list), None, lora,
+                            api_visibility="private", queue=False)
+        gr.on([clear_lora.click, mixer_clear.click], lambda: "", None, lora, api_visibility="private", queue=False)
         demo.load(None, js=KEYBOARD_JS)
+        demo.load(None, js=EXPLORER_JS)
         if switchable:  # not wired at all otherwise: a forged queue call finds no event to run
-            model.input(switch_model, model, status, api_visibility="private", **gpu)
+            model.input(models_ui.switch_model, model, [status, model], api_visibility="private",
+                        show_progress_on=status, **gpu)
         demo.load(page_for_current_model, None, [header_md, model, width, height, noise_t], api_visibility="private")
 
     check.take_raw_inputs(demo)  # no Gradio preprocess: our checks name the field (labapp/validation.py)
     demo.queue(max_size=QUEUE_MAX_SIZE)
     return demo
-
-
-def switch_model(model_id):
-    """Reload with another registry model; the page shows the new one after a reload."""
-    current = eng.current()
-    model_id = check.text("model", model_id, 200)
-    if model_id == current.model_id:
-        return f"Model `{model_id}` is already loaded."
-    try:
-        eng.install(eng.load_engine(model_id, "picked in the UI"))
-    except Exception as error:  # an offline machine or an unknown id: keep the current model
-        raise gr.Error(f"model={model_id!r} could not be loaded ({error}); still using {current.model_id!r}.") from None
-    return f"Loaded `{model_id}`: reload the page to update sizes and LoRA presets."
 
 
 def page_for_current_model():
@@ -468,7 +502,10 @@ def main(argv=None):
         # runs up to 2.5 s against a 0.26 s median in issue 22); one thread is as fast and steady.
         torch.set_num_threads(1)
     model_id, reason = eng.choose_model(args.model, torch.cuda.is_available())
-    demo = build_demo(eng.load_engine(model_id, reason), allow_model_switch=args.allow_model_switch)
+    engine = eng.load_engine(model_id, reason, clip_guidance_model=args.clip_guidance_model)
+    demo = build_demo(engine, allow_model_switch=args.allow_model_switch)
+    if args.warmup:  # after build_demo (it installs the engine and the temp dir), before the page opens
+        eng.log.info("Diffusion Lab: %s", warmup.warm_up(engine))
     # quiet: Gradio's own banner suggests `share=True in launch()`; this app's flag is --share
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, quiet=True,
                 prevent_thread_lock=True, **launch_kwargs())

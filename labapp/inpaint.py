@@ -18,7 +18,7 @@ from PIL import Image
 from . import engine as eng
 from . import trace_store
 from . import validation as check
-from .generate import build_settings
+from .generate import build_request
 from .images import pil_to_tensor, tensor_to_pil, upscale
 from .img2img import RESULT_SIZE, check_image, check_strength
 from .uploads import read_image
@@ -117,6 +117,7 @@ def _frames(records: list) -> list:
     return [records[i] for i in dict.fromkeys(picks.tolist())]
 
 
+@check.gradio_errors
 def inpaint(image, mask=None, prompt="a blue square", negative_prompt="", strength=1.0, method="auto",
             scheduler="DDIM", steps=20, guidance_scale=3.0, seed=0, mask_drawing=None):
     """Regenerate the white part of ``mask`` (or the strokes of ``mask_drawing``) in ``image`` with
@@ -143,16 +144,13 @@ def inpaint(image, mask=None, prompt="a blue square", negative_prompt="", streng
                    ("its UNet takes 9 input channels and inpaints with its own mask channels" if own == "unet" else
                     "'unet' needs a 9-channel inpainting UNet (--model sd15-inpaint)"))
         raise check.fail("method", method, allowed)
-    settings = build_settings(engine, prompt=prompt, negative_prompt=negative_prompt, scheduler=scheduler,
-                              steps=steps, guidance_scale=guidance_scale, seed=seed, width=native, height=native)
+    settings = build_request(engine, prompt=prompt, negative_prompt=negative_prompt, scheduler=scheduler,
+                             steps=steps, guidance_scale=guidance_scale, seed=seed)
     strength = check_strength(strength, settings.steps)
     x0 = pil_to_tensor(image, native)
     m = mask_to_tensor(field, mask_image, native)
     started = time.perf_counter()
-    try:
-        run = eng.inpaint_run(settings, x0, m, strength, own)
-    except ValueError as error:
-        raise gr.Error(str(error), title="Invalid settings") from None
+    run = eng.inpaint_run(settings, x0, m, strength, own)  # a ValueError becomes gr.Error (@gradio_errors)
     output, regions = run["output"], run["regions"]
     records = output.trace or []
     calls = records[-1].model_calls if records else 0
@@ -231,7 +229,7 @@ def build(image_component) -> dict:
 
 
 def wire(box, image, negative_prompt, scheduler, steps, guidance_scale, seed, trace, slider_outputs, explore_outputs,
-         explore_inputs, gpu) -> None:
+         explore_inputs, frames, gpu) -> None:
     """``/inpaint`` (named parameters: image, mask, prompt, ..., mask_drawing) and the editor's
     background following the explorer's image."""
     from . import trace_views
@@ -242,4 +240,5 @@ def wire(box, image, negative_prompt, scheduler, steps, guidance_scale, seed, tr
                          [box["result"], box["status"], box["gallery"], box["table"], trace], api_name="inpaint",
                          show_progress_on=box["status"], **gpu)
      .success(trace_views.step_slider_updates, trace, slider_outputs, api_visibility="private")
-     .then(trace_views.explore_step, [trace, *explore_inputs], explore_outputs, api_visibility="private", **gpu))
+     .then(trace_views.explore_frames, [trace, explore_inputs[1]], frames, api_visibility="private", **gpu)
+     .then(trace_views.explore_details, [trace, explore_inputs[0]], explore_outputs, api_visibility="private"))

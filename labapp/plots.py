@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.figure import Figure
 
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 PALETTE = ["#7c3aed", "#0ea5e9", "#f97316", "#10b981", "#e11d48", "#eab308", "#64748b", "#a855f7"]
 
 
@@ -27,19 +28,38 @@ def _style(ax, title="", xlabel="", ylabel=""):
         ax.spines[side].set_visible(False)
 
 
+def _legend_below(fig, handles=None, labels=None, ncols=3):
+    """The legend under the axes, outside the data (constrained layout makes room for it)."""
+    if handles is None:
+        handles, labels = fig.axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=ncols, fontsize=8, frameon=False)
+
+
+def _padded_range(values, pad: float = 0.5, floor: float | None = 0.0):
+    """y limits that show a constant series as a line inside the axes, not as a +-5% band around
+    it (matplotlib's default for a flat series: 2.85-3.15 for a constant 3); from ``floor`` when the
+    values stay above it, so a scale reads against 0."""
+    lo, hi = float(np.min(values)), float(np.max(values))
+    if floor is not None and lo >= floor:
+        lo = floor
+    span = hi - lo
+    return lo - 0.05 * span - (pad if span == 0 else 0), hi + 0.1 * span + pad
+
+
 def guidance_over_steps(steps, norms, scales, current_step: int | None = None) -> Figure:
     """||eps_cond - eps_uncond|| (RMS) and the applied guidance scale per step."""
-    fig, (ax,) = _figure(6.4, 2.8)
+    fig, (ax,) = _figure(6.4, 3.1)
     ax.plot(steps, norms, color=PALETTE[0], marker="o", ms=3, label="guidance norm (RMS of eps_c - eps_u)")
     _style(ax, "Guidance over the steps", "step", "guidance norm")
     twin = ax.twinx()
     twin.step(steps, scales, where="mid", color=PALETTE[2], label="applied scale w")
     twin.set_ylabel("applied scale w", fontsize=9)
     twin.tick_params(labelsize=8)
+    twin.set_ylim(*_padded_range(scales))
     if current_step is not None:
-        ax.axvline(current_step, color="#94a3b8", ls="--", lw=1)
-    lines = ax.get_lines()[:1] + twin.get_lines()
-    ax.legend(lines, [l.get_label() for l in lines], fontsize=8, loc="upper right")
+        ax.axvline(current_step, color="#94a3b8", ls="--", lw=1, label=f"step {current_step} (shown)")
+    lines = ax.get_lines()[:1] + twin.get_lines() + ax.get_lines()[1:]
+    _legend_below(fig, lines, [l.get_label() for l in lines])
     return fig
 
 
@@ -76,7 +96,7 @@ def schedule_curves(train: dict, chosen: dict[str, dict]) -> Figure:
     ``train``: pipelines.schedulers.training_schedule(...); ``chosen``: name ->
     sampling_schedule(...) (its ``timesteps``).
     """
-    fig, axes = _figure(11.0, 3.4, ncols=3)
+    fig, axes = _figure(11.0, 3.8, ncols=3)
     t = train["t"]
     series = (("alpha_bar", "alpha_bar (signal variance)", False), ("sigma", "sigma = sqrt((1-ab)/ab)", True),
               ("log_snr", "log-SNR = log(ab / (1-ab))", False))
@@ -88,35 +108,38 @@ def schedule_curves(train: dict, chosen: dict[str, dict]) -> Figure:
             ts = np.clip(np.round(np.asarray(picked["timesteps"], dtype=float)).astype(int), 0, len(t) - 1)
             ys = y[ts]
             ok = np.isfinite(ys)
-            ax.scatter(ts[ok], ys[ok], s=14, color=PALETTE[k % len(PALETTE)], zorder=3,
-                       label=f"{name} ({picked['num_model_calls']} calls)", alpha=0.85)
+            # hollow markers of different shapes, the first largest: where two schedulers pick the
+            # same t (DDIM and Euler a often do), both stay visible, one inside the other
+            ax.scatter(ts[ok], ys[ok], s=max(12, 120 - 40 * k), marker=MARKERS[k % len(MARKERS)],
+                       facecolors="none", edgecolors=PALETTE[k % len(PALETTE)], linewidths=1.3, zorder=3 + k,
+                       label=f"{name} ({picked['num_model_calls']} calls)")
         if log_scale:
             ax.set_yscale("log")
         _style(ax, title, "training timestep t")
-    axes[0].legend(fontsize=7, loc="lower left")
+    _legend_below(fig, ncols=min(5, len(chosen) + 1))
     return fig
 
 
 def adherence_curve(scales, accuracy: dict[str, list[float]], n_prompts: int) -> Figure:
     """Scorer accuracy per attribute against the guidance scale."""
-    fig, (ax,) = _figure(6.4, 3.0)
+    fig, (ax,) = _figure(6.4, 3.3)
     for k, (name, values) in enumerate(accuracy.items()):
         ax.plot(scales, values, marker="o", ms=4, color=PALETTE[k % len(PALETTE)], label=name)
     ax.set_ylim(-0.03, 1.03)
     _style(ax, f"Prompt adherence ({n_prompts} shapes-world prompts per scale)", "guidance scale", "accuracy")
-    ax.legend(fontsize=8, ncols=3, loc="lower right")
+    _legend_below(fig, ncols=max(1, len(accuracy)))
     return fig
 
 
 def signal_noise(train: dict, timestep: int) -> Figure:
     """sqrt(alpha_bar) and sqrt(1 - alpha_bar) over t, the picked t marked."""
-    fig, (ax,) = _figure(6.4, 2.6)
+    fig, (ax,) = _figure(6.4, 2.9)
     t, ab = train["t"], np.asarray(train["alpha_bar"], dtype=float)
     ax.plot(t, np.sqrt(ab), color=PALETTE[1], label="signal  sqrt(alpha_bar)")
     ax.plot(t, np.sqrt(1 - ab), color=PALETTE[4], label="noise  sqrt(1 - alpha_bar)")
     ax.axvline(timestep, color="#94a3b8", ls="--", lw=1)
     _style(ax, f"x_t = sqrt(ab) x_0 + sqrt(1 - ab) eps   at t = {timestep}", "training timestep t", "coefficient")
-    ax.legend(fontsize=8)
+    _legend_below(fig, ncols=2)
     return fig
 
 

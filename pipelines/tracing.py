@@ -253,7 +253,8 @@ class TracingStableDiffusionPipeline(StableDiffusionPipeline):
         batch_size = 1 if isinstance(prompt, str) else len(prompt) if prompt is not None else prompt_embeds.shape[0]
         device = self._execution_device
         # classifier guidance (issue 15): targets from the prompt; CG alone sends the UNet the empty prompt
-        prompt = guider.bind_classifier(getattr(self, "classifier", None), prompt, prompt_embeds, num_images_per_prompt, device)
+        prompt = guider.bind_classifier(getattr(self, "classifier", None), prompt, prompt_embeds, num_images_per_prompt, device,
+                                        clip_guide=getattr(self, "clip_guide", None), vae=self.vae)
 
         # 3. Encode input prompt (cross_attention_kwargs["scale"] scales text-encoder LoRA layers too)
         lora_scale = cross_attention_kwargs.get("scale") if cross_attention_kwargs is not None else None
@@ -351,8 +352,11 @@ class TracingStableDiffusionPipeline(StableDiffusionPipeline):
                         from_x0=lambda x0: output_from_x0(x0, sample, point, prediction_type),
                     )
                 if guider.uses_classifier:  # classifier guidance (issue 15): g at the VP latent the UNet saw
-                    guided = guider.add_classifier_term(guided, latent_model_input[: latents.shape[0]], t, point.alpha_bar,
-                                                        prediction_type)
+                    guided = guider.add_classifier_term(
+                        guided, latent_model_input[: latents.shape[0]], t, point.alpha_bar, prediction_type,
+                        denoise=lambda x: self.unet(  # CLIP's x0: the last branch (cond, or CG's empty prompt)
+                            x, t, encoder_hidden_states=prompt_embeds[-x.shape[0]:], timestep_cond=timestep_cond,
+                            cross_attention_kwargs=self.cross_attention_kwargs, return_dict=False)[0])
                 if recording and new_step:
                     pending = build_record(
                         step=step, num_steps=num_steps, point=point, latents=latents, branches=branches,

@@ -284,7 +284,7 @@ CASES: list[Case] = [
          pipe_call(prompt=["a", 3]), r"prompt=\['a', 3\] must be a string or a non-empty list of strings"),
     Case("fn-scheduler-path", "TracingStableDiffusionPipeline()", "scheduler='../../etc/passwd'",
          "ValueError naming scheduler", pipe_call(scheduler="../../etc/passwd"), r"scheduler='\.\./\.\./etc/passwd' is not a known scheduler"),
-    Case("fn-build-seed", "labapp.generate.build_settings", "seed=1.5", "gr.Error naming seed",
+    Case("fn-build-seed", "labapp.generate.build_request", "seed=1.5", "gr.Error naming seed",
          build(seed=1.5), r"seed=1\.5 is not allowed: an integer"),
     Case("fn-model-path", "pipelines.models.load_pipeline", "'../../etc/passwd'", "ValueError: not a registered model",
          call(lambda ctx: __import__("pipelines.models", fromlist=["x"]).load_pipeline("../../etc/passwd")),

@@ -36,7 +36,7 @@ WATCH_PREVIEWS = """
 def server():
     import torch
 
-    from tests.app_server import launch, tiny_engine
+    from testkit.app_server import launch, tiny_engine
 
     torch.set_num_threads(1)
     demo, url = launch(tiny_engine(), concurrency_limit=2)
@@ -106,9 +106,10 @@ def test_every_tab_renders_without_console_errors(page, tab):
     if tab == "CFG lab":
         page.get_by_role("button", name="Run sweep").click()
         page.get_by_text("w = 12").first.wait_for(timeout=60_000)
-    if tab == "LoRA mixer":
-        page.get_by_text("How it works").click()
-        page.locator(".katex").first.wait_for(timeout=30_000)  # the formulas rendered
+    if tab == "LoRA mixer":  # the overview above the tabs holds the diagram and the formulas
+        page.get_by_text("How the tabs fit together, and the formulas").click()
+        page.locator("#overview .katex").first.wait_for(timeout=30_000)  # the formulas rendered
+        assert page.locator("#overview").get_by_text("Timestep explorer:").count() >= 1
     page.wait_for_timeout(800)
     shot(page, tab.lower().replace(" ", "-"))
     assert page.console_errors == [], page.console_errors

@@ -66,7 +66,7 @@ def server():
     import torch
 
     from labapp import engine as eng
-    from tests.app_server import launch
+    from testkit.app_server import launch
 
     torch.set_num_threads(1)
     demo, url = launch(eng.load_engine(eng.EMBEDDED_MODEL, "browser test", "cpu"), concurrency_limit=2)
@@ -141,8 +141,11 @@ def test_previews_stream_on_top_and_change(browser, server):
     page.locator("#prompt textarea").click()
     page.keyboard.press("End")
     page.keyboard.press("Enter")  # Enter in the prompt runs Generate
-    page.wait_for_timeout(700)
+    # the screenshot a person would see mid-run: after the second preview arrived, before the last
+    page.wait_for_function("() => window.__probe && window.__probe.srcs.size >= 2", timeout=120_000)
+    mid_label = page.locator("#x0-preview").inner_text()
     shot(page, "generate-streaming-desktop")
+    print("streaming screenshot taken at:", mid_label.strip().replace("\n", " "))
     page.get_by_text("Done:").wait_for(timeout=120_000)
     probe = page.evaluate(STOP_PROBE)
     assert probe["changes"] >= 3, probe
@@ -202,6 +205,8 @@ def run_tab(page, tab):
         page.get_by_role("button", name="Add noise").click()
         page.get_by_text("signal sqrt(alpha_bar)").first.wait_for(timeout=60_000)
     elif tab == "LoRA mixer":
+        page.locator("#example-blend").click()  # the blend opens empty (Generate's default): take the example
+        page.locator("#mixer-chip").get_by_text("outline 1").wait_for(timeout=30_000)
         page.get_by_role("button", name="Comparison grid: none / each / blend").click()
         page.locator("#lora-grid img").nth(3).wait_for(timeout=120_000)  # none, each of two, the blend
     page.wait_for_timeout(1000)
@@ -267,21 +272,144 @@ def test_a_bad_input_keeps_the_last_good_result(browser, server):
     page.close()
 
 
-def test_the_lora_blend_shows_as_chips_and_in_the_status(browser, server):
+def slot(page, i):
+    """(preset, UNet weight) shown by mixer slot ``i`` (1-based)."""
+    name = page.locator(f"#slot-{i}-preset input").input_value()
+    weight = page.locator(f"#slot-{i}-weight input[type=number]").input_value()
+    return name, float(weight)
+
+
+def test_one_blend_state_text_slots_and_chips(browser, server):
+    """The blend text is the state: an example row, typed text, a slot pick and "No LoRA" all end
+    with the text, both chip lines, the slots and the status line saying the same blend."""
     page = open_page(browser, server)
     assert "LoRA: none" in page.locator("#lora-chip").inner_text()
-    page.get_by_text("LoRA blend: outline + night").click()  # the example row
+    page.get_by_text("LoRA blend: outline + night").click()  # the example row sets the text
     page.locator("#lora-chip").get_by_text("outline 1").wait_for(timeout=30_000)
-    assert "night 0.8" in page.locator("#lora-chip").inner_text()
+    assert "night 1" in page.locator("#lora-chip").inner_text()
+    open_tab(page, "LoRA mixer")
+    page.wait_for_function("() => document.querySelector('#slot-2-preset input').value === 'night'", timeout=30_000)
+    assert slot(page, 1) == ("outline", 1.0) and slot(page, 2) == ("night", 1.0), (slot(page, 1), slot(page, 2))
+    assert "night 1" in page.locator("#mixer-chip").inner_text()
+    # a slot pick writes the text, at the table's weight (1), not a hidden default
+    page.get_by_text("Adapter 3", exact=True).click()  # the third slot's accordion opens closed
+    page.locator("#slot-3-preset input").click()
+    page.get_by_role("option", name="pastel").click()
+    page.locator("#mixer-chip").get_by_text("pastel 1").wait_for(timeout=30_000)
+    open_tab(page, "Generate")
+    page.get_by_text("LoRA blend", exact=True).click()  # the accordion with the text
+    blend = page.locator("#lora-blend textarea, #lora-blend input").first
+    assert blend.input_value() == "outline:1, night:1, pastel:1", blend.input_value()
+    # typing a blend moves the slots
+    blend.fill("night:0.4")
+    page.locator("#lora-chip").get_by_text("night 0.4").wait_for(timeout=30_000)
+    open_tab(page, "LoRA mixer")
+    page.wait_for_function("() => document.querySelector('#slot-2-preset input').value === '(none)'", timeout=30_000)
+    assert slot(page, 1) == ("night", 0.4) and slot(page, 3)[0] == "(none)", (slot(page, 1), slot(page, 3))
+    page.get_by_role("button", name="Comparison grid: none / each / blend").click()
+    page.locator("#lora-grid img").nth(2).wait_for(timeout=120_000)  # none, night alone, the blend
+    assert slot(page, 1) == ("night", 0.4)  # the slots still show what ran
+    shot(page, "lora-mixer-one-blend-desktop")
+    open_tab(page, "Generate")
     page.locator("#generate-btn").click()
     page.get_by_text("Done:").wait_for(timeout=120_000)
-    assert "LoRA: outline 1, night 0.8" in page.locator("#status").inner_text()
-    page.get_by_role("button", name="No LoRA").click()
+    assert "LoRA: night 0.4" in page.locator("#status").inner_text()
+    page.get_by_role("button", name="No LoRA").first.click()
     page.locator("#lora-chip").get_by_text("LoRA:").wait_for(timeout=30_000)
     assert "none" in page.locator("#lora-chip").inner_text()
     open_tab(page, "LoRA mixer")
-    page.get_by_role("button", name="Use this blend on Generate").click()
-    open_tab(page, "Generate")
-    page.locator("#lora-chip").get_by_text("outline 1").wait_for(timeout=30_000)
-    shot(page, "lora-chip-desktop")
+    page.wait_for_function("() => document.querySelector('#slot-1-preset input').value === '(none)'", timeout=30_000)
+    assert error_boxes(page) == [] and page.errors == [], (error_boxes(page), page.errors)
+    page.close()
+
+
+def test_a_failed_model_switch_reverts(browser, server):
+    """On this offline CPU machine a Hub model cannot load: the dropdown says why beside its name, and
+    picking it leaves the dropdown on the loaded model with one short line (no Hub exception text)."""
+    page = open_page(browser, server)
+    dropdown = page.locator("#model input")
+    assert dropdown.input_value() == "tiny-shapes"
+    dropdown.click()
+    option = page.get_by_role("option", name="sd14 (")
+    label = option.inner_text()
+    assert "sd14 (" in label and ("not downloaded" in label or "downloads" in label), label
+    option.click()
+    page.locator("#status").get_by_text("Could not load").wait_for(timeout=180_000)
+    status = page.locator("#status").inner_text()
+    assert "Still using tiny-shapes" in status and "\n" not in status.strip(), status
+    assert "Traceback" not in status and "snapshot" not in status and len(status) < 200, status
+    page.wait_for_function("() => document.querySelector('#model input').value === 'tiny-shapes'", timeout=30_000)
+    assert error_boxes(page) == [], error_boxes(page)
+    shot(page, "model-switch-reverted-desktop")
+    page.close()
+
+
+# Which explorer frame is visible whenever the frames change (a set: a drag passes through several)
+WATCH_FRAMES = """
+() => {
+  window.__frames = new Set();
+  const box = document.querySelector('#explore-frames');
+  const seen = () => box.querySelectorAll('.frame:not([hidden])').forEach(f => window.__frames.add(+f.dataset.step));
+  new MutationObserver(seen).observe(box, {subtree: true, attributes: true, attributeFilter: ['hidden']});
+}
+"""
+
+
+def visible_frame(page) -> int:
+    return page.evaluate("""() => [...document.querySelectorAll('#explore-frames .frame')]
+                              .filter(f => !f.hidden).map(f => +f.dataset.step)[0] || 0""")
+
+
+def test_explorer_frames_follow_the_drag_and_play(browser, server):
+    page = open_page(browser, server)
+    page.locator("#generate-btn").click()
+    page.get_by_text("Done:").wait_for(timeout=120_000)
+    open_tab(page, "Timestep explorer")
+    page.locator("#explore-frames .frame").nth(24).wait_for(state="attached", timeout=60_000)
+    assert page.locator("#explore-frames .frame").count() == 25 and visible_frame(page) == 25
+    page.evaluate(WATCH_FRAMES)
+    # a real drag: while the button is still down (no release, so no request yet) the frame follows
+    box = page.locator("#explore-step input[type=range]").bounding_box()
+    y = box["y"] + box["height"] / 2
+    page.mouse.move(box["x"] + box["width"] - 2, y)
+    page.mouse.down()
+    for fraction in (0.8, 0.6, 0.4, 0.2, 0.02):
+        page.mouse.move(box["x"] + box["width"] * fraction, y, steps=4)
+        page.wait_for_timeout(100)
+    during = page.evaluate("() => [...window.__frames]")
+    step_held = visible_frame(page)
+    page.mouse.up()
+    assert len(during) >= 4 and step_held <= 3, (during, step_held)  # the images moved with the pointer
+    page.locator("strong", has_text=f"step {step_held} / 25").first.wait_for(timeout=60_000)  # numbers on release
+    shot(page, "explorer-dragged-desktop")
+    page.evaluate(WATCH_FRAMES)
+    page.locator("#explore-play").click()
+    page.wait_for_function("() => window.__frames.has(25)", timeout=60_000)
+    played = page.evaluate("() => [...window.__frames].sort((a, b) => a - b)")
+    assert len(played) >= 20, played  # every step shown on the way
+    page.locator("strong", has_text="step 25 / 25").first.wait_for(timeout=60_000)
+    assert int(page.locator("#explore-step input[type=number]").input_value()) == 25
+    assert error_boxes(page) == [] and page.errors == [], (error_boxes(page), page.errors)
+    page.close()
+
+
+def test_phone_layout_result_first_tables_and_settings(browser, server):
+    page = open_page(browser, server, "phone")
+    page.locator("#generate-btn").click()
+    page.get_by_text("Done:").wait_for(timeout=120_000)
+    final, preview = page.locator("#final-image").bounding_box(), page.locator("#xt-preview").bounding_box()
+    x0 = page.locator("#x0-preview").bounding_box()
+    assert final["y"] < preview["y"], (final, preview)  # the image first, then the previews
+    assert abs(preview["y"] - x0["y"]) < 2, (preview, x0)  # side by side, not stacked
+    # the settings JSON wraps: nothing hidden past the right edge
+    clipped = page.evaluate("""() => { const s = document.querySelector('#settings-json .cm-scroller');
+                                       return s ? s.scrollWidth - s.clientWidth : -1; }""")
+    assert clipped == 0, clipped
+    open_tab(page, "LoRA mixer")
+    page.wait_for_timeout(800)
+    narrow = page.evaluate("""() => [...document.querySelectorAll('.wide-table td, .wide-table th')]
+        .filter(c => c.offsetParent !== null && c.getBoundingClientRect().width < 60).map(c => c.textContent)""")
+    assert narrow == [], narrow  # no column squeezed to a letter per line
+    shot(page, "lora-mixer-table-phone")
+    assert page.errors == [], page.errors
     page.close()

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.app_server import free_port
+from testkit.app_server import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 APP = os.path.join(ROOT, "app.py")
@@ -35,7 +35,7 @@ def test_help_answers_without_importing_torch_or_gradio():
 
     result = run_cli("--help")
     assert result.stdout.strip().endswith("IMPORTED False False EXIT 0"), result.stdout + result.stderr
-    for flag in ("--model", "--host", "--port", "--share"):
+    for flag in ("--model", "--host", "--port", "--share", "--no-warmup"):
         assert flag in result.stdout
     for default in ("127.0.0.1", "7860", "GRADIO_SERVER_NAME", "GRADIO_SERVER_PORT", *model_names()):
         assert default in result.stdout, default
@@ -53,8 +53,12 @@ def test_a_bad_model_exits_2_with_one_line():
 
 @pytest.mark.timeout(300)
 def test_start_and_one_request_log_no_warning(tmp_path):
-    """Two INFO lines of the app's own (model loaded, where to open it) and nothing else: no
-    library warning, no progress bar, no per-request line, also when a LoRA preset loads."""
+    """Three INFO lines of the app's own (model loaded, warmed up, where to open it) and nothing
+    else: no library warning, no progress bar, no per-request line, also when a LoRA preset loads.
+
+    Three, not the earlier two, on purpose: the warm-up takes seconds before the page opens, and a
+    person watching the log should see what that wait was for (and how long it took) before the
+    URL; the URL stays the last line, the one scripts wait for."""
     from gradio_client import Client
 
     port = free_port()
@@ -78,6 +82,30 @@ def test_start_and_one_request_log_no_warning(tmp_path):
         server.terminate()
         server.wait(timeout=30)
     lines = [line for line in log_path.read_text().splitlines() if line.strip()]
-    assert len(lines) == 2, "\n".join(lines)
+    assert len(lines) == 3, "\n".join(lines)
     assert "INFO diffusion_lab: Diffusion Lab: loaded model 'tiny-shapes' on cpu" in lines[0], lines[0]
-    assert f"INFO diffusion_lab: Diffusion Lab: open http://127.0.0.1:{port}/" in lines[1], lines[1]
+    assert "INFO diffusion_lab: Diffusion Lab: warmed up in " in lines[1], lines[1]
+    assert "LoRA presets outline, night, pastel loaded" in lines[1], lines[1]
+    assert f"INFO diffusion_lab: Diffusion Lab: open http://127.0.0.1:{port}/" in lines[2], lines[2]
+
+
+@pytest.mark.timeout(300)
+def test_no_warmup_starts_with_two_lines(tmp_path):
+    """--no-warmup: the model line and the URL, nothing warmed."""
+    port = free_port()
+    log_path = tmp_path / "app.log"
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False")
+    with open(log_path, "w") as log:
+        server = subprocess.Popen([sys.executable, APP, "--port", str(port), "--no-warmup"], cwd=ROOT, env=env,
+                                  stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 240
+        while "open http" not in log_path.read_text():
+            assert server.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.5)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    lines = [line for line in log_path.read_text().splitlines() if line.strip()]
+    assert len(lines) == 2 and "loaded model" in lines[0] and "open http" in lines[1], "\n".join(lines)

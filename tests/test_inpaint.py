@@ -12,13 +12,13 @@ from diffusers import StableDiffusionInpaintPipeline, UNet2DConditionModel
 
 from pipelines import TracingStableDiffusionPipeline, make_scheduler, scheduler_names
 from pipelines.inpaint import check_method, inpaint, preprocess_inputs, region_errors
-from tests.tiny import make_tiny_components
+from testkit.tiny import make_tiny_components
 
 TOL = 1e-5
 
 
 def tiny_inpaint_unet(seed: int = 0) -> UNet2DConditionModel:
-    """The tiny UNet of tests/tiny.py with 9 input channels (latents, mask, masked-image latents)."""
+    """The tiny UNet of testkit/tiny.py with 9 input channels (latents, mask, masked-image latents)."""
     torch.manual_seed(seed)
     return UNet2DConditionModel(
         block_out_channels=(4, 8), layers_per_block=1, sample_size=8, in_channels=9, out_channels=4,

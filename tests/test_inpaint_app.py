@@ -17,7 +17,7 @@ from gradio_client import handle_file  # noqa: E402
 def client():
     from gradio_client import Client
 
-    from tests.app_server import launch, tiny_engine
+    from testkit.app_server import launch, tiny_engine
 
     torch.set_num_threads(1)
     demo, url = launch(tiny_engine(), concurrency_limit=1)
@@ -104,7 +104,7 @@ def test_an_inpainting_model_refuses_generate_and_img2img_and_inpaints():
     from labapp.inpaint import inpaint
     from pipelines import TracingStableDiffusionPipeline
     from tests.test_inpaint import tiny_inpaint_unet
-    from tests.tiny import make_tiny_components
+    from testkit.tiny import make_tiny_components
 
     image = PIL.Image.fromarray((np.random.RandomState(0).rand(16, 16, 3) * 255).astype("uint8"))
     mask = PIL.Image.fromarray(np.pad(np.full((8, 8), 255, np.uint8), 4))
