@@ -20,7 +20,7 @@ def page():
 
     import torch
 
-    from tests.app_server import launch, tiny_engine
+    from testkit.app_server import launch, tiny_engine
 
     torch.set_num_threads(1)
     demo, url = launch(tiny_engine(), concurrency_limit=1)
