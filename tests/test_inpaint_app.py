@@ -121,5 +121,8 @@ def test_an_inpainting_model_refuses_generate_and_img2img_and_inpaints():
             inpaint(image, mask, method="blend", steps=2)
         _, status, _, _, _ = inpaint(image, mask, steps=2)
         assert "by the 9-channel inpainting UNet" in status
+        from labapp.warmup import warm_up  # the app's start (sd15-inpaint) warms up by inpainting, not Generate
+
+        assert "one 2-step inpainting: an inpainting model" in warm_up(eng.current())
     finally:
         eng.install(before)
