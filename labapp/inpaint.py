@@ -46,6 +46,14 @@ def _editor_layers(payload: dict) -> Image.Image | None:
     return Image.fromarray(union.astype(np.uint8) * 255)
 
 
+def _painted(payload: dict) -> bool:
+    """Whether an ImageEditor value holds strokes (an unreadable one counts as none: it is not used)."""
+    try:
+        return _editor_layers(payload) is not None
+    except gr.Error:
+        return False
+
+
 def read_mask(mask, mask_drawing) -> tuple[Image.Image, str, str]:
     """(mask as an "L" image, the field it came from, a note). ``mask`` (an image: white = regenerate)
     wins over ``mask_drawing`` (an ImageEditor value: painted strokes = regenerate)."""
@@ -125,7 +133,7 @@ def inpaint(image, mask=None, prompt="a blue square", negative_prompt="", streng
     native = engine.native_size
     image = check_image("image", image, engine.vae_scale_factor)
     mask_image, field, note = read_mask(mask, mask_drawing)
-    if field == "mask" and mask_drawing is not None and isinstance(mask_drawing, dict) and mask_drawing.get("layers"):
+    if field == "mask" and isinstance(mask_drawing, dict) and _painted(mask_drawing):
         note += "The uploaded mask was used (it wins over the drawing). "
     mask_image, resized = fit_mask(field, mask_image, image)
     note += resized

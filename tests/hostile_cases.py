@@ -448,6 +448,19 @@ CASES: list[Case] = [
          r"mask_drawing|EditorData|valid dictionary", forbid=r"root:"),
     Case("inpaint-works", "HTTP /inpaint", "a 32x32 image and a 32x32 mask as data: URLs", "works",
          raw_inpaint(), None),
+    Case("img2img-forged-path", "HTTP /img2img", "image = FileData without `meta`, path '/etc/passwd'",
+         "error naming `image`: never read, path not echoed",
+         raw_data("/img2img", [{"path": "/etc/passwd"}, "a", "", 0.5, "DDIM", 2, 3.0, 0]),
+         r"image='<path>' is not allowed: a file uploaded to this app", forbid=r"passwd"),
+    Case("img2img-strength-nan", "HTTP /img2img", "strength=NaN", named("strength"),
+         raw_data("/img2img", [{"url": data_url(png_bytes(np.full((32, 32, 3), 90, np.uint8)))}, "a", "", float("nan"),
+                               "DDIM", 2, 3.0, 0]), r"strength=nan is not allowed"),
+    Case("terminal-snr-forged-path", "HTTP /terminal_snr", "image = FileData without `meta`, path '/etc/passwd'",
+         "error naming `image`: never read", raw_data("/terminal_snr", [{"path": "/etc/passwd"}, 64, "8"]),
+         r"image='<path>' is not allowed: a file uploaded to this app", forbid=r"passwd"),
+    Case("terminal-snr-seeds-huge", "HTTP /terminal_snr", "seeds=10**9", named("seeds"),
+         raw_data("/terminal_snr", [{"url": data_url(png_bytes(np.full((32, 32, 3), 90, np.uint8)))}, 10**9, "8"]),
+         r"seeds=1000000000 is not allowed: an integer in \[16, 2048\]"),
 ]
 
 

@@ -83,6 +83,17 @@ def test_the_table_is_large_enough():
     assert len(ids) == len(set(ids)) and len(ids) >= 40
 
 
+def test_every_image_endpoint_is_in_the_table(ctx):
+    """Each named endpoint that takes an image (an upload: Image, ImageEditor) has hostile cases:
+    a new upload endpoint must add its own."""
+    api = ctx.client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    uploads = {name for name, info in api.items()
+               if any(p.get("component") in ("Image", "Imageeditor", "ImageEditor") for p in info["parameters"])}
+    assert {"/forward_noise", "/img2img", "/inpaint", "/terminal_snr"} <= uploads, uploads
+    covered = {c.where.split()[-1] for c in CASES}
+    assert uploads <= covered, f"endpoints taking images without hostile cases: {sorted(uploads - covered)}"
+
+
 def test_server_keeps_serving_after_the_batch(ctx):
     """Runs after the table (file order): a valid call still returns an image."""
     out = ctx.client.predict(**GENERATE_DEFAULTS, api_name="/generate")

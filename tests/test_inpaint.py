@@ -167,3 +167,19 @@ def test_strength_is_checked(components, image, mask):
     for bad in (0, 1.5, float("nan")):
         with pytest.raises(ValueError, match="strength"):
             inpaint(ours, image, mask, bad, **KW)
+
+
+def test_sd15_inpaint_registry_entry_and_a_saved_nine_channel_model_loads(components9, image, mask, tmp_path):
+    """The registry id the Space loads (never downloaded here), and the loader path it takes: a
+    9-channel diffusers folder through TracingStableDiffusionPipeline.from_pretrained inpaints."""
+    from pipelines.models import model_family, model_spec
+
+    spec = model_spec("sd15-inpaint")
+    assert spec.source == "stable-diffusion-v1-5/stable-diffusion-inpainting" and model_family("sd15-inpaint") == "sd15"
+    ours, _ = _pipes(components9, "DDIM")
+    ours.save_pretrained(tmp_path)
+    loaded = TracingStableDiffusionPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    a = inpaint(ours, image, mask, generator=torch.Generator().manual_seed(0), **KW).images
+    b = inpaint(loaded, image, mask, generator=torch.Generator().manual_seed(0), **KW).images
+    assert np.abs(a - b).max() <= TOL

@@ -64,6 +64,9 @@ def test_inpaint_with_a_painted_mask_and_a_resized_one(client, files):
     _, status, _, _ = client.predict(image=files["image"], mask=None, mask_drawing=drawing, steps=2,
                                      api_name="/inpaint")
     assert "Inpainted 25% of the image" in status
+    _, status, _, _ = client.predict(image=files["image"], mask=files["mask"], mask_drawing=drawing, steps=2,
+                                     api_name="/inpaint")
+    assert status.startswith("The uploaded mask was used (it wins over the drawing).")
     _, status, _, _ = client.predict(image=files["image"], mask=files["big"], steps=2, api_name="/inpaint")
     assert status.startswith("mask 64x64 resized to the image's 32x32.") and "Inpainted 25%" in status
 
@@ -118,5 +121,8 @@ def test_an_inpainting_model_refuses_generate_and_img2img_and_inpaints():
             inpaint(image, mask, method="blend", steps=2)
         _, status, _, _, _ = inpaint(image, mask, steps=2)
         assert "by the 9-channel inpainting UNet" in status
+        from labapp.warmup import warm_up  # the app's start (sd15-inpaint) warms up by inpainting, not Generate
+
+        assert "one 2-step inpainting: an inpainting model" in warm_up(eng.current())
     finally:
         eng.install(before)
