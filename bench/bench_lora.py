@@ -87,7 +87,7 @@ def model_pipeline(path: str = EMBEDDED) -> TracingStableDiffusionPipeline:
 def lora_files(mid_size: bool) -> dict[str, str]:
     """name -> .safetensors: the shipped presets, or random preset-like LoRAs for the mid-size UNet."""
     if not mid_size:
-        from pipelines.lora_presets import get_preset, preset_file
+        from pipelines.lora.presets import get_preset, preset_file
 
         return {name: str(preset_file(get_preset(name), offline=True)) for name in PRESETS}
     from testkit.lora_factory import random_lora, save_diffusers_lora

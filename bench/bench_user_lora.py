@@ -33,7 +33,7 @@ sys.path.insert(0, ROOT)
 from bench.bench_lora import PRESET_TARGETS, mid_size_pipeline  # noqa: E402
 from bench.report import machine, update_section  # noqa: E402
 from pipelines.lora import Blend, LoraBlender  # noqa: E402
-from pipelines.lora_user_store import UserAdapterStore  # noqa: E402
+from pipelines.lora.user_store import UserAdapterStore  # noqa: E402
 
 SECTION = "Bring your own LoRA"
 # the reading of the last run on the 2-core machine (edit when the figures say otherwise)

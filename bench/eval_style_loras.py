@@ -69,7 +69,7 @@ def style_blender(model: str):
     """The model with the three embedded style presets loaded: (LoraBlender, {style: preset})."""
     from pipelines import TracingStableDiffusionPipeline
     from pipelines.lora import LoraBlender
-    from pipelines.lora_presets import presets_for_family
+    from pipelines.lora.presets import presets_for_family
 
     pipe = TracingStableDiffusionPipeline.from_pretrained(model)
     pipe.set_progress_bar_config(disable=True)

@@ -26,7 +26,7 @@ from pipelines.forward import encode_image, q_sample
 from pipelines.guidance_gradient import DEFAULT_SPACE_CLIP_MODEL, ClipGuide
 from pipelines.img2img import SDEditStart
 from pipelines.inpaint import InpaintStart, region_errors
-from pipelines.lora_settings import Blend
+from pipelines.lora.settings import Blend
 from pipelines.models import EMBEDDED_MODEL, GPU_DEFAULT_MODEL, load_pipeline, model_family, model_names, model_spec
 from pipelines.previews import PreviewChoice, decode_preview, preview_choice_for
 from pipelines.request import GenerationRequest, RequestLimits
@@ -103,13 +103,13 @@ class Engine:
         """The LoRA presets of this model's family whose weights are on disk (or cached)."""
         if self.blender is None:
             return []
-        from pipelines.lora_presets import available_presets
+        from pipelines.lora.presets import available_presets
 
         return available_presets(self.family)
 
     def _load_adapters(self, names: list[str]) -> None:
         """Load presets on first use (keeps start-up fast; peft injection costs seconds)."""
-        from pipelines.lora_presets import get_preset
+        from pipelines.lora.presets import get_preset
 
         with self.lock:
             for name in names:

@@ -9,7 +9,7 @@ import time
 import gradio as gr
 
 from pipelines.guidance import DEFAULT_CLASSIFIER_SCALE  # noqa: F401  (app.py: the slider's default)
-from pipelines.lora_settings import WEIGHT_RANGE as LORA_WEIGHT_RANGE  # noqa: F401  (app.py: the mixer's sliders)
+from pipelines.lora.settings import WEIGHT_RANGE as LORA_WEIGHT_RANGE  # noqa: F401  (app.py: the mixer's sliders)
 from pipelines.previews import PREVIEW_DECODERS
 from pipelines.record import TracingPipelineOutput
 from pipelines.request import (CLASSIFIER_SCALE_RANGE, GUIDANCE_RANGE, MAX_IMAGES, MAX_STEPS,  # noqa: F401
@@ -109,7 +109,7 @@ def generate(*args, **kwargs):
     images = [with_settings(image, settings, i) for i, image in enumerate(output.images)]
     seconds = time.perf_counter() - started
     calls = records[-1].model_calls if records else 0
-    lora_path = getattr(output, "lora_path", None) or "none"  # pipelines/lora.py: "none", "fused" or "unfused"
+    lora_path = getattr(output, "lora_path", None) or "none"  # pipelines/lora/blender.py: "none", "fused" or "unfused"
     blend = ", ".join(f"{a.name} {a.weight:g}" for a in settings.blend.adapters) or "none"
     status = (f"Done: {len(images)} image(s), {settings.steps} steps, {calls} model calls, {seconds:.1f} s "
               f"on {engine.model_id} ({engine.device}); seed {settings.seed}; LoRA: {blend}"

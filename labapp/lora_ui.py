@@ -110,9 +110,9 @@ def presets_table(presets) -> str:
 
 
 def _parse(spec) -> list[dict]:
-    """The blend text through the one blend parser (pipelines.lora_settings.Blend.parse); ValueError
+    """The blend text through the one blend parser (pipelines.lora.settings.Blend.parse); ValueError
     (a FieldError naming the field) when it is not a valid blend."""
-    from pipelines.lora_settings import Blend
+    from pipelines.lora.settings import Blend
 
     from . import engine as eng
     from . import lora_user_ui

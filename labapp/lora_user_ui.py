@@ -1,6 +1,6 @@
 """Bring your own LoRA in the app: /lora_inspect (upload or Hub id), /lora_unload, and the names a
 session may put in a blend. The checks and the math live in pipelines/lora_user*.py and
-pipelines/lora_inspect.py; this module turns requests into calls and reports into text and a plot.
+pipelines/lora/inspector.py; this module turns requests into calls and reports into text and a plot.
 
 A user adapter belongs to the Gradio session that loaded it (``gr.Request.session_hash``: one
 browser tab, or one ``gradio_client.Client``). Handlers that parse blends (``generate``,
@@ -73,7 +73,7 @@ def max_user_loras() -> int:
 
 def store(engine: eng.Engine | None = None):
     """The user-adapter store of the engine's blender (None when the model takes no LoRA)."""
-    from pipelines.lora_user_store import UserAdapterStore
+    from pipelines.lora.user_store import UserAdapterStore
 
     engine = engine or eng.current()
     if engine.blender is None:
@@ -129,14 +129,14 @@ def lora_inspect(file, hub_id, request: gr.Request = None):
             path, filename = uploads.uploaded_file("file", file, max_upload_bytes())
             source = {"kind": "upload", "filename": filename}
         else:
-            from pipelines.lora_hub import resolve_hub_lora
+            from pipelines.lora.hub import resolve_hub_lora
 
             hub = resolve_hub_lora(hub_id, max_bytes=max_upload_bytes())
             path, filename = hub.path, os.path.basename(hub.filename)
             source = {"kind": "hub", "repo": hub.repo, "file": hub.filename, "revision": hub.revision,
                       "filename": filename}
         if not filename.lower().endswith(".safetensors"):
-            from pipelines.lora_files import refuse_unsafe_name
+            from pipelines.lora.files import refuse_unsafe_name
 
             refuse_unsafe_name(filename, "LoRA file")
         adapter = found.add(session, path, source)
@@ -186,8 +186,8 @@ def add_to_blend(spec: str, name: str) -> str:
 
 
 def inspection(engine: eng.Engine, adapter) -> dict:
-    """The JSON report: the file, its source and the per-layer inspection (pipelines.lora_inspect)."""
-    from pipelines.lora_inspect import inspect_adapter
+    """The JSON report: the file, its source and the per-layer inspection (pipelines.lora.inspector)."""
+    from pipelines.lora.inspector import inspect_adapter
 
     with engine.blender.holding() as pipe:
         report = inspect_adapter(pipe, adapter.name)
@@ -236,7 +236,7 @@ def _list(values) -> str:
 
 
 def heat_figure(report: dict):
-    """||ΔW||_F per (block, module kind), the numbers pipelines.lora_inspect computed."""
+    """||ΔW||_F per (block, module kind), the numbers pipelines.lora.inspector computed."""
     from .plots import _figure, _style
 
     heat = report["heatmap"]

@@ -172,7 +172,7 @@ class Trace:
     settings: dict  # the run's settings document (GenerationRequest.to_dict, + img2img's "strength")
     records: StoredRecords
     model: str
-    lora_path: str | None = None  # pipelines/lora.py: "none", "fused" or "unfused"
+    lora_path: str | None = None  # pipelines/lora/blender.py: "none", "fused" or "unfused"
     stopped: bool = False  # ended by the Stop button: the steps so far, no image
 
     @property

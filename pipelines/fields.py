@@ -1,7 +1,7 @@
 """Checks of request fields: each failure is a ``FieldError`` (a ValueError) naming the field, the
 bad value and what is allowed, e.g. ``seed=1.5 is not allowed: an integer in [0, 4294967295].``
 
-Plain Python, no gradio: ``pipelines/request.py`` and ``pipelines/lora_settings.py`` validate with
+Plain Python, no gradio: ``pipelines/request.py`` and ``pipelines/lora/settings.py`` validate with
 these, and the app turns a FieldError into the message its clients see (labapp/validation.py).
 Nothing is coerced: a value of the wrong JSON type is refused with the field named (bool and
 numeric strings are not numbers, 2.5 is not an integer), and bounds print as written

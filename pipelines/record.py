@@ -69,7 +69,7 @@ class TracingPipelineOutput(StableDiffusionPipelineOutput):
     """
 
     trace: list[StepRecord] | None = None
-    # how a LoRA blender ran this call (pipelines/lora.py): "none", "fused" or "unfused"; None when no
+    # how a LoRA blender ran this call (pipelines/lora/blender.py): "none", "fused" or "unfused"; None when no
     # blender was involved, so that to_tuple() stays stock's (BaseOutput leaves None fields out)
     lora_path: str | None = None
 

@@ -3,7 +3,7 @@
 ``GenerationRequest`` holds what one run needs, nested the way the pipeline takes it: the
 prompt, negative prompt, seed and size, the steps and scheduler (spacing and sigma options as
 None when the model's own are meant, never the UI's "model default"), a ``GuidanceConfig``
-(pipelines/guidance.py) and a LoRA ``Blend`` (pipelines/lora_settings.py). Those types validate
+(pipelines/guidance.py) and a LoRA ``Blend`` (pipelines/lora/settings.py). Those types validate
 themselves; ``__post_init__`` checks the rest, so any request that exists can run.
 
 ``GenerationRequest.from_form`` is the one place the flat form (the /generate endpoint's
@@ -23,7 +23,7 @@ from . import fields
 from .fields import FieldError
 from .guidance import (DEFAULT_CLASSIFIER_SCALE, GUIDANCE_METHODS, SCALE_SCHEDULES, APGParams, CFGZeroParams,
                        GuidanceConfig, PerpNegParams)
-from .lora_settings import Blend
+from .lora.settings import Blend
 from .schedulers import SIGMA_KINDS, TIMESTEP_SPACINGS, scheduler_names
 
 # The app's ranges: its policy for one request (the pipeline alone accepts what diffusers does)
@@ -110,7 +110,7 @@ class GenerationRequest:
         if not isinstance(self.guidance, GuidanceConfig):
             raise FieldError("guidance", self.guidance, "a pipelines.guidance.GuidanceConfig")
         if not isinstance(self.blend, Blend):
-            raise FieldError("blend", self.blend, "a pipelines.lora_settings.Blend")
+            raise FieldError("blend", self.blend, "a pipelines.lora.settings.Blend")
         fields.choice("scheduler", self.scheduler, scheduler_names())
         if self.timestep_spacing is not None:
             fields.choice("timestep_spacing", self.timestep_spacing, TIMESTEP_SPACINGS)

@@ -321,7 +321,7 @@ def pipe_call(**kwargs):
 
 def presets_file(content: str | dict):
     def run(ctx):
-        from pipelines.lora_presets import load_presets
+        from pipelines.lora.presets import load_presets
 
         text = content if isinstance(content, str) else json.dumps(content)
         path = ctx.path(f"presets-{uuid.uuid4().hex[:6]}.json", text.encode())

@@ -65,7 +65,7 @@ def test_integer_and_text_and_lists():
 
 def parse_lora(field, spec, presets):
     """The Generate tab's blend field as the request reads it (Blend.parse), errors as the app shows them."""
-    from pipelines.lora_settings import Blend
+    from pipelines.lora.settings import Blend
 
     return check.gradio_errors(Blend.parse)(spec, presets, field=field).to_list()
 

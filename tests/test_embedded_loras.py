@@ -28,7 +28,7 @@ def guidance() -> float:
 def blender():
     from pipelines import TracingStableDiffusionPipeline
     from pipelines.lora import LoraBlender
-    from pipelines.lora_presets import presets_for_family
+    from pipelines.lora.presets import presets_for_family
 
     pipe = TracingStableDiffusionPipeline.from_pretrained(os.path.join(ROOT, "models", "tiny-shapes"))
     pipe.set_progress_bar_config(disable=True)
@@ -169,7 +169,7 @@ def test_engine_fuses_plain_blends_unfuses_step_ranges_and_restores_exactly(blen
 def test_the_app_stream_reports_the_lora_path(blender):
     """What the app's status line and trace read: the final output of engine.stream_generation."""
     import labapp.engine as eng
-    from pipelines.lora_settings import Blend
+    from pipelines.lora.settings import Blend
     from pipelines.request import GenerationRequest
 
     engine = eng.Engine(pipe=blender.pipe, model_id="tiny-shapes", reason="test", family="tiny-shapes", blender=blender)

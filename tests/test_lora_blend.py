@@ -1,4 +1,4 @@
-"""Multi-LoRA blending (pipelines/lora.py) on tiny seeded components with random LoRAs.
+"""Multi-LoRA blending (pipelines/lora/blender.py) on tiny seeded components with random LoRAs.
 
 Parity is checked against diffusers' own ``load_lora_weights`` + ``set_adapters`` on a stock
 ``StableDiffusionPipeline``; step ranges against a spliced run; concurrency against solo runs.
@@ -17,7 +17,7 @@ from diffusers import StableDiffusionPipeline
 from peft.tuners.tuners_utils import BaseTunerLayer
 
 from pipelines.lora import AdapterSetting, Blend, LoraBlender, lora_grid
-from pipelines.lora_layers import plan_of
+from pipelines.lora.layers import plan_of
 from testkit.lora_factory import ATTENTION_TARGETS, RESNET_TARGETS, random_lora, save_diffusers_lora, save_kohya_lora
 from testkit.tiny import make_tiny_components
 
@@ -386,11 +386,11 @@ def test_step_range_first_half_follows_adapter_then_runs_without_it(tracing_blen
 
 
 def test_adapters_switch_only_when_the_active_set_changes(tracing_blender, monkeypatch):
-    import pipelines.lora_layers
+    import pipelines.lora.layers
 
     calls = []
-    real = pipelines.lora_layers.activate
-    monkeypatch.setattr(pipelines.lora_layers, "activate", lambda module, names: (calls.append(module), real(module, names))[1])
+    real = pipelines.lora.layers.activate
+    monkeypatch.setattr(pipelines.lora.layers, "activate", lambda module, names: (calls.append(module), real(module, names))[1])
     unet_layers_with_c = sum(1 for m in tracing_blender.pipe.unet.modules() if isinstance(m, BaseTunerLayer) and "c" in m.lora_A)
     call = dict(CALL, num_inference_steps=STEPS)
     with tracing_blender.apply(Blend.of({"c": 0.5, "d": 0.5})) as pipe:
@@ -531,14 +531,14 @@ def test_one_stacked_pass_per_active_layer(lora_files):
 
 
 def test_a_repeated_blend_is_not_stacked_again(lora_files, monkeypatch):
-    import pipelines.lora_layers
+    import pipelines.lora.layers
 
     blender = LoraBlender(make_pipe())
     for name in "abc":
         blender.load(name, lora_files[name])
     stacks = []
-    real = pipelines.lora_layers.stacked_weights
-    monkeypatch.setattr(pipelines.lora_layers, "stacked_weights", lambda m, n: (stacks.append(m), real(m, n))[1])
+    real = pipelines.lora.layers.stacked_weights
+    monkeypatch.setattr(pipelines.lora.layers, "stacked_weights", lambda m, n: (stacks.append(m), real(m, n))[1])
     first, second = Blend.of({"a": 0.8, "b": -0.4, "c": 1.2}), Blend.of({"a": 0.3})
     with blender.apply(first) as pipe:
         image = run(pipe)

@@ -1,4 +1,4 @@
-"""The LoRA preset registry (lora_presets/presets.json, pipelines/lora_presets.py)."""
+"""The LoRA preset registry (lora_presets/presets.json, pipelines/lora/presets.py)."""
 from __future__ import annotations
 
 import json
@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-import pipelines.lora_files as lora_files
-import pipelines.lora_presets as lora_presets
-from pipelines.lora_presets import (
+import pipelines.lora.files as lora_files
+import pipelines.lora.presets as lora_presets
+from pipelines.lora.presets import (
     available_presets,
     get_preset,
     load_presets,

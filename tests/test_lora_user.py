@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from pipelines.lora import AdapterSetting, Blend, LoraBlender
-from pipelines.lora_inspect import delta_norm, inspect_adapter
-from pipelines.lora_user import MAX_TENSORS, read_header, read_user_lora
+from pipelines.lora.inspector import delta_norm, inspect_adapter
+from pipelines.lora.user import MAX_TENSORS, read_header, read_user_lora
 from testkit.lora_factory import (
     ATTENTION_TARGETS, RESNET_TARGETS, loha_file, many_tiny_tensors, random_lora, raw_safetensors,
     save_diffusers_lora, save_kohya_lora, sdxl_like_kohya, write_safetensors,
@@ -243,7 +243,7 @@ def test_inspector_reports_ranks_alphas_kinds_and_block_heat(files):
 
 
 def test_store_evicts_the_least_recently_used_and_keeps_sessions_apart(files, pipe):
-    from pipelines.lora_user_store import UserAdapterStore
+    from pipelines.lora.user_store import UserAdapterStore
 
     blender = LoraBlender(make_pipe())
     store = UserAdapterStore(blender, max_adapters=2, max_bytes=2**30)

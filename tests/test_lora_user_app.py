@@ -124,7 +124,7 @@ def test_two_sessions_blend_concurrently_without_crossing(server, lora_paths):
 def test_lru_bound_and_unload_frees_the_weights(server, lora_paths):
     engine, url = server
     from labapp import lora_user_ui
-    from pipelines.lora_inspect import _layers
+    from pipelines.lora.inspector import _layers
 
     c = client(url)
     first = inspect(c, lora_paths[0])[0]

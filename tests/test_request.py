@@ -10,7 +10,7 @@ import torch
 
 from pipelines.fields import FieldError
 from pipelines.forward import snr
-from pipelines.lora_settings import Blend
+from pipelines.lora.settings import Blend
 from pipelines.request import GenerationRequest, RequestLimits, schedule_options
 
 LIMITS = RequestLimits(model="tiny-test", native_size=32, size_multiple=4, presets=("outline", "night"))

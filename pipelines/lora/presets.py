@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from .lora_files import (
+from .files import (
     REPO_ROOT,
     check_safetensors_header,
     hub_file,
@@ -27,7 +27,7 @@ from .lora_files import (
     local_source_path,
     refuse_unsafe_name,
 )
-from .lora_settings import check_weight
+from .settings import check_weight
 
 PRESETS_FILE = REPO_ROOT / "lora_presets" / "presets.json"
 _ID = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
@@ -132,7 +132,7 @@ def load_presets(path: str | Path | None = None, *, check_scheduler_hints: bool 
         raise ValueError(f"{file}: expected an object with a 'presets' list")
     names = None
     if check_scheduler_hints:
-        from .schedulers import scheduler_names
+        from ..schedulers import scheduler_names
 
         names = scheduler_names()
     presets = [_parse_entry(raw, i, file, names) for i, raw in enumerate(data["presets"])]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 SAFETENSORS_SUFFIX = ".safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]  # pipelines/lora/files.py -> the repository
 
 
 def hub_offline() -> bool:

@@ -37,7 +37,7 @@ def module_kind(component: str, name: str) -> str:
 
 def block_label(component: str, name: str, unet) -> str:
     """"down 0" ... "mid" ... "up 3" for the UNet's blocks; "outside" for conv_in/out, time embedding."""
-    from .lora import _unet_region
+    from .blender import _unet_region
 
     if component != "unet":
         return "text encoder"

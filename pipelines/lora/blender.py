@@ -16,8 +16,8 @@ Why not diffusers' ``set_adapters`` for the scales: in diffusers 0.42.1 its nest
 leave LoRA layers outside attentions (resnets, samplers) at an absolute 1.0 whatever the
 adapter's weight, skip blocks without attention silently, and raise IndexError on top-level
 layers such as conv_in. Here every peft layer gets its scale from the blend (see
-lora_settings.py) through peft's ``set_scale``; the active adapters of a layer run as one
-stacked LoRA, and a layer with none active runs its base module only (lora_layers.py). For
+settings.py) through peft's ``set_scale``; the active adapters of a layer run as one
+stacked LoRA, and a layer with none active runs its base module only (layers.py). For
 attention-only LoRAs the result equals diffusers' (exactly with ``stack_adapters=False``, to
 rounding with stacking; tests/test_lora_blend.py checks both).
 
@@ -44,10 +44,10 @@ from typing import Callable, Iterator
 
 import torch
 
-from . import lora_layers
-from .lora_files import check_safetensors_header, refuse_unsafe_name
-from .lora_presets import LoraPreset, preset_file
-from .lora_settings import AdapterSetting, Blend
+from . import layers as lora_layers
+from .files import check_safetensors_header, refuse_unsafe_name
+from .presets import LoraPreset, preset_file
+from .settings import AdapterSetting, Blend
 
 __all__ = ["AdapterSetting", "Blend", "BlendedPipeline", "LoadedAdapter", "LoraBlender", "LoraGrid", "lora_grid"]
 
@@ -122,7 +122,7 @@ class LoraBlender:
 
     def __init__(self, pipe, *, stack_adapters: bool = True, cached_blends: int = 4, dense_budget_mb: float = 128):
         """``stack_adapters``: run the active adapters of a layer as one stacked LoRA, or as one
-        dense weight ``W + B A`` (lora_layers.py; same sum up to rounding, much less overhead).
+        dense weight ``W + B A`` (layers.py; same sum up to rounding, much less overhead).
         False: peft's own one-pass-per-adapter path, bit-identical to diffusers' ``set_adapters``.
         ``cached_blends``: how many blends' layer weights to keep per component (switching back
         to one of them computes nothing). ``dense_budget_mb``: memory per cached blend and

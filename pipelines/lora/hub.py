@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .lora_files import refuse_unsafe_name
+from .files import refuse_unsafe_name
 
 HUB_ID = r"^(?P<repo>[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96})(?:/(?P<file>[\w./-]{1,200}))?$"
 DEFAULT_WEIGHT_NAMES = ("pytorch_lora_weights.safetensors",)
@@ -48,7 +48,7 @@ def resolve_hub_lora(hub_id: str, *, max_bytes: int, offline: bool | None = None
     from huggingface_hub import HfApi, hf_hub_download, snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
-    from .lora_files import hub_offline
+    from .files import hub_offline
 
     repo, filename = parse_hub_id(hub_id)
     offline = hub_offline() if offline is None else offline

@@ -1,7 +1,7 @@
 """What a multi-LoRA blend asks for: ``AdapterSetting`` and ``Blend``, validated on construction.
 
 Plain data, no torch: the app builds a ``Blend`` from its controls and hands it to
-``LoraBlender.apply`` (pipelines/lora.py), which turns it into peft scales.
+``LoraBlender.apply`` (pipelines/lora/blender.py), which turns it into peft scales.
 
 Semantics
 - ``weight`` scales the adapter's UNet layers, ``text_encoder_weight`` its text-encoder layers
@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from numbers import Real
 from typing import Iterable, Mapping, Sequence
 
-from . import fields
-from .fields import FieldError
+from .. import fields
+from ..fields import FieldError
 
 WEIGHT_RANGE = (-2.0, 2.0)
 SETTING_FIELDS = ("name", "weight", "text_encoder_weight", "block_weights", "step_range")

@@ -23,7 +23,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .lora_user import UserLoraFile, read_user_lora
+from .user import UserLoraFile, read_user_lora
 
 DEFAULT_MAX_ADAPTERS = 8
 DEFAULT_MAX_BYTES = 2 * 2**30  # 2 GiB of adapter weights on the server (8 rank-128 SD 1.5 LoRAs in fp32: ~1.2 GB)
@@ -161,7 +161,7 @@ class UserAdapterStore:
                 return name
 
     def _loaded_bytes(self, name: str) -> int:
-        from .lora_inspect import _layers
+        from .inspector import _layers
 
         total = 0
         for _, _, module in _layers(self.blender.pipe, name):

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import torch
 
-from .lora_files import refuse_unsafe_name
+from .files import refuse_unsafe_name
 
 MAX_HEADER_BYTES = 8 * 2**20  # an SD 1.x LoRA with every layer targeted has a ~100 kB header
 MAX_TENSORS = 4096  # a full SD 1.x LoCon (UNet + text encoder, down/up/alpha) has ~1,800
