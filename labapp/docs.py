@@ -63,8 +63,7 @@ LAB_INTROS = {
 
 # info= text for the jargon on the controls
 INFO = {
-    "guidance_scale": "w in eps = eps_u + w (eps_c - eps_u): 1 is the prompt-conditioned model alone, higher follows "
-                      "the prompt harder.",
+    "guidance_scale": "w: 1 = the prompt alone; higher follows it harder (CFG lab).",
     "guidance_rescale": "phi: rescales the guided prediction's std back toward the conditional one's (Lin et al. 2024), "
                         "against over-saturation at high w.",
     "apg_momentum": "beta: APG's running average of the guidance direction (negative values push away from the "

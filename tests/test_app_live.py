@@ -404,8 +404,10 @@ def test_phone_layout_result_first_tables_and_settings(browser, server):
     assert clipped == 0, clipped
     open_tab(page, "LoRA mixer")
     page.wait_for_timeout(800)
-    narrow = page.evaluate("""() => [...document.querySelectorAll('.wide-table td, .wide-table th')]
-        .filter(c => c.offsetParent !== null && c.getBoundingClientRect().width < 60).map(c => c.textContent)""")
+    cells = page.evaluate("""() => [...document.querySelectorAll('.wide-table td, .wide-table th')]
+        .filter(c => c.offsetParent !== null).map(c => [c.textContent, c.getBoundingClientRect().width])""")
+    assert len(cells) >= 8, cells  # the presets table is there (header + 3 presets, 4 columns)
+    narrow = [text for text, width in cells if width < 60]
     assert narrow == [], narrow  # no column squeezed to a letter per line
     shot(page, "lora-mixer-table-phone")
     assert page.errors == [], page.errors
