@@ -140,7 +140,8 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1, allow_model_switc
                                         info="Enter runs Generate; Shift+Enter starts a new line.")
                     negative_prompt = gr.Textbox(label="Negative prompt", value="", max_length=gen.check.MAX_PROMPT_CHARS)
                     with gr.Row():
-                        model = gr.Dropdown(models_ui.choices(engine.device == "cuda"), value=engine.model_id,
+                        model = gr.Dropdown(models_ui.choices(engine.device == "cuda", engine.model_id),
+                                            value=engine.model_id,
                                             label="Model", interactive=switchable, elem_id="model",
                                             info="Beside each name: why it may not load here. A failed switch "
                                                  "keeps the current model.")

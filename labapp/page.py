@@ -41,7 +41,8 @@ CSS = """
 @media (max-width: 700px) {
   .pixelated .grid-wrap .grid-container { grid-template-columns: repeat(auto-fill, minmax(96px, 1fr)); }
   .prose table td, .prose table th { white-space: nowrap; }
-  .prose table td { white-space: normal; min-width: 8em; }
+  .prose table td { white-space: normal; min-width: 6em; }
+  .wide-table td:nth-child(2) { min-width: 15em; }  /* the presets' descriptions: lines of words, not of letters */
   /* the result first: the final image and the status line above the two previews, which sit side by side */
   #results > #final-image { order: -2; }
   #results > #status { order: -1; }
