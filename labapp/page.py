@@ -30,7 +30,7 @@ CSS = """
 /* the explorer's frames: x_t and predicted x0 side by side, scaled up crisp */
 .explore-frames .frame { display: flex; gap: 12px; flex-wrap: wrap; }
 .explore-frames .frame[hidden] { display: none; }
-.explore-frames figure { margin: 0; flex: 1 1 160px; max-width: 260px; }
+.explore-frames figure { margin: 0; flex: 1 1 130px; max-width: 260px; }
 .explore-frames img { width: 100%; aspect-ratio: 1 / 1; object-fit: contain; image-rendering: pixelated;
                       border-radius: var(--radius-md); background: var(--block-background-fill); }
 .explore-frames figcaption { font-size: 0.85em; color: var(--body-text-color-subdued); text-align: center; }
