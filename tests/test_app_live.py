@@ -269,6 +269,22 @@ def test_a_bad_input_keeps_the_last_good_result(browser, server):
     page.close()
 
 
+def test_a_bad_generate_input_keeps_the_last_image(browser, server):
+    page = open_page(browser, server)
+    page.locator("#generate-btn").click()
+    page.get_by_text("Done:").wait_for(timeout=120_000)
+    before = page.locator("#final-image img").get_attribute("src")
+    page.get_by_text("LoRA blend", exact=True).click()
+    page.locator("#lora-blend textarea, #lora-blend input").first.fill("night:lots")
+    page.locator("#lora-chip").get_by_text("not applied").wait_for(timeout=30_000)
+    page.locator("#generate-btn").click()
+    page.locator("#status").get_by_text("Error").wait_for(timeout=60_000)  # said on the status line
+    page.wait_for_timeout(500)
+    assert page.locator("#final-image img").get_attribute("src") == before  # the last good image stays
+    assert page.locator("#final-image").get_by_text("Error").count() == 0
+    page.close()
+
+
 def slot(page, i):
     """(preset, UNet weight) shown by mixer slot ``i`` (1-based)."""
     name = page.locator(f"#slot-{i}-preset input").input_value()
