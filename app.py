@@ -13,6 +13,7 @@ import os
 from pipelines.models import EMBEDDED_MODEL, GPU_DEFAULT_MODEL, model_names
 
 MODEL_SWITCH_ENV = "DIFFUSION_LAB_MODEL_SWITCH"  # 1/0: let visitors switch the model (see --allow-model-switch)
+CLIP_GUIDANCE_ENV = "DIFFUSION_LAB_CLIP_GUIDANCE_MODEL"  # = pipelines.guidance_gradient.CLIP_GUIDANCE_ENV (no torch here)
 
 
 class _OneLineErrors(argparse.ArgumentParser):
@@ -38,6 +39,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--allow-model-switch", action=argparse.BooleanOptionalAction, default=None,
                         help=f"let visitors switch the model for everyone (default: off on a Space, on elsewhere; "
                              f"env {MODEL_SWITCH_ENV}=1/0)")
+    parser.add_argument("--clip-guidance-model", default=os.environ.get(CLIP_GUIDANCE_ENV), metavar="ID",
+                        help="CLIP checkpoint for CLIP guidance (guidance_method 'classifier' on models without a "
+                             "trained classifier), or 'none' (default: openai/clip-vit-base-patch32 for a Hub model "
+                             f"on CUDA, none on CPU and for {EMBEDDED_MODEL}; env {CLIP_GUIDANCE_ENV})")
     parser.add_argument("--no-warmup", dest="warmup", action="store_false",
                         help="skip the warm-up at start (one tiny generation and the LoRA presets loaded, a few seconds "
                              "on CPU, so the first visitor's Generate and LoRA grid are not the slow ones)")
@@ -57,6 +62,7 @@ from labapp import guidance_kinds, labs, lora_ui, models_ui, trace_store, trace_
 from labapp import validation as check  # noqa: E402
 from labapp import warmup  # noqa: E402
 from labapp import img2img as img2img_ui  # noqa: E402
+from labapp import inpaint as inpaint_ui  # noqa: E402
 from labapp import docs  # noqa: E402
 from labapp.docs import example_rows, header  # noqa: E402
 from labapp.page import CSS, EXPLORER_JS, KEYBOARD_JS, PLAY_JS  # noqa: E402
@@ -331,6 +337,7 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1, allow_model_switc
                 with gr.Column():
                     i2i_image = gr.Image(label="img2img result", height=200, elem_classes="pixelated", interactive=False)
                     i2i_info = gr.Markdown("")
+            inpaint_box = inpaint_ui.build(noise_image)  # issue 16: mask drawn or uploaded, two methods
             gr.Markdown("### The schedule flaw: what is left of the image above at t = T")
             with gr.Row():
                 snr_seeds = gr.Number(value=256, precision=0, minimum=16, maximum=2048, label="Noise seeds")
@@ -434,6 +441,8 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1, allow_model_switc
          .success(trace_views.step_slider_updates, trace, [explore_slider, cfg_step], api_visibility="private")
          .then(trace_views.explore_frames, [trace, explore_decoder], explore_frames, api_visibility="private", **gpu)
          .then(trace_views.explore_details, [trace, explore_slider], explore_outputs, api_visibility="private"))
+        inpaint_ui.wire(inpaint_box, noise_image, negative_prompt, scheduler, steps, guidance_scale, noise_seed, trace,
+                        [explore_slider, cfg_step], explore_outputs, [explore_slider, explore_decoder], explore_frames, gpu)
         snr_btn.click(img2img_ui.terminal_snr, [noise_image, snr_seeds, snr_block], [snr_gallery, snr_info],
                       api_name="terminal_snr", show_progress_on=snr_status)
 
@@ -495,7 +504,7 @@ def main(argv=None):
         # runs up to 2.5 s against a 0.26 s median in issue 22); one thread is as fast and steady.
         torch.set_num_threads(1)
     model_id, reason = eng.choose_model(args.model, torch.cuda.is_available())
-    engine = eng.load_engine(model_id, reason)
+    engine = eng.load_engine(model_id, reason, clip_guidance_model=args.clip_guidance_model)
     demo = build_demo(engine, allow_model_switch=args.allow_model_switch)
     if args.warmup:  # after build_demo (it installs the engine and the temp dir), before the page opens
         eng.log.info("Diffusion Lab: %s", warmup.warm_up(engine))

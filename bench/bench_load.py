@@ -68,7 +68,7 @@ def _instrument() -> None:
 def launch_app(model: str | None = None, concurrency_limit: int = 1):
     """(demo, url): the app on 127.0.0.1 with tiny components, or a registry model."""
     import app
-    from tests.app_server import free_port, tiny_engine
+    from testkit.app_server import free_port, tiny_engine
 
     if model:
         from labapp.engine import load_engine

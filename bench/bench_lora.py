@@ -55,7 +55,7 @@ def mid_size_pipeline() -> TracingStableDiffusionPipeline:
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from tests.tiny import make_tiny_components
+    from testkit.tiny import make_tiny_components
 
     parts = make_tiny_components()  # tokenizer, VAE (factor 2), DDIM scheduler
     tokenizer = parts["tokenizer"]
@@ -90,7 +90,7 @@ def lora_files(mid_size: bool) -> dict[str, str]:
         from pipelines.lora_presets import get_preset, preset_file
 
         return {name: str(preset_file(get_preset(name), offline=True)) for name in PRESETS}
-    from tests.lora_factory import random_lora, save_diffusers_lora
+    from testkit.lora_factory import random_lora, save_diffusers_lora
 
     unet = mid_size_pipeline().unet
     folder = tempfile.mkdtemp(prefix="bench-lora-")

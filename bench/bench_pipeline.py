@@ -26,66 +26,12 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from diffusers import (  # noqa: E402
-    AutoencoderKL,
-    DDIMScheduler,
-    StableDiffusionPipeline,
-    UNet2DConditionModel,
-)
-from transformers import CLIPTextConfig, CLIPTextModel  # noqa: E402
+from diffusers import StableDiffusionPipeline  # noqa: E402
 
 from pipelines import TracingStableDiffusionPipeline  # noqa: E402
+from testkit.components import midsize_components, sd15_components  # noqa: E402
 
-CONFIGS = os.path.join(ROOT, "bench", "configs", "sd15")
 PROMPT = "a red circle"
-
-
-def midsize_components(seed: int = 0) -> dict:
-    """Random mid-size SD-shaped components: UNet (64, 128, 128) ~6 M params, 8x8x4 latents."""
-    from tests.tiny import make_tiny_tokenizer
-
-    tokenizer = make_tiny_tokenizer()
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        block_out_channels=(64, 128, 128),
-        layers_per_block=1,
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=64,
-        attention_head_dim=8,
-    )
-    vae = AutoencoderKL(
-        block_out_channels=(32, 64),
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        latent_channels=4,
-        norm_num_groups=32,
-        sample_size=16,
-    )
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        hidden_size=64, intermediate_size=128, num_attention_heads=2, num_hidden_layers=2, vocab_size=len(tokenizer),
-        max_position_embeddings=tokenizer.model_max_length,
-    ))
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                              set_alpha_to_one=False, steps_offset=1)
-    return dict(unet=unet.eval(), vae=vae.eval(), text_encoder=text_encoder.eval(), tokenizer=tokenizer,
-                scheduler=scheduler, safety_checker=None, feature_extractor=None, image_encoder=None)
-
-
-def sd15_components(device: str, dtype: torch.dtype) -> dict:
-    """SD 1.5's architecture from bench/configs/sd15 with random weights (no download)."""
-    torch.manual_seed(0)
-    with torch.device(device):  # initialize on the device: 1 B parameters
-        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(os.path.join(CONFIGS, "unet")))
-        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(os.path.join(CONFIGS, "vae")))
-        text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(os.path.join(CONFIGS, "text_encoder")))
-    scheduler = DDIMScheduler.from_config(DDIMScheduler.load_config(os.path.join(CONFIGS, "scheduler")))
-    return dict(unet=unet.to(dtype).eval(), vae=vae.to(dtype).eval(), text_encoder=text_encoder.to(dtype).eval(),
-                tokenizer=None, scheduler=scheduler, safety_checker=None, feature_extractor=None, image_encoder=None)
 
 
 def main() -> None:

@@ -30,7 +30,6 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-SD15_CONFIGS = os.path.join(ROOT, "bench", "configs", "sd15")
 
 
 def write_images(folder: str, n: int, size: int, seed: int = 0) -> str:
@@ -44,33 +43,17 @@ def write_images(folder: str, n: int, size: int, seed: int = 0) -> str:
     return folder
 
 
-def save_tiny_model(folder: str) -> str:
-    from diffusers import StableDiffusionPipeline
-
-    from tests.tiny import make_tiny_components
-
-    components = make_tiny_components()
-    components.pop("image_encoder")
-    StableDiffusionPipeline(**components, requires_safety_checker=False).save_pretrained(folder)
-    return folder
-
-
 def save_sd15_random(folder: str) -> str:
-    """SD 1.5's architecture (bench/configs/sd15) with random weights; a small BPE tokenizer stands in
+    """SD 1.5's architecture (testkit/configs/sd15) with random weights; a small BPE tokenizer stands in
     for CLIP's vocabulary (no download), its ids fit the 49408-entry embedding."""
-    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from diffusers import DDPMScheduler, StableDiffusionPipeline
 
-    from tests.tiny import make_tiny_tokenizer
+    from testkit.components import sd15_components
+    from testkit.tiny import make_tiny_tokenizer
 
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(os.path.join(SD15_CONFIGS, "unet")))
-    vae = AutoencoderKL.from_config(AutoencoderKL.load_config(os.path.join(SD15_CONFIGS, "vae")))
-    text_encoder = CLIPTextModel(CLIPTextConfig.from_pretrained(os.path.join(SD15_CONFIGS, "text_encoder")))
-    scheduler = DDPMScheduler.from_config(DDPMScheduler.load_config(os.path.join(SD15_CONFIGS, "scheduler")))
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=make_tiny_tokenizer(max_length=77),
-                                   unet=unet, scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+    parts = sd15_components(tokenizer=make_tiny_tokenizer(max_length=77), scheduler_cls=DDPMScheduler)
+    parts.pop("image_encoder")
+    pipe = StableDiffusionPipeline(**parts, requires_safety_checker=False)
     pipe.save_pretrained(folder)
     return folder
 
@@ -113,6 +96,8 @@ def main() -> None:
         resolution = unet_cfg["sample_size"] * 2 ** (len(vae_cfg["block_out_channels"]) - 1)
         precision = ["--mixed_precision", "no"]
     else:
+        from testkit.tiny import save_tiny_model
+
         model, label, resolution = save_tiny_model(os.path.join(work, "tiny")), "tiny test components", 16
         precision = ["--mixed_precision", "no"]
     steps = args.steps or (20 if args.sd15_gpu else 30)

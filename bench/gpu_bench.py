@@ -1,7 +1,7 @@
 """GPU benchmark, one prepared script: full-size SD 1.5 architecture with random weights, fp16, 512x512.
 
 No download: UNet (860M-class), VAE and CLIP ViT-L text encoder are built from the configs in
-bench/configs/sd15/, the tokenizer from local BPE files (shapesworld.tokenizer). Measured side by
+testkit/configs/sd15/, the tokenizer from local BPE files (shapesworld.tokenizer). Measured side by
 side in one run, each figure the median of interleaved repeats after a warm-up:
 
 1. generation, 25 DDIM steps, CFG 7.5, batch 1: diffusers' StableDiffusionPipeline vs ours
@@ -38,7 +38,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-CONFIGS = os.path.join(ROOT, "bench", "configs", "sd15")
 SECTION = "GPU"
 PROMPT = "a photo of a red circle on a light background"
 TOKENIZER_WORDS = ["a", "photo", "of", "red", "circle", "on", "light", "background", "cat", "dog", "blue", "square"]
@@ -58,26 +57,14 @@ def local_tokenizer(max_length: int):
 
 def sd15_components(device: torch.device, dtype: torch.dtype) -> dict:
     """SD 1.5 shapes, random weights, created directly on ``device`` (an 860M UNet inits in seconds there)."""
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from testkit.components import sd15_components as random_sd15
 
-    tokenizer = local_tokenizer(77)
-    te_config = CLIPTextConfig.from_json_file(os.path.join(CONFIGS, "text_encoder", "config.json"))
-    # the local tokenizer's special ids, so pooling and padding see real tokens
-    te_config.bos_token_id, te_config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
-    te_config.pad_token_id = tokenizer.pad_token_id
-    torch.manual_seed(0)
-    with torch.device(device):
-        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(os.path.join(CONFIGS, "unet")))
-        vae = AutoencoderKL.from_config(AutoencoderKL.load_config(os.path.join(CONFIGS, "vae")))
-        text_encoder = CLIPTextModel(te_config)
-    scheduler = DDIMScheduler.from_config(DDIMScheduler.load_config(os.path.join(CONFIGS, "scheduler")))
-    return {"unet": unet.to(dtype).eval(), "vae": vae.to(dtype).eval(), "text_encoder": text_encoder.to(dtype).eval(),
-            "tokenizer": tokenizer, "scheduler": scheduler}
+    parts = random_sd15(device, dtype, tokenizer=local_tokenizer(77))
+    return {k: parts[k] for k in ("unet", "vae", "text_encoder", "tokenizer", "scheduler")}
 
 
 def tiny_components(device: torch.device, dtype: torch.dtype) -> dict:
-    from tests.tiny import make_tiny_components
+    from testkit.tiny import make_tiny_components
 
     parts = make_tiny_components()
     return {k: (v.to(device, dtype) if isinstance(v, torch.nn.Module) else v) for k, v in parts.items()
@@ -155,7 +142,7 @@ def bench_generation(theirs, ours, size, steps, repeats, device) -> dict:
 
 def bench_lora(ours, size, steps, repeats, device, rank: int) -> dict:
     from pipelines.lora import Blend, LoraBlender
-    from tests.lora_factory import random_lora, save_diffusers_lora
+    from testkit.lora_factory import random_lora, save_diffusers_lora
 
     blender = LoraBlender(ours)
     folder = tempfile.mkdtemp(prefix="bench-lora-")
@@ -260,7 +247,7 @@ def markdown(report: dict) -> str:
     ]
     rows += [f"| peak memory, {k} | {v} GiB |" for k, v in mem.items()]
     return (f"Command: `{report['command']}`\nMachine: {report['machine']}; {report['mode']} mode, {report['dtype']}, "
-            f"random weights ({'bench/configs/sd15' if report['mode'] == 'full' else 'tests/tiny.py'}; UNet {report['unet_params_m']:.1f} M params), DDIM, CFG 7.5, "
+            f"random weights ({'testkit/configs/sd15' if report['mode'] == 'full' else 'testkit/tiny.py'}; UNet {report['unet_params_m']:.1f} M params), DDIM, CFG 7.5, "
             f"batch 1; medians of {report['repeats']} interleaved repeats after a warm-up.\n\n" + "\n".join(rows))
 
 

@@ -2,7 +2,7 @@
 
 The handlers never touch the pipeline directly. They call the module-level functions below
 (``stream_generation``, ``generate_batch``, ``decode_latents``, ``forward_noise_latents``,
-``img2img_run``),
+``img2img_run``, ``inpaint_run``),
 which are the app's GPU functions: on a ZeroGPU Space ``@spaces.GPU`` runs them in a worker
 with the GPU attached for a duration that follows the requested work (steps x images); anywhere
 else the decorator is a no-op. They take only picklable arguments (ZeroGPU pickles them) and
@@ -11,6 +11,7 @@ reach the model through ``current()``, the engine the app was built with.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -22,13 +23,14 @@ import spaces
 import torch
 
 from pipelines.forward import encode_image, q_sample
-from pipelines.guidance import APGParams, CFGZeroParams, GuidanceConfig, PerpNegParams
+from pipelines.guidance_gradient import DEFAULT_SPACE_CLIP_MODEL, ClipGuide
 from pipelines.img2img import SDEditStart
+from pipelines.inpaint import InpaintStart, region_errors
+from pipelines.lora_settings import Blend
 from pipelines.models import EMBEDDED_MODEL, GPU_DEFAULT_MODEL, load_pipeline, model_family, model_names, model_spec
 from pipelines.previews import PreviewChoice, decode_preview, preview_choice_for
+from pipelines.request import GenerationRequest, RequestLimits
 from pipelines.schedulers import make_scheduler, scheduler_names
-
-from .metadata import GenerationSettings
 
 log = logging.getLogger("diffusion_lab")
 
@@ -39,6 +41,9 @@ EMBEDDED_DIR = os.path.join(ROOT, "models", EMBEDDED_MODEL)
 # loading, encoding and decoding. Generous on purpose: a task killed at its limit shows nothing.
 GPU_SECONDS_PER_STEP_IMAGE = 0.12
 GPU_SECONDS_OVERHEAD = 15
+# A CLIP-guided step also runs the UNet with a backward pass, the VAE decoder forward and backward
+# at full size, and CLIP: counted as this many plain steps (an estimate, not measured on a GPU).
+CLIP_GUIDANCE_GPU_FACTOR = 6
 # Work one request may ask for, in model calls (one UNet evaluation of one image in one guidance
 # branch): the largest single /generate, 150 steps x 2 calls per step (second-order samplers) x
 # 4 images x 3 branches (Perp-Neg) = 3600. No lab request may hold the pipeline slot longer than
@@ -57,6 +62,7 @@ class Engine:
     family: str = ""  # base-model family, for LoRA presets ("tiny-shapes", "sd15", ...)
     blender: object | None = None  # pipelines.lora.LoraBlender
     previews: PreviewChoice | None = None  # decoders this model offers and the one it streams with
+    clip_request: str | None = None  # --clip-guidance-model as asked (None: the default), kept across switches
     lock: threading.RLock = field(default_factory=threading.RLock)
 
     @property
@@ -88,6 +94,11 @@ class Engine:
             return "DDIM", 20, 7.5
         return spec.default_scheduler, spec.default_steps, spec.default_guidance
 
+    def limits(self) -> RequestLimits:
+        """What a request may ask of this model (sizes, LoRA presets), for GenerationRequest.from_form."""
+        return RequestLimits(model=self.model_id, native_size=self.native_size, size_multiple=self.vae_scale_factor,
+                             presets=tuple(p.id for p in self.lora_presets()))
+
     def lora_presets(self) -> list:
         """The LoRA presets of this model's family whose weights are on disk (or cached)."""
         if self.blender is None:
@@ -106,24 +117,22 @@ class Engine:
                     self.blender.load_preset(get_preset(name), family=self.family)
 
     @contextlib.contextmanager
-    def pipeline(self, lora: list[dict] | None = None):
+    def pipeline(self, blend: Blend | None = None):
         """The pipeline, with the requested LoRA blend applied for the duration of the block.
 
         peft's set_adapters is global pipeline state (peft issue 804): with a blender every call
         goes through ``blender.apply`` (its lock serializes blends; no LoRA = Blend()).
         """
-        if self.blender is None or (not lora and not self.blender.adapters):
+        blend = blend or Blend()
+        if self.blender is None or (not blend.adapters and not self.blender.adapters):
             # nothing loaded, nothing to switch off: no lock, so plain requests run concurrently
-            if lora:
-                raise ValueError(f"lora={lora!r}: this model has no LoRA support")
+            if blend.adapters:
+                raise ValueError(f"lora={blend.to_list()!r}: this model has no LoRA support")
             yield self.pipe
             return
-        from pipelines.lora import AdapterSetting, Blend
-
-        settings = tuple(AdapterSetting(**a) for a in lora or [])
         # the cheapest exact path: fused (merge + exact restore, a few ms a request) unless an
         # adapter is gated by steps, which needs unfused layers; BlendedPipeline.lora_path says which
-        blend = Blend(settings, fuse=not any(not s.full_range for s in settings))
+        blend = dataclasses.replace(blend, fuse=not blend.has_step_ranges)
         self._load_adapters(blend.names)
         with self.blender.apply(blend) as pipe:
             yield pipe
@@ -160,17 +169,49 @@ def model_choices() -> list[str]:
     return model_names()
 
 
-def load_engine(model_id: str, reason: str, device: str | None = None) -> Engine:
+def load_engine(model_id: str, reason: str, device: str | None = None, clip_guidance_model: str | None = None) -> Engine:
+    """``clip_guidance_model``: the CLIP checkpoint for CLIP guidance (``choose_clip_guide``)."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = torch.float16 if device == "cuda" else torch.float32
     pipe = load_pipeline(model_id, device=device, dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
     family = _family(model_id)
     previews = preview_choice_for(pipe)
+    clip_id = choose_clip_guide(clip_guidance_model, model_id, device)
+    pipe.clip_guide = _load_clip_guide(clip_id, device, dtype)
+    clip_note = f"; CLIP guidance: {clip_id}" if pipe.clip_guide is not None else ""
     # one line for the model (the page header says the same, with the preview decoder's reason)
-    log.info("Diffusion Lab: loaded model %r on %s (%s); previews: %s", model_id, device, reason, previews.default)
+    log.info("Diffusion Lab: loaded model %r on %s (%s); previews: %s%s", model_id, device, reason, previews.default,
+             clip_note)
     return Engine(pipe=pipe, model_id=model_id, reason=reason, device=device, family=family, blender=_make_blender(pipe),
-                  previews=previews)
+                  previews=previews, clip_request=clip_guidance_model)
+
+
+def choose_clip_guide(requested: str | None, model_id: str, device: str) -> str | None:
+    """The CLIP checkpoint for CLIP guidance (the ``classifier`` methods on a model without a
+    trained classifier; pipelines/guidance_gradient.py), or None. ``requested`` (the app's
+    --clip-guidance-model or its env var) wins; "none" / "off" / "" turn it off. Unset: a Hub
+    model on CUDA (SD 1.5 on the Space) gets DEFAULT_SPACE_CLIP_MODEL; the embedded model (it
+    ships a classifier) and CPU runs get none."""
+    if requested is not None:
+        return None if requested.strip().lower() in ("", "none", "off") else requested.strip()
+    try:
+        local = model_spec(model_id).local
+    except ValueError:
+        local = True  # injected components: nothing to download for them
+    return DEFAULT_SPACE_CLIP_MODEL if device == "cuda" and not local else None
+
+
+def _load_clip_guide(clip_id: str | None, device: str, dtype):
+    """The ClipGuide, or None; a CLIP model that cannot be loaded (offline, a wrong id) leaves the
+    app serving without it (CLIP guidance is then refused, naming what is missing)."""
+    if clip_id is None:
+        return None
+    try:
+        return ClipGuide.from_pretrained(clip_id, device=device, dtype=dtype)
+    except Exception as error:
+        log.warning("CLIP guidance off: clip_guidance_model=%r could not be loaded (%s)", clip_id, error)
+        return None
 
 
 def engine_from_pipe(pipe, model_id: str = "tiny-test", reason: str = "injected pipeline", family: str | None = None) -> Engine:
@@ -196,79 +237,45 @@ def _make_blender(pipe):
         return None
 
 
-# ------------------------------------------------------------------------------ call arguments
-
-
-def guidance_config(s: GenerationSettings) -> GuidanceConfig:
-    return GuidanceConfig(
-        method=s.guidance_method,
-        rescale=s.guidance_rescale,
-        schedule=s.guidance_schedule,
-        interval=tuple(s.guidance_interval) if s.guidance_interval else None,
-        interval_space="fraction",
-        apg=APGParams(momentum=s.apg_momentum, norm_threshold=s.apg_norm_threshold, eta=s.apg_eta),
-        cfgzero=CFGZeroParams(zero_init_steps=int(s.cfg_zero_init_steps)),
-        perpneg=PerpNegParams(negative_scale=s.perp_neg_scale),
-        classifier_scale=float(s.classifier_scale),
-    )
-
-
-def scheduler_options(s: GenerationSettings) -> dict:
-    options = {}
-    if s.timestep_spacing != "model default":
-        options["timestep_spacing"] = s.timestep_spacing
-    if s.sigmas != "default":
-        options["sigmas"] = s.sigmas
-    return options
-
-
-def call_kwargs(s: GenerationSettings) -> dict:
-    device = current().device
-    generator = torch.Generator(device="cpu" if device == "mps" else device).manual_seed(int(s.seed))
-    return dict(
-        prompt=s.prompt,
-        negative_prompt=s.negative_prompt or None,
-        num_inference_steps=int(s.steps),
-        guidance_scale=float(s.guidance_scale),
-        guidance=guidance_config(s),
-        height=int(s.height),
-        width=int(s.width),
-        num_images_per_prompt=int(s.num_images),
-        generator=generator,
-        scheduler=s.scheduler,
-        scheduler_options=scheduler_options(s),
-    )
+# ------------------------------------------------------------------------------ work per request
 
 
 def _gpu_seconds(step_images: int) -> int:
     return int(GPU_SECONDS_OVERHEAD + GPU_SECONDS_PER_STEP_IMAGE * step_images)
 
 
-# ------------------------------------------------------------------------------ work per request
-
-
-def job_images(s: GenerationSettings) -> int:
+def job_images(s: GenerationRequest) -> int:
     """Images one job makes: a list prompt (the sweep's adherence batch) is one image per prompt."""
-    prompts = len(s.prompt) if isinstance(s.prompt, (list, tuple)) else 1
-    return prompts * int(s.num_images)
+    return s.num_prompts * s.num_images
 
 
-def job_branches(s: GenerationSettings) -> int:
-    """UNet branches per image and call: 1 without guidance, 2 with CFG, 3 with Perp-Neg."""
+def job_branches(s: GenerationRequest) -> int:
+    """UNet branches per image and call: 1 without guidance, 2 with CFG, 3 with Perp-Neg; CLIP
+    guidance adds its own UNet call (with a backward pass) for the predicted x0."""
     from pipelines.guidance import Guider
 
-    config = guidance_config(s).resolved(float(s.guidance_scale), float(s.guidance_rescale))
-    return Guider(config, enabled=config.peak_scale() > 1.0).num_branches
+    config = s.guidance.resolved(float(s.guidance_scale), 0.0)
+    return Guider(config, enabled=config.peak_scale() > 1.0).num_branches + int(uses_clip_guidance(s))
 
 
-def job_calls(s: GenerationSettings) -> int:
+def uses_clip_guidance(s: GenerationRequest) -> bool:
+    """Whether ``s`` runs CLIP guidance: a classifier method on a model with a CLIP guide and no
+    trained classifier (the pipeline's own choice, pipelines/guidance_gradient.GradientGuide)."""
+    from pipelines.guidance import CLASSIFIER_METHODS
+
+    pipe = current().pipe
+    return (s.guidance.method in CLASSIFIER_METHODS and getattr(pipe, "classifier", None) is None
+            and getattr(pipe, "clip_guide", None) is not None)
+
+
+def job_calls(s: GenerationRequest) -> int:
     """Scheduler model calls for ``s.steps`` (second-order samplers call the model twice a step)."""
     from pipelines.schedulers import sampling_schedule
 
-    return int(sampling_schedule(s.scheduler, current().scheduler_config, int(s.steps), **scheduler_options(s))["num_model_calls"])
+    return int(sampling_schedule(s.scheduler, current().scheduler_config, s.steps, **s.scheduler_options)["num_model_calls"])
 
 
-def request_cost(jobs: list[GenerationSettings], columns: int = 1) -> int:
+def request_cost(jobs: list[GenerationRequest], columns: int = 1) -> int:
     """Model calls of a request: calls x images x branches, summed over its jobs (x ``columns``
     for the LoRA grid, which runs each job once per column)."""
     return sum(job_calls(j) * job_images(j) * job_branches(j) for j in jobs) * columns
@@ -277,9 +284,10 @@ def request_cost(jobs: list[GenerationSettings], columns: int = 1) -> int:
 # ------------------------------------------------------------------------------ GPU functions
 
 
-def _generation_duration(settings: GenerationSettings, preview_every: int = 0, preview_decoder: str = "linear") -> int:
+def _generation_duration(settings: GenerationRequest, preview_every: int = 0, preview_decoder: str = "linear") -> int:
     previews = 0 if not preview_every else settings.steps // max(1, preview_every) + 1
-    return _gpu_seconds((job_calls(settings) + previews) * job_images(settings))
+    calls = job_calls(settings) * (CLIP_GUIDANCE_GPU_FACTOR if uses_clip_guidance(settings) else 1)
+    return _gpu_seconds((calls + previews) * job_images(settings))
 
 
 class _Cancelled(Exception):
@@ -287,7 +295,7 @@ class _Cancelled(Exception):
 
 
 @spaces.GPU(duration=_generation_duration)
-def stream_generation(settings: GenerationSettings, preview_every: int = 0, preview_decoder: str = "linear"):
+def stream_generation(settings: GenerationRequest, preview_every: int = 0, preview_decoder: str = "linear"):
     """Yields one StepRecord per step (record='full'), then the TracingPipelineOutput.
 
     The pipeline runs in a thread of its own that holds ``engine.pipeline(...)`` (and so the
@@ -306,8 +314,8 @@ def stream_generation(settings: GenerationSettings, preview_every: int = 0, prev
 
     def produce():
         try:
-            with engine.pipeline(settings.lora) as pipe:
-                for item in pipe.iter_steps(**call_kwargs(settings), record="full", preview_every=int(preview_every),
+            with engine.pipeline(settings.blend) as pipe:
+                for item in pipe.iter_steps(**settings.call_kwargs(engine.device), record="full", preview_every=int(preview_every),
                                             preview_decoder=preview_decoder, preview_targets=("x_t", "x0_guided"),
                                             step_callback=check_stop):
                     records.put(item)
@@ -330,19 +338,19 @@ def stream_generation(settings: GenerationSettings, preview_every: int = 0, prev
         worker.join(timeout=60)  # ends at its next step; a thread left running can abort the interpreter at exit
 
 
-def _batch_duration(jobs: list[GenerationSettings], record: str = "off") -> int:
+def _batch_duration(jobs: list[GenerationRequest], record: str = "off") -> int:
     # every image counts: the sweep's adherence jobs make one image per prompt (this counted 1)
     return _gpu_seconds(sum(job_calls(j) * job_images(j) for j in jobs))
 
 
 @spaces.GPU(duration=_batch_duration)
-def generate_batch(jobs: list[GenerationSettings], record: str = "off") -> list:
+def generate_batch(jobs: list[GenerationRequest], record: str = "off") -> list:
     """Runs every job to the end; returns their TracingPipelineOutputs (trace when recording)."""
     engine = current()
     outputs = []
     for job in jobs:
-        with engine.pipeline(job.lora) as pipe:
-            outputs.append(pipe(**call_kwargs(job), record=record))
+        with engine.pipeline(job.blend) as pipe:
+            outputs.append(pipe(**job.call_kwargs(engine.device), record=record))
     return outputs
 
 
@@ -377,31 +385,53 @@ def forward_noise_latents(image: torch.Tensor, timestep: int, seed: int) -> dict
     return {"z0": z0, "z_t": z_t, "x_t_pixels": x_t}
 
 
-def _img2img_duration(settings: GenerationSettings, image: torch.Tensor, strength: float) -> int:
+def _img2img_duration(settings: GenerationRequest, image: torch.Tensor, strength: float) -> int:
     return _gpu_seconds(math.ceil(settings.steps * strength) * settings.num_images)
 
 
 @spaces.GPU(duration=_img2img_duration)
-def img2img_run(settings: GenerationSettings, image: torch.Tensor, strength: float):
+def img2img_run(settings: GenerationRequest, image: torch.Tensor, strength: float):
     """img2img (SDEdit, pipelines/img2img.py), record='full': ``image`` (1, 3, H, W) in [-1, 1] at
     the settings' size, noised to t ~ strength x T, denoised on the grid's tail."""
-    with current().pipeline(settings.lora) as pipe:
-        return pipe(**call_kwargs(settings), start=SDEditStart(image, strength), record="full")
+    engine = current()
+    with engine.pipeline(settings.blend) as pipe:
+        return pipe(**settings.call_kwargs(engine.device), start=SDEditStart(image, strength), record="full")
 
 
-def _grid_duration(settings: GenerationSettings) -> int:
-    return _gpu_seconds(job_calls(settings) * (len(settings.lora) + 2))
+def _inpaint_duration(settings: GenerationRequest, image, mask, strength: float, method=None) -> int:
+    return _img2img_duration(settings, image, strength)
+
+
+@spaces.GPU(duration=_inpaint_duration)
+def inpaint_run(settings: GenerationRequest, image: torch.Tensor, mask: torch.Tensor, strength: float,
+                method: str | None = None) -> dict:
+    """Inpainting (pipelines/inpaint.py), record='full': ``image`` (1, 3, H, W) in [-1, 1] and ``mask``
+    (1, 1, H, W) in {0, 1} (1 = regenerate) at the settings' size. Returns the output, the method
+    run, the latent mask and the per-step known / unknown x0 errors (``region_errors``)."""
+    start = InpaintStart(image, mask, strength, method)
+    engine = current()
+    with engine.pipeline(settings.blend) as pipe:
+        output = pipe(**settings.call_kwargs(engine.device), start=start, record="full")
+        if start.z0 is None:  # the 9-channel method at strength 1 never encodes the image
+            with torch.no_grad():
+                start.z0 = encode_image(pipe, image, sample=False)
+    return {"output": output, "method": start.method, "mask_latent": start.mask_latent[:1].cpu(),
+            "regions": region_errors(output.trace, start)}
+
+
+def _grid_duration(settings: GenerationRequest) -> int:
+    return _gpu_seconds(job_calls(settings) * (len(settings.blend.adapters) + 2))
 
 
 @spaces.GPU(duration=_grid_duration)
-def lora_grid_images(settings: GenerationSettings) -> tuple[list[str], list]:
+def lora_grid_images(settings: GenerationRequest) -> tuple[list[str], list]:
     """pipelines.lora.lora_grid: none / each adapter alone / the blend, one seed. (columns, images)"""
-    from pipelines.lora import AdapterSetting, Blend, lora_grid
+    from pipelines.lora import lora_grid
 
     engine = current()
-    blend = Blend(tuple(AdapterSetting(**a) for a in settings.lora))
+    blend = settings.blend
     engine._load_adapters(blend.names)
-    kwargs = call_kwargs(settings)
+    kwargs = settings.call_kwargs(engine.device)
     for key in ("prompt", "generator", "num_images_per_prompt"):
         kwargs.pop(key)
     grid = lora_grid(engine.blender, settings.prompt, blend, seed=settings.seed, **kwargs)

@@ -40,10 +40,7 @@ predictions, $\tilde\varepsilon = \varepsilon(x_t, \varnothing) + w\,(\varepsilo
 
 
 def _run(kind, prompts, seeds, targets=None, mentioned=None, **kwargs):
-    try:
-        return eng.measure_guidance_kind(kind, prompts, seeds, targets, mentioned, **kwargs)
-    except ValueError as error:
-        raise gr.Error(str(error), title="Invalid settings") from None
+    return eng.measure_guidance_kind(kind, prompts, seeds, targets, mentioned, **kwargs)
 
 
 def _adherence_figure(cg_scales, cfg_scales, curves: dict, guidance_scale: float, n_prompts: int) -> Figure:
@@ -79,6 +76,7 @@ def _probability_figure(traces: dict) -> Figure:
     return fig
 
 
+@check.gradio_errors
 def compare_guidance_kinds(prompt="a red circle", seed=0, steps=25, scheduler="DDIM", guidance_scale=3.0,
                            cfg_scales="1, 1.5, 3, 5", classifier_scales="0, 2, 4, 8, 16",
                            classifier_scale=DEFAULT_CLASSIFIER_SCALE, adherence_prompts=8, heat_step=0.5):
@@ -90,7 +88,9 @@ def compare_guidance_kinds(prompt="a red circle", seed=0, steps=25, scheduler="D
     engine = eng.current()
     if getattr(engine.pipe, "classifier", None) is None:
         raise gr.Error(f"model {engine.model_id!r} has no noise-aware classifier (the embedded tiny-shapes model ships "
-                       "one in models/tiny-shapes/classifier/): classifier guidance is not available", title="No classifier")
+                       "one in models/tiny-shapes/classifier/): this comparison reads the shapes classifier and its "
+                       "scorer, so it is not available. CLIP guidance (guidance_method 'classifier' with "
+                       "--clip-guidance-model) still works on Generate and /generate", title="No classifier")
     prompt = check.text("prompt", prompt, required=True)
     seed = check.integer("seed", seed, 0, check.MAX_SEED)
     steps = check.integer("steps", steps, 2, MAX_STEPS)

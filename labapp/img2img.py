@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import time
 
-import gradio as gr
-
 from . import engine as eng
 from . import trace_store
 from . import validation as check
-from .generate import build_settings
+from .generate import build_request
 from .images import pil_to_tensor, upscale
 from .uploads import read_image
 
@@ -38,6 +36,7 @@ def check_strength(strength, steps: int) -> float:
     return value
 
 
+@check.gradio_errors
 def img2img(image, prompt="", negative_prompt="", strength=0.6, scheduler="DDIM", steps=20, guidance_scale=7.5,
             seed=0):
     """Noise ``image`` to t ~ strength x T and denoise it with ``prompt`` (SDEdit).
@@ -48,14 +47,11 @@ def img2img(image, prompt="", negative_prompt="", strength=0.6, scheduler="DDIM"
     engine = eng.current()
     native = engine.native_size
     image = check_image("image", image, engine.vae_scale_factor)
-    settings = build_settings(engine, prompt=prompt, negative_prompt=negative_prompt, scheduler=scheduler,
-                              steps=steps, guidance_scale=guidance_scale, seed=seed, width=native, height=native)
+    settings = build_request(engine, prompt=prompt, negative_prompt=negative_prompt, scheduler=scheduler,
+                             steps=steps, guidance_scale=guidance_scale, seed=seed)
     strength = check_strength(strength, settings.steps)
     started = time.perf_counter()
-    try:
-        output = eng.img2img_run(settings, pil_to_tensor(image, native), strength)
-    except ValueError as error:
-        raise gr.Error(str(error), title="Invalid settings") from None
+    output = eng.img2img_run(settings, pil_to_tensor(image, native), strength)
     records = output.trace or []
     calls = records[-1].model_calls if records else 0
     first = f"t = {records[0].timestep:.0f}" if records else "-"
@@ -72,6 +68,7 @@ MAX_SNR_SEEDS = 2048
 SNR_SIZE = 64  # analysis resolution (pixels): blocks of 8 leave an 8 x 8 layout
 
 
+@check.gradio_errors
 def terminal_snr(image, seeds=256, block=8):
     """x_T under SD 1.5's scaled-linear schedule and under zero terminal SNR (Lin et al. 2024), side by
     side, for ``image`` (pixel space, center-cropped to 64 px): the residual sqrt(alpha_bar_T) x0,

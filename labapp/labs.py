@@ -8,12 +8,13 @@ from PIL import Image
 
 from pipelines.forward import snr
 from pipelines.guidance import GUIDANCE_METHODS
-from pipelines.schedulers import SIGMA_KINDS, sampling_schedule, training_schedule
+from pipelines.request import schedule_options
+from pipelines.schedulers import sampling_schedule, training_schedule
 
 from . import engine as eng
 from . import plots
 from . import validation as check
-from .generate import GUIDANCE_RANGE, MAX_STEPS, SPACINGS, build_settings, parse_lora
+from .generate import GUIDANCE_RANGE, MAX_STEPS, build_request
 from .images import pil_to_tensor, strip, tensor_to_pil, upscale
 from .uploads import read_image
 
@@ -23,34 +24,24 @@ TRAJECTORY_FRAMES = 6
 MAX_SAMPLE_INDEX = 1_000_000
 
 
-def _settings(**kwargs):
-    engine = eng.current()
-    native = engine.native_size
-    return build_settings(engine, width=native, height=native, **kwargs)
+def _settings(**form):
+    """A request at the model's native size (``form``: /generate's fields by name)."""
+    return build_request(eng.current(), **form)
 
 
 def within_budget(endpoint: str, jobs, columns: int = 1, hint: str = "fewer steps") -> None:
     """Refuse a request whose work exceeds engine.MODEL_CALL_BUDGET, before anything runs."""
-    try:
-        cost = eng.request_cost(jobs, columns)
-    except ValueError as error:
-        raise gr.Error(str(error), title="Invalid settings") from None
+    cost = eng.request_cost(jobs, columns)
     if cost > eng.MODEL_CALL_BUDGET:
         raise gr.Error(f"{endpoint}: this request needs {cost} model calls (steps x calls per step x images x "
                        f"guidance branches); the budget is {eng.MODEL_CALL_BUDGET} model calls per request "
                        f"(MODEL_CALL_BUDGET, the largest single /generate). Use {hint}.", title="Too much work for one request")
 
 
-def _run(jobs, record="off"):
-    try:
-        return eng.generate_batch(jobs, record)
-    except ValueError as error:
-        raise gr.Error(str(error), title="Invalid settings") from None
-
-
 # ------------------------------------------------------------------------------ CFG lab
 
 
+@check.gradio_errors
 def cfg_sweep(prompt, negative_prompt, scales, seed, steps, scheduler, adherence_prompts=8):
     """One seed at several guidance scales (a grid); with the embedded model, also the scorer's
     prompt-adherence accuracy per scale over `adherence_prompts` shapes-world prompts."""
@@ -65,12 +56,11 @@ def cfg_sweep(prompt, negative_prompt, scales, seed, steps, scheduler, adherence
 
         samples = [sample(10_000 + i, empty_prob=0.0) for i in range(n_prompts)]
         captions = [full_caption(s.attributes) for s in samples]
+        # one batch per scale, one generator: image i gets the same noise at every w
         adherence_jobs = [_settings(prompt="x", negative_prompt="", scheduler=scheduler, steps=steps, guidance_scale=w,
-                                    seed=seed) for w in scales]
-        for job in adherence_jobs:
-            job.prompt = captions  # one batch per scale, one generator: image i gets the same noise at every w
+                                    seed=seed).replace(prompt=captions) for w in scales]
     within_budget("cfg_sweep", jobs + adherence_jobs, hint="fewer scales, steps or adherence prompts")
-    grid = [(upscale(out.images[0], GRID_SIZE), f"w = {w:g}") for w, out in zip(scales, _run(jobs))]
+    grid = [(upscale(out.images[0], GRID_SIZE), f"w = {w:g}") for w, out in zip(scales, eng.generate_batch(jobs))]
     if not adherence_jobs:
         why = "the scorer reads shapes-world images: load the embedded model" if not engine.is_embedded else "0 prompts asked"
         return grid, None, f"Adherence curve skipped ({why})."
@@ -79,7 +69,7 @@ def cfg_sweep(prompt, negative_prompt, scales, seed, steps, scheduler, adherence
 
     accuracy: dict[str, list[float]] = {}
     rows = []
-    for w, out in zip(scales, _run(adherence_jobs)):
+    for w, out in zip(scales, eng.generate_batch(adherence_jobs)):
         acc = adherence([score_image(im) for im in out.images], [s.attributes for s in samples])
         for key in ("shape", "color", "size", "position"):
             accuracy.setdefault(key, []).append(acc[key])
@@ -88,30 +78,26 @@ def cfg_sweep(prompt, negative_prompt, scales, seed, steps, scheduler, adherence
     return grid, plots.adherence_curve(scales, accuracy, n_prompts), table
 
 
+@check.gradio_errors
 def compare_guidance(prompt, negative_prompt, methods, guidance_scale, seed, steps, scheduler):
     """The same seed under several guidance methods (default knobs), side by side."""
     methods = check.choices("methods", methods, GUIDANCE_METHODS)
     jobs = [_settings(prompt=prompt, negative_prompt=negative_prompt, scheduler=scheduler, steps=steps,
                       guidance_scale=guidance_scale, seed=seed, guidance_method=m) for m in methods]
     within_budget("compare_guidance", jobs, hint="fewer methods or steps")
-    return [(upscale(out.images[0], GRID_SIZE), m) for m, out in zip(methods, _run(jobs))]
+    return [(upscale(out.images[0], GRID_SIZE), m) for m, out in zip(methods, eng.generate_batch(jobs))]
 
 
 # ------------------------------------------------------------------------------ scheduler lab
 
 
+@check.gradio_errors
 def schedule(schedulers, steps, timestep_spacing="model default", sigmas="default"):
     """The model's training schedule (alpha_bar, sigma, log-SNR) with each scheduler's picks."""
     engine = eng.current()
     names = check.choices("schedulers", schedulers, eng.known_schedulers())
     steps = check.integer("steps", steps, 1, MAX_STEPS)
-    check.choice("timestep_spacing", timestep_spacing, SPACINGS)
-    check.choice("sigmas", sigmas, SIGMA_KINDS)
-    options = {}
-    if timestep_spacing != "model default":
-        options["timestep_spacing"] = timestep_spacing
-    if sigmas != "default":
-        options["sigmas"] = sigmas
+    options = schedule_options(timestep_spacing, sigmas)
     train = training_schedule(engine.scheduler_config)
     chosen = {}
     for name in names:
@@ -124,13 +110,14 @@ def schedule(schedulers, steps, timestep_spacing="model default", sigmas="defaul
     return plots.schedule_curves(train, chosen), data
 
 
+@check.gradio_errors
 def compare_schedulers(prompt, negative_prompt, schedulers, steps, guidance_scale, seed):
     """Several samplers on the same seed and steps: final images, x0 trajectories, model calls."""
     names = check.choices("schedulers", schedulers, eng.known_schedulers())
     jobs = [_settings(prompt=prompt, negative_prompt=negative_prompt, scheduler=n, steps=steps,
                       guidance_scale=guidance_scale, seed=seed) for n in names]
     within_budget("compare_schedulers", jobs, hint="fewer schedulers or steps")
-    outputs = _run(jobs, record="light")
+    outputs = eng.generate_batch(jobs, record="light")
     finals, trajectories, calls = [], [], []
     for name, out in zip(names, outputs):
         records = out.trace or []
@@ -150,6 +137,7 @@ def compare_schedulers(prompt, negative_prompt, schedulers, steps, guidance_scal
 # ------------------------------------------------------------------------------ forward process
 
 
+@check.gradio_errors
 def shapes_sample(index):
     """A shapes-world image (the embedded model's domain) to noise."""
     from shapesworld import sample
@@ -158,6 +146,7 @@ def shapes_sample(index):
     return sample(index, empty_prob=0.0).image
 
 
+@check.gradio_errors
 def forward_noise(image, timestep, seed=0):
     """x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps with the model's own schedule,
     in pixel space and in the latent space the UNet works in."""
@@ -181,6 +170,7 @@ def forward_noise(image, timestep, seed=0):
 # ------------------------------------------------------------------------------ LoRA mixer
 
 
+@check.gradio_errors
 def lora_grid(prompt, lora, seed, steps, guidance_scale, scheduler):
     """Comparison grid on one seed: no adapter, each adapter alone (at its blend setting), the blend."""
     engine = eng.current()
@@ -188,11 +178,8 @@ def lora_grid(prompt, lora, seed, steps, guidance_scale, scheduler):
         raise gr.Error(f"model {engine.model_id!r} has no LoRA presets available", title="No LoRA presets")
     job = _settings(prompt=prompt, negative_prompt="", scheduler=scheduler, steps=steps,
                     guidance_scale=guidance_scale, seed=seed, lora=lora)
-    if not job.lora:
+    if not job.blend.adapters:
         raise check.fail("lora", lora, "at least one adapter (e.g. 'outline:0.8')")
-    within_budget("lora_grid", [job], columns=len(job.lora) + 2, hint="fewer adapters or steps")
-    try:
-        columns, images = eng.lora_grid_images(job)
-    except ValueError as error:
-        raise gr.Error(str(error), title="Invalid settings") from None
+    within_budget("lora_grid", [job], columns=len(job.blend.adapters) + 2, hint="fewer adapters or steps")
+    columns, images = eng.lora_grid_images(job)
     return [(upscale(image, GRID_SIZE), label) for label, image in zip(columns, images)]

@@ -96,7 +96,7 @@ def example_spec(presets) -> str:
 
 
 def chips(blend: list[dict]) -> str:
-    """A parsed blend as one line of chips (Generate tab and mixer)."""
+    """A parsed blend (``Blend.parse(...).to_list()``) as one line of chips (Generate tab and mixer)."""
     if not blend:
         return "**LoRA:** none (pick adapters in the LoRA mixer, or an example below)"
     parts = [f"`{a['name']} {a['weight']:g}`" for a in blend]
@@ -114,18 +114,21 @@ def presets_table(presets) -> str:
 
 
 def _parse(spec) -> list[dict]:
-    from . import engine as eng
-    from .generate import parse_lora
+    """The blend text through the one blend parser (pipelines.lora_settings.Blend.parse); ValueError
+    (a FieldError naming the field) when it is not a valid blend."""
+    from pipelines.lora_settings import Blend
 
-    return parse_lora("lora", spec, [p.id for p in eng.current().lora_presets()])
+    from . import engine as eng
+
+    return Blend.parse(spec, eng.current().limits().presets).to_list()
 
 
 def describe(spec) -> str:
     """The chip line for the blend text ``spec`` (or why it is not a valid blend)."""
     try:
         blend = _parse(spec)
-    except gr.Error as error:
-        return f"**LoRA:** not applied, {error.message}"
+    except ValueError as error:
+        return f"**LoRA:** not applied, {error}"
     return chips(blend)
 
 
@@ -136,10 +139,12 @@ def spec_to_slots(spec) -> tuple:
     keep = [gr.skip()] * (NUM_SLOTS * SLOT_FIELDS)
     try:
         blend = _parse(spec)
-    except gr.Error as error:
-        line = f"**LoRA:** not applied, {error.message}"
+    except ValueError as error:
+        line = f"**LoRA:** not applied, {error}"
         return (line, line, *keep)
     line = chips(blend)
     if len(blend) > NUM_SLOTS:
         return (line, line + f" (the mixer shows {NUM_SLOTS} slots: edit the text for more)", *keep)
+    if any(not all(isinstance(v, (int, float)) for v in (a.get("block_weights") or {}).values()) for a in blend):
+        return (line, line + " (per-block lists: the slots show one weight per block group, edit the text)", *keep)
     return (line, line, *blend_slots(blend))

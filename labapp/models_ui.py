@@ -71,7 +71,7 @@ def switch_model(model_id):
     if model_id == current.model_id:
         return f"Model `{model_id}` is already loaded.", gr.update(value=model_id)
     try:
-        eng.install(eng.load_engine(model_id, "picked in the UI"))
+        eng.install(eng.load_engine(model_id, "picked in the UI", clip_guidance_model=current.clip_request))
     except Exception as error:  # offline, not cached, out of memory: keep the current model
         eng.log.warning("model switch to %r failed: %s", model_id, short_error(error))
         return (f"**Could not load `{model_id}`:** {short_error(error)}. Still using `{current.model_id}`.",

@@ -15,8 +15,8 @@ CSS = """
 .pixelated .image-frame img, .pixelated .upload-container img { width: 100%; height: 100%; object-fit: contain; }
 #final-image img { image-rendering: pixelated; object-fit: contain; }
 .lab-note { color: var(--body-text-color-subdued); font-size: 0.9em; }
-#status { min-height: 2.6em; }
-.run-status { min-height: 2.2em; }
+#status { min-height: 4.2em; }  /* room for the progress text, its bar and "8/25 steps" */
+.run-status { min-height: 4.2em; }
 #lora-chip p { margin: 0; }
 .lora-chip code { background: var(--color-accent-soft); border-radius: 999px; padding: 1px 8px; }
 /* galleries sized to their items: no 450 px minimum, no inner scrolling, whole square tiles with the

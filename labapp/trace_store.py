@@ -11,9 +11,9 @@ across sessions. Now:
   latents and noise predictions (|x| < 20) to ~1e-3 relative, far below what a 256 px view shows.
 - The records live here, in one process-wide store with a memory budget (``TRACE_BUDGET_BYTES``)
   and least-recently-used eviction across sessions, each entry for at most ``TRACE_TTL_SECONDS``.
-  The session's ``gr.State`` holds a small handle (:func:`keep`): a dict with "settings",
-  "model" and "records", where "records" is a :class:`StoredRecords` that reads the store, so
-  ``labapp/trace_views.py`` uses it as it used the list. A view of an evicted run says so
+  The session's ``gr.State`` holds a small handle (:func:`keep`): a :class:`Trace` with the
+  run's settings document, its model and its ``records``, a :class:`StoredRecords` that reads
+  the store, so ``labapp/trace_views.py`` uses it as a list. A view of an evicted run says so
   (:data:`EVICTED`) instead of showing something else.
 """
 from __future__ import annotations
@@ -165,15 +165,30 @@ class StoredRecords(Sequence):
         return self
 
 
-def keep(settings: dict, records: list, model: str, store: TraceStore | None = None, **about) -> dict:
-    """Store ``records`` and return the session's handle (the shape trace_views reads); ``about``:
-    small facts of the run kept beside it (``lora_path``, ``stopped``)."""
+@dataclass
+class Trace:
+    """One recorded run, as the session keeps it (gr.State) for the explorer and the CFG lab."""
+
+    settings: dict  # the run's settings document (GenerationRequest.to_dict, + img2img's "strength")
+    records: StoredRecords
+    model: str
+    lora_path: str | None = None  # pipelines/lora.py: "none", "fused" or "unfused"
+    stopped: bool = False  # ended by the Stop button: the steps so far, no image
+
+    @property
+    def seed(self) -> int:
+        return self.settings["seed"]
+
+
+def keep(settings: dict, records: list, model: str, store: TraceStore | None = None, *, lora_path: str | None = None,
+         stopped: bool = False) -> Trace:
+    """Store ``records`` and return the session's handle."""
     store = STORE if store is None else store  # (an empty store is falsy: it has a __len__)
     key = store.put(records)
-    return {"settings": settings, "records": StoredRecords(key, len(records), store), "model": model, **about}
+    return Trace(settings, StoredRecords(key, len(records), store), model, lora_path=lora_path, stopped=stopped)
 
 
 def forget(trace) -> None:
     """gr.State delete_callback: drop a session's run from the store when its state expires."""
-    if isinstance(trace, dict) and isinstance(trace.get("records"), StoredRecords):
-        trace["records"].store.forget(trace["records"].key)
+    if isinstance(trace, Trace):
+        trace.records.store.forget(trace.records.key)

@@ -18,6 +18,7 @@ from . import plots
 from . import validation as check
 from .generate import decoders, labeled, step_label
 from .images import upscale
+from .trace_store import Trace
 
 VIEW_SIZE = 256
 NO_TRACE = "Generate an image first (Generate tab): its steps are kept here for this browser session."
@@ -25,9 +26,9 @@ NO_TRACE = "Generate an image first (Generate tab): its steps are kept here for 
 
 def _record(trace, step):
     """The record of 1-based ``step``."""
-    if not trace or not trace.get("records"):
+    if not isinstance(trace, Trace) or not trace.records:
         raise gr.Error(NO_TRACE, title="Nothing recorded yet")
-    records = trace["records"]
+    records = trace.records
     step = check.integer("step", step, 1, len(records))
     return records[step - 1]
 
@@ -48,6 +49,7 @@ def _step_info(r) -> str:
             f"&nbsp; sigma = {sigma} &nbsp; guidance w = {r.guidance_scale:.2f} &nbsp; model calls so far = {r.model_calls}")
 
 
+@check.gradio_errors
 def explore_details(trace, step):
     """The noise prediction's channels and the step's numbers at one recorded step (1-based): what the
     explorer computes on the server when the slider is released (the images flip in the browser)."""
@@ -57,6 +59,7 @@ def explore_details(trace, step):
     return eps_fig, _step_info(r)
 
 
+@check.gradio_errors
 def explore_step(trace, step, decoder="vae"):
     """x_t (as the model sees it), predicted x0 and the noise prediction at one recorded step (1-based)."""
     decoder = _decoder(decoder)
@@ -86,15 +89,16 @@ def _data_url(image) -> str:
     return f"data:image/{kind};base64,{base64.b64encode(buffer.getvalue()).decode()}"
 
 
+@check.gradio_errors
 def explore_frames(trace, decoder="vae", shown: int | None = None) -> str:
     """Every recorded step's x_t and predicted x0, decoded once and sent together as one HTML block;
     the page's script (labapp/page.py, EXPLORER_JS) shows the frame of the step slider's value while
     it is dragged and while Play runs, with no request per step. ``shown``: the 1-based step visible
     first (default: the last)."""
-    if not trace or not trace.get("records"):
+    if not isinstance(trace, Trace) or not trace.records:
         return NO_FRAMES
     decoder = _decoder(decoder)
-    records = list(trace["records"])
+    records = list(trace.records)
     shown = len(records) if shown is None else check.integer("step", shown, 1, len(records))
     with torch.no_grad():
         x_t = eng.decode_latents(torch.cat([r.x_t[:1] * r.input_scale for r in records]), decoder)
@@ -111,12 +115,13 @@ def explore_frames(trace, decoder="vae", shown: int | None = None) -> str:
     return f"<div class='explore-frames' data-steps='{len(records)}'>{''.join(frames)}</div>"
 
 
+@check.gradio_errors
 def cfg_step(trace, step, decoder="vae"):
     """Unconditional / conditional / guided x0 at one step (1-based), |eps_c - eps_u| heatmap, and
     the guidance norm and applied scale over all steps."""
     decoder = _decoder(decoder)
     r = _record(trace, step)
-    records = trace["records"]
+    records = trace.records
     where = step_label(r)
     over_steps = plots.guidance_over_steps(
         [x.step + 1 for x in records], [x.guidance_norm for x in records], [x.guidance_scale for x in records], r.step + 1
@@ -155,7 +160,7 @@ def step_slider_updates(trace):
     Two separate dicts: Gradio's postprocess pops "value" from an update dict, so one dict
     returned for two outputs would leave the second slider without its value.
     """
-    records = trace["records"] if trace and trace.get("records") else []
+    records = trace.records if isinstance(trace, Trace) else []
     n = max(1, len(records))
     explore = gr.update(minimum=1, maximum=n, value=n, interactive=n > 1)
     cfg = gr.update(minimum=1, maximum=n, value=strongest_guidance_step(records) if records else 1, interactive=n > 1)

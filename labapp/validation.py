@@ -1,5 +1,7 @@
 """Input checks for every handler: each failure is a ``gr.Error`` naming the field, the bad
-value and what is allowed, so API clients and the browser get the same clear message.
+value and what is allowed, so API clients and the browser get the same clear message. The checks
+themselves are ``pipelines/fields.py`` (no gradio there); here they raise ``gr.Error``, and
+``gradio_errors`` is every handler's one ValueError -> gr.Error path.
 
 Every event of the app runs with ``preprocess=False`` (``labapp/fields.py``): the handlers get
 the JSON values the client sent, and these checks are the only ones. Gradio's own component checks
@@ -10,120 +12,61 @@ JSON type is refused with the field named, and bounds print as written (42949672
 """
 from __future__ import annotations
 
-import json
-import math
-import re
+import functools
+import inspect
 
 import gradio as gr
 
-MAX_PROMPT_CHARS = 2000
-MAX_SEED = 2**32 - 1
-MAX_LIST_ITEMS = 8
-MAX_LORA_CHARS = 4000
+from pipelines import fields
+from pipelines.fields import MAX_LIST_ITEMS, MAX_LORA_CHARS, MAX_PROMPT_CHARS, MAX_SEED, FieldError, bound  # noqa: F401
+
+TITLE_INPUT, TITLE_SETTINGS = "Invalid input", "Invalid settings"
+
+
+def as_gradio(error: ValueError) -> gr.Error:
+    """A refused value (FieldError: the field, the value, what is allowed) or a combination the
+    pipeline refuses (any other ValueError) as the message Gradio shows its clients."""
+    if isinstance(error, gr.Error):
+        return error
+    return gr.Error(str(error), title=TITLE_INPUT if isinstance(error, FieldError) else TITLE_SETTINGS)
+
+
+def gradio_errors(handler):
+    """Every handler's one error path: ValueError (FieldError included) -> gr.Error with its message.
+
+    Generators too (the error may come at any yield). The signature is kept (``functools.wraps``):
+    Gradio reads a handler's inputs, gr.Progress and gr.Request from it."""
+    if inspect.isgeneratorfunction(handler):
+        @functools.wraps(handler)
+        def stream(*args, **kwargs):
+            try:
+                yield from handler(*args, **kwargs)
+            except ValueError as error:
+                raise as_gradio(error) from None
+        return stream
+
+    @functools.wraps(handler)
+    def call(*args, **kwargs):
+        try:
+            return handler(*args, **kwargs)
+        except ValueError as error:
+            raise as_gradio(error) from None
+    return call
 
 
 def fail(field: str, value, allowed: str) -> gr.Error:
-    try:
-        shown = repr(value)
-    except ValueError:  # an int too long to print (sys.set_int_max_str_digits)
-        shown = f"<an integer of about {int(value.bit_length() * 0.30103)} digits>"
-    if len(shown) > 80:
-        shown = shown[:60] + f"... ({len(value) if isinstance(value, str) else len(shown)} characters)"
-    return gr.Error(f"{field}={shown} is not allowed: {allowed}.", title="Invalid input")
+    return as_gradio(FieldError(field, value, allowed))
 
 
-def bound(x: float) -> str:
-    """A range bound as written: 4294967295 (not 4.29497e+09), 7.5, -2."""
-    return str(int(x)) if float(x).is_integer() else f"{x:g}"
-
-
-def text(field: str, value, max_chars: int = MAX_PROMPT_CHARS, required: bool = False) -> str:
-    if value is None:
-        value = ""
-    if not isinstance(value, str):
-        raise fail(field, value, f"text (a JSON string), not {type(value).__name__}")
-    if len(value) > max_chars:
-        raise fail(field, value, f"at most {max_chars} characters (got {len(value)})")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as error:  # a lone UTF-16 surrogate ("\ud800"), sent as JSON
-        raise fail(field, value, f"valid Unicode text (a lone surrogate at character {error.start})") from None
-    if required and not value.strip():
-        raise fail(field, value, "must not be empty")
-    return value
-
-
-def boolean(field: str, value) -> bool:
-    if not isinstance(value, bool):
-        raise fail(field, value, "true or false")
-    return value
-
-
-def number(field: str, value, lo: float, hi: float) -> float:
-    """A JSON number (bool and numeric strings are refused, not converted) in [lo, hi]."""
-    allowed = f"a finite number in [{bound(lo)}, {bound(hi)}]"
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise fail(field, value, allowed)
-    if isinstance(value, int) and not lo <= value <= hi:  # compared as int: 10**400 has no float
-        raise fail(field, value, allowed)
-    if not math.isfinite(value) or not lo <= value <= hi:
-        raise fail(field, value, allowed)
-    return float(value)
-
-
-def integer(field: str, value, lo: int, hi: int, multiple_of: int = 1) -> int:
-    """A whole JSON number in [lo, hi] (2.0 is 2; 2.5 is refused, never rounded)."""
-    allowed = f"an integer in [{bound(lo)}, {bound(hi)}]"
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise fail(field, value, allowed)
-    if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
-        raise fail(field, value, allowed)
-    if not lo <= value <= hi:
-        raise fail(field, value, allowed)
-    value = int(value)
-    if value % multiple_of:
-        raise fail(field, value, f"a multiple of {multiple_of} in [{lo}, {hi}]")
-    return value
-
-
-def choice(field: str, value, allowed) -> str:
-    allowed = list(allowed)
-    if not isinstance(value, str) or value not in allowed:
-        raise fail(field, value, f"one of {allowed}")
-    return value
-
-
-def choices(field: str, values, allowed, at_least: int = 1, at_most: int = MAX_LIST_ITEMS) -> list[str]:
-    """A JSON list of names (a string is refused: Gradio would iterate it per character)."""
-    if not isinstance(values, (list, tuple)):
-        raise fail(field, values, f"a list of names from {list(allowed)}")
-    for v in values:
-        choice(field, v, allowed)
-    if not at_least <= len(values) <= at_most:
-        raise fail(field, values, f"between {at_least} and {at_most} names from {list(allowed)}")
-    return list(dict.fromkeys(values))
-
-
-def number_list(field: str, values, lo: float, hi: float, at_least: int = 1, at_most: int = MAX_LIST_ITEMS) -> list[float]:
-    """'1, 3, 7.5' or [1, 3, 7.5] -> floats, each finite and in range."""
-    if isinstance(values, str):
-        parts = [p for p in re.split(r"[,\s;]+", values.strip()) if p]
-        try:
-            values = [float(p) for p in parts]
-        except ValueError:
-            raise fail(field, values, f"numbers in [{bound(lo)}, {bound(hi)}] separated by commas") from None
-    if not isinstance(values, (list, tuple)) or not at_least <= len(values) <= at_most:
-        raise fail(field, values, f"{at_least} to {at_most} numbers in [{bound(lo)}, {bound(hi)}]")
-    return [number(field, v, lo, hi) for v in values]
-
-
-def json_value(field: str, value, allowed: str):
-    if isinstance(value, (list, dict)):
-        return value
-    try:
-        return json.loads(value)
-    except (TypeError, ValueError, RecursionError):  # RecursionError: absurdly deep nesting
-        raise fail(field, value, allowed) from None
+# the checks of pipelines/fields.py, raising gr.Error (handlers call them before any work)
+text = gradio_errors(fields.text)
+boolean = gradio_errors(fields.boolean)
+number = gradio_errors(fields.number)
+integer = gradio_errors(fields.integer)
+choice = gradio_errors(fields.choice)
+choices = gradio_errors(fields.choices)
+number_list = gradio_errors(fields.number_list)
+json_value = gradio_errors(fields.json_value)
 
 
 def take_raw_inputs(demo) -> None:

@@ -45,8 +45,14 @@ def q_sample(scheduler, x0: torch.Tensor, noise: torch.Tensor, t) -> torch.Tenso
     return scheduler.add_noise(x0, noise, t.to(x0.device))
 
 
-def snr(alpha_bar) -> np.ndarray:
-    """SNR(t) = alpha_bar_t / (1 - alpha_bar_t); inf at alpha_bar = 1, 0 at alpha_bar = 0."""
+def snr(alpha_bar):
+    """SNR(t) = alpha_bar_t / (1 - alpha_bar_t) (Kingma et al. 2021), in float64; inf at alpha_bar = 1,
+    0 at alpha_bar = 0. The one place it is computed: the schedule plots (log-SNR, sigma = SNR^-1/2),
+    the forward-process tool and Min-SNR loss weights in training. A torch tensor in: a float64
+    tensor out (on its device); anything else: a numpy array."""
+    if isinstance(alpha_bar, torch.Tensor):
+        ab = alpha_bar.to(torch.float64)
+        return torch.where(ab >= 1.0, torch.full_like(ab, torch.inf), ab / (1.0 - ab).clamp(min=0.0))
     ab = np.asarray(alpha_bar, dtype=np.float64)
     with np.errstate(divide="ignore"):
         return np.where(ab >= 1.0, np.inf, ab / np.maximum(1.0 - ab, 0.0))

@@ -16,7 +16,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-CLASSIFIER_METHODS = ("classifier", "classifier+cfg")  # need a noise-aware classifier (pipelines/classifier.py)
+# the gradient-guidance formulas live in guidance_gradient.py; re-exported here (one import for every method)
+from .guidance_gradient import (GradientGuide, classifier_gradient, classifier_guided_eps,  # noqa: F401
+                                output_shift_from_eps)
+
+# need a noise-aware classifier (pipelines/classifier.py) or a CLIP guide (guidance_gradient.ClipGuide)
+CLASSIFIER_METHODS = ("classifier", "classifier+cfg")
 GUIDANCE_METHODS = ("cfg", "apg", "cfg-zero-star", "perp-neg") + CLASSIFIER_METHODS
 DEFAULT_CLASSIFIER_SCALE = 16.0  # s: the best measured on the embedded model (BENCHMARKS.md, bench/eval_guidance_kinds.py)
 SCALE_SCHEDULES = ("constant", "linear-up", "linear-down", "cosine")
@@ -171,61 +176,6 @@ def perp_neg(
     return uncond + scale * d_pos - negative_scale * d_neg_perp
 
 
-def classifier_guided_eps(eps: torch.Tensor, grad: torch.Tensor, scale: float, alpha_bar: float) -> torch.Tensor:
-    """Classifier guidance (Dhariwal & Nichol 2021, "Diffusion Models Beat GANs on Image
-    Synthesis", Sec. 4.2, Alg. 2), in epsilon terms.
-
-    Derivation. For the VP latent x_t = a x0 + b eps (a = sqrt(alpha_bar), b = sqrt(1 - alpha_bar)),
-    the score of the noised data is grad log p(x_t) = -E[eps | x_t] / b, so a noise prediction is a
-    scaled score: eps(x_t) = -b grad log p(x_t). Bayes gives the conditional score
-        grad log p(x_t | y) = grad log p(x_t) + grad log p(y | x_t),
-    and weighting the classifier term by s (s = 1: the exact posterior; s > 1: sharper):
-        eps_hat = -b (grad log p(x_t) + s g) = eps - s b g,      g = grad_{x_t} log p(y | x_t).
-    ``grad`` is g taken with respect to the VP latent the UNet sees. Sigma-space samplers
-    (x_s = x_t / a, sigma = b / a) need no other formula: grad_{x_s} = a g and their score is
-    -eps / sigma, so eps_hat = eps - s sigma (a g) = eps - s b g again. See
-    ``output_shift_from_eps`` for v-prediction.
-    """
-    return eps - scale * (1.0 - alpha_bar) ** 0.5 * grad
-
-
-def output_shift_from_eps(delta_eps: torch.Tensor, alpha_bar: float, prediction_type: str) -> torch.Tensor:
-    """The change of the model's native output that changes its implied epsilon by ``delta_eps``
-    at a fixed x_t (conventions of pipelines/prediction.py, a = sqrt(alpha_bar), b = sqrt(1 - a^2)):
-
-        epsilon:       d_out = d_eps
-        v_prediction:  eps = a v + b x_t            =>  d_v  = d_eps / a
-        sample (x0):   x0 = (x_t - b eps) / a       =>  d_x0 = -b d_eps / a
-
-    Undefined at zero SNR (a = 0), where the guidance is zero anyway: x_T is independent of y,
-    so p(y | x_T) = p(y) and its gradient vanishes; callers skip that step.
-    """
-    if prediction_type == "epsilon":
-        return delta_eps
-    a, b = alpha_bar**0.5, (1.0 - alpha_bar) ** 0.5
-    if prediction_type == "v_prediction":
-        return delta_eps / a
-    if prediction_type == "sample":
-        return -b * delta_eps / a
-    raise ValueError(f"prediction_type={prediction_type!r} is not supported by classifier guidance")
-
-
-def classifier_gradient(classifier, x_t: torch.Tensor, t, targets: torch.Tensor):
-    """g = grad_{x_t} sum_a log p(y_a | x_t, t) over the named attributes (one backward pass through
-    the classifier only), with log p(y | x_t) per sample and the logits. Samples are independent
-    (GroupNorm, no batch statistics), so the gradient of the batch sum is each sample's own."""
-    from .classifier import target_log_prob
-
-    param = next(classifier.parameters())
-    t_batch = torch.as_tensor(t, dtype=torch.float32, device=param.device).reshape(-1).expand(x_t.shape[0])
-    with torch.enable_grad():
-        x = x_t.detach().to(device=param.device, dtype=param.dtype).requires_grad_(True)
-        logits = classifier(x, t_batch)
-        log_prob = target_log_prob(logits, targets.to(param.device))
-        (grad,) = torch.autograd.grad(log_prob.sum(), x)
-    return grad.to(dtype=x_t.dtype, device=x_t.device), log_prob.detach(), {k: v.detach() for k, v in logits.items()}
-
-
 # --------------------------------------------------------------------------- configuration
 
 
@@ -323,8 +273,7 @@ class Guider:
         self.config = config
         self.enabled = enabled  # False: one branch (cond), like diffusers at guidance_scale <= 1
         self._running: torch.Tensor | None = None  # APG momentum buffer
-        self.classifier = None  # classifier methods: set by bind_classifier
-        self.targets: torch.Tensor | None = None  # (B, len(HEADS)) class indices, -1: not named
+        self.gradient_guide: GradientGuide | None = None  # classifier methods: set by bind_classifier
         self.classifier_readout: dict | None = None  # the last evaluation's classifier outputs (records)
 
     @property
@@ -381,55 +330,34 @@ class Guider:
             guided = rescale_cfg(guided, cond, c.rescale)
         return guided
 
-    # ------------------------------------------------------------------ classifier guidance
+    # ------------------------------------------------------------------ classifier / CLIP guidance
 
-    def bind_classifier(self, classifier, prompt, prompt_embeds, num_images_per_prompt: int, device):
-        """Classifier methods: read the targets from the prompt (the attributes it names, via the
-        shapes world's caption parser) and return the prompt the UNet sees: "" for ``classifier``
-        (no text conditioning at all), the prompt itself for ``classifier+cfg``. Other methods:
-        ``prompt`` unchanged. Refuses clearly: no classifier, no prompt text, nothing named."""
-        method = self.config.method
+    def bind_classifier(self, classifier, prompt, prompt_embeds, num_images_per_prompt: int, device,
+                        clip_guide=None, vae=None):
+        """Classifier methods: choose the guide (the trained classifier when the pipeline has one,
+        else its CLIP guide; refused with neither), read its target from the prompt, and return the
+        prompt the UNet sees: "" for ``classifier`` (no text conditioning at all), the prompt itself
+        for ``classifier+cfg``. Other methods: ``prompt`` unchanged. See guidance_gradient.py."""
         if not self.uses_classifier:
             return prompt
-        from .classifier import parse_prompt, target_indices
-
-        if classifier is None:
-            raise ValueError(f"guidance method {method!r} needs a noise-aware classifier and this pipeline has "
-                             "none (pipe.classifier is None; the embedded model ships one in classifier/, "
-                             "load it with pipelines.classifier.load_classifier); use method 'cfg'")
-        if prompt is None:
-            raise ValueError(f"guidance method {method!r} reads its target attributes from the prompt text; "
-                             "prompt_embeds alone are not enough: pass prompt")
-        texts = [prompt] if isinstance(prompt, str) else list(prompt)
-        rows = []
-        for text in texts:
-            named = parse_prompt(text)
-            if not named:
-                raise ValueError(f"prompt={text!r} names no attribute the classifier knows; guidance method "
-                                 f"{method!r} needs at least one shape, color, size or position word")
-            rows.extend([target_indices(named)] * num_images_per_prompt)
-        self.classifier = classifier.to(device)
-        self.targets = torch.tensor(rows, dtype=torch.long, device=device)
-        if method == "classifier":
-            return "" if isinstance(prompt, str) else [""] * len(texts)
+        self.gradient_guide = GradientGuide(self.config.method, classifier, clip_guide, prompt,
+                                            num_images_per_prompt, device, vae=vae)
+        if self.config.method == "classifier":
+            return "" if isinstance(prompt, str) else [""] * len(prompt)
         return prompt
 
     def add_classifier_term(self, guided: torch.Tensor, x_t: torch.Tensor, t, alpha_bar: float,
-                            prediction_type: str) -> torch.Tensor:
-        """guided + the classifier term at scale s, in the model's output space: epsilon moved by
+                            prediction_type: str, denoise=None) -> torch.Tensor:
+        """guided + the gradient term at scale s, in the model's output space: epsilon moved by
         -s b g (``classifier_guided_eps``), converted by ``output_shift_from_eps``. ``x_t`` is the VP
-        latent the UNet saw. s = 0 or zero SNR: ``guided`` itself, untouched. Keeps the readout
-        (log p(y|x_t), target probabilities, g) for the step record."""
-        from .classifier import target_probs
-
-        grad, log_prob, logits = classifier_gradient(self.classifier, x_t, t, self.targets)
-        self.classifier_readout = {
-            "log_prob": log_prob.cpu().tolist(),
-            "probs": target_probs(logits, self.targets),
-            "grad": grad.detach().to("cpu", torch.float32),
-        }
+        latent the UNet saw; ``denoise(x_vp)`` one UNet call on it (CLIP's x0). s = 0 or zero SNR
+        (CLIP: alpha_bar <= CLIP_MIN_ALPHA_BAR): ``guided`` itself, untouched. Keeps the readout (classifier: log p(y|x_t), target
+        probabilities, g; CLIP: the cosine, g) for the step record."""
         s = self.config.classifier_scale
-        if s == 0 or alpha_bar <= 0.0:
+        active = s != 0 and alpha_bar > self.gradient_guide.min_alpha_bar
+        grad, self.classifier_readout = self.gradient_guide.gradient(x_t, t, alpha_bar, prediction_type, denoise,
+                                                                     need_grad=active)
+        if not active:
             return guided
         delta_eps = classifier_guided_eps(torch.zeros_like(grad), grad, s, alpha_bar)  # -s b g
         return guided + output_shift_from_eps(delta_eps, alpha_bar, prediction_type).to(guided.dtype)

@@ -18,6 +18,12 @@ Semantics
   encoded once, before the loop, so the text-encoder part applies to the whole run.
 - ``Blend.fuse`` merges the blend into the base weights for speed (no per-layer LoRA matmuls);
   it cannot change adapters between steps, so it refuses step ranges.
+
+Text form (``Blend.parse``, what /generate's ``lora`` field takes): the shorthand
+``"outline:0.8, night"`` (weight 1 when left out) or a JSON list of AdapterSetting objects
+(``[{"name": "night", "weight": -0.5, "block_weights": {"up": {"block_1": [0.5, 1.0]}}}]``).
+Every refusal is a ``FieldError`` naming the field (``lora[night].weight``), the value and
+what is allowed.
 """
 from __future__ import annotations
 
@@ -25,9 +31,14 @@ import math
 import re
 from dataclasses import dataclass, field
 from numbers import Real
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
+
+from . import fields
+from .fields import FieldError
 
 WEIGHT_RANGE = (-2.0, 2.0)
+SETTING_FIELDS = ("name", "weight", "text_encoder_weight", "block_weights", "step_range")
+TEXT_FORMS = 'a JSON list like [{"name": "outline", "weight": 0.8}] or "outline:0.8, night:0.5"'
 BLOCK_GROUPS = ("down", "mid", "up")
 _BLOCK_KEY = re.compile(r"^block_(\d+)$")
 
@@ -193,3 +204,106 @@ class Blend:
         if setting is None:
             raise ValueError(f"adapter {name!r} is not in this blend; it has {self.names}")
         return Blend((setting,), fuse=self.fuse)
+
+    @classmethod
+    def parse(cls, spec, known: Sequence[str] | None = None, field: str = "lora") -> "Blend":
+        """A blend from its text form (module docstring): shorthand or a JSON list; "" or None is no
+        adapter. ``known``: the adapter names allowed (the model's presets); None accepts any name.
+
+        Weights are checked before names, so a bad weight is reported as such. A name is a registry
+        key: one that looks like a URL or a path is refused as a *name* ("https://x:0.5" split at its
+        first ':' used to report a bad weight)."""
+        if spec is None or (isinstance(spec, str) and not spec.strip()):
+            return cls()
+        fields.text(field, spec, fields.MAX_LORA_CHARS)
+        if spec.lstrip()[:1] in "[{":  # JSON; an object is not a blend (it used to be read as shorthand)
+            items = fields.json_value(field, spec, TEXT_FORMS)
+            if not isinstance(items, list) or not all(isinstance(i, dict) and isinstance(i.get("name"), str) for i in items):
+                raise FieldError(field, spec, 'a JSON list of objects, each with a string "name" (and a "weight")')
+        else:
+            items = _shorthand(field, spec)
+        if len(items) > fields.MAX_LIST_ITEMS:
+            raise FieldError(field, spec, f"at most {fields.MAX_LIST_ITEMS} adapters")
+        checked = [_checked_item(field, item) for item in items]
+        for item in checked:
+            if known is not None:
+                fields.choice(f"{field} name", item["name"], known)
+            elif not item["name"].strip():
+                raise FieldError(f"{field} name", item["name"], "a non-empty adapter name")
+        settings = [AdapterSetting(**item) for item in checked]
+        names = [s.name for s in settings]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise FieldError(field, spec, f"each adapter once (named more than once: {repeated})")
+        return cls(tuple(settings))
+
+    def to_list(self) -> list[dict]:
+        """The blend as JSON-ready dicts (the settings document; ``Blend.parse`` reads it back):
+        name and weight, and each other field only when it is set."""
+        items = []
+        for a in self.adapters:
+            item = {"name": a.name, "weight": a.weight}
+            if a.text_encoder_weight is not None:
+                item["text_encoder_weight"] = a.text_encoder_weight
+            if a.block_weights is not None:
+                item["block_weights"] = a.block_weights
+            if not a.full_range:
+                item["step_range"] = a.step_range
+            items.append(item)
+        return items
+
+
+def _shorthand(field: str, spec: str) -> list[dict]:
+    """"name:weight, name" -> items (weight 1.0 when left out)."""
+    items = []
+    for part in spec.split(","):
+        part = part.strip()
+        name, sep, weight = part.rpartition(":")
+        if not sep:
+            name, weight = part, ""
+        if "/" in part or "\\" in part:
+            named = name if sep and re.fullmatch(r"\s*[-+]?[0-9.eE]+\s*", weight) else part
+            raise FieldError(f"{field} name", named.strip(),
+                             "a preset name (LoRAs load from the registry, never from a URL or path)")
+        if sep:
+            try:
+                weight = float(weight)
+            except ValueError:
+                raise FieldError(f"{field}[{name.strip()}].weight", weight.strip(), "a number (name:weight)") from None
+        items.append({"name": name.strip(), "weight": weight if sep else 1.0})
+    return items
+
+
+def _checked_item(field: str, item: dict) -> dict:
+    """One JSON/shorthand item -> AdapterSetting arguments, each refusal naming ``field[name].key``
+    (the name itself is checked by the caller, after every item's values)."""
+    name = item["name"]
+    where = f"{field}[{name}]"
+    unknown = set(item) - set(SETTING_FIELDS)
+    if unknown:
+        raise FieldError(where, sorted(unknown)[0], f"a field among {sorted(SETTING_FIELDS)}")
+    low, high = WEIGHT_RANGE
+    weight = fields.number(f"{where}.weight", item.get("weight", 1.0), low, high)
+    te_weight = item.get("text_encoder_weight")
+    if te_weight is not None:
+        te_weight = fields.number(f"{where}.text_encoder_weight", te_weight, low, high)
+    blocks = item.get("block_weights")
+    if blocks is not None:
+        if not isinstance(blocks, dict) or not set(blocks) <= set(BLOCK_GROUPS):
+            raise FieldError(f"{where}.block_weights", blocks, 'an object with keys among "down", "mid", "up"')
+        try:
+            normalize_block_weights(blocks, name)
+        except ValueError as error:
+            raise FieldError(f"{where}.block_weights", blocks,
+                             f"numbers in [{low:g}, {high:g}] per group, block or layer ({error})") from None
+    step_range = item.get("step_range")
+    if step_range is None:
+        step_range = (0.0, 1.0)
+    else:
+        if not isinstance(step_range, (list, tuple)) or len(step_range) != 2:
+            raise FieldError(f"{where}.step_range", step_range, "a pair [start, end] of fractions in [0, 1]")
+        start, end = (fields.number(f"{where}.step_range", v, 0.0, 1.0) for v in step_range)
+        if start >= end:
+            raise FieldError(f"{where}.step_range", step_range, "start < end, both in [0, 1]")
+        step_range = (start, end)
+    return dict(name=name, weight=weight, text_encoder_weight=te_weight, block_weights=blocks, step_range=step_range)

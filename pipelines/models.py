@@ -37,6 +37,11 @@ MODELS: dict[str, ModelSpec] = {
     "tiny-shapes": ModelSpec("models/tiny-shapes", "tiny-shapes", 32, "DDIM", 25, 3.0, local=True,
                              note="embedded default; runs on CPU"),
     "sd15": ModelSpec("stable-diffusion-v1-5/stable-diffusion-v1-5", "sd15", 512, "DPM++ 2M Karras", 30, 7.5),
+    # SD 1.5 inpainting (Rombach et al. 2022, Sec. 4.5): a UNet with 9 input channels (latents, mask,
+    # masked-image latents), fine-tuned from SD 1.5; inpainting only (/inpaint, pipelines/inpaint.py):
+    # text-to-image and img2img are refused by the pipeline. Never downloaded in tests.
+    "sd15-inpaint": ModelSpec("stable-diffusion-v1-5/stable-diffusion-inpainting", "sd15", 512, "DPM++ 2M Karras",
+                              30, 7.5, note="9-channel inpainting UNet: /inpaint only"),
     "sd14": ModelSpec("CompVis/stable-diffusion-v1-4", "sd15", 512, "DPM++ 2M Karras", 30, 7.5),
     "dreamshaper-8": ModelSpec("Lykon/dreamshaper-8", "sd15", 512, "DPM++ 2M Karras", 25, 7.0,
                                note="SD 1.5 fine-tune"),

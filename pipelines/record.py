@@ -55,7 +55,8 @@ class StepRecord:
     input_scale: float = 1.0
     eps_negative: torch.Tensor | None = None  # Perp-Neg's negative-prompt prediction (full mode)
     guidance_method: str = "cfg"
-    # classifier methods: {"log_prob": [per sample], "probs": {attribute: p(target)}, "grad": (B, C, h, w)}
+    # classifier methods: {"log_prob": [per sample], "probs": {attribute: p(target)}, "grad": (B, C, h, w)};
+    # with a CLIP guide instead (guidance_gradient.py): {"clip_similarity": [per sample], "grad", "clip_model"}
     classifier: dict | None = None
 
 

@@ -303,11 +303,14 @@ def training_schedule(scheduler_or_config) -> dict[str, np.ndarray]:
 
     At a zero-terminal-SNR final step alpha_bar = 0: sigma = inf, log_snr = -inf.
     """
+    from .forward import snr
+
     config = getattr(scheduler_or_config, "config", scheduler_or_config)
     alpha_bar = np.cumprod(1.0 - training_betas(config))
+    ratio = snr(alpha_bar)
     with np.errstate(divide="ignore"):
-        sigma = np.sqrt((1.0 - alpha_bar) / alpha_bar)
-        log_snr = np.log(alpha_bar) - np.log1p(-alpha_bar)
+        sigma = 1.0 / np.sqrt(ratio)  # sqrt((1 - alpha_bar) / alpha_bar)
+        log_snr = np.log(ratio)
     return {"t": np.arange(len(alpha_bar)), "alpha_bar": alpha_bar, "sigma": sigma, "log_snr": log_snr}
 
 

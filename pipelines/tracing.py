@@ -203,7 +203,8 @@ class TracingStableDiffusionPipeline(StableDiffusionPipeline):
         ``on_step_begin(step, num_steps) -> dict | None`` (before the step's first UNet call; its
         dict becomes ``StepRecord.adapters``), ``start`` (begin from an x_t made elsewhere instead of
         pure noise: ``start(pipe, sched, timesteps, num_inference_steps, batch, dtype, device,
-        generator) -> (timesteps, num_inference_steps, latents)``; img2img, see img2img.py).
+        generator) -> (timesteps, num_inference_steps, latents)``; img2img, see img2img.py; its optional
+        ``model_input`` / ``after_step`` hooks: inpainting, see inpaint.py).
         ``step_callback`` or previews with record="off" record in "light" mode.
         """
         callback, callback_steps = kwargs.pop("callback", None), kwargs.pop("callback_steps", None)
@@ -252,7 +253,8 @@ class TracingStableDiffusionPipeline(StableDiffusionPipeline):
         batch_size = 1 if isinstance(prompt, str) else len(prompt) if prompt is not None else prompt_embeds.shape[0]
         device = self._execution_device
         # classifier guidance (issue 15): targets from the prompt; CG alone sends the UNet the empty prompt
-        prompt = guider.bind_classifier(getattr(self, "classifier", None), prompt, prompt_embeds, num_images_per_prompt, device)
+        prompt = guider.bind_classifier(getattr(self, "classifier", None), prompt, prompt_embeds, num_images_per_prompt, device,
+                                        clip_guide=getattr(self, "clip_guide", None), vae=self.vae)
 
         # 3. Encode input prompt (cross_attention_kwargs["scale"] scales text-encoder LoRA layers too)
         lora_scale = cross_attention_kwargs.get("scale") if cross_attention_kwargs is not None else None
@@ -274,6 +276,9 @@ class TracingStableDiffusionPipeline(StableDiffusionPipeline):
         num_steps = int(getattr(sched, "num_inference_steps", None) or num_inference_steps)
 
         # 5. Prepare latent variables: pure noise, or an x_t from ``start`` on the tail of the grid
+        if self.unet.config.in_channels != self.vae.config.latent_channels and not hasattr(start, "model_input"):
+            raise ValueError(f"this UNet takes {self.unet.config.in_channels} input channels (an inpainting model): it "
+                             "needs an image and a mask (pipelines/inpaint.py), not text-to-image or img2img")
         if start is None:
             latents = self.prepare_latents(batch_size * num_images_per_prompt, self.unet.config.in_channels, height,
                                            width, prompt_embeds.dtype, device, generator, latents, scheduler=sched)
@@ -282,6 +287,8 @@ class TracingStableDiffusionPipeline(StableDiffusionPipeline):
                                                             batch_size * num_images_per_prompt, prompt_embeds.dtype,
                                                             device, generator)
             num_steps = num_inference_steps
+        # inpainting (pipelines/inpaint.py): extra UNet input channels, and a step-end blend
+        model_input, after_step = getattr(start, "model_input", None), getattr(start, "after_step", None)
         grid_offset = len(sched.timesteps) - len(timesteps)  # loop index -> index in the scheduler's tables
 
         # 6. Extra step kwargs; guidance-scale embedding for guidance-distilled (LCM) UNets
@@ -321,7 +328,7 @@ class TracingStableDiffusionPipeline(StableDiffusionPipeline):
                 latent_model_input = torch.cat([latents] * num_branches) if num_branches > 1 else latents
                 latent_model_input = sched.scale_model_input(latent_model_input, t)
                 noise_pred = self.unet(
-                    latent_model_input, t, encoder_hidden_states=prompt_embeds, timestep_cond=timestep_cond,
+                    latent_model_input if model_input is None else model_input(latent_model_input, num_branches), t, encoder_hidden_states=prompt_embeds, timestep_cond=timestep_cond,
                     cross_attention_kwargs=self.cross_attention_kwargs, added_cond_kwargs=added_cond_kwargs,
                     return_dict=False,
                 )[0]
@@ -345,8 +352,11 @@ class TracingStableDiffusionPipeline(StableDiffusionPipeline):
                         from_x0=lambda x0: output_from_x0(x0, sample, point, prediction_type),
                     )
                 if guider.uses_classifier:  # classifier guidance (issue 15): g at the VP latent the UNet saw
-                    guided = guider.add_classifier_term(guided, latent_model_input[: latents.shape[0]], t, point.alpha_bar,
-                                                        prediction_type)
+                    guided = guider.add_classifier_term(
+                        guided, latent_model_input[: latents.shape[0]], t, point.alpha_bar, prediction_type,
+                        denoise=lambda x: self.unet(  # CLIP's x0: the last branch (cond, or CG's empty prompt)
+                            x, t, encoder_hidden_states=prompt_embeds[-x.shape[0]:], timestep_cond=timestep_cond,
+                            cross_attention_kwargs=self.cross_attention_kwargs, return_dict=False)[0])
                 if recording and new_step:
                     pending = build_record(
                         step=step, num_steps=num_steps, point=point, latents=latents, branches=branches,
@@ -358,6 +368,8 @@ class TracingStableDiffusionPipeline(StableDiffusionPipeline):
 
                 # x_t -> x_{t-1}
                 latents = sched.step(guided, t, latents, **extra_step_kwargs, return_dict=False)[0]
+                if after_step is not None:
+                    latents = after_step(i, latents)
 
                 if callback_on_step_end is not None:
                     named = {"latents": latents, "prompt_embeds": prompt_embeds,

@@ -21,6 +21,32 @@ from tests.hostile_helpers import (
 def named(field: str) -> str:
     return f"error naming `{field}` and its range (our check: events take raw inputs, Gradio's preprocess never runs)"
 
+def raw_inpaint(**override):
+    """/inpaint over raw HTTP (NaN and forged payloads pass), its 11 inputs in order; image and mask
+    are small data: URLs unless overridden (a callable value is called first)."""
+    def run(ctx):
+        from tests.hostile_helpers import raw_call
+
+        mask = np.zeros((32, 32), np.uint8)
+        mask[8:24, 8:24] = 255
+        values = dict(image={"url": data_url(png_bytes(np.full((32, 32, 3), 90, np.uint8)))},
+                      mask={"url": data_url(png_bytes(mask))}, prompt="a red circle", negative_prompt="", strength=1.0,
+                      method="auto", scheduler="DDIM", steps=2, guidance_scale=3.0, seed=0, mask_drawing=None)
+        values |= {k: v() if callable(v) else v for k, v in override.items()}
+        kind, text = raw_call(ctx.url, "/inpaint", list(values.values()))
+        return ("ok", text) if kind == "complete" else ("error", f"{kind}: {text}")
+    return run
+
+
+def _many_layers(ctx):
+    from gradio_client import handle_file
+
+    layer = handle_file(ctx.path("layer.png", png_bytes(np.zeros((32, 32, 4), np.uint8))))
+    image = handle_file(ctx.path("in.png", png_bytes(np.full((32, 32, 3), 90, np.uint8))))
+    drawing = {"background": None, "composite": None, "layers": [layer] * 9}
+    return outcome(lambda: ctx.client.predict(image=image, mask=None, mask_drawing=drawing, steps=2, api_name="/inpaint"))
+
+
 CASES: list[Case] = [
     # --- /generate through gradio_client: types and ranges
     Case("steps-zero", "API /generate", "steps=0", named("steps"), api("/generate", steps=0),
@@ -258,7 +284,7 @@ CASES: list[Case] = [
          pipe_call(prompt=["a", 3]), r"prompt=\['a', 3\] must be a string or a non-empty list of strings"),
     Case("fn-scheduler-path", "TracingStableDiffusionPipeline()", "scheduler='../../etc/passwd'",
          "ValueError naming scheduler", pipe_call(scheduler="../../etc/passwd"), r"scheduler='\.\./\.\./etc/passwd' is not a known scheduler"),
-    Case("fn-build-seed", "labapp.generate.build_settings", "seed=1.5", "gr.Error naming seed",
+    Case("fn-build-seed", "labapp.generate.build_request", "seed=1.5", "gr.Error naming seed",
          build(seed=1.5), r"seed=1\.5 is not allowed: an integer"),
     Case("fn-model-path", "pipelines.models.load_pipeline", "'../../etc/passwd'", "ValueError: not a registered model",
          call(lambda ctx: __import__("pipelines.models", fromlist=["x"]).load_pipeline("../../etc/passwd")),
@@ -308,6 +334,42 @@ CASES: list[Case] = [
          "ValueError: does not fit this pipeline's model", lora_file_mismatched, r"ValueError: .*does not fit this pipeline's model"),
     Case("lora-truncated", "pipelines.lora.LoraBlender.load", "a LoRA file cut after its header",
          "ValueError naming the file (truncated)", lora_file_truncated, r"ValueError: .*\.safetensors"),
+    # --- /inpaint (issue 16): the mask upload and the ImageEditor payload go through the same intake
+    Case("inpaint-mask-forged-path", "HTTP /inpaint", "mask = FileData without `meta`, path '/etc/passwd'",
+         "error naming `mask`: never read, path not echoed", raw_inpaint(mask={"path": "/etc/passwd"}),
+         r"mask='<path>' is not allowed: a file uploaded to this app", forbid=r"passwd"),
+    Case("inpaint-layer-forged-path", "HTTP /inpaint", "mask_drawing whose layer is FileData path '/etc/passwd'",
+         "refused: not uploaded by a user, never read",
+         raw_inpaint(mask_drawing={"background": None, "composite": None, "layers": [file_data("/etc/passwd")]}),
+         r"Cannot move /etc/passwd to the gradio cache dir because it was not uploaded by a user", forbid=r"root:"),
+    Case("inpaint-layer-no-meta", "HTTP /inpaint", "mask_drawing whose layer is FileData without `meta`",
+         "refused by Gradio's data model (meta required inside EditorData), never opened",
+         raw_inpaint(mask_drawing={"background": None, "composite": None, "layers": [{"path": "/etc/passwd"}]}),
+         r"validation error for EditorData", forbid=r"root:"),
+    Case("inpaint-layers-not-a-list", "HTTP /inpaint", "mask_drawing.layers = 'abc'", "error naming `mask_drawing`",
+         raw_inpaint(mask_drawing={"background": None, "composite": None, "layers": "abc"}),
+         r"mask_drawing=.* is not allowed|valid list|EditorData"),
+    Case("inpaint-many-layers", "API /inpaint", "mask_drawing with 9 uploaded layers", "error naming `mask_drawing`: at most 8",
+         _many_layers, r"mask_drawing='<list>' is not allowed: an ImageEditor value with at most 8 layers"),
+    Case("inpaint-mask-13000-px", "HTTP /inpaint", "mask = a 13000x13000 1-bit PNG as a data: URL",
+         "error naming `mask`: at most 8192 px per side, from the header",
+         raw_inpaint(mask=lambda: {"url": data_url(wide_png(13_000, 13_000))}),
+         r"mask='13000x13000 px' is not allowed: at most 8192 px per side"),
+    Case("inpaint-mask-other-aspect", "HTTP /inpaint", "a 64x16 mask for a 32x32 image", "error naming `mask` and the sizes",
+         raw_inpaint(mask=lambda: {"url": data_url(png_bytes(np.full((16, 64), 255, np.uint8)))}),
+         r"mask='64x16 px' is not allowed: the image's size 32x32 px or its aspect ratio"),
+    Case("inpaint-mask-empty", "HTTP /inpaint", "an all-black mask", "error naming `mask`: nothing to regenerate",
+         raw_inpaint(mask=lambda: {"url": data_url(png_bytes(np.zeros((32, 32), np.uint8)))}),
+         r"mask=.* is not allowed: a mask with a region to regenerate"),
+    Case("inpaint-strength-nan", "HTTP /inpaint", "strength=NaN", named("strength"), raw_inpaint(strength=float("nan")),
+         r"strength=nan is not allowed"),
+    Case("inpaint-method-unet", "HTTP /inpaint", "method='unet' on a 4-channel model", "error naming `method`",
+         raw_inpaint(method="unet"), r"method='unet' is not allowed: 'blend' or 'auto'"),
+    Case("inpaint-drawing-string", "HTTP /inpaint", "mask=None, mask_drawing = the string '/etc/passwd'",
+         "refused (Gradio's data model or ours), never opened", raw_inpaint(mask=None, mask_drawing="/etc/passwd"),
+         r"mask_drawing|EditorData|valid dictionary", forbid=r"root:"),
+    Case("inpaint-works", "HTTP /inpaint", "a 32x32 image and a 32x32 mask as data: URLs", "works",
+         raw_inpaint(), None),
 ]
 
 

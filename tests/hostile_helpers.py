@@ -351,7 +351,7 @@ def lora_file_mismatched(ctx):
     from diffusers import UNet2DConditionModel
 
     from pipelines.lora import LoraBlender
-    from tests.lora_factory import random_lora, save_diffusers_lora
+    from testkit.lora_factory import random_lora, save_diffusers_lora
 
     other = UNet2DConditionModel(block_out_channels=(8, 16), layers_per_block=1, sample_size=8,
                                  down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
@@ -366,7 +366,7 @@ def lora_file_mismatched(ctx):
 def lora_file_truncated(ctx):
     """A valid LoRA file with its tensor data cut off after the header."""
     from pipelines.lora import LoraBlender
-    from tests.lora_factory import random_lora, save_diffusers_lora
+    from testkit.lora_factory import random_lora, save_diffusers_lora
 
     folder = os.path.join(ctx.tmp, "truncated")
     os.makedirs(folder, exist_ok=True)
@@ -381,9 +381,9 @@ def lora_file_truncated(ctx):
 def build(**override):
     def run(ctx):
         from labapp import engine as eng
-        from labapp.generate import build_settings
+        from labapp.generate import build_request
 
         kwargs = {k: GENERATE_DEFAULTS[k] for k in ("prompt", "negative_prompt", "scheduler", "steps",
                                                        "guidance_scale", "seed", "width", "height")} | override
-        return outcome(lambda: build_settings(eng.current(), **kwargs))
+        return outcome(lambda: build_request(eng.current(), **kwargs))
     return run

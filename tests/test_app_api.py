@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch")
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
 
-from tests.app_server import launch, tiny_engine  # noqa: E402
+from testkit.app_server import launch, tiny_engine  # noqa: E402
 
 STEPS = 4
 BASE = dict(prompt="a red circle", negative_prompt="", scheduler="DDIM", steps=STEPS, guidance_scale=5.0, seed=3)

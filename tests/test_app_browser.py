@@ -36,7 +36,7 @@ WATCH_PREVIEWS = """
 def server():
     import torch
 
-    from tests.app_server import launch, tiny_engine
+    from testkit.app_server import launch, tiny_engine
 
     torch.set_num_threads(1)
     demo, url = launch(tiny_engine(), concurrency_limit=2)

@@ -25,7 +25,7 @@ def no_progress(*args, **kwargs):
 
 @pytest.fixture(scope="module")
 def engine():
-    from tests.app_server import tiny_engine
+    from testkit.app_server import tiny_engine
 
     torch.set_num_threads(1)
     return eng.install(tiny_engine())
@@ -63,37 +63,44 @@ def test_integer_and_text_and_lists():
         check.json_value("lora", "[" * 100_000 + "]" * 100_000, "JSON")
 
 
+def parse_lora(field, spec, presets):
+    """The Generate tab's blend field as the request reads it (Blend.parse), errors as the app shows them."""
+    from pipelines.lora_settings import Blend
+
+    return check.gradio_errors(Blend.parse)(spec, presets, field=field).to_list()
+
+
 def test_parse_lora_shorthand_json_and_errors():
     presets = ["outline", "night"]
-    assert gen.parse_lora("lora", "outline:0.8, night", presets) == [
+    assert parse_lora("lora", "outline:0.8, night", presets) == [
         {"name": "outline", "weight": 0.8}, {"name": "night", "weight": 1.0}]
     spec = json.dumps([{"name": "night", "weight": -0.5, "text_encoder_weight": 0.2,
                         "block_weights": {"down": 0.0, "up": 1.5}, "step_range": [0.2, 0.8]}])
-    (entry,) = gen.parse_lora("lora", spec, presets)
+    (entry,) = parse_lora("lora", spec, presets)
     assert entry["block_weights"] == {"down": 0.0, "up": 1.5} and entry["step_range"] == (0.2, 0.8)
     with pytest.raises(gr.Error, match=r"lora\[outline\].weight=9.0 is not allowed: a finite number in \[-2, 2\]"):
-        gen.parse_lora("lora", "outline:9", presets)
+        parse_lora("lora", "outline:9", presets)
     with pytest.raises(gr.Error, match=r"lora\[night\].step_range"):
-        gen.parse_lora("lora", '[{"name": "night", "step_range": [0.9, 0.1]}]', presets)
+        parse_lora("lora", '[{"name": "night", "step_range": [0.9, 0.1]}]', presets)
     with pytest.raises(gr.Error, match=r"lora name='pastel' .*one of \['outline', 'night'\]"):
-        gen.parse_lora("lora", "pastel:0.5", presets)
+        parse_lora("lora", "pastel:0.5", presets)
 
 
-def test_build_settings_checks_size_and_combinations(engine):
+def test_build_request_checks_size_and_combinations(engine):
     base = dict(prompt="a", negative_prompt="", scheduler="DDIM", steps=4, guidance_scale=5, seed=0)
     with pytest.raises(gr.Error, match=r"width=15 .*multiple of 2 in \[8, 32\]"):
-        gen.build_settings(engine, **base, width=15, height=16)
+        gen.build_request(engine, **base, width=15, height=16)
     with pytest.raises(gr.Error, match="negative_prompt.*perp-neg"):
-        gen.build_settings(engine, **base, width=16, height=16, guidance_method="perp-neg")
+        gen.build_request(engine, **base, width=16, height=16, guidance_method="perp-neg")
     with pytest.raises(gr.Error, match="guidance_interval_start"):
-        gen.build_settings(engine, **base, width=16, height=16, guidance_interval_start=0.6, guidance_interval_end=0.4)
-    s = gen.build_settings(engine, **base, width=16, height=16, guidance_interval_start=0.5)
-    assert s.guidance_interval == (0.5, 1.0) and s.model == "tiny-test"
+        gen.build_request(engine, **base, width=16, height=16, guidance_interval_start=0.6, guidance_interval_end=0.4)
+    s = gen.build_request(engine, **base, width=16, height=16, guidance_interval_start=0.5)
+    assert s.guidance.interval == (0.5, 1.0) and s.model == "tiny-test"
 
 
 def test_png_metadata_round_trip(engine):
-    s = gen.build_settings(engine, prompt="blue square", negative_prompt="red", scheduler="Euler a", steps=3,
-                           guidance_scale=4, seed=11, width=16, height=16)
+    s = gen.build_request(engine, prompt="blue square", negative_prompt="red", scheduler="Euler a", steps=3,
+                          guidance_scale=4, seed=11, width=16, height=16)
     tagged = with_settings(Image.new("RGB", (16, 16)), s)
     buffer = io.BytesIO()
     from gradio.processing_utils import get_pil_metadata
@@ -115,7 +122,7 @@ def test_generate_streams_previews_and_keeps_the_trace(engine):
     image, settings, status, seed, trace = final[2], final[4], final[5], final[6], final[7]
     assert image.size == (16, 16) and json.loads(image.info["diffusion_lab"])["seed"] == 7
     assert json.loads(settings)["steps"] == 4 and status.startswith("Done") and seed == 7
-    assert len(trace["records"]) == 4 and trace["records"][-1].eps_uncond is not None
+    assert len(trace.records) == 4 and trace.records[-1].eps_uncond is not None
 
 
 def test_the_generate_button_labels_every_image(engine):
@@ -129,7 +136,7 @@ def test_the_generate_button_labels_every_image(engine):
 
 
 def trace_t(final, index: int) -> str:
-    return f"{final[7]['records'][index].timestep:.0f}"
+    return f"{final[7].records[index].timestep:.0f}"
 
 
 def test_same_seed_same_image_and_randomize_changes_the_seed(engine):
@@ -143,7 +150,7 @@ def test_trace_views(engine):
     trace = run(engine, preview_every=0)[-1][7]
     x_t, x0, eps_fig, info = trace_views.explore_step(trace, 2, "vae")  # steps are 1-based, as the page shows them
     assert x_t["value"].size == x0["value"].size and eps_fig is not None and "step 2 / 4" in info
-    assert x0["label"] == f"pred x0 - step 2/4, t={trace['records'][1].timestep:.0f}"
+    assert x0["label"] == f"pred x0 - step 2/4, t={trace.records[1].timestep:.0f}"
     uncond, cond, guided, heat, over_steps, note = trace_views.cfg_step(trace, 4, "linear")
     assert uncond["value"] is not None and heat is not None and "applied scale 5.00" in note
     assert uncond["label"].startswith("x0 uncond - step 4/4")
@@ -169,15 +176,15 @@ def test_stop_ends_the_run_and_keeps_the_recorded_steps(engine):
             gen.request_stop(Request())
     *previews, final = outputs
     trace, status = final[7], final[5]
-    assert final[2] is None and trace["stopped"] and status.startswith("Stopped at step 4 / 40")
-    assert [r.step for r in trace["records"]] == [0, 1, 2, 3] and len(previews) == 3
+    assert final[2] is None and trace.stopped and status.startswith("Stopped at step 4 / 40")
+    assert [r.step for r in trace.records] == [0, 1, 2, 3] and len(previews) == 3
     assert "session-a" not in gen._stops  # consumed: the next run is not stopped
 
 
 def test_step_sliders_get_their_own_values(engine):
     """The explorer opens at the last step, the CFG lab where the x0 pair and the eps pair both differ."""
     trace = run(engine, preview_every=0)[-1][7]
-    gaps = [float((r.x0_cond - r.x0_uncond).abs().mean()) * r.guidance_norm for r in trace["records"]]
+    gaps = [float((r.x0_cond - r.x0_uncond).abs().mean()) * r.guidance_norm for r in trace.records]
     explore, cfg = trace_views.step_slider_updates(trace)
     assert explore is not cfg and explore["value"] == 4 and explore["maximum"] == 4 and explore["minimum"] == 1
     assert cfg["value"] == int(np.argmax(gaps)) + 1 and gaps[cfg["value"] - 1] == max(gaps) > 0
@@ -197,8 +204,8 @@ def test_model_choice_and_gpu_durations():
     assert eng.choose_model(None, cuda=False)[0] == "tiny-shapes"
     assert eng.choose_model(None, cuda=True)[0] == "sd15"
     assert eng.choose_model("sd21", cuda=False) == ("sd21", "--model sd21 was requested")
-    from labapp.metadata import GenerationSettings
+    from pipelines.request import GenerationRequest
 
-    small, big = GenerationSettings("a", steps=10), GenerationSettings("a", steps=50, num_images=4)
+    small, big = GenerationRequest("a", steps=10), GenerationRequest("a", steps=50, num_images=4)
     assert eng._generation_duration(big, 5) > eng._generation_duration(small, 5) > 0
     assert eng._batch_duration([small, big]) > eng._batch_duration([small])

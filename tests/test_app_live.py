@@ -66,7 +66,7 @@ def server():
     import torch
 
     from labapp import engine as eng
-    from tests.app_server import launch
+    from testkit.app_server import launch
 
     torch.set_num_threads(1)
     demo, url = launch(eng.load_engine(eng.EMBEDDED_MODEL, "browser test", "cpu"), concurrency_limit=2)
@@ -141,8 +141,11 @@ def test_previews_stream_on_top_and_change(browser, server):
     page.locator("#prompt textarea").click()
     page.keyboard.press("End")
     page.keyboard.press("Enter")  # Enter in the prompt runs Generate
-    page.wait_for_timeout(700)
+    # the screenshot a person would see mid-run: after the second preview arrived, before the last
+    page.wait_for_function("() => window.__probe && window.__probe.srcs.size >= 2", timeout=120_000)
+    mid_label = page.locator("#x0-preview").inner_text()
     shot(page, "generate-streaming-desktop")
+    print("streaming screenshot taken at:", mid_label.strip().replace("\n", " "))
     page.get_by_text("Done:").wait_for(timeout=120_000)
     probe = page.evaluate(STOP_PROBE)
     assert probe["changes"] >= 3, probe

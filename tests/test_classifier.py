@@ -9,7 +9,7 @@ from pipelines.classifier import (HEADS, NoiseAwareClassifier, load_classifier, 
 from pipelines.guidance import (GuidanceConfig, classifier_gradient, classifier_guided_eps, output_shift_from_eps)
 from pipelines.prediction import predicted_eps
 from pipelines.schedulers import SCHEDULERS, EvalPoint
-from tests.tiny import make_tiny_components
+from testkit.tiny import make_tiny_components
 
 
 # --------------------------------------------------------------------------- formulas

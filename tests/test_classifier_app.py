@@ -10,7 +10,7 @@ from PIL import Image
 torch = pytest.importorskip("torch")
 from gradio_client import Client  # noqa: E402
 
-from tests.app_server import launch, tiny_engine  # noqa: E402
+from testkit.app_server import launch, tiny_engine  # noqa: E402
 
 BASE = dict(negative_prompt="", scheduler="DDIM", steps=6, seed=11, preview_every=0)
 

@@ -8,7 +8,7 @@ import sys
 import torch
 from safetensors.torch import load_file
 
-from tests.tiny import train_env
+from testkit.tiny import train_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "train", "train_classifier.py")

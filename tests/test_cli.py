@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.app_server import free_port
+from testkit.app_server import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 APP = os.path.join(ROOT, "app.py")

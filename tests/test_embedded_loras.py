@@ -6,6 +6,7 @@ the direction and rough size of each effect with room for 12 prompts and 12 step
 targets (measured on 100 prompts, 25 steps in BENCHMARKS.md "Embedded style LoRAs")."""
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -128,13 +129,16 @@ def test_engine_fuses_plain_blends_unfuses_step_ranges_and_restores_exactly(blen
     three = [{"name": "outline", "weight": 0.8}, {"name": "night", "weight": 0.6}, {"name": "pastel", "weight": 0.7}]
     call = dict(prompt="a red circle", num_inference_steps=6, guidance_scale=guidance(), output_type="np")
 
+    def blend_of(items):
+        return Blend(tuple(AdapterSetting(**a) for a in items))
+
     def gen(pipe):
         return pipe(generator=torch.Generator().manual_seed(3), **call)
 
     never = TracingStableDiffusionPipeline.from_pretrained(os.path.join(ROOT, "models", "tiny-shapes"))
     never.set_progress_bar_config(disable=True)
     reference = gen(never).images
-    with engine.pipeline(three) as pipe:
+    with engine.pipeline(blend_of(three)) as pipe:
         assert pipe.lora_path == "fused"
         fused = gen(pipe)
     assert fused.lora_path == "fused"
@@ -144,19 +148,19 @@ def test_engine_fuses_plain_blends_unfuses_step_ranges_and_restores_exactly(blen
     assert np.abs(fused.images - reference).max() > 0.1  # the blend does change the image
     assert np.abs(fused.images - unfused.images).max() <= 1e-4  # same sum, other rounding
     ranged = [dict(three[0], step_range=(0.0, 0.5))] + three[1:]
-    with engine.pipeline(ranged) as pipe:
+    with engine.pipeline(blend_of(ranged)) as pipe:
         assert pipe.lora_path == "unfused"
         assert gen(pipe).lora_path == "unfused"
-    with engine.pipeline([]) as pipe:
+    with engine.pipeline(Blend()) as pipe:
         out = gen(pipe)
     assert out.lora_path == "none"
     np.testing.assert_array_equal(out.images, reference)
     blender.set_dense_budget(0)  # low-rank layers: fusing now merges into the base weights for real
     try:
-        with engine.pipeline(three) as pipe:
+        with engine.pipeline(blend_of(three)) as pipe:
             merged = gen(pipe)
         assert np.abs(merged.images - unfused.images).max() <= 1e-4
-        with engine.pipeline([]) as pipe:
+        with engine.pipeline(Blend()) as pipe:
             np.testing.assert_array_equal(gen(pipe).images, reference)  # base weights restored bit-exactly
     finally:
         blender.set_dense_budget(128)
@@ -165,7 +169,8 @@ def test_engine_fuses_plain_blends_unfuses_step_ranges_and_restores_exactly(blen
 def test_the_app_stream_reports_the_lora_path(blender):
     """What the app's status line and trace read: the final output of engine.stream_generation."""
     import labapp.engine as eng
-    from labapp.metadata import GenerationSettings
+    from pipelines.lora_settings import Blend
+    from pipelines.request import GenerationRequest
 
     engine = eng.Engine(pipe=blender.pipe, model_id="tiny-shapes", reason="test", family="tiny-shapes", blender=blender)
     previous = eng._current
@@ -173,7 +178,8 @@ def test_the_app_stream_reports_the_lora_path(blender):
     try:
         for lora, path in (([{"name": "night", "weight": 1.0}], "fused"),
                            ([{"name": "night", "weight": 1.0, "step_range": (0.0, 0.5)}], "unfused"), ([], "none")):
-            settings = GenerationSettings(prompt="a red circle", steps=4, guidance_scale=guidance(), lora=lora)
+            settings = GenerationRequest(prompt="a red circle", steps=4, guidance_scale=guidance(),
+                                         blend=Blend.parse(json.dumps(lora)))
             *records, final = list(eng.stream_generation(settings))
             assert len(records) == 4 and final.lora_path == path, lora
     finally:

@@ -23,7 +23,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.tiny import save_tiny_model, train_env, write_noise_imagefolder
+from testkit.tiny import save_tiny_model, train_env, write_noise_imagefolder
 
 torch = pytest.importorskip("torch")
 
@@ -236,7 +236,7 @@ def app_server():
     torch.set_num_threads(1)
     from gradio_client import Client
 
-    from tests.app_server import launch, tiny_engine
+    from testkit.app_server import launch, tiny_engine
 
     engine = tiny_engine()
     flaky = FlakyUNet(engine.pipe.unet)
@@ -291,8 +291,8 @@ def lora_vanish_scenario(mode: str, folder: str) -> None:
     garbage in place, as `cp` does), generate again: the loaded blends must give the same images."""
     from pipelines import TracingStableDiffusionPipeline
     from pipelines.lora import Blend, LoraBlender
-    from tests.lora_factory import random_lora, save_diffusers_lora
-    from tests.tiny import make_tiny_components
+    from testkit.lora_factory import random_lora, save_diffusers_lora
+    from testkit.tiny import make_tiny_components
 
     pipe = TracingStableDiffusionPipeline(**make_tiny_components())
     pipe.set_progress_bar_config(disable=True)

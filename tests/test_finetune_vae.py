@@ -12,7 +12,7 @@ import torch
 def test_decoder_moves_encoder_stays_and_run_resumes(tmp_path, capsys):
     from diffusers import AutoencoderKL
 
-    from tests.tiny import make_tiny_components
+    from testkit.tiny import make_tiny_components
     from train import finetune_vae
 
     model = tmp_path / "model"
@@ -42,7 +42,7 @@ def test_encoder_part_keeps_decoder_and_anchors_plain_latents(tmp_path, capsys):
     from diffusers import AutoencoderKL
 
     from shapesworld.world import images_array
-    from tests.tiny import make_tiny_components
+    from testkit.tiny import make_tiny_components
     from train import finetune_vae
     from train.train_base import to_model_space
 
@@ -77,7 +77,7 @@ def test_encoder_part_keeps_decoder_and_anchors_plain_latents(tmp_path, capsys):
 
 
 def test_combinations_are_kinds_of_their_own_and_keep_earlier_records(tmp_path):
-    from tests.tiny import make_tiny_components
+    from testkit.tiny import make_tiny_components
     from train import finetune_vae
 
     model = tmp_path / "model"
@@ -101,7 +101,7 @@ def test_combinations_are_kinds_of_their_own_and_keep_earlier_records(tmp_path):
 
 
 def test_checkpoint_of_other_kinds_is_refused(tmp_path):
-    from tests.tiny import make_tiny_components
+    from testkit.tiny import make_tiny_components
     from train import finetune_vae
 
     model = tmp_path / "model"

@@ -110,7 +110,7 @@ def test_a_reader_never_sees_a_short_file_while_the_same_image_is_saved_again(tm
 
 def test_the_app_installs_it():
     import app
-    from tests.app_server import tiny_engine
+    from testkit.app_server import tiny_engine
 
     gradio_cache.uninstall()
     app.build_demo(tiny_engine())

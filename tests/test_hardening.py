@@ -3,6 +3,7 @@ trace memory, the work budget and GPU durations, the model switch on a Space, th
 dir, raw inputs on every event, and Hub-token redaction. Each test failed before its fix."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -25,7 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def tiny_pipe():
     torch.set_num_threads(1)
     from pipelines import TracingStableDiffusionPipeline
-    from tests.tiny import make_tiny_components
+    from testkit.tiny import make_tiny_components
 
     pipe = TracingStableDiffusionPipeline(**make_tiny_components())
     pipe.set_progress_bar_config(disable=True)
@@ -75,12 +76,12 @@ def test_store_evicts_least_recently_used_across_sessions_within_budget():
     store = trace_store.TraceStore(budget_bytes=3 * one)
     first, second, third = (trace_store.keep({}, [fake_record(i)], "m", store) for i in range(3))
     assert len(store) == 3
-    first["records"][0]  # viewed: now the most recent
+    first.records[0]  # viewed: now the most recent
     fourth = trace_store.keep({}, [fake_record(3)], "m", store)
     assert len(store) == 3 and store.nbytes <= 3 * one
     with pytest.raises(gr.Error, match="no longer kept on the server"):
-        second["records"][0]
-    assert first["records"][0].step == 0 and third["records"][0].step == 2 and fourth["records"][0].step == 3
+        second.records[0]
+    assert first.records[0].step == 0 and third.records[0].step == 2 and fourth.records[0].step == 3
 
 
 def test_store_drops_runs_after_their_lifetime():
@@ -88,10 +89,10 @@ def test_store_drops_runs_after_their_lifetime():
     store = trace_store.TraceStore(ttl_seconds=900, clock=lambda: now[0])
     trace = trace_store.keep({}, [fake_record(0)], "m", store)
     now[0] = 899
-    assert trace["records"][0].step == 0
+    assert trace.records[0].step == 0
     now[0] = 901
     with pytest.raises(gr.Error, match="15 minutes"):
-        list(trace["records"])
+        list(trace.records)
     assert store.nbytes == 0 and len(store) == 0
 
 
@@ -106,10 +107,10 @@ def test_a_view_of_an_evicted_run_says_so(engine):
     out = list(gen.generate("a red circle", "", "DDIM", 2, 5.0, 0, width=16, height=16, num_images=2,
                             preview_every=0, progress=no_progress))
     trace = out[-1][-1]
-    assert set(trace) >= {"settings", "records", "model"} and len(trace["records"]) == 2
+    assert {f.name for f in dataclasses.fields(trace)} >= {"settings", "records", "model"} and len(trace.records) == 2
     x_t, x0, _eps, info = trace_views.explore_step(trace, 2, "linear")  # the sliders are 1-based
     assert x_t is not None and "step 2 / 2" in info
-    trace_store.STORE.forget(trace["records"].key)
+    trace_store.STORE.forget(trace.records.key)
     with pytest.raises(gr.Error, match="no longer kept on the server.*generate again"):
         trace_views.explore_step(trace, 2, "linear")
     with pytest.raises(gr.Error, match="no longer kept"):
@@ -120,8 +121,8 @@ def test_a_view_of_an_evicted_run_says_so(engine):
 
 
 def test_the_largest_generate_fits_the_budget(engine):
-    job = gen.build_settings(engine, prompt="a", negative_prompt="b", scheduler="Heun", steps=gen.MAX_STEPS,
-                             guidance_scale=7.5, seed=0, width=16, height=16, num_images=gen.MAX_IMAGES,
+    job = gen.build_request(engine, prompt="a", negative_prompt="b", scheduler="Heun", steps=gen.MAX_STEPS,
+                            guidance_scale=7.5, seed=0, width=16, height=16, num_images=gen.MAX_IMAGES,
                              guidance_method="perp-neg")
     assert eng.job_branches(job) == 3 and eng.job_images(job) == gen.MAX_IMAGES
     assert eng.request_cost([job]) <= eng.MODEL_CALL_BUDGET
@@ -137,7 +138,7 @@ def test_maximal_sweep_is_refused_with_budget_and_cost(tiny_pipe):
 
 def test_sweep_gpu_duration_counts_every_adherence_image(engine):
     job = labs._settings(prompt="x", negative_prompt="", scheduler="DDIM", steps=100, guidance_scale=5, seed=0)
-    job.prompt = ["a red circle"] * 32
+    job = job.replace(prompt=["a red circle"] * 32)
     expected = eng.GPU_SECONDS_OVERHEAD + eng.GPU_SECONDS_PER_STEP_IMAGE * 100 * 32
     assert eng._batch_duration([job]) == int(expected)  # it counted 1 image per job: 29x too short
 
@@ -182,7 +183,7 @@ def test_every_event_takes_raw_inputs(engine):
 def test_the_app_has_its_own_temp_dir():
     """In a fresh process (GRADIO_TEMP_DIR unset): the app sets its own before Gradio writes."""
     code = ("import os, sys; sys.path.insert(0, %r); os.environ.pop('GRADIO_TEMP_DIR', None)\n"
-            "import app, tempfile\nfrom tests.app_server import tiny_engine\n"
+            "import app, tempfile\nfrom testkit.app_server import tiny_engine\n"
             "demo = app.build_demo(tiny_engine())\n"
             "caches = {b.GRADIO_CACHE for b in demo.blocks.values()}\n"
             "print(os.environ['GRADIO_TEMP_DIR']); print(sorted(caches)); print(oct(os.stat(os.environ['GRADIO_TEMP_DIR']).st_mode & 0o777))\n") % ROOT

@@ -33,7 +33,7 @@ DOC = os.path.join(ROOT, "docs", "hostile-inputs.md")
 def server():
     torch = pytest.importorskip("torch")
     torch.set_num_threads(1)
-    from tests.app_server import launch, tiny_engine
+    from testkit.app_server import launch, tiny_engine
 
     engine = tiny_engine()
     demo, url = launch(engine, concurrency_limit=1)
@@ -46,7 +46,7 @@ def ctx(server, tmp_path_factory):
     from gradio_client import Client
 
     from pipelines import TracingStableDiffusionPipeline
-    from tests.tiny import make_tiny_components
+    from testkit.tiny import make_tiny_components
 
     def tiny_pipe():
         pipe = TracingStableDiffusionPipeline(**make_tiny_components())

@@ -12,7 +12,7 @@ from diffusers import StableDiffusionImg2ImgPipeline
 from pipelines import TracingStableDiffusionPipeline, make_scheduler, scheduler_names
 from pipelines.forward import encode_image, q_sample, snr
 from pipelines.img2img import check_strength, img2img
-from tests.tiny import make_tiny_components
+from testkit.tiny import make_tiny_components
 
 TOL = 1e-5
 
@@ -132,7 +132,7 @@ gradio_client = pytest.importorskip("gradio_client")
 def client():
     from gradio_client import Client
 
-    from tests.app_server import launch, tiny_engine
+    from testkit.app_server import launch, tiny_engine
 
     torch.set_num_threads(1)
     demo, url = launch(tiny_engine(), concurrency_limit=1)
@@ -229,11 +229,11 @@ def test_img2img_trace_loads_into_the_explorer(image):
     from labapp import engine as eng
     from labapp import trace_views
     from labapp.img2img import img2img as img2img_handler
-    from tests.app_server import tiny_engine
+    from testkit.app_server import tiny_engine
 
     eng.install(tiny_engine())
     out, status, trace = img2img_handler(image, "a blue circle", "", 0.5, "Euler a", 8, 5.0, 3)
-    assert "4 of 8 steps" in status and len(trace["records"]) == 4 and trace["settings"]["strength"] == 0.5
+    assert "4 of 8 steps" in status and len(trace.records) == 4 and trace.settings["strength"] == 0.5
     slider, _cfg = trace_views.step_slider_updates(trace)
     assert slider["maximum"] == 4  # 1-based steps (issue 14)
     x_t, x0, _plot, info = trace_views.explore_step(trace, 4, "vae")

@@ -18,8 +18,8 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 
 from pipelines.lora import AdapterSetting, Blend, LoraBlender, lora_grid
 from pipelines.lora_layers import plan_of
-from tests.lora_factory import ATTENTION_TARGETS, RESNET_TARGETS, random_lora, save_diffusers_lora, save_kohya_lora
-from tests.tiny import make_tiny_components
+from testkit.lora_factory import ATTENTION_TARGETS, RESNET_TARGETS, random_lora, save_diffusers_lora, save_kohya_lora
+from testkit.tiny import make_tiny_components
 
 PROMPT = "a red circle"
 CALL = dict(num_inference_steps=3, height=16, width=16, guidance_scale=5.0, output_type="np")

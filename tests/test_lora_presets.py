@@ -80,7 +80,7 @@ def test_missing_embedded_file_is_unavailable_and_a_clear_error(fake_repo):
 
 def test_embedded_preset_loads_into_a_blender(fake_repo):
     from pipelines.lora import Blend, LoraBlender
-    from tests.lora_factory import random_lora, save_diffusers_lora
+    from testkit.lora_factory import random_lora, save_diffusers_lora
     from tests.test_lora_blend import make_pipe, run
 
     pipe = make_pipe()

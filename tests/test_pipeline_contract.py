@@ -6,7 +6,7 @@ equal stock's to 1e-5 (``assert_same_as_stock`` runs the stock class on fresh co
 same seed). Where stock itself fails on transformers 5 (clip_skip: no ``.text_model``), the stock
 param is marked xfail(strict), so the day it starts working the mark must go.
 
-Tiny seeded components (tests/tiny.py), CPU float32, 2-3 steps.
+Tiny seeded components (testkit/tiny.py), CPU float32, 2-3 steps.
 """
 import inspect
 import logging
@@ -28,8 +28,8 @@ from diffusers.pipelines.stable_diffusion import StableDiffusionPipelineOutput
 from diffusers.utils import logging as diffusers_logging
 
 from pipelines import TracingStableDiffusionPipeline
-from tests.lora_factory import random_lora, save_diffusers_lora
-from tests.tiny import make_tiny_components
+from testkit.lora_factory import random_lora, save_diffusers_lora
+from testkit.tiny import make_tiny_components
 
 TOL = 1e-5
 SIZE = 16

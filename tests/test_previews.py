@@ -14,7 +14,7 @@ from pipelines.previews import (
     save_linear_factors,
     to_pil,
 )
-from tests.tiny import make_tiny_components
+from testkit.tiny import make_tiny_components
 
 
 @pytest.fixture(scope="module")

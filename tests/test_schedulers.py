@@ -12,7 +12,7 @@ from pipelines.schedulers import (
     scheduler_names,
     training_schedule,
 )
-from tests.tiny import make_tiny_components
+from testkit.tiny import make_tiny_components
 
 REQUIRED = ["DDIM", "DDPM", "PNDM", "LMS", "Euler", "Euler a", "Heun", "DPM2", "DPM2 a", "DPM++ 2M",
             "DPM++ 2M Karras", "DPM++ SDE Karras", "DPM++ 2M SDE", "UniPC", "DEIS", "LCM"]

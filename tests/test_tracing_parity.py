@@ -15,7 +15,7 @@ from diffusers import StableDiffusionPipeline
 
 from pipelines import GuidanceConfig, StepRecord, TracingStableDiffusionPipeline, make_scheduler, scheduler_names
 from pipelines.schedulers import SCHEDULERS
-from tests.tiny import make_tiny_components
+from testkit.tiny import make_tiny_components
 
 TOL = 1e-5
 HEIGHT = WIDTH = 16

@@ -5,6 +5,7 @@ import os
 import numpy as np
 import torch
 
+from train.lora_checkpoints import MARKER
 from train.train_base import batch_indices, latest_checkpoint, main
 
 
@@ -39,8 +40,8 @@ def test_toy_run_writes_a_model_stock_diffusers_loads(tmp_path):
 def test_half_written_checkpoint_is_never_latest(tmp_path):
     folder = tmp_path / "unet"
     (folder / "checkpoint-2").mkdir(parents=True)
-    (folder / "checkpoint-2" / "done.json").write_text("{}")
-    (folder / "checkpoint-4").mkdir()  # no done.json: a save that was interrupted
+    (folder / "checkpoint-2" / MARKER).write_text("{}")
+    (folder / "checkpoint-4").mkdir()  # no marker: a save that was interrupted
     (folder / "checkpoint-6.tmp").mkdir()
     assert latest_checkpoint(str(folder)).endswith("checkpoint-2")
 

@@ -48,7 +48,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from shapesworld import score_image  # noqa: E402
 from shapesworld.world import STYLES, images_array, style_parts  # noqa: E402
-from train.train_base import lr_lambda, to_model_space  # noqa: E402
+from train.common import warmup_cosine  # noqa: E402
+from train.train_base import to_model_space  # noqa: E402
 
 KINDS = (None,) + STYLES
 
@@ -158,7 +159,7 @@ def main(argv=None):
     for p_ in params:
         p_.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(50, args.steps))  # warmup, cosine to 0.1
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(50, args.steps, floor=0.1))
     start = 0
     ckpt = os.path.join(work_dir, "checkpoint.pt")
     if os.path.exists(ckpt):

@@ -74,6 +74,7 @@ def min_snr_loss_weights(snr: torch.Tensor, gamma: float, prediction_type: str) 
 
 
 def snr_of_timesteps(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-    """SNR(t) = alpha_bar_t / (1 - alpha_bar_t), in float64 then cast to float32."""
-    alpha_bar = alphas_cumprod.to(device=timesteps.device, dtype=torch.float64)[timesteps]
-    return (alpha_bar / (1.0 - alpha_bar)).float()
+    """SNR(t) of each timestep (pipelines.forward.snr, float64), cast to float32."""
+    from pipelines.forward import snr
+
+    return snr(alphas_cumprod.to(device=timesteps.device, dtype=torch.float64)[timesteps]).float()

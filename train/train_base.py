@@ -18,14 +18,13 @@ sampling must start at t = T, hence "trailing" timestep spacing. All three go in
 scheduler config, so any diffusers scheduler built from it samples the model correctly.
 
 Every batch, noise draw and timestep is a function of (seed, step), so a resumed run continues
-exactly where the stopped one was; checkpoints are written to a temporary folder and renamed, so a
-stop during a save never leaves a broken latest checkpoint.
+exactly where the stopped one was; checkpoints are train/lora_checkpoints.py's (written to a temporary
+folder, marked complete, renamed), so a stop during a save never leaves a broken latest checkpoint.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 import sys
@@ -45,6 +44,8 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer  # noqa: E
 
 from shapesworld import STYLES, VOCABULARY, images_array  # noqa: E402
 from shapesworld.tokenizer import build_clip_tokenizer_files  # noqa: E402
+from train.common import resume_step, warmup_cosine  # noqa: E402
+from train.lora_checkpoints import latest_checkpoint, remove_stale_partials, save_checkpoint  # noqa: E402
 
 MAX_TOKENS = 32  # longest shapes caption + a LoRA trigger phrase is ~14 tokens
 
@@ -117,16 +118,6 @@ def noise_schedule_kwargs() -> dict:
 
 # ----------------------------------------------------------------------------- helpers
 
-def lr_lambda(warmup: int, total: int, floor: float = 0.1):
-    """Linear warmup to 1, then cosine decay to ``floor``."""
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-    return f
-
-
 class EMA:
     """Exponential moving average of parameters (kept on the side, saved with checkpoints)."""
 
@@ -158,32 +149,18 @@ def batch_indices(step: int, batch_size: int, n: int, seed: int) -> torch.Tensor
     return perm[k * batch_size:(k + 1) * batch_size]
 
 
-def latest_checkpoint(folder: str) -> str | None:
-    """The newest checkpoint folder that was completely written (it holds ``done.json``)."""
-    if not os.path.isdir(folder):
-        return None
-    done = [d for d in os.listdir(folder) if d.startswith("checkpoint-") and os.path.exists(os.path.join(folder, d, "done.json"))]
-    return os.path.join(folder, max(done, key=lambda d: int(d.split("-")[1]))) if done else None
+def resume_checkpoint(args, accelerator: Accelerator, folder: str) -> int:
+    """A stage's start step: with --resume its latest complete checkpoint loaded, else 0 (half-written
+    ones from a stop during a save are removed either way)."""
+    if accelerator.is_main_process:
+        remove_stale_partials(folder)
+    return resume_step(accelerator, latest_checkpoint(folder) if args.resume else None)
 
 
 def publish_dir(tmp: str, final: str) -> None:
     """Move a completely written folder into place (a crash before this leaves only ``*.tmp``)."""
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
-
-
-def save_checkpoint(accelerator: Accelerator, folder: str, step: int, limit: int, extra: dict):
-    final = os.path.join(folder, f"checkpoint-{step}")
-    tmp = final + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.save_state(tmp)
-    with open(os.path.join(tmp, "done.json"), "w") as f:
-        json.dump({"step": step, **extra}, f)
-    publish_dir(tmp, final)
-    done = sorted((d for d in os.listdir(folder) if d.startswith("checkpoint-") and not d.endswith(".tmp")),
-                  key=lambda d: int(d.split("-")[1]))
-    for old in done[:-limit]:
-        shutil.rmtree(os.path.join(folder, old), ignore_errors=True)
 
 
 def load_data(args) -> tuple[torch.Tensor, list[str]]:
@@ -214,13 +191,9 @@ def train_vae(args, accelerator: Accelerator, images: torch.Tensor) -> Autoencod
     torch.manual_seed(args.seed)
     vae = build_vae()
     opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(args.warmup_steps, args.vae_steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(args.warmup_steps, args.vae_steps, floor=0.1))
     vae, opt, sched = accelerator.prepare(vae, opt, sched)
-    start = 0
-    ckpt = latest_checkpoint(folder) if args.resume else None
-    if ckpt:
-        accelerator.load_state(ckpt)
-        start = json.load(open(os.path.join(ckpt, "done.json")))["step"]
+    start = resume_checkpoint(args, accelerator, folder)
     bar = tqdm(range(start, args.vae_steps), initial=start, total=args.vae_steps, desc="vae",
                disable=not accelerator.is_local_main_process)
     for step in bar:
@@ -239,7 +212,7 @@ def train_vae(args, accelerator: Accelerator, images: torch.Tensor) -> Autoencod
             accelerator.log({"vae/mse": mse.item(), "vae/kl": kl.item(), "vae/lr": sched.get_last_lr()[0]}, step=step)
             bar.set_postfix(mse=f"{mse.item():.4f}")
         if (step + 1) % args.checkpointing_steps == 0 and step + 1 < args.vae_steps:
-            save_checkpoint(accelerator, folder, step + 1, args.checkpoints_total_limit, {"stage": "vae", "mse": mse.item()})
+            save_checkpoint(accelerator, folder, step + 1, {"stage": "vae", "mse": mse.item()}, args.checkpoints_total_limit)
     vae = accelerator.unwrap_model(vae).eval()
     # SD convention: latents are multiplied by scaling_factor so that they have unit variance
     with torch.no_grad():
@@ -277,7 +250,7 @@ def finetune_decoder_on_styles(args, accelerator: Accelerator, vae: AutoencoderK
     for p_ in vae.post_quant_conv.parameters():
         p_.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=3e-4)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(20, args.decoder_steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(20, args.decoder_steps, floor=0.1))
     bar = tqdm(range(args.decoder_steps), desc="decoder (styles)", disable=not accelerator.is_local_main_process)
     for step in bar:
         x = to_model_space(pool[batch_indices(step, args.vae_batch_size, len(pool), args.seed + 2)])
@@ -336,15 +309,11 @@ def train_unet(args, accelerator: Accelerator, vae: AutoencoderKL, images, capti
     noise_scheduler = DDPMScheduler(**noise_schedule_kwargs())
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=args.unet_lr, weight_decay=1e-2)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(args.warmup_steps, args.unet_steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(args.warmup_steps, args.unet_steps, floor=0.1))
     unet, text_encoder, opt, sched = accelerator.prepare(unet, text_encoder, opt, sched)
     ema = EMA(params, args.ema_decay)
     accelerator.register_for_checkpointing(ema)
-    start = 0
-    ckpt = latest_checkpoint(folder) if args.resume else None
-    if ckpt:
-        accelerator.load_state(ckpt)
-        start = json.load(open(os.path.join(ckpt, "done.json")))["step"]
+    start = resume_checkpoint(args, accelerator, folder)
 
     bar = tqdm(range(start, args.unet_steps), initial=start, total=args.unet_steps, desc="unet",
                disable=not accelerator.is_local_main_process)
@@ -369,7 +338,7 @@ def train_unet(args, accelerator: Accelerator, vae: AutoencoderKL, images, capti
             accelerator.log({"unet/loss": loss.item(), "unet/lr": sched.get_last_lr()[0]}, step=step)
             bar.set_postfix(loss=f"{loss.item():.4f}")
         if (step + 1) % args.checkpointing_steps == 0 and step + 1 < args.unet_steps:
-            save_checkpoint(accelerator, folder, step + 1, args.checkpoints_total_limit, {"stage": "unet", "loss": loss.item()})
+            save_checkpoint(accelerator, folder, step + 1, {"stage": "unet", "loss": loss.item()}, args.checkpoints_total_limit)
 
     unet, text_encoder = accelerator.unwrap_model(unet), accelerator.unwrap_model(text_encoder)
     ema.copy_to(list(unet.parameters()) + list(text_encoder.parameters()))

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import sys
 import time
@@ -38,6 +37,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from pipelines.classifier import HEADS, NoiseAwareClassifier, save_classifier  # noqa: E402
+from train.common import resume_step, warmup_cosine  # noqa: E402
 from train.lora_checkpoints import latest_checkpoint, read_marker, remove_stale_partials, save_checkpoint  # noqa: E402
 from train.lora_data import keyed_generator  # noqa: E402
 
@@ -189,7 +189,8 @@ def main(argv=None) -> int:
         resume_dir = latest_checkpoint(args.output_dir)
         if resume_dir is None:
             log.info("--resume_from_checkpoint=latest: no complete checkpoint yet, starting fresh")
-    position = read_marker(resume_dir) if resume_dir else {"global_step": 0}
+    if resume_dir:
+        read_marker(resume_dir)  # an incomplete checkpoint is refused here, before any work
 
     # 1. Data: the model's own VAE latents and noise schedule
     src = args.pretrained_model_name_or_path
@@ -209,22 +210,16 @@ def main(argv=None) -> int:
     num_params = sum(p.numel() for p in model.parameters())
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
 
-    def lr_lambda(step: int) -> float:
-        if step < args.lr_warmup_steps:
-            return (step + 1) / args.lr_warmup_steps
-        progress = (step - args.lr_warmup_steps) / max(1, args.max_train_steps - args.lr_warmup_steps)
-        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(args.lr_warmup_steps, args.max_train_steps, floor=0.05))
     model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
+    global_step = resume_step(accelerator, resume_dir)
     if resume_dir:
-        accelerator.load_state(resume_dir)
-        log.info(f"resumed from {resume_dir} at step {position['global_step']}")
+        log.info(f"resumed from {resume_dir} at step {global_step}")
     if accelerator.is_main_process and args.report_to != "none":
         accelerator.init_trackers("train_classifier", config={k: str(v) for k, v in vars(args).items()})
 
     # 3. Train
-    global_step = int(position["global_step"])
     progress = tqdm(range(args.max_train_steps), initial=global_step, desc="steps", disable=not accelerator.is_local_main_process)
     t_train = time.time()
     loss_avg = None

@@ -14,7 +14,7 @@ def free_port() -> int:
 def tiny_engine():
     from labapp import engine_from_pipe
     from pipelines import TracingStableDiffusionPipeline
-    from tests.tiny import make_tiny_components
+    from testkit.tiny import make_tiny_components
 
     return engine_from_pipe(TracingStableDiffusionPipeline(**make_tiny_components()), "tiny-test", "test components")
 

@@ -121,3 +121,24 @@ def train_env(tmp_path, **extra) -> dict:
     env.pop("HF_TOKEN", None)
     env.update(extra)
     return env
+
+
+def make_tiny_clip_guide(seed: int = 0, image_size: int = 8, projection_dim: int = 8):
+    """A random tiny CLIP guide (pipelines.guidance_gradient.ClipGuide): 2-layer vision and text
+    towers with projections, built in code (no download), OpenAI CLIP's mean/std."""
+    from transformers import (CLIPTextModelWithProjection, CLIPVisionConfig, CLIPVisionModelWithProjection)
+    from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+    from pipelines.guidance_gradient import ClipGuide
+
+    tokenizer = make_tiny_tokenizer()
+    torch.manual_seed(seed)
+    vision = CLIPVisionModelWithProjection(CLIPVisionConfig(
+        image_size=image_size, patch_size=4, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        num_attention_heads=2, projection_dim=projection_dim))
+    torch.manual_seed(seed + 1)
+    text = CLIPTextModelWithProjection(CLIPTextConfig(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=2, vocab_size=len(tokenizer),
+        max_position_embeddings=tokenizer.model_max_length, projection_dim=projection_dim))
+    return ClipGuide(vision, text, tokenizer, image_size, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, model_id="tiny-random-clip")
