@@ -157,7 +157,8 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1, allow_model_switc
                                         info="Enter runs Generate; Shift+Enter starts a new line.")
                     negative_prompt = gr.Textbox(label="Negative prompt", value="", max_length=gen.check.MAX_PROMPT_CHARS)
                     with gr.Row():
-                        model = gr.Dropdown(models_ui.choices(engine.device == "cuda"), value=engine.model_id,
+                        model = gr.Dropdown(models_ui.choices(engine.device == "cuda", engine.model_id),
+                                            value=engine.model_id,
                                             label="Model", interactive=switchable, elem_id="model",
                                             info="Beside each name: why it may not load here. A failed switch "
                                                  "keeps the current model.")
@@ -306,13 +307,14 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1, allow_model_switc
         with gr.Tab("Timestep explorer"):
             gr.Markdown("### The last run, step by step")
             gr.Markdown(docs.LAB_INTROS["explorer"], elem_classes="lab-note")
-            with gr.Row(equal_height=True):
+            with gr.Row():
                 explore_slider = gr.Slider(1, 2, value=1, step=1, label="Recorded step", interactive=False,
                                            elem_id="explore-step", scale=4, info=docs.INFO["explore_step"])
-                explore_play = gr.Button("Play", elem_id="explore-play", scale=0, min_width=80)
+                explore_play = gr.Button("Play", elem_id="explore-play", scale=0, min_width=80, size="sm")
                 explore_decoder = gr.Radio(list(decoders), value=view_decoder, label="Decoder", scale=2)
             explore_frames = gr.HTML(trace_views.NO_FRAMES, elem_id="explore-frames", js_on_load=None)
             explore_info = gr.Markdown(trace_views.NO_TRACE)
+            gr.Markdown(docs.INFO["explore_terms"], elem_classes="lab-note")
             explore_eps = gr.Plot(label="Noise prediction", show_label=False)
             gr.Markdown("### The forward process: noise any image with the model's own schedule")
             gr.Markdown(docs.LAB_INTROS["forward"], elem_classes="lab-note")

@@ -63,8 +63,7 @@ LAB_INTROS = {
 
 # info= text for the jargon on the controls
 INFO = {
-    "guidance_scale": "w in eps = eps_u + w (eps_c - eps_u): 1 is the prompt-conditioned model alone, higher follows "
-                      "the prompt harder.",
+    "guidance_scale": "w: 1 = the prompt alone; higher follows it harder (CFG lab).",
     "guidance_rescale": "phi: rescales the guided prediction's std back toward the conditional one's (Lin et al. 2024), "
                         "against over-saturation at high w.",
     "apg_momentum": "beta: APG's running average of the guidance direction (negative values push away from the "
@@ -72,9 +71,10 @@ INFO = {
     "apg_norm_threshold": "r: the guidance update's norm is clipped to r.",
     "apg_eta": "eta: how much of the update parallel to the conditional prediction is kept (0: only the orthogonal "
                "part, which adds detail without over-saturating).",
-    "explore_step": "1 = the first (noisiest) step. x_t: the noisy latent the UNet gets; eps: its noise prediction; "
-                    "alpha_bar: the signal's share of x_t's variance; sigma = sqrt((1 - alpha_bar) / alpha_bar) "
-                    "(\"sigma = -\" for DDIM-type schedulers, which step in alpha_bar, not sigma).",
+    "explore_step": "1 = the first (noisiest) step.",
+    "explore_terms": "x_t: the noisy latent the UNet gets at this step; eps: its noise prediction; alpha_bar: the "
+                     "signal's share of x_t's variance; sigma = sqrt((1 - alpha_bar) / alpha_bar), shown as "
+                     "\"sigma = -\" for DDIM-type schedulers, which step in alpha_bar and have no sigma.",
     "noise_t": "Training timestep: 0 is the clean image, 999 (almost) pure noise.",
     "sigmas": "How the noise levels are spaced: default, Karras (denser near t = 0), exponential or beta.",
     "spacing": "How the chosen timesteps sit in 0..999: leading, trailing (starts at t = 999) or linspace.",

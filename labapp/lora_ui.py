@@ -33,8 +33,12 @@ def _slot_entry(name, weight, te, down, mid, up, start, end) -> dict | None:
     entry = {"name": name, "weight": float(weight)}
     if te is not None and float(te) != float(weight):
         entry["text_encoder_weight"] = float(te)
-    if (down, mid, up) != (1.0, 1.0, 1.0):
-        entry["block_weights"] = {"down": down, "mid": mid, "up": up}
+    # the "x" sliders multiply the UNet weight per block group; block_weights are absolute scales that
+    # override `weight` for the groups they name (pipelines/lora_settings.py), so only those != 1 x
+    blocks = {k: round(float(weight) * float(m), 4) for k, m in (("down", down), ("mid", mid), ("up", up))
+              if float(m) != 1.0}
+    if blocks:
+        entry["block_weights"] = blocks
     if (start, end) != (0.0, 1.0):
         entry["step_range"] = [start, end]
     return entry
@@ -64,8 +68,8 @@ def blend_slots(blend: list[dict]) -> list:
         te = a.get("text_encoder_weight")
         blocks = a.get("block_weights") or {}
         start, end = a.get("step_range") or (0.0, 1.0)
-        values += [a["name"], weight, weight if te is None else te, blocks.get("down", 1.0), blocks.get("mid", 1.0),
-                   blocks.get("up", 1.0), start, end]
+        times = [blocks[k] / weight if k in blocks and weight else 1.0 for k in ("down", "mid", "up")]
+        values += [a["name"], weight, weight if te is None else te, *times, start, end]
     for _ in range(NUM_SLOTS - min(len(blend), NUM_SLOTS)):
         values += list(EMPTY_SLOT)
     return values

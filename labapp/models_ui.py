@@ -40,9 +40,10 @@ def unavailable_reason(model_id: str, cuda: bool) -> str:
     return "downloads ~2-5 GB from the Hub" + ("" if cuda else "; slow on CPU")
 
 
-def choices(cuda: bool) -> list[tuple[str, str]]:
-    """(label, id) pairs for the dropdown: the id, and why it may not load here."""
-    out = []
+def choices(cuda: bool, loaded: str | None = None) -> list[tuple[str, str]]:
+    """(label, id) pairs for the dropdown: the id, and why it may not load here; ``loaded`` (the model
+    running now) first when it is not a registry model (components a test or benchmark injected)."""
+    out = [(loaded, loaded)] if loaded and loaded not in model_names() else []
     for model_id in model_names():
         why = unavailable_reason(model_id, cuda)
         out.append((f"{model_id} ({why})" if why else model_id, model_id))

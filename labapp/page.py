@@ -30,7 +30,7 @@ CSS = """
 /* the explorer's frames: x_t and predicted x0 side by side, scaled up crisp */
 .explore-frames .frame { display: flex; gap: 12px; flex-wrap: wrap; }
 .explore-frames .frame[hidden] { display: none; }
-.explore-frames figure { margin: 0; flex: 1 1 160px; max-width: 260px; }
+.explore-frames figure { margin: 0; flex: 1 1 130px; max-width: 260px; }
 .explore-frames img { width: 100%; aspect-ratio: 1 / 1; object-fit: contain; image-rendering: pixelated;
                       border-radius: var(--radius-md); background: var(--block-background-fill); }
 .explore-frames figcaption { font-size: 0.85em; color: var(--body-text-color-subdued); text-align: center; }
@@ -41,7 +41,8 @@ CSS = """
 @media (max-width: 700px) {
   .pixelated .grid-wrap .grid-container { grid-template-columns: repeat(auto-fill, minmax(96px, 1fr)); }
   .prose table td, .prose table th { white-space: nowrap; }
-  .prose table td { white-space: normal; min-width: 8em; }
+  .prose table td { white-space: normal; min-width: 6em; }
+  .wide-table td:nth-child(2) { min-width: 15em; }  /* the presets' descriptions: lines of words, not of letters */
   /* the result first: the final image and the status line above the two previews, which sit side by side */
   #results > #final-image { order: -2; }
   #results > #status { order: -1; }

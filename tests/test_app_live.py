@@ -272,6 +272,22 @@ def test_a_bad_input_keeps_the_last_good_result(browser, server):
     page.close()
 
 
+def test_a_bad_generate_input_keeps_the_last_image(browser, server):
+    page = open_page(browser, server)
+    page.locator("#generate-btn").click()
+    page.get_by_text("Done:").wait_for(timeout=120_000)
+    before = page.locator("#final-image img").get_attribute("src")
+    page.get_by_text("LoRA blend", exact=True).click()
+    page.locator("#lora-blend textarea, #lora-blend input").first.fill("night:lots")
+    page.locator("#lora-chip").get_by_text("not applied").wait_for(timeout=30_000)
+    page.locator("#generate-btn").click()
+    page.locator("#status").get_by_text("Error").wait_for(timeout=60_000)  # said on the status line
+    page.wait_for_timeout(500)
+    assert page.locator("#final-image img").get_attribute("src") == before  # the last good image stays
+    assert page.locator("#final-image").get_by_text("Error").count() == 0
+    page.close()
+
+
 def slot(page, i):
     """(preset, UNet weight) shown by mixer slot ``i`` (1-based)."""
     name = page.locator(f"#slot-{i}-preset input").input_value()
@@ -407,8 +423,10 @@ def test_phone_layout_result_first_tables_and_settings(browser, server):
     assert clipped == 0, clipped
     open_tab(page, "LoRA mixer")
     page.wait_for_timeout(800)
-    narrow = page.evaluate("""() => [...document.querySelectorAll('.wide-table td, .wide-table th')]
-        .filter(c => c.offsetParent !== null && c.getBoundingClientRect().width < 60).map(c => c.textContent)""")
+    cells = page.evaluate("""() => [...document.querySelectorAll('.wide-table td, .wide-table th')]
+        .filter(c => c.offsetParent !== null).map(c => [c.textContent, c.getBoundingClientRect().width])""")
+    assert len(cells) >= 8, cells  # the presets table is there (header + 3 presets, 4 columns)
+    narrow = [text for text, width in cells if width < 60]
     assert narrow == [], narrow  # no column squeezed to a letter per line
     shot(page, "lora-mixer-table-phone")
     assert page.errors == [], page.errors

@@ -1,0 +1,89 @@
+"""Warm start: the first Generate and LoRA grid after start, with the app's warm-up and without.
+
+    OMP_NUM_THREADS=1 python bench/bench_warmup.py            # prints; --write updates BENCHMARKS.md
+
+Each mode runs in a fresh process (cold torch, nothing injected by peft yet), on the embedded model,
+one torch thread: load the engine, then (warm mode) ``labapp.warmup.warm_up``, then the handlers a
+click runs, twice each: Generate (25 steps, previews every 2) and the LoRA grid (the mixer's example
+blend). Ratios: first / second call (1.0: no cold start left) and cold first / warm first. In-process,
+so the figures are the handlers' own cost, not Gradio's transport (bench/bench_app.py measures that).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+BLEND = "outline:1, night:1"
+PROMPT = "a large red circle in the top left"
+
+
+def one_mode(warm: bool) -> dict:
+    import torch
+
+    torch.set_num_threads(1)
+    from labapp import engine as eng
+    from labapp import generate as gen
+    from labapp import labs, warmup
+
+    started = time.perf_counter()
+    engine = eng.install(eng.load_engine(eng.EMBEDDED_MODEL, "bench", "cpu"))
+    out = {"load": time.perf_counter() - started}
+    if warm:
+        t = time.perf_counter()
+        warmup.warm_up(engine)
+        out["warm-up"] = time.perf_counter() - t
+    calls = {"generate": lambda: list(gen.generate(PROMPT, "", "DDIM", 25, 3.0, 0, preview_every=2,
+                                                   progress=lambda *a, **k: None)),
+             "lora_grid": lambda: labs.lora_grid(PROMPT, BLEND, 0, 25, 3.0, "DDIM")}
+    for name, call in calls.items():
+        for attempt in ("first", "second"):
+            t = time.perf_counter()
+            call()
+            out[f"{name} {attempt}"] = time.perf_counter() - t
+    return out
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--write", action="store_true")
+    p.add_argument("--mode", choices=["cold", "warm"], help=argparse.SUPPRESS)  # the child process
+    args = p.parse_args()
+    if args.mode:
+        print("RESULT " + json.dumps(one_mode(args.mode == "warm")))
+        return
+    from bench.report import machine, update_section
+
+    results = {}
+    for mode in ("cold", "warm"):
+        env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+        run = subprocess.run([sys.executable, __file__, "--mode", mode], cwd=ROOT, env=env, capture_output=True,
+                             text=True, check=True)
+        results[mode] = json.loads(run.stdout.split("RESULT ", 1)[1])
+    cold, warm = results["cold"], results["warm"]
+    rows = ["| seconds | --no-warmup | warm-up (default) | no-warm-up / warm |", "|---|---|---|---|",
+            f"| load the model | {cold['load']:.2f} | {warm['load']:.2f} | |",
+            f"| warm-up | - | {warm['warm-up']:.2f} | |"]
+    for key in ("generate first", "generate second", "lora_grid first", "lora_grid second"):
+        rows.append(f"| {key} | {cold[key]:.2f} | {warm[key]:.2f} | {cold[key] / warm[key]:.2f} |")
+    for name in ("generate", "lora_grid"):
+        rows.append(f"| {name}: first / second | {cold[name + ' first'] / cold[name + ' second']:.2f} | "
+                    f"{warm[name + ' first'] / warm[name + ' second']:.2f} | |")
+    body = (f"Command: `OMP_NUM_THREADS=1 .venv/bin/python bench/bench_warmup.py --write` (machine: {machine()}, "
+            "1 torch thread, shared with other jobs; one run of each, so single timings are noisy).\n"
+            "Each mode in a fresh process on the embedded model: load, (warm-up), then Generate (25 steps, previews "
+            f"every 2) twice and the LoRA grid (`{BLEND}`, 4 images) twice, through the app's handlers.\n\n"
+            + "\n".join(rows))
+    print(body)
+    if args.write:
+        update_section("Warm start", body)
+
+
+if __name__ == "__main__":
+    main()
