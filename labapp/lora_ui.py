@@ -34,7 +34,7 @@ def _slot_entry(name, weight, te, down, mid, up, start, end) -> dict | None:
     if te is not None and float(te) != float(weight):
         entry["text_encoder_weight"] = float(te)
     # the "x" sliders multiply the UNet weight per block group; block_weights are absolute scales that
-    # override `weight` for the groups they name (pipelines/lora_settings.py), so only those != 1 x
+    # override `weight` for the groups they name (pipelines/lora/settings.py), so only those != 1 x
     blocks = {k: round(float(weight) * float(m), 4) for k, m in (("down", down), ("mid", mid), ("up", up))
               if float(m) != 1.0}
     if blocks:

@@ -1,5 +1,5 @@
 """Bring your own LoRA in the app: /lora_inspect (upload or Hub id), /lora_unload, and the names a
-session may put in a blend. The checks and the math live in pipelines/lora_user*.py and
+session may put in a blend. The checks and the math live in pipelines/lora/user*.py and
 pipelines/lora/inspector.py; this module turns requests into calls and reports into text and a plot.
 
 A user adapter belongs to the Gradio session that loaded it (``gr.Request.session_hash``: one

@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 from labapp import engine as eng  # noqa: E402
 from labapp import generate as gen  # noqa: E402
 from labapp import lora_ui, models_ui, plots, trace_views, warmup  # noqa: E402
-from pipelines.lora_presets import available_presets  # noqa: E402
+from pipelines.lora.presets import available_presets  # noqa: E402
 
 
 @pytest.fixture(scope="module")
