@@ -178,8 +178,17 @@ def lora_grid(prompt, lora, seed, steps, guidance_scale, scheduler):
         raise gr.Error(f"model {engine.model_id!r} has no LoRA presets available", title="No LoRA presets")
     job = _settings(prompt=prompt, negative_prompt="", scheduler=scheduler, steps=steps,
                     guidance_scale=guidance_scale, seed=seed, lora=lora)
-    if not job.blend.adapters:
-        raise check.fail("lora", lora, "at least one adapter (e.g. 'outline:0.8')")
+    example = ""
+    if not job.blend.adapters:  # no blend chosen (Generate's default): show the mixer's example blend, and say so
+        from .lora_ui import example_spec
+
+        example = example_spec(engine.lora_presets())
+        if not example:
+            raise check.fail("lora", lora, "at least one adapter (e.g. 'outline:0.8')")
+        job = _settings(prompt=prompt, negative_prompt="", scheduler=scheduler, steps=steps,
+                        guidance_scale=guidance_scale, seed=seed, lora=example)
     within_budget("lora_grid", [job], columns=len(job.blend.adapters) + 2, hint="fewer adapters or steps")
     columns, images = eng.lora_grid_images(job)
+    if example:
+        columns = columns[:-1] + [f"example blend {example} (no blend was chosen)"]
     return [(upscale(image, GRID_SIZE), label) for label, image in zip(columns, images)]
