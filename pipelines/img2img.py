@@ -77,7 +77,13 @@ def img2img(pipe, image, strength: float = 0.6, *, iterate: bool = False, **kwar
     """
     check_strength(strength)
     pixels = preprocess(pipe, image)
-    kwargs.update(height=pixels.shape[-2], width=pixels.shape[-1], start=SDEditStart(pixels, strength))
+    return run_from(pipe, SDEditStart(pixels, strength), pixels, kwargs, iterate)
+
+
+def run_from(pipe, start, pixels: torch.Tensor, kwargs: dict, iterate: bool):
+    """``pipe.iter_steps`` from ``start`` at the size of ``pixels``: the step stream (``iterate``) or
+    its last item (the output). Shared by img2img and inpainting."""
+    kwargs.update(height=pixels.shape[-2], width=pixels.shape[-1], start=start)
     steps = pipe.iter_steps(**kwargs)
     if iterate:
         return steps

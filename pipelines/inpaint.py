@@ -24,7 +24,7 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 
 from .forward import encode_image, q_sample
-from .img2img import check_strength, preprocess, strength_timesteps
+from .img2img import check_strength, preprocess, run_from, strength_timesteps
 
 METHODS = ("blend", "unet")
 INPAINT_UNET_CHANNELS = 9  # latents (4) + mask (1) + masked-image latents (4)
@@ -157,13 +157,9 @@ def inpaint(pipe, image, mask_image, strength: float = 1.0, *, method: str | Non
     check_method(pipe.unet, method)
     pixels, mask = preprocess_inputs(pipe, image, mask_image, kwargs.pop("height", None), kwargs.pop("width", None))
     start = InpaintStart(pixels, mask, strength, method)
-    kwargs.update(height=pixels.shape[-2], width=pixels.shape[-1], start=start)
-    steps = pipe.iter_steps(**kwargs)
+    result = run_from(pipe, start, pixels, kwargs, iterate)
     if iterate:
-        return steps
-    result = None
-    for result in steps:
-        pass
+        return result
     if not isinstance(result, tuple):
         result.inpaint = start
     return result
