@@ -212,7 +212,10 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1, allow_model_switc
                         lora = gr.Textbox(label="LoRA blend applied by Generate (JSON or 'name:weight, ...')", value="",
                                           elem_id="lora-blend")
                     with gr.Row(equal_height=True):
-                        lora_chip = gr.Markdown(lora_ui.chips([]), elem_id="lora-chip", elem_classes="lora-chip")
+                        lora_chip = gr.Dropdown([(p.id + f" (add at {p.default_weight:g})", p.id) for p in preset_list],
+                                                value=[], multiselect=True, label="LoRA", info=lora_ui.CHIPS_NONE,
+                                                interactive=bool(preset_list), elem_id="lora-chip",
+                                                elem_classes="lora-chip", scale=4)
                         clear_lora = gr.Button("No LoRA", size="sm", scale=0, min_width=90)
                     with gr.Row():
                         run = gr.Button("Generate", variant="primary", elem_id="generate-btn", scale=3)
@@ -476,6 +479,8 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1, allow_model_switc
         example_blend.click(functools.partial(lora_ui.example_spec, preset_list), None, lora,
                             api_visibility="private", queue=False)
         gr.on([clear_lora.click, mixer_clear.click], lambda: "", None, lora, api_visibility="private", queue=False)
+        lora_chip.input(lora_ui.chips_to_spec, [lora, lora_chip], lora, api_visibility="private", queue=False,
+                        show_progress="hidden")
         demo.load(None, js=KEYBOARD_JS)
         demo.load(None, js=EXPLORER_JS)
         if switchable:  # not wired at all otherwise: a forged queue call finds no event to run

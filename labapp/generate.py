@@ -115,7 +115,7 @@ def generate(*args, **kwargs):
               f"on {engine.model_id} ({engine.device}); seed {settings.seed}; LoRA: {blend}"
               + (f" ({lora_path})." if settings.blend.adapters else "."))
     trace = trace_store.keep(settings.to_dict(), records, engine.model_id, lora_path=lora_path)
-    gallery = gr.update(value=[(im, f"seed {settings.seed} #{i}") for i, im in enumerate(images)],
+    gallery = gr.update(value=[(im, f"#{i} seed {s}") for i, (im, s) in enumerate(zip(images, settings.image_seeds))],
                         visible=len(images) > 1)
     yield x_t_image, x0_image, images[0], gallery, settings.to_json(), status, settings.seed, trace
 

@@ -12,6 +12,8 @@ import json
 
 import gradio as gr
 
+from . import validation as check
+
 NUM_SLOTS = 3
 SLOT_FIELDS = 8  # name, weight, text-encoder weight, down, mid, up, step start, step end
 NONE = "(none)"
@@ -96,16 +98,67 @@ def example_spec(presets) -> str:
 
 
 def chips(blend: list[dict]) -> str:
-    """A parsed blend (``Blend.parse(...).to_list()``) as one line of chips (Generate tab and mixer)."""
+    """A parsed blend (``Blend.parse(...).to_list()``) as one line of chips (the mixer's line)."""
     if not blend:
         return "**LoRA:** none (pick adapters in the LoRA mixer, or an example below)"
     parts = [f"`{a['name']} {a['weight']:g}`" for a in blend]
     return "**LoRA active:** " + " ".join(parts)
 
 
+CHIPS_INFO = "x on a chip removes that adapter; pick a name to add it at its default weight."
+CHIPS_NONE = "LoRA: none. Pick a name to add an adapter (or blend them in the LoRA mixer)."
+
+
+def chip_editor(blend: list[dict] | None, names: list[str], defaults: dict, error: str = "") -> dict:
+    """Generate's chip line as an update of its multiselect dropdown: one removable chip per adapter
+    of the blend (labelled "name weight", valued by name) and the other names this session may add.
+    ``blend`` None: the text is not a valid blend (the chips stay, the info says why)."""
+    if blend is None:
+        return gr.update(info=f"LoRA: not applied, {error}")
+    active = [a["name"] for a in blend]
+    choices = [(f"{a['name']} {a['weight']:g}", a["name"]) for a in blend]
+    choices += [(f"{n} (add at {defaults.get(n, 1.0):g})", n) for n in names if n not in active]
+    info = ("LoRA active: " + ", ".join(label for label, _ in choices[:len(active)]) + ". " + CHIPS_INFO) if active \
+        else CHIPS_NONE
+    return gr.update(choices=choices, value=active, info=info, interactive=bool(choices))
+
+
+@check.gradio_errors
+def chips_to_spec(spec, chosen) -> str:
+    """The chip dropdown's new value (adapter names) -> the blend text: adapters whose chip was removed
+    leave the blend (the others keep every setting), names picked are added at their default weight.
+    The result is checked like any blend text (an unknown name is refused, naming `lora`)."""
+    from . import engine as eng
+    from . import lora_user_ui
+
+    if chosen is None:
+        chosen = []
+    if not isinstance(chosen, list) or not all(isinstance(n, str) for n in chosen):
+        raise check.fail("lora", chosen, "a list of adapter names")
+    blend = _parse(spec)
+    kept = [a for a in blend if a["name"] in chosen]
+    defaults = _default_weights(eng.current())
+    added = [{"name": n, "weight": defaults.get(n, 1.0)} for n in dict.fromkeys(chosen)
+             if n not in {a["name"] for a in blend}]
+    new = blend_to_spec(kept + added)
+    lora_user_ui.used(_parse(new))  # refuses names this session may not use
+    return new
+
+
+def _default_weights(engine) -> dict:
+    return {p.id: float(p.default_weight) for p in engine.lora_presets()}
+
+
+def _names(engine) -> list[str]:
+    from . import lora_user_ui
+
+    return lora_user_ui.blend_names(engine)
+
+
 def presets_table(presets) -> str:
     if not presets:
-        return "_No LoRA presets are available for this model: the mixer is disabled._"
+        return ("_No LoRA presets ship for this model. Load your own adapter below (\"Your own LoRA\"): it joins "
+                "the slots' choices and Generate's chips for this session._")
     rows = ["| preset | what it does | trigger words | default weight |", "|---|---|---|---|"]
     for p in presets:
         words = ", ".join(p.trigger_words) or "-"
@@ -134,18 +187,28 @@ def describe(spec) -> str:
 
 
 def spec_to_slots(spec) -> tuple:
-    """The blend text -> (chip line, chip line, *slot values): the slots follow valid text; while the
-    text is not a valid blend (half typed, or more adapters than slots) they stay as they are and
-    the chip line says why."""
+    """The blend text -> (Generate's chip editor, the mixer's chip line, *slot values): the slots follow
+    valid text; while the text is not a valid blend (half typed, or more adapters than slots) they stay
+    as they are and the chip lines say why. Each slot's name list is this session's: the model's
+    presets and the user's own adapters."""
+    from . import engine as eng
+
+    engine = eng.current()
+    names = _names(engine)
+    defaults = _default_weights(engine)
     keep = [gr.skip()] * (NUM_SLOTS * SLOT_FIELDS)
     try:
         blend = _parse(spec)
     except ValueError as error:
         line = f"**LoRA:** not applied, {error}"
-        return (line, line, *keep)
+        return (chip_editor(None, names, defaults, str(error)), line, *keep)
+    editor = chip_editor(blend, names, defaults)
     line = chips(blend)
     if len(blend) > NUM_SLOTS:
-        return (line, line + f" (the mixer shows {NUM_SLOTS} slots: edit the text for more)", *keep)
+        return (editor, line + f" (the mixer shows {NUM_SLOTS} slots: edit the text for more)", *keep)
     if any(not all(isinstance(v, (int, float)) for v in (a.get("block_weights") or {}).values()) for a in blend):
-        return (line, line + " (per-block lists: the slots show one weight per block group, edit the text)", *keep)
-    return (line, line, *blend_slots(blend))
+        return (editor, line + " (per-block lists: the slots show one weight per block group, edit the text)", *keep)
+    values = blend_slots(blend)
+    for i in range(0, len(values), SLOT_FIELDS):  # the name: its choices are this session's names
+        values[i] = gr.update(value=values[i], choices=[NONE] + names, interactive=bool(names))
+    return (editor, line, *values)

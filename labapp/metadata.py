@@ -29,9 +29,9 @@ def a1111_line(settings: dict) -> str:
 def with_settings(image: Image.Image, request, image_index: int = 0) -> Image.Image:
     """A copy of ``image`` carrying ``request``'s settings (a GenerationRequest) as PNG text chunks."""
     tagged = image.copy()
-    doc = request.to_dict()
-    tagged.info[PNG_A1111_KEY] = a1111_line(doc)
-    tagged.info[PNG_JSON_KEY] = json.dumps(doc | {"image_index": image_index})
+    doc = request.to_dict() | {"image_index": image_index, "image_seed": request.image_seeds[image_index]}
+    tagged.info[PNG_A1111_KEY] = a1111_line(doc | {"seed": doc["image_seed"]})  # A1111 writes each image's own seed
+    tagged.info[PNG_JSON_KEY] = json.dumps(doc)
     return tagged
 
 

@@ -184,14 +184,26 @@ class GenerationRequest:
     def num_prompts(self) -> int:
         return len(self.prompt) if isinstance(self.prompt, list) else 1
 
+    @property
+    def image_seeds(self) -> list[int]:
+        """One seed per image of the batch (prompts x images, diffusers' order): ``seed``, ``seed + 1``,
+        ... (wrapping at MAX_SEED), as AUTOMATIC1111 numbers a batch. Image i is the image a one-image
+        request with seed ``image_seeds[i]`` makes, so one image of a batch can be made again alone."""
+        return [(self.seed + i) % (fields.MAX_SEED + 1) for i in range(self.num_prompts * self.num_images)]
+
     def call_kwargs(self, device) -> dict:
         """The pipeline call (TracingStableDiffusionPipeline.__call__ / iter_steps) for this request,
-        its noise seeded on ``device`` (on CPU for mps, whose generators diffusers does not take).
-        The blend is not an argument: ``LoraBlender.apply`` puts it on the pipeline around the call."""
+        its noise seeded on ``device`` (on CPU for mps, whose generators diffusers does not take): one
+        generator per image (``image_seeds``), so an image's initial noise and every noise a stochastic
+        sampler adds to it come from its own seed, whatever else is in the batch. (DPM++ SDE is the
+        exception: its Brownian tree draws for the whole batch at once.) The blend is not an argument:
+        ``LoraBlender.apply`` puts it on the pipeline around the call."""
         import torch
 
         device = str(device)
-        generator = torch.Generator(device="cpu" if device == "mps" else device).manual_seed(self.seed)
+        generator_device = "cpu" if device == "mps" else device
+        generators = [torch.Generator(device=generator_device).manual_seed(s) for s in self.image_seeds]
+        generator = generators[0] if len(generators) == 1 else generators
         return dict(
             prompt=self.prompt,
             negative_prompt=self.negative_prompt or None,

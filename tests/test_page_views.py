@@ -44,24 +44,46 @@ def test_slots_write_the_short_form_and_json_only_when_needed():
     assert '"block_weights": {"mid": 0.25}' in spec  # "Mid block x 0.5" of weight 0.5: mid at 0.25
 
 
+def plain(values: list) -> list:
+    """Slot values as the page shows them (a name slot is an update carrying its value and choices)."""
+    return [v["value"] if isinstance(v, dict) and "value" in v else v for v in values]
+
+
 def test_text_and_slots_round_trip(embedded):
     eng.install(embedded)
     spec = '[{"name": "night", "weight": 0.5, "text_encoder_weight": 0.2, "block_weights": {"mid": 0.25}, ' \
            '"step_range": [0.1, 0.4]}, {"name": "pastel", "weight": 1.0}]'
-    line, mixer_line, *slots = lora_ui.spec_to_slots(spec)
-    assert line == mixer_line == "**LoRA active:** `night 0.5` `pastel 1`"
-    assert slots[:8] == ["night", 0.5, 0.2, 1.0, 0.5, 1.0, 0.1, 0.4]
-    assert slots[8:10] == ["pastel", 1.0] and slots[16] == lora_ui.NONE
-    assert lora_ui._parse(lora_ui.slots_to_spec(*slots)) == lora_ui._parse(spec)  # the one parser, both ways
+    editor, mixer_line, *slots = lora_ui.spec_to_slots(spec)
+    assert mixer_line == "**LoRA active:** `night 0.5` `pastel 1`"
+    assert editor["value"] == ["night", "pastel"] and editor["choices"][:2] == [("night 0.5", "night"), ("pastel 1", "pastel")]
+    assert ("outline (add at 1)", "outline") in editor["choices"] and "night 0.5, pastel 1" in editor["info"]
+    assert plain(slots[:8]) == ["night", 0.5, 0.2, 1.0, 0.5, 1.0, 0.1, 0.4]
+    assert plain(slots[8:10]) == ["pastel", 1.0] and plain(slots)[16] == lora_ui.NONE
+    assert slots[0]["choices"] == [lora_ui.NONE] + [p.id for p in embedded.lora_presets()]
+    assert lora_ui._parse(lora_ui.slots_to_spec(*plain(slots))) == lora_ui._parse(spec)  # the one parser, both ways
+
+
+def test_a_chip_removed_or_added_edits_the_blend_text(embedded):
+    eng.install(embedded)
+    spec = '[{"name": "night", "weight": 0.5, "step_range": [0.1, 0.4]}, {"name": "pastel", "weight": 1.0}]'
+    # removing "pastel" keeps night's every setting; picking "outline" adds it at the table's weight
+    assert lora_ui._parse(lora_ui.chips_to_spec(spec, ["night", "outline"])) == [
+        {"name": "night", "weight": 0.5, "step_range": (0.1, 0.4)}, {"name": "outline", "weight": 1.0}]
+    assert lora_ui.chips_to_spec("outline:1, night:0.4", ["night"]) == "night:0.4"
+    assert lora_ui.chips_to_spec("outline:1", []) == lora_ui.chips_to_spec("outline:1", None) == ""
+    for forged in (["no-such-adapter"], "night", [3], [["night"]]):  # a forged event: refused, naming `lora`
+        with pytest.raises(gr.Error, match="lora"):
+            lora_ui.chips_to_spec("", forged)
 
 
 def test_invalid_or_too_long_text_leaves_the_slots_and_says_why(embedded):
     eng.install(embedded)
-    line, _, *slots = lora_ui.spec_to_slots("night:lots")
+    editor, line, *slots = lora_ui.spec_to_slots("night:lots")
     assert line.startswith("**LoRA:** not applied") and "night" in line and "lots" in line
-    assert all(isinstance(v, dict) for v in slots)  # gr.skip(): the slots keep what they show
-    line, mixer_line, *slots = lora_ui.spec_to_slots("outline:1, night:1, outline:0.5")  # an adapter twice
-    assert line == mixer_line and "not applied" in line and all(isinstance(v, dict) for v in slots)
+    assert editor["info"].startswith("LoRA: not applied") and "value" not in editor  # the chips stay
+    assert all(v == gr.skip() for v in slots)  # the slots keep what they show
+    editor, mixer_line, *slots = lora_ui.spec_to_slots("outline:1, night:1, outline:0.5")  # an adapter twice
+    assert "not applied" in mixer_line and "not applied" in editor["info"] and all(v == gr.skip() for v in slots)
 
 
 def test_picking_a_preset_takes_the_table_weight():

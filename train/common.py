@@ -27,32 +27,33 @@ def resume_step(accelerator, checkpoint: str | None) -> int:
     return int(read_marker(checkpoint)["global_step"])
 
 
-def close_process_group(accelerator) -> None:
-    """Leave a multi-process run together: every rank waits for the others, then destroys the process
-    group (torch.distributed's own advice for the end of a program). Without it, rank 0 could hang at
-    interpreter exit in the group's teardown after its peer had exited: seen as an idle rank 0 in
-    ``sys.exit(main())`` until tests/train_lora/test_distributed.py's 600 s limit."""
-    import torch.distributed as dist
+def finish_process(accelerator, code: int = 0) -> int:
+    """The last statement of a trainer's ``main()``: returns ``code`` in a single-process run. In a
+    multi-process run every rank waits for the others and destroys the process group (torch.distributed's
+    advice for the end of a program), then the process leaves with ``os._exit(code)`` once logs and
+    streams are flushed, *before* ``main()`` returns. Every output is on disk by then (checkpoints are
+    published atomically, the result file written).
 
-    if accelerator.num_processes > 1 and dist.is_available() and dist.is_initialized():
-        accelerator.wait_for_everyone()
-        dist.destroy_process_group()
-
-
-def exit_process(code) -> None:
-    """End a training script with ``code``. In a multi-process run (torchrun sets WORLD_SIZE) the
-    process leaves with ``os._exit`` once logs and streams are flushed: every output is already on
-    disk (checkpoints are published atomically, the result file written), and a normal interpreter
-    exit frees the DDP reducer, whose gloo process group joins worker threads that can wait forever
-    for a peer that has already exited (seen: rank 0 in ~ProcessGroupGloo -> std::thread::join after
-    main returned, 1 run in 3-4 of tests/train_lora/test_distributed.py)."""
+    Why not a normal return: when ``main()`` returns, its frame frees the DDP model, whose reducer holds
+    the last reference to the gloo process group; ``~ProcessGroupGloo`` then joins its worker thread
+    while the main thread holds the GIL, and that worker may itself be waiting for the GIL to free a
+    finished collective's tensors. Both wait forever. Seen with py-spy --native in
+    tests/train_lora/test_distributed.py, about 1 run in 3-4: the main thread in ``Reducer::~Reducer ->
+    ~ProcessGroupGloo -> std::thread::join``, the worker in ``~AsyncAllgatherWork -> gil_scoped_acquire``.
+    Destroying the group alone does not help (the reducer keeps its own reference), nor does an exit
+    after ``main()`` returns (the frame is freed first)."""
     import logging
     import os
     import sys
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(int(code or 0))
-    sys.exit(code)
+    import torch.distributed as dist
+
+    if accelerator.num_processes <= 1:
+        return code
+    if dist.is_available() and dist.is_initialized():
+        accelerator.wait_for_everyone()
+        dist.destroy_process_group()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(int(code or 0))

@@ -44,7 +44,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer  # noqa: E
 
 from shapesworld import STYLES, VOCABULARY, images_array  # noqa: E402
 from shapesworld.tokenizer import build_clip_tokenizer_files  # noqa: E402
-from train.common import close_process_group, resume_step, warmup_cosine  # noqa: E402
+from train.common import finish_process, resume_step, warmup_cosine  # noqa: E402
 from train.lora_checkpoints import latest_checkpoint, remove_stale_partials, save_checkpoint  # noqa: E402
 
 MAX_TOKENS = 32  # longest shapes caption + a LoRA trigger phrase is ~14 tokens
@@ -388,7 +388,7 @@ def main(argv=None):
     vae_metrics["decoder_styles"] = json.load(open(os.path.join(args.work_dir, "vae", "final-styles", "metrics.json")))
     if args.stage == "vae":
         accelerator.end_training()
-        close_process_group(accelerator)
+        finish_process(accelerator)
         return
     tokenizer = build_tokenizer(os.path.join(args.work_dir, "tokenizer"))
     unet, text_encoder, final_loss = train_unet(args, accelerator, vae, images, captions, tokenizer)
@@ -398,8 +398,8 @@ def main(argv=None):
     if accelerator.is_main_process:
         save_model(args, vae, unet, text_encoder, tokenizer, metrics)
     accelerator.end_training()
-    close_process_group(accelerator)
     print(json.dumps(metrics, indent=2))
+    finish_process(accelerator)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from pipelines.classifier import HEADS, NoiseAwareClassifier, save_classifier  # noqa: E402
-from train.common import close_process_group, resume_step, warmup_cosine  # noqa: E402
+from train.common import finish_process, resume_step, warmup_cosine  # noqa: E402
 from train.lora_checkpoints import latest_checkpoint, read_marker, remove_stale_partials, save_checkpoint  # noqa: E402
 from train.lora_data import keyed_generator  # noqa: E402
 
@@ -262,8 +262,7 @@ def main(argv=None) -> int:
             json.dump(record, f, indent=2)
         log.info(f"saved {folder} ({num_params} parameters); accuracy at t=0: {table['0']}, t=999: {table['999']}")
     accelerator.end_training()
-    close_process_group(accelerator)
-    return 0
+    return finish_process(accelerator, 0)
 
 
 if __name__ == "__main__":

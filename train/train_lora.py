@@ -32,7 +32,7 @@ if ROOT not in sys.path:  # `python train/train_lora.py` puts train/ first, not 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from train.common import close_process_group, exit_process  # noqa: E402
+from train.common import finish_process  # noqa: E402
 from train.lora_args import parse_args, public_config  # noqa: E402
 from train.redact import install_log_redaction  # noqa: E402
 from train.lora_checkpoints import (  # noqa: E402
@@ -418,13 +418,12 @@ def main(argv: list[str] | None = None) -> int:
                 logger.error(str(err))
                 exit_code = 2
     accelerator.end_training()
-    close_process_group(accelerator)
-    return exit_code
+    return finish_process(accelerator, exit_code)  # never returns in a multi-process run
 
 
 if __name__ == "__main__":
     try:
-        exit_process(main())
+        sys.exit(main())
     except ValueError as err:  # bad flags or data: one clear line, not a traceback
         print(f"train_lora.py: error: {err}", file=sys.stderr)
         sys.exit(2)

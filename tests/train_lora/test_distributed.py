@@ -22,7 +22,7 @@ def test_two_cpu_processes_end_with_identical_weights(tiny_model, image_folder, 
            "--checkpointing_steps", "2", "--seed", "3", "--learning_rate", "1e-2", "--train_text_encoder",
            "--report_to", "none"]
     proc = subprocess.run(cmd, cwd=ROOT, env=train_env(tmp_path, ACCELERATE_USE_CPU="true"), capture_output=True,
-                          text=True, timeout=600)
+                          text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
     result = json.load(open(os.path.join(out, "train_result.json")))
     assert result["num_processes"] == 2 and result["global_step"] == 3
