@@ -160,6 +160,40 @@ def last_seed(trace, seed):
     return trace.seed if isinstance(trace, trace_store.Trace) else seed
 
 
+def batch_image_seeds(trace) -> list[int]:
+    """The seeds of the last run's images (GenerationRequest.image_seeds; [] without a finished batch)."""
+    if not isinstance(trace, trace_store.Trace) or trace.stopped or "num_images" not in trace.settings:
+        return []
+    seed, count = int(trace.settings["seed"]), int(trace.settings["num_images"])
+    return [(seed + i) % (check.MAX_SEED + 1) for i in range(count)]
+
+
+def batch_picker(trace):
+    """After a run: the "make it again alone" button shows under a batch's gallery, waiting for a pick."""
+    return gr.update(visible=len(batch_image_seeds(trace)) > 1, interactive=False,
+                     value="Select an image above to make it again alone")
+
+
+def pick_image(trace, evt: gr.SelectData):
+    """A click on a gallery image: remember its seed, and say on the button what it will do."""
+    seeds = batch_image_seeds(trace)
+    index = getattr(evt, "index", None)
+    if isinstance(index, (list, tuple)):
+        index = index[0] if index else None
+    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(seeds):
+        return None, gr.update(interactive=False)
+    return seeds[index], gr.update(value=f"Make #{index} again alone (seed {seeds[index]}, 1 image)", interactive=True)
+
+
+def use_picked_seed(picked):
+    """The button: the picked image's seed and one image into the form; Generate then makes that image
+    again (each image of a batch has its own seed, GenerationRequest.image_seeds)."""
+    if picked is None:
+        return gr.skip(), gr.skip(), gr.skip()
+    seed = check.integer("seed", picked, 0, check.MAX_SEED)
+    return seed, 1, f"Seed {seed} and 1 image set: Generate makes that image again, alone."
+
+
 def stopped(settings: GenerationRequest, records: list, x_t_image, x0_image, seconds: float) -> tuple:
     """Generate's last yield after a Stop: no image, the steps so far kept as the trace."""
     last = records[-1]

@@ -2,6 +2,7 @@
 docs/hostile-inputs.md (`.venv/bin/python -m tests.test_hostile_inputs --write-doc`)."""
 from __future__ import annotations
 
+import json
 import os
 import struct
 import uuid
@@ -54,6 +55,44 @@ def _lora_upload(name: str, content):
         file = handle_file(ctx.path(name, content() if callable(content) else content))
         return outcome(lambda: ctx.client.predict(file=file, hub_id="", api_name="/lora_inspect"))
     return run
+
+
+def _settings_upload(name: str, content):
+    def run(ctx):
+        from gradio_client import handle_file
+
+        file = handle_file(ctx.path(name, content() if callable(content) else content))
+        return outcome(lambda: ctx.client.predict(file=file, api_name="/read_settings"))
+    return run
+
+
+def _private_call(find, data):
+    """A private event (the page's own), called through the queue with forged values."""
+    def run(ctx):
+        from tests.hostile_helpers import queue_call
+
+        fn_index, trigger = find(ctx)
+        msg = queue_call(ctx.url, fn_index, data, trigger)
+        return ("ok", msg) if msg.get("success") else ("error", json.dumps(msg.get("output", msg)))
+    return run
+
+
+def _fill_form_event(ctx):
+    """The event that fills Generate's form from a settings document (chained after /read_settings)."""
+    import httpx
+
+    config = httpx.get(f"{ctx.url}config", timeout=30).json()
+    ids = [c["id"] for c in config["components"] if c.get("props", {}).get("label") == "Read from the file"]
+    for index, dep in enumerate(config["dependencies"]):
+        if dep.get("inputs") == ids and len(dep.get("outputs", [])) > 20:
+            return dep.get("id", index), None
+    raise LookupError("no fill-form event")
+
+
+def _chip_event(ctx):
+    from tests.hostile_helpers import private_event
+
+    return private_event(ctx.url, "LoRA", "input")
 
 
 def _many_tensors() -> bytes:
@@ -458,6 +497,40 @@ CASES: list[Case] = [
     Case("terminal-snr-forged-path", "HTTP /terminal_snr", "image = FileData without `meta`, path '/etc/passwd'",
          "error naming `image`: never read", raw_data("/terminal_snr", [{"path": "/etc/passwd"}, 64, "8"]),
          r"image='<path>' is not allowed: a file uploaded to this app", forbid=r"passwd"),
+    # --- settings read back (issue 23): /read_settings, and the page's own events around it
+    Case("settings-forged-path", "HTTP /read_settings", "file = FileData (with `meta`), path '/etc/passwd'",
+         "refused (Gradio's upload check or ours), never read", raw_data("/read_settings", [file_data("/etc/passwd")]),
+         r"(not uploaded by a user|file='<path>' is not allowed: a file uploaded to this app)", forbid=r"root:"),
+    Case("settings-url", "HTTP /read_settings", "file = FileData with `url` https://evil.example/x.png, no path",
+         "refused, never fetched", raw_data("/read_settings", [
+             {"url": "https://evil.example/x.png", "meta": {"_type": "gradio.FileData"}}]),
+         r"(?i)(never fetched|is not allowed|validation error)", forbid=r"root:"),
+    Case("settings-png-bomb", "API /read_settings", "a 20000x20000 1-bit PNG (50 kB, 400 MP decoded)",
+         "error naming `file` from the header, before decoding", _settings_upload("bomb.png", decompression_bomb_png),
+         r"file=.* is not allowed: at most 8192 px per side"),
+    Case("settings-png-plain", "API /read_settings", "a PNG without any settings chunk",
+         "error naming `file`: what is read", _settings_upload("plain.png", lambda: png_bytes(np.zeros((8, 8, 3), np.uint8))),
+         r"file=.* is not allowed: a PNG made by this app or by AUTOMATIC1111"),
+    Case("settings-json-deep", "API /read_settings", "JSON nested 100,000 levels deep",
+         "error naming `file` (no RecursionError reaches the server)", _settings_upload("deep.json", b"[" * 60_000),
+         r"file=.* is not allowed: valid JSON"),
+    Case("settings-json-nan", "API /read_settings", '{"prompt": "x", "guidance_scale": NaN}',
+         "error naming `file`: NaN is not JSON", _settings_upload("nan.json", b'{"prompt": "x", "guidance_scale": NaN}'),
+         r"file=.* is not allowed: valid JSON"),
+    Case("settings-json-big", "API /read_settings", "a 100 kB JSON file", "error naming `file` and the 64 kB limit",
+         _settings_upload("big.json", lambda: json.dumps({"prompt": "x" * 100_000}).encode()),
+         r"file=.* is not allowed: a settings JSON of at most 65536 bytes"),
+    Case("settings-steps-huge", "API /read_settings", '{"prompt": "x", "steps": 10**9}', named("steps"),
+         _settings_upload("steps.json", b'{"prompt": "x", "steps": 1000000000}'),
+         r"steps=1000000000 is not allowed: an integer in \[1, "),
+    Case("settings-works", "API /read_settings", "a settings JSON", "works: the checked document",
+         _settings_upload("ok.json", b'{"prompt": "a red circle", "steps": 3, "seed": 5}'), None),
+    Case("settings-fill-forged", "page event: fill the form", "the settings document = a JSON list",
+         "error naming `settings`", _private_call(_fill_form_event, [["forged"]]),
+         r"settings=.*is not allowed: a settings document"),
+    Case("chips-forged", "page event: LoRA chips", "chips = ['../../etc/passwd'] (an adapter never loaded)",
+         "error naming `lora`, nothing read", _private_call(_chip_event, ["", ["../../etc/passwd"]]),
+         r"lora name='\.\./\.\./etc/passwd' is not allowed: a preset name", forbid=r"root:"),
     Case("terminal-snr-seeds-huge", "HTTP /terminal_snr", "seeds=10**9", named("seeds"),
          raw_data("/terminal_snr", [{"url": data_url(png_bytes(np.full((32, 32, 3), 90, np.uint8)))}, 10**9, "8"]),
          r"seeds=1000000000 is not allowed: an integer in \[16, 2048\]"),

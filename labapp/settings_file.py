@@ -1,0 +1,205 @@
+"""Settings read back into Generate's form (issue 23): from a PNG this app made (its ``diffusion_lab``
+text chunk, labapp/metadata.py), from a PNG that has only AUTOMATIC1111's ``parameters`` chunk, or
+from a settings JSON (the document Generate shows beside its image).
+
+Two steps, so that API clients get the document and the page gets its form:
+- ``read_settings`` (the ``/read_settings`` endpoint): the file -> the settings document, checked
+  field by field the way /generate checks its form (GenerationRequest.from_form) and normalized
+  (every field present). A PNG of one image of a batch gives that image's own seed and one image,
+  so Generate makes that image again.
+- ``fill_form`` (the page only): a document -> the form's values, checked again (it is an event
+  anyone can call).
+
+What the document asks of another model is adapted, never silently: a size or a LoRA the loaded
+model cannot take is left at the model's own, and the note says so.
+"""
+from __future__ import annotations
+
+import json
+import re
+
+from pipelines.guidance import DEFAULT_CLASSIFIER_SCALE
+from pipelines.request import DEFAULT_SIGMAS, MODEL_DEFAULT_SPACING, GenerationRequest
+
+from . import engine as eng
+from . import lora_ui, lora_user_ui, uploads
+from . import validation as check
+from .metadata import PNG_A1111_KEY, PNG_JSON_KEY
+
+MAX_JSON_BYTES = 64 * 1024  # a settings document is ~1 kB; a long blend is well under this
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+FIELD = "file"
+# The form's fields filled by ``fill_form``, in its output order (app.py wires the components so)
+FORM_FIELDS = ("prompt", "negative_prompt", "scheduler", "steps", "guidance_scale", "seed", "width", "height",
+               "num_images", "guidance_method", "guidance_rescale", "guidance_schedule", "guidance_interval_start",
+               "guidance_interval_end", "apg_momentum", "apg_norm_threshold", "apg_eta", "cfg_zero_init_steps",
+               "perp_neg_scale", "timestep_spacing", "sigmas", "lora", "classifier_scale")
+
+
+# ------------------------------------------------------------------------------ the file
+
+def _document_from_bytes(data: bytes) -> dict:
+    if data.startswith(PNG_SIGNATURE):
+        image = uploads.decode_image(FIELD, data)  # format, size and pixel limits first
+        if image.info.get(PNG_JSON_KEY):
+            return _json_object(image.info[PNG_JSON_KEY], "the PNG's diffusion_lab chunk")
+        if image.info.get(PNG_A1111_KEY):
+            return parse_a1111(str(image.info[PNG_A1111_KEY]))
+        raise check.fail(FIELD, "<a PNG without settings>", "a PNG made by this app or by AUTOMATIC1111 (with its "
+                                                            "settings in a text chunk), or a settings JSON")
+    if len(data) > MAX_JSON_BYTES:
+        raise check.fail(FIELD, f"<{len(data)} bytes>", f"a settings JSON of at most {MAX_JSON_BYTES} bytes, or a PNG")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise check.fail(FIELD, f"<{len(data)} bytes>", "a PNG or a settings JSON (UTF-8 text)") from None
+    return _json_object(text, "the file")
+
+
+def _json_object(text: str, where: str) -> dict:
+    def no_constants(name):  # NaN / Infinity are not JSON
+        raise ValueError(name)
+
+    try:
+        doc = json.loads(text, parse_constant=no_constants)
+    except (ValueError, RecursionError):
+        raise check.fail(FIELD, f"<{len(text)} characters>", f"valid JSON in {where}") from None
+    if not isinstance(doc, dict):
+        raise check.fail(FIELD, f"<JSON {type(doc).__name__}>", "a JSON object: the settings document Generate shows")
+    return doc
+
+
+_A1111_PAIR = re.compile(r'\s*([A-Za-z][\w \-/]*):\s*("(?:\\.|[^"\\])*"|[^,]*)(?:,|$)')
+
+
+def parse_a1111(text: str) -> dict:
+    """AUTOMATIC1111's ``parameters`` text -> the fields it shares with this app's document: prompt,
+    negative prompt, steps, sampler (its names are this app's; "Schedule type: Karras" joins the
+    name as A1111 1.9+ writes it), CFG scale, seed, size and model."""
+    lines = text.strip().split("\n")
+    tail = lines.pop() if lines and re.search(r"(^|, )Steps: ", lines[-1]) else ""
+    prompt, negative, in_negative = [], [], False
+    for line in lines:
+        if line.startswith("Negative prompt:"):
+            in_negative, line = True, line[len("Negative prompt:"):].strip()
+        (negative if in_negative else prompt).append(line)
+    pairs = {k.strip(): v.strip().strip('"') for k, v in _A1111_PAIR.findall(tail)}
+    doc: dict = {"prompt": "\n".join(prompt), "negative_prompt": "\n".join(negative)}
+    if "Steps" in pairs:
+        doc["steps"] = pairs["Steps"]
+    if "Sampler" in pairs:
+        sampler = pairs["Sampler"]
+        if pairs.get("Schedule type", "").lower() == "karras" and not sampler.endswith("Karras"):
+            sampler += " Karras"
+        doc["scheduler"] = sampler
+    if "CFG scale" in pairs:
+        doc["guidance_scale"] = pairs["CFG scale"]
+    if "Seed" in pairs:
+        doc["seed"] = pairs["Seed"]
+    if re.fullmatch(r"\d+x\d+", pairs.get("Size", "")):
+        doc["width"], doc["height"] = (int(v) for v in pairs["Size"].split("x"))
+    if "Model" in pairs:
+        doc["model"] = pairs["Model"]
+    return doc
+
+
+# ------------------------------------------------------------------------------ document -> form
+
+def _number(doc: dict, key: str, default):
+    value = doc.get(key, default)
+    if isinstance(value, str):  # A1111's text values; anything else is checked by from_form as it is
+        try:
+            value = float(value) if any(c in value for c in ".eE") else int(value)
+        except ValueError:
+            raise check.fail(key, value, "a number") from None
+    return value
+
+
+def form_from_document(doc: dict) -> tuple[dict, list[str]]:
+    """A settings document -> (GenerationRequest.from_form's keyword arguments, notes on what was
+    adapted to the loaded model). Missing fields take the model's defaults; every value is checked
+    by from_form afterwards, which names the field it refuses."""
+    engine = eng.current()
+    scheduler, steps, guidance = engine.defaults()
+    notes = []
+    form = {
+        "prompt": doc.get("prompt", ""), "negative_prompt": doc.get("negative_prompt", ""),
+        "scheduler": doc.get("scheduler", scheduler), "steps": _number(doc, "steps", steps),
+        "guidance_scale": _number(doc, "guidance_scale", guidance), "seed": _number(doc, "seed", 0),
+        "num_images": _number(doc, "num_images", 1),
+        "guidance_method": doc.get("guidance_method", "cfg"),
+        "guidance_rescale": _number(doc, "guidance_rescale", 0.0),
+        "guidance_schedule": doc.get("guidance_schedule", "constant"),
+        "apg_momentum": _number(doc, "apg_momentum", -0.5), "apg_norm_threshold": _number(doc, "apg_norm_threshold", 15.0),
+        "apg_eta": _number(doc, "apg_eta", 0.0), "cfg_zero_init_steps": _number(doc, "cfg_zero_init_steps", 1),
+        "perp_neg_scale": _number(doc, "perp_neg_scale", 1.0),
+        "timestep_spacing": doc.get("timestep_spacing", MODEL_DEFAULT_SPACING), "sigmas": doc.get("sigmas", DEFAULT_SIGMAS),
+        "classifier_scale": _number(doc, "classifier_scale", DEFAULT_CLASSIFIER_SCALE),
+    }
+    interval = doc.get("guidance_interval")
+    if interval is None:
+        form["guidance_interval_start"], form["guidance_interval_end"] = 0.0, 1.0
+    elif isinstance(interval, (list, tuple)) and len(interval) == 2:  # GuidanceConfig's (lo, hi]: lo -1 is a start of 0
+        lo, hi = interval
+        form["guidance_interval_start"] = max(0.0, lo) if isinstance(lo, (int, float)) else lo
+        form["guidance_interval_end"] = hi
+    else:
+        raise check.fail("guidance_interval", interval, "null or [start, end], fractions of the steps")
+    # one image of a batch: its own seed, alone (labapp/metadata.py writes image_seed since issue 23)
+    if "image_seed" in doc and form["num_images"] != 1:
+        form["seed"], form["num_images"] = _number(doc, "image_seed", 0), 1
+        notes.append(f"image #{doc.get('image_index', '?')} of a batch of {doc.get('num_images')}: its own seed "
+                     f"{form['seed']}, one image")
+    model = doc.get("model")
+    same_model = model in (None, engine.model_id)
+    lo, hi, _ = engine.limits().size_range
+    for key in ("width", "height"):
+        value = _number(doc, key, 0)
+        if same_model or (isinstance(value, int) and lo <= value <= hi):
+            form[key] = value
+        else:
+            form[key] = 0
+            notes.append(f"{key} {value} is the other model's: {engine.native_size} here")
+    lora = doc.get("lora", "")
+    if isinstance(lora, list):
+        names = set(lora_user_ui.blend_names(engine))
+        missing = [a.get("name") for a in lora if isinstance(a, dict) and a.get("name") not in names]
+        if missing and not same_model:
+            lora = [a for a in lora if not (isinstance(a, dict) and a.get("name") in missing)]
+            notes.append(f"LoRA {', '.join(map(str, missing))} not available for {engine.model_id}: left out")
+        lora = lora_ui.blend_to_spec(lora) if all(isinstance(a, dict) and "name" in a for a in lora) else json.dumps(lora)
+    form["lora"] = lora
+    if not same_model:
+        notes.insert(0, f"made with {model}, loaded into the form for {engine.model_id}")
+    return form, notes
+
+
+def checked(doc) -> tuple[GenerationRequest, list[str]]:
+    if not isinstance(doc, dict):
+        raise check.fail("settings", type(doc).__name__, "a settings document (a JSON object)")
+    form, notes = form_from_document(doc)
+    request = GenerationRequest.from_form(lora_user_ui.limits(eng.current()), **form)
+    return request, notes
+
+
+@check.gradio_errors
+def read_settings(file) -> dict:
+    """/read_settings: a PNG (this app's or AUTOMATIC1111's) or a settings JSON -> the settings document
+    for the loaded model, every field checked as /generate checks it, plus ``notes`` (a list: what
+    was adapted to this model). Pass its fields to /generate to make the image again."""
+    request, notes = checked(_document_from_bytes(uploads.payload_bytes(FIELD, file)))
+    return request.to_dict() | {"notes": notes}
+
+
+@check.gradio_errors
+def fill_form(doc) -> tuple:
+    """The page: a settings document (``read_settings``' answer) -> Generate's form values in FORM_FIELDS
+    order, then the status line."""
+    request, notes = checked(doc)
+    form = request.to_dict()
+    interval = form.pop("guidance_interval") or (0.0, 1.0)
+    form["guidance_interval_start"], form["guidance_interval_end"] = max(0.0, interval[0]), interval[1]
+    form["lora"] = lora_ui.blend_to_spec(form["lora"])
+    status = "Settings loaded into the form" + (f" ({'; '.join(notes)})" if notes else "") + ": Generate makes the image."
+    return (*[form[k] for k in FORM_FIELDS], status)
+
