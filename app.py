@@ -340,6 +340,10 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1, allow_model_switc
                     with gr.Column():
                         noise_image = gr.Image(labs.shapes_sample(3), label="Image (upload, or load a shapes-world sample)",
                                                type="pil", sources=["upload", "clipboard"], height=200, elem_classes="pixelated")
+                        with gr.Accordion("What the model sees (center crop)", open=True):
+                            noise_crop = gr.Image(label="The center square, outlined; the rest is not used", height=140,
+                                                  interactive=False, elem_id="noise-crop", show_label=False)
+                            noise_crop_note = gr.Markdown("", elem_id="noise-crop-note")
                         with gr.Row():
                             sample_index = gr.Number(value=3, precision=0, minimum=0, maximum=1_000_000, label="Sample #")
                             sample_btn = gr.Button("Load sample")
@@ -476,6 +480,8 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1, allow_model_switc
                           show_progress_on=compare_status, **gpu)
 
         sample_btn.click(labs.shapes_sample, sample_index, noise_image, api_name="shapes_sample")
+        gr.on([noise_image.change, demo.load], labs.forward_crop, noise_image, [noise_crop, noise_crop_note],
+              api_visibility="private", show_progress="hidden")
         noise_btn.click(labs.forward_noise, [noise_image, noise_t, noise_seed],
                         [noised_pixels, noised_latent, noise_info, noise_plot], api_name="forward_noise",
                         show_progress_on=noise_status, **gpu)

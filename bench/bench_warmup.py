@@ -1,6 +1,7 @@
 """Warm start: the first Generate and LoRA grid after start, with the app's warm-up and without.
 
     OMP_NUM_THREADS=1 python bench/bench_warmup.py            # prints; --write updates BENCHMARKS.md
+    OMP_NUM_THREADS=1 python bench/bench_warmup.py --server 3 # also through `python app.py` + gradio_client
 
 Each mode runs in a fresh process (cold torch, nothing injected by peft yet), on the embedded model,
 one torch thread: load the engine, then (warm mode) ``labapp.warmup.warm_up``, then the handlers a
@@ -50,9 +51,74 @@ def one_mode(warm: bool) -> dict:
     return out
 
 
+def one_server(warm: bool) -> dict:
+    """``python app.py`` as a user starts it (with or without --no-warmup), then the real gradio_client:
+    seconds until the page answers, then /generate and /lora_grid twice each, as a first visitor would."""
+    import socket
+    import urllib.request
+
+    from gradio_client import Client
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    cmd = [sys.executable, "app.py", "--port", str(port)] + ([] if warm else ["--no-warmup"])
+    started = time.perf_counter()
+    server = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        while True:
+            if server.poll() is not None:
+                raise RuntimeError(f"app.py exited with {server.returncode}")
+            try:
+                urllib.request.urlopen(url + "config", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.2)
+        out = {"page answers": time.perf_counter() - started}
+        client = Client(url, verbose=False)
+        calls = {"generate": lambda: client.predict(prompt=PROMPT, negative_prompt="", scheduler="DDIM", steps=25,
+                                                    guidance_scale=3.0, seed=0, preview_every=2, api_name="/generate"),
+                 "lora_grid": lambda: client.predict(prompt=PROMPT, lora=BLEND, seed=0, steps=25, guidance_scale=3.0,
+                                                     scheduler="DDIM", api_name="/lora_grid")}
+        for name, call in calls.items():
+            for attempt in ("first", "second"):
+                t = time.perf_counter()
+                call()
+                out[f"{name} {attempt}"] = time.perf_counter() - t
+        out["page answers -> first image"] = out["page answers"] + out["generate first"]
+        return out
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
+def server_table(repeats: int) -> str:
+    """Both modes through the server, interleaved, ``repeats`` times each; medians."""
+    import statistics
+
+    runs = {"cold": [], "warm": []}
+    for _ in range(repeats):
+        for mode in ("cold", "warm"):
+            runs[mode].append(one_server(mode == "warm"))
+    med = {mode: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for mode, rs in runs.items()}
+    cold, warm = med["cold"], med["warm"]
+    rows = ["| seconds (median) | --no-warmup | warm-up (default) | no-warm-up / warm |", "|---|---|---|---|"]
+    for key in ("page answers", "generate first", "generate second", "lora_grid first", "lora_grid second",
+                "page answers -> first image"):
+        rows.append(f"| {key} | {cold[key]:.2f} | {warm[key]:.2f} | {cold[key] / warm[key]:.2f} |")
+    for name in ("generate", "lora_grid"):
+        rows.append(f"| {name}: first / second | {cold[name + ' first'] / cold[name + ' second']:.2f} | "
+                    f"{warm[name + ' first'] / warm[name + ' second']:.2f} | |")
+    return "\n".join(rows)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--write", action="store_true")
+    p.add_argument("--server", type=int, default=0, metavar="REPEATS",
+                   help="also measure through `python app.py` and gradio_client, REPEATS times per mode")
     p.add_argument("--mode", choices=["cold", "warm"], help=argparse.SUPPRESS)  # the child process
     args = p.parse_args()
     if args.mode:
@@ -80,6 +146,11 @@ def main():
             "Each mode in a fresh process on the embedded model: load, (warm-up), then Generate (25 steps, previews "
             f"every 2) twice and the LoRA grid (`{BLEND}`, 4 images) twice, through the app's handlers.\n\n"
             + "\n".join(rows))
+    if args.server:
+        body += ("\n\nThrough the server (`--server " + str(args.server) + "`): `python app.py` started as a user starts it, "
+                 "then the real gradio_client, as the first visitor: seconds until the page answers, then /generate and "
+                 f"/lora_grid twice each; modes interleaved, {args.server} runs each, medians "
+                 f"(load average {os.getloadavg()[0]:.1f} when done).\n\n" + server_table(args.server))
     print(body)
     if args.write:
         update_section("Warm start", body)

@@ -28,13 +28,34 @@ def tensor_to_pil(image) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(array))
 
 
+def center_square(width: int, height: int) -> tuple[int, int, int, int]:
+    """The box (left, top, right, bottom) of the largest centered square: what the lab feeds the model."""
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    return left, top, left + side, top + side
+
+
+def crop_view(image: Image.Image, max_side: int = 256) -> Image.Image:
+    """``image`` (at most ``max_side`` px) with the part the model does not see dimmed and the center
+    square it sees outlined, so the crop is shown, not only described."""
+    image = image.convert("RGB")
+    scale = min(1.0, max_side / max(image.size))
+    shown = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.BICUBIC)
+    box = [round(v * scale) for v in center_square(*image.size)]
+    dimmed = Image.blend(shown, Image.new("RGB", shown.size, (0, 0, 0)), 0.6)
+    dimmed.paste(shown.crop(box), box[:2])
+    from PIL import ImageDraw
+
+    line = max(1, round(max(shown.size) / 128))
+    ImageDraw.Draw(dimmed).rectangle([box[0], box[1], box[2] - 1, box[3] - 1], outline=(255, 210, 0), width=line)
+    return dimmed
+
+
 def pil_to_tensor(image: Image.Image, size: int):
     """PIL -> (1, 3, size, size) tensor in [-1, 1] (center crop to square, then resize)."""
     import torch
 
     image = image.convert("RGB")
-    side = min(image.size)
-    left, top = (image.width - side) // 2, (image.height - side) // 2
-    image = image.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)
+    image = image.crop(center_square(*image.size)).resize((size, size), Image.BICUBIC)
     array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
     return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0)

@@ -15,7 +15,7 @@ from . import engine as eng
 from . import lora_user_ui, plots
 from . import validation as check
 from .generate import GUIDANCE_RANGE, MAX_STEPS, build_request
-from .images import pil_to_tensor, strip, tensor_to_pil, upscale
+from .images import center_square, crop_view, pil_to_tensor, strip, tensor_to_pil, upscale
 from .uploads import read_image
 
 GRID_SIZE = 192
@@ -165,6 +165,20 @@ def forward_noise(image, timestep, seed=0):
     info = (f"**t = {t}** &nbsp; alpha_bar = {ab:.4f} &nbsp; signal sqrt(alpha_bar) = {ab ** 0.5:.3f} &nbsp; "
             f"noise sqrt(1 - alpha_bar) = {(1 - ab) ** 0.5:.3f} &nbsp; SNR = {snr_text}")
     return pixels, latent_view, info, plots.signal_noise(train, t)
+
+
+@check.gradio_errors
+def forward_crop(image):
+    """The forward tool's input as the model gets it: the center square outlined, the rest dimmed
+    (the page, on every new image; None while there is no image)."""
+    if image is None:
+        return None, ""
+    image = read_image("image", image)
+    size = eng.current().native_size
+    left, top, right, bottom = center_square(*image.size)
+    kept = "the whole image (it is square)" if (right - left, bottom - top) == image.size else \
+        f"the center {right - left}x{bottom - top} px of {image.width}x{image.height}"
+    return crop_view(image), f"The model sees {kept}, resized to {size}x{size} px."
 
 
 # ------------------------------------------------------------------------------ LoRA mixer

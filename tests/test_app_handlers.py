@@ -200,6 +200,20 @@ def test_schedule_and_forward_noise(engine):
         labs.forward_noise(labs.shapes_sample(3), 1000, 0)
 
 
+def test_the_forward_tools_center_crop_is_shown(engine):
+    wide = Image.new("RGB", (60, 30), (0, 200, 0))
+    wide.paste((250, 0, 0), (15, 0, 45, 30))  # the center square is red, the sides green
+    view, note = labs.forward_crop(wide)
+    assert note == f"The model sees the center 30x30 px of 60x30, resized to {engine.native_size}x{engine.native_size} px."
+    array = np.asarray(view, dtype=np.int16)
+    assert array.shape[:2] == (30, 60)
+    assert tuple(array[15, 30]) == (250, 0, 0)  # inside the square: as it is
+    assert array[15, 5, 1] < 100  # outside: dimmed (the green was 200)
+    assert tuple(array[0, 20]) == (255, 210, 0)  # the outline along the square's top edge
+    assert "whole image" in labs.forward_crop(Image.new("RGB", (20, 20)))[1]
+    assert labs.forward_crop(None) == (None, "")
+
+
 def test_model_choice_and_gpu_durations():
     assert eng.choose_model(None, cuda=False)[0] == "tiny-shapes"
     assert eng.choose_model(None, cuda=True)[0] == "sd15"

@@ -431,3 +431,81 @@ def test_phone_layout_result_first_tables_and_settings(browser, server):
     shot(page, "lora-mixer-table-phone")
     assert page.errors == [], page.errors
     page.close()
+
+
+def shown_pixels(page, server, selector) -> "np.ndarray":
+    """The pixels of the image ``selector`` shows, fetched from its src as the browser did."""
+    import io
+
+    import httpx
+    import numpy as np
+    from PIL import Image
+
+    src = page.locator(selector).first.get_attribute("src")
+    url = src if src.startswith("http") else server.rstrip("/") + "/" + src.lstrip("/")
+    return np.asarray(Image.open(io.BytesIO(httpx.get(url, timeout=30).content)).convert("RGB"), dtype=np.int16)
+
+
+def test_batch_image_again_alone_chips_settings_file_and_tabs(browser, server, tmp_path):
+    """Issue 23's run controls, as a person uses them: a batch of 3 (each its own seed), one image
+    picked and made again alone (the same pixels), a chip removed, a settings JSON loaded into the
+    form, a result sent to the CFG lab, and the forward tool's crop shown."""
+    import json
+
+    page = open_page(browser, server)
+    page.get_by_text("Sampler, size and previews", exact=True).click()
+    for label, value in (("Steps", "6"), ("Images", "3")):
+        box = page.get_by_label(label, exact=True).first  # the slider's number box
+        box.fill(value)
+        box.press("Tab")
+    page.locator("#seed input").fill("40")
+    page.locator("#seed input").press("Tab")
+    page.locator("#generate-btn").click()
+    page.get_by_text("Done: 3 image(s)").wait_for(timeout=120_000)
+    captions = page.locator("#gallery .caption-label").all_inner_texts()
+    assert captions == ["#0 seed 40", "#1 seed 41", "#2 seed 42"], captions
+    third = shown_pixels(page, server, "#gallery .thumbnail-item img >> nth=2")
+    page.locator("#gallery .thumbnail-item").nth(2).click()
+    button = page.locator("#image-seed-btn")
+    button.get_by_text("Make #2 again alone (seed 42, 1 image)").wait_for(timeout=30_000)
+    shot(page, "batch-picked-desktop")
+    button.click()
+    page.wait_for_function("() => document.querySelector('#seed input').value === '42'", timeout=10_000)
+    assert page.get_by_label("Images", exact=True).first.input_value() == "1"
+    page.locator("#generate-btn").click()
+    page.get_by_text("Done: 1 image(s)").wait_for(timeout=120_000)
+    alone = shown_pixels(page, server, "#final-image img")
+    assert alone.shape == third.shape and abs(alone - third).max() <= 2  # the batch's third image, made alone
+    # the result in the CFG lab, one click
+    page.locator("#to-cfg").click()
+    page.wait_for_function("""() => [...document.querySelectorAll('button[role=tab]')]
+        .some(b => b.textContent.trim() === 'CFG lab' && b.getAttribute('aria-selected') === 'true')""", timeout=10_000)
+    open_tab(page, "Generate")
+    # chips: the example row sets two; the x on one removes it, the other keeps its weight
+    page.get_by_text("LoRA blend: outline + night").click()
+    page.locator("#lora-chip").get_by_text("outline 1").wait_for(timeout=30_000)
+    page.locator("#lora-chip .token", has_text="outline 1").locator(".token-remove").click()
+    page.wait_for_function("""() => !document.querySelector('#lora-chip').innerText.includes('outline 1')""",
+                           timeout=30_000)
+    assert "night 1" in page.locator("#lora-chip").inner_text()
+    page.get_by_text("LoRA blend", exact=True).click()
+    assert page.locator("#lora-blend textarea, #lora-blend input").first.input_value() == "night:1"
+    shot(page, "chip-removed-desktop")
+    # a settings JSON fills the form
+    doc = tmp_path / "settings.json"
+    doc.write_text(json.dumps({"prompt": "a small blue square", "steps": 7, "seed": 99, "scheduler": "Euler a",
+                               "lora": [{"name": "pastel", "weight": 1.0}]}))
+    page.get_by_text("Load settings from a PNG or a settings JSON", exact=True).click()
+    page.locator("#settings-file input[type=file]").set_input_files(str(doc))
+    page.locator("#status").get_by_text("Settings loaded into the form").wait_for(timeout=60_000)
+    assert page.locator("#prompt textarea").input_value() == "a small blue square"
+    assert page.locator("#seed input").input_value() == "99"
+    page.locator("#lora-chip").get_by_text("pastel 1").wait_for(timeout=30_000)
+    shot(page, "settings-loaded-desktop")
+    # the forward tool shows its crop
+    open_tab(page, "Timestep explorer")
+    page.locator("#noise-crop img").wait_for(timeout=30_000)
+    assert "The model sees the whole image" in page.locator("#noise-crop-note").inner_text()
+    shot(page, "explorer-crop-desktop")
+    assert error_boxes(page) == [] and page.errors == [], (error_boxes(page), page.errors)
+    page.close()

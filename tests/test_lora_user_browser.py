@@ -58,6 +58,10 @@ def test_upload_inspect_add_to_blend_and_grid(served):
         page.locator("#user-lora-add").click()
         # the one blend state (Generate's LoRA text, inside a closed accordion there) shows as the mixer's chips
         page.locator("#mixer-chip").get_by_text(name).wait_for(timeout=30_000)
+        # a model without presets: the table says how to add one (not "disabled"), and the slot shows the name
+        assert "disabled" not in page.locator(".wide-table").first.inner_text()
+        page.wait_for_function(f"() => document.querySelector('#slot-1-preset input').value === '{name}'",
+                               timeout=30_000)
         page.get_by_role("button", name=re.compile("Comparison grid")).click()
         page.locator("#lora-grid img").first.wait_for(timeout=180_000)
         captions = page.locator("#lora-grid").inner_text()
