@@ -166,7 +166,7 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1, allow_model_switc
                                                      "keeps the current model.")
                             scheduler = gr.Dropdown(schedulers, value=default_scheduler, label="Scheduler")
                         with gr.Row():
-                            steps = gr.Slider(1, gen.MAX_STEPS, value=default_steps, step=1, label="Steps")
+                            steps = gr.Slider(1, gen.MAX_STEPS, value=default_steps, step=1, label="Steps", elem_id="steps")
                             guidance_scale = gr.Slider(*gen.GUIDANCE_RANGE, value=default_guidance, step=0.5,
                                                        label="Guidance scale", info=docs.INFO["guidance_scale"])
                         with gr.Row(equal_height=True):
@@ -204,7 +204,8 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1, allow_model_switc
                             with gr.Row():
                                 width = gr.Slider(size_lo, size_hi, value=engine.native_size, step=size_step, label="Width")
                                 height = gr.Slider(size_lo, size_hi, value=engine.native_size, step=size_step, label="Height")
-                                num_images = gr.Slider(1, gen.MAX_IMAGES, value=1, step=1, label="Images")
+                                num_images = gr.Slider(1, gen.MAX_IMAGES, value=1, step=1, label="Images",
+                                               elem_id="num-images")
                             with gr.Row():
                                 preview_every = gr.Slider(0, 25, value=2, step=1, label="Preview every N steps (0: off)")
                                 preview_decoder = gr.Radio(list(decoders), value=stream_decoder, label="Preview decoder",

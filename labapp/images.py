@@ -35,12 +35,14 @@ def center_square(width: int, height: int) -> tuple[int, int, int, int]:
     return left, top, left + side, top + side
 
 
-def crop_view(image: Image.Image, max_side: int = 256) -> Image.Image:
-    """``image`` (at most ``max_side`` px) with the part the model does not see dimmed and the center
-    square it sees outlined, so the crop is shown, not only described."""
+def crop_view(image: Image.Image, side: int = 192) -> Image.Image:
+    """``image`` scaled to ``side`` px on its long side (small images with crisp pixels) with the part
+    the model does not see dimmed and the center square it sees outlined: the crop shown, not only
+    described."""
     image = image.convert("RGB")
-    scale = min(1.0, max_side / max(image.size))
-    shown = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.BICUBIC)
+    scale = side / max(image.size)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    shown = image.resize(size, Image.NEAREST if scale > 1 else Image.BICUBIC)
     box = [round(v * scale) for v in center_square(*image.size)]
     dimmed = Image.blend(shown, Image.new("RGB", shown.size, (0, 0, 0)), 0.6)
     dimmed.paste(shown.crop(box), box[:2])

@@ -105,7 +105,7 @@ def chips(blend: list[dict]) -> str:
     return "**LoRA active:** " + " ".join(parts)
 
 
-CHIPS_INFO = "x on a chip removes that adapter; pick a name to add it at its default weight."
+CHIPS_INFO = "LoRA active (name weight): x on a chip removes it; pick a name to add it at its table weight."
 CHIPS_NONE = "LoRA: none. Pick a name to add an adapter (or blend them in the LoRA mixer)."
 
 
@@ -118,8 +118,7 @@ def chip_editor(blend: list[dict] | None, names: list[str], defaults: dict, erro
     active = [a["name"] for a in blend]
     choices = [(f"{a['name']} {a['weight']:g}", a["name"]) for a in blend]
     choices += [(f"{n} (add at {defaults.get(n, 1.0):g})", n) for n in names if n not in active]
-    info = ("LoRA active: " + ", ".join(label for label, _ in choices[:len(active)]) + ". " + CHIPS_INFO) if active \
-        else CHIPS_NONE
+    info = CHIPS_INFO if active else CHIPS_NONE  # the chips say which adapters, at which weight
     return gr.update(choices=choices, value=active, info=info, interactive=bool(choices))
 
 

@@ -206,10 +206,10 @@ def test_the_forward_tools_center_crop_is_shown(engine):
     view, note = labs.forward_crop(wide)
     assert note == f"The model sees the center 30x30 px of 60x30, resized to {engine.native_size}x{engine.native_size} px."
     array = np.asarray(view, dtype=np.int16)
-    assert array.shape[:2] == (30, 60)
-    assert tuple(array[15, 30]) == (250, 0, 0)  # inside the square: as it is
-    assert array[15, 5, 1] < 100  # outside: dimmed (the green was 200)
-    assert tuple(array[0, 20]) == (255, 210, 0)  # the outline along the square's top edge
+    assert array.shape[:2] == (96, 192)  # shown at 192 px on the long side, pixels kept crisp
+    assert tuple(array[48, 96]) == (250, 0, 0)  # inside the square: as it is
+    assert array[48, 10, 1] < 100  # outside: dimmed (the green was 200)
+    assert tuple(array[0, 70]) == (255, 210, 0)  # the outline along the square's top edge (x 48..144)
     assert "whole image" in labs.forward_crop(Image.new("RGB", (20, 20)))[1]
     assert labs.forward_crop(None) == (None, "")
 

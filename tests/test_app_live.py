@@ -454,8 +454,8 @@ def test_batch_image_again_alone_chips_settings_file_and_tabs(browser, server, t
 
     page = open_page(browser, server)
     page.get_by_text("Sampler, size and previews", exact=True).click()
-    for label, value in (("Steps", "6"), ("Images", "3")):
-        box = page.get_by_label(label, exact=True).first  # the slider's number box
+    for elem, value in (("steps", "6"), ("num-images", "3")):
+        box = page.locator(f"#{elem} input[type=number]")  # the slider's number box
         box.fill(value)
         box.press("Tab")
     page.locator("#seed input").fill("40")
@@ -471,7 +471,7 @@ def test_batch_image_again_alone_chips_settings_file_and_tabs(browser, server, t
     shot(page, "batch-picked-desktop")
     button.click()
     page.wait_for_function("() => document.querySelector('#seed input').value === '42'", timeout=10_000)
-    assert page.get_by_label("Images", exact=True).first.input_value() == "1"
+    assert page.locator("#num-images input[type=number]").input_value() == "1"
     page.locator("#generate-btn").click()
     page.get_by_text("Done: 1 image(s)").wait_for(timeout=120_000)
     alone = shown_pixels(page, server, "#final-image img")
