@@ -15,11 +15,11 @@ model cannot take is left at the model's own, and the note says so.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import re
 
-from pipelines.guidance import DEFAULT_CLASSIFIER_SCALE
-from pipelines.request import DEFAULT_SIGMAS, MODEL_DEFAULT_SPACING, GenerationRequest
+from pipelines.request import GenerationRequest
 
 from . import engine as eng
 from . import lora_ui, lora_user_ui, uploads
@@ -122,20 +122,15 @@ def form_from_document(doc: dict) -> tuple[dict, list[str]]:
     engine = eng.current()
     scheduler, steps, guidance = engine.defaults()
     notes = []
-    form = {
-        "prompt": doc.get("prompt", ""), "negative_prompt": doc.get("negative_prompt", ""),
-        "scheduler": doc.get("scheduler", scheduler), "steps": _number(doc, "steps", steps),
-        "guidance_scale": _number(doc, "guidance_scale", guidance), "seed": _number(doc, "seed", 0),
-        "num_images": _number(doc, "num_images", 1),
-        "guidance_method": doc.get("guidance_method", "cfg"),
-        "guidance_rescale": _number(doc, "guidance_rescale", 0.0),
-        "guidance_schedule": doc.get("guidance_schedule", "constant"),
-        "apg_momentum": _number(doc, "apg_momentum", -0.5), "apg_norm_threshold": _number(doc, "apg_norm_threshold", 15.0),
-        "apg_eta": _number(doc, "apg_eta", 0.0), "cfg_zero_init_steps": _number(doc, "cfg_zero_init_steps", 1),
-        "perp_neg_scale": _number(doc, "perp_neg_scale", 1.0),
-        "timestep_spacing": doc.get("timestep_spacing", MODEL_DEFAULT_SPACING), "sigmas": doc.get("sigmas", DEFAULT_SIGMAS),
-        "classifier_scale": _number(doc, "classifier_scale", DEFAULT_CLASSIFIER_SCALE),
-    }
+    # from_form's own defaults, then the model's for the fields it requires
+    defaults = {name: p.default for name, p in inspect.signature(GenerationRequest.from_form).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    defaults |= {"prompt": "", "negative_prompt": "", "scheduler": scheduler, "steps": steps,
+                 "guidance_scale": guidance, "seed": 0}
+    texts = ("prompt", "negative_prompt", "scheduler", "guidance_method", "guidance_schedule", "timestep_spacing",
+             "sigmas")
+    form = {k: (doc.get(k, v) if k in texts else _number(doc, k, v)) for k, v in defaults.items()
+            if k not in ("width", "height", "lora", "guidance_interval_start", "guidance_interval_end")}
     interval = doc.get("guidance_interval")
     if interval is None:
         form["guidance_interval_start"], form["guidance_interval_end"] = 0.0, 1.0
