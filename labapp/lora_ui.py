@@ -176,15 +176,6 @@ def _parse(spec) -> list[dict]:
     return Blend.parse(spec, lora_user_ui.limits(eng.current()).presets).to_list()
 
 
-def describe(spec) -> str:
-    """The chip line for the blend text ``spec`` (or why it is not a valid blend)."""
-    try:
-        blend = _parse(spec)
-    except ValueError as error:
-        return f"**LoRA:** not applied, {error}"
-    return chips(blend)
-
-
 def spec_to_slots(spec) -> tuple:
     """The blend text -> (Generate's chip editor, the mixer's chip line, *slot values): the slots follow
     valid text; while the text is not a valid blend (half typed, or more adapters than slots) they stay
