@@ -174,13 +174,19 @@ def batch_picker(trace):
                      value="Select an image above to make it again alone")
 
 
-def pick_image(trace, evt: gr.SelectData):
-    """A click on a gallery image: remember its seed, and say on the button what it will do."""
+@check.gradio_errors
+def pick_image(trace, evt: gr.EventData):
+    """A click on a gallery image: remember its seed, and say on the button what it will do.
+
+    The event's data is read here, not by gr.SelectData, whose constructor indexes whatever a client
+    sent ("'NoneType' object is not subscriptable" for a forged event): a malformed selection is
+    refused naming ``index``, a stale one (an index past the current batch) is ignored."""
+    data = getattr(evt, "_data", None)
+    index = data.get("index") if isinstance(data, dict) else None
+    if not isinstance(index, int) or isinstance(index, bool):
+        raise check.fail("index", index if isinstance(data, dict) else data, "the index of a gallery image (an integer)")
     seeds = batch_image_seeds(trace)
-    index = getattr(evt, "index", None)
-    if isinstance(index, (list, tuple)):
-        index = index[0] if index else None
-    if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(seeds):
+    if not 0 <= index < len(seeds):
         return None, gr.update(interactive=False)
     return seeds[index], gr.update(value=f"Make #{index} again alone (seed {seeds[index]}, 1 image)", interactive=True)
 

@@ -66,13 +66,13 @@ def _settings_upload(name: str, content):
     return run
 
 
-def _private_call(find, data):
+def _private_call(find, data, event_data=None):
     """A private event (the page's own), called through the queue with forged values."""
     def run(ctx):
         from tests.hostile_helpers import queue_call
 
         fn_index, trigger = find(ctx)
-        msg = queue_call(ctx.url, fn_index, data, trigger)
+        msg = queue_call(ctx.url, fn_index, data, trigger, event_data=event_data)
         return ("ok", msg) if msg.get("success") else ("error", json.dumps(msg.get("output", msg)))
     return run
 
@@ -87,6 +87,17 @@ def _fill_form_event(ctx):
         if dep.get("inputs") == ids and len(dep.get("outputs", [])) > 20:
             return dep.get("id", index), None
     raise LookupError("no fill-form event")
+
+
+def _gallery_select(ctx):
+    import httpx
+
+    config = httpx.get(f"{ctx.url}config", timeout=30).json()
+    ids = [c["id"] for c in config["components"] if c.get("props", {}).get("elem_id") == "gallery"]
+    for index, dep in enumerate(config["dependencies"]):
+        if any(t[0] in ids and t[1] == "select" for t in dep.get("targets", [])):
+            return dep.get("id", index), ids[0]
+    raise LookupError("no select event on the gallery")
 
 
 def _chip_event(ctx):
@@ -531,6 +542,13 @@ CASES: list[Case] = [
     Case("chips-forged", "page event: LoRA chips", "chips = ['../../etc/passwd'] (an adapter never loaded)",
          "error naming `lora`, nothing read", _private_call(_chip_event, ["", ["../../etc/passwd"]]),
          r"lora name='\.\./\.\./etc/passwd' is not allowed: a preset name", forbid=r"root:"),
+    Case("gallery-select-none", "page event: gallery select", "event_data = null (no selection)",
+         "error naming `index` (gr.SelectData would fail on it with a TypeError)",
+         _private_call(_gallery_select, [None], None), r"index=None is not allowed: the index of a gallery image"),
+    Case("gallery-select-junk", "page event: gallery select", "event_data = {'index': 'x'}", "error naming `index`",
+         _private_call(_gallery_select, [None], {"index": "x"}), r"index='x' is not allowed"),
+    Case("gallery-select-stale", "page event: gallery select", "event_data = {'index': 10**9}, no batch made",
+         "works: nothing picked, the button stays off", _private_call(_gallery_select, [None], {"index": 10**9}), None),
     Case("terminal-snr-seeds-huge", "HTTP /terminal_snr", "seeds=10**9", named("seeds"),
          raw_data("/terminal_snr", [{"url": data_url(png_bytes(np.full((32, 32, 3), 90, np.uint8)))}, 10**9, "8"]),
          r"seeds=1000000000 is not allowed: an integer in \[16, 2048\]"),

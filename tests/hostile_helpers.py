@@ -73,13 +73,15 @@ def private_event(base_url: str, label: str, trigger: str) -> tuple[int, int]:
     raise LookupError(f"no {trigger!r} event on a component labelled {label!r}")
 
 
-def queue_call(base_url: str, fn_index: int, data: list, trigger_id: int | None = None, timeout: float = 120) -> dict:
-    """Join the queue as the browser does; returns the process_completed message."""
+def queue_call(base_url: str, fn_index: int, data: list, trigger_id: int | None = None, timeout: float = 120,
+               event_data=None) -> dict:
+    """Join the queue as the browser does (``event_data``: what a click sends, e.g. a gallery's
+    selection); returns the process_completed message."""
     import httpx
 
     session = uuid.uuid4().hex[:11]
     joined = httpx.post(f"{base_url}gradio_api/queue/join", timeout=timeout,
-                        json={"data": data, "fn_index": fn_index, "session_hash": session, "event_data": None,
+                        json={"data": data, "fn_index": fn_index, "session_hash": session, "event_data": event_data,
                               "trigger_id": trigger_id})
     if joined.status_code != 200:
         return {"msg": "http", "status": joined.status_code, "text": joined.text}
