@@ -100,6 +100,18 @@ def _gallery_select(ctx):
     raise LookupError("no select event on the gallery")
 
 
+def _crop_event(ctx):
+    """The forward tool's crop view (runs on every new image)."""
+    import httpx
+
+    config = httpx.get(f"{ctx.url}config", timeout=30).json()
+    ids = [c["id"] for c in config["components"] if c.get("props", {}).get("elem_id") == "noise-crop"]
+    for index, dep in enumerate(config["dependencies"]):
+        if ids and ids[0] in dep.get("outputs", []):
+            return dep.get("id", index), None
+    raise LookupError("no crop-view event")
+
+
 def _chip_event(ctx):
     from tests.hostile_helpers import private_event
 
@@ -549,6 +561,9 @@ CASES: list[Case] = [
          _private_call(_gallery_select, [None], {"index": "x"}), r"index='x' is not allowed"),
     Case("gallery-select-stale", "page event: gallery select", "event_data = {'index': 10**9}, no batch made",
          "works: nothing picked, the button stays off", _private_call(_gallery_select, [None], {"index": 10**9}), None),
+    Case("crop-view-forged-path", "page event: forward tool's crop view", "image = {'path': '/etc/passwd'}",
+         "error naming `image`: never read, path not echoed", _private_call(_crop_event, [{"path": "/etc/passwd"}]),
+         r"image='<path>' is not allowed: a file uploaded to this app", forbid=r"passwd|root:"),
     Case("terminal-snr-seeds-huge", "HTTP /terminal_snr", "seeds=10**9", named("seeds"),
          raw_data("/terminal_snr", [{"url": data_url(png_bytes(np.full((32, 32, 3), 90, np.uint8)))}, 10**9, "8"]),
          r"seeds=1000000000 is not allowed: an integer in \[16, 2048\]"),
