@@ -247,7 +247,7 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1, allow_model_switc
                         image_seed_btn = gr.Button("Select an image above to make it again alone", size="sm",
                                                    visible=False, interactive=False, elem_id="image-seed-btn")
                         status = gr.Markdown("Ready.", elem_id="status")
-                        with gr.Row():
+                        with gr.Row(visible=False) as send_row:  # shown once a run has finished
                             to_cfg = gr.Button("This run in the CFG lab", size="sm", elem_id="to-cfg")
                             to_explorer = gr.Button("This run in the Timestep explorer", size="sm", elem_id="to-explorer")
                         settings = gr.Code(label="Settings (JSON)", language="json", interactive=False, max_lines=14,
@@ -437,7 +437,7 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1, allow_model_switc
         stop.click(gen.request_stop, None, None, queue=False, show_progress="hidden", api_visibility="private")
         random_seed_btn.click(gen.random_seed, None, seed, queue=False, api_visibility="private")
         reuse_seed_btn.click(gen.last_seed, [trace, seed], seed, queue=False, api_visibility="private")
-        generated.then(gen.batch_picker, trace, image_seed_btn, queue=False, api_visibility="private")
+        generated.then(gen.after_run, trace, [image_seed_btn, send_row], queue=False, api_visibility="private")
         gallery.select(gen.pick_image, trace, [picked_seed, image_seed_btn], queue=False, api_visibility="private")
         image_seed_btn.click(gen.use_picked_seed, picked_seed, [seed, num_images, status], queue=False,
                              api_visibility="private")

@@ -13,7 +13,7 @@ from pipelines.lora.settings import WEIGHT_RANGE as LORA_WEIGHT_RANGE  # noqa: F
 from pipelines.previews import PREVIEW_DECODERS
 from pipelines.record import TracingPipelineOutput
 from pipelines.request import (CLASSIFIER_SCALE_RANGE, GUIDANCE_RANGE, MAX_IMAGES, MAX_STEPS,  # noqa: F401
-                               SPACINGS, GenerationRequest)
+                               SPACINGS, GenerationRequest, image_seeds)
 
 from . import engine as eng
 from . import lora_user_ui, trace_store
@@ -164,14 +164,16 @@ def batch_image_seeds(trace) -> list[int]:
     """The seeds of the last run's images (GenerationRequest.image_seeds; [] without a finished batch)."""
     if not isinstance(trace, trace_store.Trace) or trace.stopped or "num_images" not in trace.settings:
         return []
-    seed, count = int(trace.settings["seed"]), int(trace.settings["num_images"])
-    return [(seed + i) % (check.MAX_SEED + 1) for i in range(count)]
+    return image_seeds(int(trace.settings["seed"]), int(trace.settings["num_images"]))
 
 
-def batch_picker(trace):
-    """After a run: the "make it again alone" button shows under a batch's gallery, waiting for a pick."""
-    return gr.update(visible=len(batch_image_seeds(trace)) > 1, interactive=False,
-                     value="Select an image above to make it again alone")
+def after_run(trace):
+    """After a run: the "make it again alone" button shows under a batch's gallery, waiting for a pick,
+    and the buttons that open the run in the labs show once there is a finished run."""
+    finished = isinstance(trace, trace_store.Trace) and not trace.stopped
+    return (gr.update(visible=len(batch_image_seeds(trace)) > 1, interactive=False,
+                      value="Select an image above to make it again alone"),
+            gr.update(visible=finished))
 
 
 @check.gradio_errors

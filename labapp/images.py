@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 
 def upscale(image: Image.Image, size: int) -> Image.Image:
@@ -46,8 +46,6 @@ def crop_view(image: Image.Image, side: int = 192) -> Image.Image:
     box = [round(v * scale) for v in center_square(*image.size)]
     dimmed = Image.blend(shown, Image.new("RGB", shown.size, (0, 0, 0)), 0.6)
     dimmed.paste(shown.crop(box), box[:2])
-    from PIL import ImageDraw
-
     line = max(1, round(max(shown.size) / 128))
     ImageDraw.Draw(dimmed).rectangle([box[0], box[1], box[2] - 1, box[3] - 1], outline=(255, 210, 0), width=line)
     return dimmed

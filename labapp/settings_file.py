@@ -19,7 +19,7 @@ import inspect
 import json
 import re
 
-from pipelines.request import GenerationRequest
+from pipelines.request import GenerationRequest, interval_fields
 
 from . import engine as eng
 from . import lora_ui, lora_user_ui, uploads
@@ -132,14 +132,10 @@ def form_from_document(doc: dict) -> tuple[dict, list[str]]:
     form = {k: (doc.get(k, v) if k in texts else _number(doc, k, v)) for k, v in defaults.items()
             if k not in ("width", "height", "lora", "guidance_interval_start", "guidance_interval_end")}
     interval = doc.get("guidance_interval")
-    if interval is None:
-        form["guidance_interval_start"], form["guidance_interval_end"] = 0.0, 1.0
-    elif isinstance(interval, (list, tuple)) and len(interval) == 2:  # GuidanceConfig's (lo, hi]: lo -1 is a start of 0
-        lo, hi = interval
-        form["guidance_interval_start"] = max(0.0, lo) if isinstance(lo, (int, float)) else lo
-        form["guidance_interval_end"] = hi
-    else:
+    if not (interval is None or (isinstance(interval, (list, tuple)) and len(interval) == 2
+                                 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in interval))):
         raise check.fail("guidance_interval", interval, "null or [start, end], fractions of the steps")
+    form["guidance_interval_start"], form["guidance_interval_end"] = interval_fields(interval)
     # one image of a batch: its own seed, alone (labapp/metadata.py writes image_seed since issue 23)
     if "image_seed" in doc and form["num_images"] != 1:
         form["seed"], form["num_images"] = _number(doc, "image_seed", 0), 1
@@ -192,8 +188,7 @@ def fill_form(doc) -> tuple:
     order, then the status line."""
     request, notes = checked(doc)
     form = request.to_dict()
-    interval = form.pop("guidance_interval") or (0.0, 1.0)
-    form["guidance_interval_start"], form["guidance_interval_end"] = max(0.0, interval[0]), interval[1]
+    form["guidance_interval_start"], form["guidance_interval_end"] = interval_fields(form.pop("guidance_interval"))
     form["lora"] = lora_ui.blend_to_spec(form["lora"])
     status = "Settings loaded into the form" + (f" ({'; '.join(notes)})" if notes else "") + ": Generate makes the image."
     return (*[form[k] for k in FORM_FIELDS], status)

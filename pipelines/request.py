@@ -75,6 +75,21 @@ def progress_interval(start: float, end: float) -> tuple[float, float] | None:
     return (start if start > 0 else -1.0), end
 
 
+def interval_fields(interval) -> tuple[float, float]:
+    """The inverse of ``progress_interval``: GuidanceConfig's interval (None, or (lo, hi] with lo -1 for
+    a start at the first step) -> the form's (start, end)."""
+    if interval is None:
+        return 0.0, 1.0
+    lo, hi = interval
+    return max(0.0, lo), hi
+
+
+def image_seeds(seed: int, count: int) -> list[int]:
+    """``count`` seeds from ``seed`` up (wrapping at MAX_SEED), one per image of a batch, as AUTOMATIC1111
+    numbers a batch (``GenerationRequest.image_seeds``)."""
+    return [(seed + i) % (fields.MAX_SEED + 1) for i in range(count)]
+
+
 def _fraction_guidance() -> GuidanceConfig:
     return GuidanceConfig(interval_space="fraction")
 
@@ -189,7 +204,7 @@ class GenerationRequest:
         """One seed per image of the batch (prompts x images, diffusers' order): ``seed``, ``seed + 1``,
         ... (wrapping at MAX_SEED), as AUTOMATIC1111 numbers a batch. Image i is the image a one-image
         request with seed ``image_seeds[i]`` makes, so one image of a batch can be made again alone."""
-        return [(self.seed + i) % (fields.MAX_SEED + 1) for i in range(self.num_prompts * self.num_images)]
+        return image_seeds(self.seed, self.num_prompts * self.num_images)
 
     def call_kwargs(self, device) -> dict:
         """The pipeline call (TracingStableDiffusionPipeline.__call__ / iter_steps) for this request,

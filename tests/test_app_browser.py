@@ -5,6 +5,7 @@ playwright is missing (never `playwright install`: it downloads a browser).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -20,6 +21,24 @@ TABS = ["CFG lab", "Scheduler lab", "Timestep explorer", "LoRA mixer"]
 if not os.path.exists(CHROMIUM):
     pytest.skip(f"{CHROMIUM} is missing: apt-get install -y chromium chromium-driver", allow_module_level=True)
 playwright_api = pytest.importorskip("playwright.sync_api", reason="the playwright python package is not installed")
+
+@contextlib.contextmanager
+def chromium(width: int = 1400, height: int = 1000):
+    """Debian's chromium through Playwright, headless, in a throwaway profile; yields the browser
+    context (the screenshot folder exists)."""
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    profile = tempfile.mkdtemp(prefix="chromium-profile-")
+    try:
+        with playwright_api.sync_playwright() as p:
+            context = p.chromium.launch_persistent_context(profile, executable_path=CHROMIUM, args=FLAGS,
+                                                           headless=True, viewport={"width": width, "height": height})
+            try:
+                yield context
+            finally:
+                context.close()
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+
 
 # Counts every distinct src the preview <img> shows, so fast updates between polls are not missed.
 WATCH_PREVIEWS = """
@@ -46,12 +65,7 @@ def server():
 
 @pytest.fixture(scope="module")
 def page(server):
-    os.makedirs(ARTIFACTS, exist_ok=True)
-    profile = tempfile.mkdtemp(prefix="chromium-profile-")
-    with playwright_api.sync_playwright() as p:
-        context = p.chromium.launch_persistent_context(
-            profile, executable_path=CHROMIUM, args=FLAGS, headless=True, viewport={"width": 1400, "height": 1000}
-        )
+    with chromium() as context:
         page = context.new_page()
         page.console_errors = []
         page.on("console", lambda m: m.type == "error" and page.console_errors.append(m.text))
@@ -62,8 +76,6 @@ def page(server):
                 and page.console_errors.append(f"request failed: {r.url} ({r.failure})"))
         page.goto(server, wait_until="domcontentloaded", timeout=60_000)
         yield page
-        context.close()
-    shutil.rmtree(profile, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

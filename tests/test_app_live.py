@@ -11,12 +11,10 @@ Skipped, with the reason, when chromium, playwright or the embedded model is mis
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 
 import pytest
 
-from tests.test_app_browser import ARTIFACTS, CHROMIUM, FLAGS
+from tests.test_app_browser import ARTIFACTS, chromium
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="the playwright python package is not installed")
 EMBEDDED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", "tiny-shapes")
@@ -76,13 +74,8 @@ def server():
 
 @pytest.fixture(scope="module")
 def browser():
-    profile = tempfile.mkdtemp(prefix="chromium-profile-")
-    with playwright_api.sync_playwright() as p:
-        context = p.chromium.launch_persistent_context(profile, executable_path=CHROMIUM, args=FLAGS, headless=True,
-                                                       viewport={"width": 1440, "height": 1000})
+    with chromium(1440, 1000) as context:
         yield context
-        context.close()
-    shutil.rmtree(profile, ignore_errors=True)
 
 
 def open_page(browser, server, size="desktop"):
@@ -412,6 +405,9 @@ def test_explorer_frames_follow_the_drag_and_play(browser, server):
 def test_phone_layout_result_first_tables_and_settings(browser, server):
     page = open_page(browser, server, "phone")
     page.locator("#generate-btn").click()
+    page.wait_for_function("() => /step \\d+\\/25/.test((document.querySelector('#x0-preview label') || {}).textContent)",
+                           timeout=120_000)
+    shot(page, "generate-streaming-phone")  # during the run
     page.get_by_text("Done:").wait_for(timeout=120_000)
     final, preview = page.locator("#final-image").bounding_box(), page.locator("#xt-preview").bounding_box()
     x0 = page.locator("#x0-preview").bounding_box()
@@ -433,7 +429,7 @@ def test_phone_layout_result_first_tables_and_settings(browser, server):
     page.close()
 
 
-def shown_pixels(page, server, selector) -> "np.ndarray":
+def shown_pixels(page, server, selector):
     """The pixels of the image ``selector`` shows, fetched from its src as the browser did."""
     import io
 

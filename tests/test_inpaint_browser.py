@@ -4,38 +4,27 @@ the mask's border, and the explorer's slider move to the inpainting run's steps.
 test-artifacts/ (gitignored)."""
 from __future__ import annotations
 
-import os
-
 import pytest
 
-from tests.test_app_browser import ARTIFACTS, CHROMIUM, FLAGS, shot  # noqa: F401 (skips with the reason)
+from tests.test_app_browser import chromium, shot  # skips with the reason when chromium is missing
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 
 
 @pytest.fixture(scope="module")
 def page():
-    import shutil
-    import tempfile
-
     import torch
 
     from testkit.app_server import launch, tiny_engine
 
     torch.set_num_threads(1)
     demo, url = launch(tiny_engine(), concurrency_limit=1)
-    os.makedirs(ARTIFACTS, exist_ok=True)
-    profile = tempfile.mkdtemp(prefix="chromium-profile-")
-    with playwright_api.sync_playwright() as p:
-        context = p.chromium.launch_persistent_context(profile, executable_path=CHROMIUM, args=FLAGS, headless=True,
-                                                       viewport={"width": 1400, "height": 1000})
+    with chromium() as context:
         page = context.new_page()
         page.console_errors = []
         page.on("pageerror", lambda e: page.console_errors.append(str(e)))
         page.goto(url, wait_until="domcontentloaded", timeout=60_000)
         yield page
-        context.close()
-    shutil.rmtree(profile, ignore_errors=True)
     demo.close()
 
 

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import tempfile
 
 import pytest
 
-from tests.test_app_browser import ARTIFACTS, CHROMIUM, FLAGS
+from tests.test_app_browser import ARTIFACTS, chromium
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="the playwright python package is not installed")
 
@@ -34,11 +32,7 @@ def served(tmp_path_factory):
 
 def test_upload_inspect_add_to_blend_and_grid(served):
     url, path = served
-    os.makedirs(ARTIFACTS, exist_ok=True)
-    profile = tempfile.mkdtemp(prefix="chromium-profile-")
-    with playwright_api.sync_playwright() as p:
-        context = p.chromium.launch_persistent_context(profile, executable_path=CHROMIUM, args=FLAGS, headless=True,
-                                                       viewport={"width": 1440, "height": 1000})
+    with chromium(1440, 1000) as context:
         page = context.new_page()
         errors = []
         page.on("pageerror", lambda e: errors.append(str(e)))
@@ -69,5 +63,3 @@ def test_upload_inspect_add_to_blend_and_grid(served):
         page.locator("#user-lora").scroll_into_view_if_needed()
         page.screenshot(path=os.path.join(ARTIFACTS, "user-lora-panel.png"), full_page=True)
         assert not errors, errors
-        context.close()
-    shutil.rmtree(profile, ignore_errors=True)
