@@ -15,7 +15,7 @@ side in one run, each figure the median of interleaved repeats after a warm-up:
 
 Prints a JSON report and a markdown table; with a GPU it writes BENCHMARKS.md "GPU". Without a GPU
 (or with --reduced) it runs a reduced mode on CPU: tiny components, 16x16, 2 steps, so the script
-itself is tested here (tests/test_gpu_bench.py); reduced figures are never written.
+itself is tested here (tests/bench/test_gpu_bench.py); reduced figures are never written.
 
     .venv/bin/python bench/gpu_bench.py                 # on the GPU machine (~3-5 min on an H100)
     OMP_NUM_THREADS=1 .venv/bin/python bench/gpu_bench.py --reduced

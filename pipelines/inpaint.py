@@ -14,7 +14,7 @@ any registry scheduler, any guidance method), chosen by the UNet:
   keeps the known region.
 
 Same RNG order as diffusers (VAE posterior draw of the image for blending or strength < 1, the
-noise, then the masked image's draw), so a seed gives diffusers' image (tests/test_inpaint.py).
+noise, then the masked image's draw), so a seed gives diffusers' image (tests/pipelines/test_inpaint.py).
 ``strength`` < 1 starts from q_sample(z_0, eps, t ~ strength * T) on the grid's tail, as img2img.
 """
 from __future__ import annotations

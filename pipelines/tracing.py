@@ -4,7 +4,7 @@ A subclass of diffusers' ``StableDiffusionPipeline``: same constructor (legacy s
 normalized), loader mixins (LoRA, textual inversion, IP-Adapter, single-file checkpoints),
 ``encode_prompt``, ``check_inputs``, ``prepare_latents``, properties, ``callback_on_step_end``,
 ``return_dict=False`` tuple, output class (a ``StableDiffusionPipelineOutput``). With plain CFG
-its images equal diffusers' for the same inputs (tests/test_pipeline_contract.py).
+its images equal diffusers' for the same inputs (tests/pipelines/test_pipeline_contract.py).
 
 On top: guidance methods (``guidance=GuidanceConfig``), a registry scheduler per call
 (``scheduler="DPM++ 2M Karras"``, a private copy; without it ``pipe.scheduler`` runs and is

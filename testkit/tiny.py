@@ -142,3 +142,13 @@ def make_tiny_clip_guide(seed: int = 0, image_size: int = 8, projection_dim: int
         hidden_size=16, intermediate_size=32, num_attention_heads=2, num_hidden_layers=2, vocab_size=len(tokenizer),
         max_position_embeddings=tokenizer.model_max_length, projection_dim=projection_dim))
     return ClipGuide(vision, text, tokenizer, image_size, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, model_id="tiny-random-clip")
+
+
+def tiny_inpaint_unet(seed: int = 0) -> UNet2DConditionModel:
+    """The tiny UNet of testkit/tiny.py with 9 input channels (latents, mask, masked-image latents)."""
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(
+        block_out_channels=(4, 8), layers_per_block=1, sample_size=8, in_channels=9, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=16, norm_num_groups=2, attention_head_dim=2,
+    )

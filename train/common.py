@@ -38,7 +38,7 @@ def finish_process(accelerator, code: int = 0) -> int:
     the last reference to the gloo process group; ``~ProcessGroupGloo`` then joins its worker thread
     while the main thread holds the GIL, and that worker may itself be waiting for the GIL to free a
     finished collective's tensors. Both wait forever. Seen with py-spy --native in
-    tests/train_lora/test_distributed.py, about 1 run in 3-4: the main thread in ``Reducer::~Reducer ->
+    tests/train/train_lora/test_distributed.py, about 1 run in 3-4: the main thread in ``Reducer::~Reducer ->
     ~ProcessGroupGloo -> std::thread::join``, the worker in ``~AsyncAllgatherWork -> gil_scoped_acquire``.
     Destroying the group alone does not help (the reducer keeps its own reference), nor does an exit
     after ``main()`` returns (the frame is freed first)."""

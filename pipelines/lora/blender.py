@@ -19,7 +19,7 @@ layers such as conv_in. Here every peft layer gets its scale from the blend (see
 settings.py) through peft's ``set_scale``; the active adapters of a layer run as one
 stacked LoRA, and a layer with none active runs its base module only (layers.py). For
 attention-only LoRAs the result equals diffusers' (exactly with ``stack_adapters=False``, to
-rounding with stacking; tests/test_lora_blend.py checks both).
+rounding with stacking; tests/pipelines/lora/test_lora_blend.py checks both).
 
 Cost (BENCHMARKS.md, "Multi-LoRA blending"): loaded adapters cost nothing while idle. An active
 layer runs a dense copy ``W + B A`` (the base layer's cost) within ``dense_budget_mb``, else the
