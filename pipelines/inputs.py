@@ -16,6 +16,7 @@ from diffusers.utils import USE_PEFT_BACKEND, scale_lora_layers, unscale_lora_la
 
 from .guidance import GUIDANCE_METHODS, GuidanceConfig
 from .previews import PREVIEW_DECODERS
+from .prompt_weights import encode_weighted
 from .record import RECORD_MODES
 from .schedulers import scheduler_names
 
@@ -216,6 +217,7 @@ def encode_prompt(
     negative_prompt_embeds: torch.Tensor | None = None,
     lora_scale: float | None = None,
     clip_skip: int | None = None,
+    weighting: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """diffusers' ``StableDiffusionPipeline.encode_prompt``: (prompt_embeds, negative_prompt_embeds),
     each (B * n, L, D); the negative is None without CFG.
@@ -223,7 +225,8 @@ def encode_prompt(
     ``lora_scale`` multiplies the text encoder's LoRA layers for this encoding (peft:
     ``scale_lora_layers`` / ``unscale_lora_layers``), as stock does. ``clip_skip`` applies to the
     prompt only. A single negative string with several prompts is used for each of them (stock
-    raises a TypeError there).
+    raises a TypeError there). ``weighting="a1111"``: prompts and negative prompts in A1111's emphasis
+    syntax, encoded with compel (pipelines/prompt_weights.py).
     """
     if lora_scale is not None:
         pipe._lora_scale = lora_scale
@@ -234,7 +237,12 @@ def encode_prompt(
     try:
         batch_size = _batch_size(prompt, prompt_embeds)
         if prompt_embeds is None:
-            prompt_embeds = encode_texts(pipe, [prompt] if isinstance(prompt, str) else prompt, device, clip_skip)
+            texts = [prompt] if isinstance(prompt, str) else prompt
+            if weighting is None:
+                prompt_embeds = encode_texts(pipe, texts, device, clip_skip)
+            else:
+                prompt_embeds = encode_weighted(pipe, texts, device, clip_skip, field="prompt",
+                                                encode_plain=lambda t: encode_texts(pipe, t, device, clip_skip))
         if pipe.text_encoder is not None:
             dtype = pipe.text_encoder.dtype
         elif pipe.unet is not None:
@@ -248,7 +256,13 @@ def encode_prompt(
             texts = [negative] * batch_size if isinstance(negative, str) else list(negative)
             if len(texts) != batch_size:
                 raise ValueError(f"negative_prompt has {len(texts)} entries but there are {batch_size} prompts")
-            negative_prompt_embeds = encode_texts(pipe, texts, device, None, max_length=prompt_embeds.shape[1])
+            length = prompt_embeds.shape[1]
+            if weighting is None:
+                negative_prompt_embeds = encode_texts(pipe, texts, device, None, max_length=length)
+            else:
+                negative_prompt_embeds = encode_weighted(
+                    pipe, texts, device, None, field="negative_prompt",
+                    encode_plain=lambda t: encode_texts(pipe, t, device, None, max_length=length))
         if do_classifier_free_guidance:
             negative_prompt_embeds = repeat_per_image(negative_prompt_embeds.to(dtype=dtype, device=device),
                                                       num_images_per_prompt)

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import torch
 from diffusers.pipelines.stable_diffusion.pipeline_output import StableDiffusionPipelineOutput
 
+from .attention import AttentionMaps
 from .prediction import predicted_eps, predicted_x0
 from .previews import decode_preview
 
@@ -58,6 +59,8 @@ class StepRecord:
     # classifier methods: {"log_prob": [per sample], "probs": {attribute: p(target)}, "grad": (B, C, h, w)};
     # with a CLIP guide instead (guidance_gradient.py): {"clip_similarity": [per sample], "grad", "clip_model"}
     classifier: dict | None = None
+    # record_attention=True / "levels" (pipelines/attention.py): the conditional branch's cross-attention maps
+    attention: AttentionMaps | None = None
 
 
 @dataclass

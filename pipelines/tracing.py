@@ -17,6 +17,7 @@ The denoising loop is written once, as the generator ``iter_steps``; ``__call__`
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import json
 import logging
@@ -30,12 +31,22 @@ from diffusers.utils import deprecate
 from diffusers.utils.torch_utils import randn_tensor
 
 from . import inputs
+from .attention import AttentionRecorder, check_record_attention
+from .prompt_weights import check_prompt_weighting, plain_text
 from .guidance import GuidanceConfig, Guider
 from .prediction import output_from_x0, predicted_x0
 from .record import StepRecord, TracingPipelineOutput, build_record
 from .schedulers import ScheduleTables, eval_point, make_scheduler, starts_scheduler_step
 
 logger = logging.getLogger(__name__)
+
+
+def _with_record_attention(signature: inspect.Signature) -> inspect.Signature:
+    """The loop's signature as ``iter_steps`` takes it: ``record_attention`` added, the private
+    ``_attention`` left out."""
+    params = [p for p in signature.parameters.values() if p.name != "_attention"]
+    extra = inspect.Parameter("record_attention", inspect.Parameter.KEYWORD_ONLY, default=False, annotation="bool | str")
+    return signature.replace(parameters=params[:-1] + [extra, params[-1]])  # before **kwargs
 
 
 class TracingStableDiffusionPipeline(StableDiffusionPipeline):
@@ -126,18 +137,21 @@ class TracingStableDiffusionPipeline(StableDiffusionPipeline):
         return copy.deepcopy(template)
 
     def _encode_branches(self, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, num_images_per_prompt,
-                         num_branches, perp_neg, lora_scale, clip_skip, device):
+                         num_branches, perp_neg, lora_scale, clip_skip, device, weighting=None):
         """(UNet text batch [uncond,] cond[, negative], negative_prompt_embeds as stock returns them).
 
-        Perp-Neg's uncond branch is the empty prompt; its negative prompt is a third branch.
+        Perp-Neg's uncond branch is the empty prompt; its negative prompt is a third branch. ``weighting``:
+        the prompts' emphasis syntax (prompt_weights.py); None: ``self.encode_prompt``, as stock.
         """
         n = num_images_per_prompt
+        encode_prompt = self.encode_prompt if weighting is None else functools.partial(
+            inputs.encode_prompt, self, weighting=weighting)
         if not perp_neg:
-            cond, uncond = self.encode_prompt(prompt, device, n, num_branches > 1, negative_prompt, prompt_embeds,
+            cond, uncond = encode_prompt(prompt, device, n, num_branches > 1, negative_prompt, prompt_embeds,
                                               negative_prompt_embeds, lora_scale, clip_skip)
             return (torch.cat([uncond, cond]) if num_branches > 1 else cond), uncond
-        cond, uncond = self.encode_prompt(prompt, device, n, True, None, prompt_embeds, None, lora_scale, clip_skip)
-        _, negative = self.encode_prompt(None, device, n, True, negative_prompt, cond[::n], negative_prompt_embeds,
+        cond, uncond = encode_prompt(prompt, device, n, True, None, prompt_embeds, None, lora_scale, clip_skip)
+        _, negative = encode_prompt(None, device, n, True, negative_prompt, cond[::n], negative_prompt_embeds,
                                          lora_scale)
         return torch.cat([uncond, cond, negative]), uncond
 
@@ -150,8 +164,22 @@ class TracingStableDiffusionPipeline(StableDiffusionPipeline):
             pass
         return result
 
+    def iter_steps(self, *args, record_attention: bool | str = False, **kwargs):
+        """``record_attention`` (False, True or "levels"): record the conditional branch's cross-attention
+        maps on each step record (``StepRecord.attention``, pipelines/attention.py); with record="off" it
+        records in "light" mode. Off, no processor is touched. The other arguments: see ``_iter_steps``."""
+        check_record_attention(record_attention)
+        if not record_attention:
+            yield from self._iter_steps(*args, **kwargs)
+            return
+        if kwargs.get("record", "off") == "off":
+            kwargs["record"] = "light"
+        # the processors go back when the loop ends, fails or is closed early (a stopped generation)
+        with AttentionRecorder(self.unet, levels=record_attention == "levels") as recorder:
+            yield from self._iter_steps(*args, _attention=recorder, **kwargs)
+
     @torch.no_grad()
-    def iter_steps(
+    def _iter_steps(
         self,
         prompt: str | list[str] | None = None,
         height: int | None = None,
@@ -188,6 +216,8 @@ class TracingStableDiffusionPipeline(StableDiffusionPipeline):
         preview_taesd=None,
         on_step_begin: Callable[[int, int], dict | None] | None = None,
         start: Callable | None = None,
+        prompt_weighting: str | None = None,
+        _attention: AttentionRecorder | None = None,
         **kwargs,
     ):
         """Generate, yielding one ``StepRecord`` per scheduler step (when recording), then the output.
@@ -204,7 +234,10 @@ class TracingStableDiffusionPipeline(StableDiffusionPipeline):
         dict becomes ``StepRecord.adapters``), ``start`` (begin from an x_t made elsewhere instead of
         pure noise: ``start(pipe, sched, timesteps, num_inference_steps, batch, dtype, device,
         generator) -> (timesteps, num_inference_steps, latents)``; img2img, see img2img.py; its optional
-        ``model_input`` / ``after_step`` hooks: inpainting, see inpaint.py).
+        ``model_input`` / ``after_step`` hooks: inpainting, see inpaint.py), ``prompt_weighting`` (None: the
+        prompt is plain text, as in diffusers; "a1111": AUTOMATIC1111's emphasis syntax ``(red:1.4)``,
+        ``(red)``, ``[red]``, encoded with compel, see prompt_weights.py), ``record_attention`` (see
+        ``iter_steps``).
         ``step_callback`` or previews with record="off" record in "light" mode.
         """
         callback, callback_steps = kwargs.pop("callback", None), kwargs.pop("callback_steps", None)
@@ -234,6 +267,7 @@ class TracingStableDiffusionPipeline(StableDiffusionPipeline):
             preview_decoder=preview_decoder, preview_targets=preview_targets, scheduler=scheduler,
             scheduler_options=scheduler_options, step_callback=step_callback, on_step_begin=on_step_begin,
         )
+        check_prompt_weighting(prompt_weighting)
         if record == "off" and (step_callback is not None or preview_every > 0):
             record = "light"
         recording = record != "off"
@@ -253,14 +287,18 @@ class TracingStableDiffusionPipeline(StableDiffusionPipeline):
         batch_size = 1 if isinstance(prompt, str) else len(prompt) if prompt is not None else prompt_embeds.shape[0]
         device = self._execution_device
         # classifier guidance (issue 15): targets from the prompt; CG alone sends the UNet the empty prompt
-        prompt = guider.bind_classifier(getattr(self, "classifier", None), prompt, prompt_embeds, num_images_per_prompt, device,
-                                        clip_guide=getattr(self, "clip_guide", None), vae=self.vae)
+        words = plain_text(prompt, prompt_weighting)  # the classifier reads the words, not the emphasis syntax
+        unet_prompt = guider.bind_classifier(getattr(self, "classifier", None), words, prompt_embeds,
+                                             num_images_per_prompt, device,
+                                             clip_guide=getattr(self, "clip_guide", None), vae=self.vae)
+        prompt = prompt if unet_prompt is words else unet_prompt
+        record_text = config.method != "classifier"  # classifier guidance alone: no branch sees the prompt
 
         # 3. Encode input prompt (cross_attention_kwargs["scale"] scales text-encoder LoRA layers too)
         lora_scale = cross_attention_kwargs.get("scale") if cross_attention_kwargs is not None else None
         prompt_embeds, negative_prompt_embeds = self._encode_branches(
             prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, num_images_per_prompt,
-            guider.num_branches, config.method == "perp-neg", lora_scale, clip_skip, device,
+            guider.num_branches, config.method == "perp-neg", lora_scale, clip_skip, device, prompt_weighting,
         )
         added_cond_kwargs = None
         if ip_adapter_image is not None or ip_adapter_image_embeds is not None:
@@ -327,12 +365,17 @@ class TracingStableDiffusionPipeline(StableDiffusionPipeline):
                 num_branches = prompt_embeds.shape[0] // latents.shape[0]
                 latent_model_input = torch.cat([latents] * num_branches) if num_branches > 1 else latents
                 latent_model_input = sched.scale_model_input(latent_model_input, t)
+                if _attention is not None:  # the conditional rows [uncond,] cond[, negative], first evaluation only
+                    cond = 1 if num_branches > 1 else 0
+                    rows = slice(cond * latents.shape[0], (cond + 1) * latents.shape[0])
+                    _attention.expect(rows if new_step and record_text else None, latents.shape[-2:])
                 noise_pred = self.unet(
                     latent_model_input if model_input is None else model_input(latent_model_input, num_branches), t, encoder_hidden_states=prompt_embeds, timestep_cond=timestep_cond,
                     cross_attention_kwargs=self.cross_attention_kwargs, added_cond_kwargs=added_cond_kwargs,
                     return_dict=False,
                 )[0]
                 model_calls += 1
+                attention_maps = _attention.take() if _attention is not None else None
                 branches = noise_pred.chunk(num_branches) if num_branches > 1 else [noise_pred]
 
                 # guidance: the guider's method and scale; with plain CFG a step-end callback may
@@ -365,6 +408,7 @@ class TracingStableDiffusionPipeline(StableDiffusionPipeline):
                         preview_decoder=preview_decoder, preview_kw=preview_kw,
                     )
                     pending.classifier = guider.classifier_readout  # issue 15 (None without a classifier method)
+                    pending.attention = attention_maps
 
                 # x_t -> x_{t-1}
                 latents = sched.step(guided, t, latents, **extra_step_kwargs, return_dict=False)[0]
@@ -406,4 +450,5 @@ class TracingStableDiffusionPipeline(StableDiffusionPipeline):
         else:
             yield TracingPipelineOutput(images=image, nsfw_content_detected=has_nsfw, trace=trace if recording else None)
 
-    __call__.__signature__ = inspect.signature(iter_steps)  # what inspect shows: the real arguments
+    # what inspect shows: the real arguments
+    __call__.__signature__ = iter_steps.__signature__ = _with_record_attention(inspect.signature(_iter_steps))
