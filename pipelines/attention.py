@@ -192,3 +192,28 @@ class AttentionRecorder:
         )
         self.expect(None)
         return result
+
+
+# ----------------------------------------------------------------------------- words and maps
+
+
+def word_tokens(tokenizer, text: str) -> list[tuple[str, list[int]]]:
+    """The prompt's whitespace-separated words, each with its token positions in the encoded prompt
+    (position 0 is the start token; CLIP's BPE never merges across whitespace, so tokenizing word by
+    word gives the prompt's own tokens). Words past the tokenizer's length (truncated) are left out."""
+    limit = tokenizer.model_max_length - 1  # the end token keeps the last position
+    out, position = [], 1
+    for word in text.split():
+        ids = tokenizer(word, add_special_tokens=False).input_ids
+        if position + len(ids) > limit:
+            break
+        out.append((word, list(range(position, position + len(ids)))))
+        position += len(ids)
+    return out
+
+
+def word_map(maps: torch.Tensor, positions: list[int]) -> torch.Tensor:
+    """A word's map: the sum of its tokens' maps (DAAM sums a word's sub-word tokens). (..., L, H, W) -> (..., H, W)."""
+    if not positions:
+        raise ValueError("word_map needs at least one token position")
+    return maps[..., positions, :, :].sum(dim=-3)
