@@ -24,6 +24,7 @@ from .fields import FieldError
 from .guidance import (DEFAULT_CLASSIFIER_SCALE, GUIDANCE_METHODS, SCALE_SCHEDULES, APGParams, CFGZeroParams,
                        GuidanceConfig, PerpNegParams)
 from .lora.settings import Blend
+from .prompt_weights import PROMPT_WEIGHTINGS, parse_emphasis
 from .schedulers import SIGMA_KINDS, TIMESTEP_SPACINGS, scheduler_names
 
 # The app's ranges: its policy for one request (the pipeline alone accepts what diffusers does)
@@ -112,12 +113,23 @@ class GenerationRequest:
     timestep_spacing: str | None = None  # None: the model's own
     sigmas: str | None = None  # None: the scheduler's default sigmas
     model: str = ""  # the model the request ran on (the settings document names it)
+    # how the prompts are read: "a1111" = AUTOMATIC1111's emphasis syntax, (red:1.4) / (red) / [red]
+    # (pipelines/prompt_weights.py, encoded with compel); None = plain text, brackets and all
+    prompt_weighting: str | None = "a1111"
 
     def __post_init__(self):
         prompts = self.prompt if isinstance(self.prompt, list) else [self.prompt]
         if not prompts or not all(isinstance(p, str) for p in prompts):
             raise FieldError("prompt", self.prompt, "text, or a non-empty list of texts")
         fields.text("negative_prompt", self.negative_prompt)
+        if self.prompt_weighting not in PROMPT_WEIGHTINGS:
+            raise FieldError("prompt_weighting", self.prompt_weighting, f"one of {list(PROMPT_WEIGHTINGS)}")
+        if self.prompt_weighting is not None:  # malformed emphasis is refused here, naming the field
+            for name, text in [("prompt", p) for p in prompts] + [("negative_prompt", self.negative_prompt)]:
+                try:
+                    parse_emphasis(text, name)
+                except ValueError as error:
+                    raise FieldError(name, text, str(error).removeprefix(f"{name}: ")) from None
         fields.integer("seed", self.seed, 0, fields.MAX_SEED)
         for name in ("width", "height", "num_images", "steps"):
             fields.integer(name, getattr(self, name), 1, math.inf)
@@ -231,6 +243,7 @@ class GenerationRequest:
             generator=generator,
             scheduler=self.scheduler,
             scheduler_options=self.scheduler_options,
+            prompt_weighting=self.prompt_weighting,
         )
 
     def replace(self, **changes) -> "GenerationRequest":
@@ -253,6 +266,7 @@ class GenerationRequest:
             "cfg_zero_init_steps": g.cfgzero.zero_init_steps, "perp_neg_scale": g.perpneg.negative_scale,
             "seed": self.seed, "width": self.width, "height": self.height, "num_images": self.num_images,
             "lora": self.blend.to_list(), "classifier_scale": g.classifier_scale,
+            "prompt_weighting": self.prompt_weighting or "none",
         }
 
     def to_json(self) -> str:

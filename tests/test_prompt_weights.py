@@ -89,3 +89,35 @@ def test_pipeline_refuses_malformed_prompts_by_field(pipe):
         pipe(prompt="a red circle", prompt_weighting="compel", **CALL)
     # without prompt_weighting brackets are plain text, as in diffusers
     pipe(prompt="a (red circle", generator=torch.Generator().manual_seed(0), **CALL)
+
+
+def test_weighted_prompt_round_trips_through_png_and_read_settings():
+    import base64
+    import io
+
+    import gradio as gr
+    from PIL import Image
+
+    from labapp import engine as eng
+    from labapp import settings_file
+    from labapp.metadata import with_settings
+    from pipelines.request import GenerationRequest
+    from testkit.app_server import tiny_engine
+
+    engine = eng.install(tiny_engine())
+    settings = GenerationRequest.from_form(engine.limits(), prompt="a (red:1.4) [circle]", negative_prompt="(blue)",
+                                           scheduler="DDIM", steps=3, guidance_scale=4.0, seed=5)
+    buffer = io.BytesIO()
+    from PIL.PngImagePlugin import PngInfo
+
+    tagged, meta = with_settings(Image.new("RGB", (16, 16)), settings, 0), PngInfo()
+    for key, value in tagged.info.items():  # what Gradio writes into the PNG it serves
+        meta.add_text(key, value)
+    tagged.save(buffer, format="PNG", pnginfo=meta)
+    url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    doc = settings_file.read_settings({"url": url})
+    assert (doc["prompt"], doc["negative_prompt"], doc["prompt_weighting"]) == ("a (red:1.4) [circle]", "(blue)", "a1111")
+    bad = settings.to_dict() | {"prompt": "a (red:1.4 circle"}
+    url = "data:application/json;base64," + base64.b64encode(__import__("json").dumps(bad).encode()).decode()
+    with pytest.raises(gr.Error, match=r"prompt=.*'\(' at character 2 is never closed"):
+        settings_file.read_settings({"url": url})

@@ -19,7 +19,7 @@ FORM = dict(prompt="a red circle", negative_prompt="blue", scheduler="Euler", st
 DOCUMENT_KEYS = ["prompt", "negative_prompt", "model", "scheduler", "timestep_spacing", "sigmas", "steps",
                  "guidance_method", "guidance_scale", "guidance_rescale", "guidance_schedule", "guidance_interval",
                  "apg_momentum", "apg_norm_threshold", "apg_eta", "cfg_zero_init_steps", "perp_neg_scale", "seed",
-                 "width", "height", "num_images", "lora", "classifier_scale"]
+                 "width", "height", "num_images", "lora", "classifier_scale", "prompt_weighting"]
 
 
 def test_the_form_becomes_a_nested_request_and_the_pipeline_call():
@@ -117,3 +117,17 @@ def test_snr_is_one_function_for_numpy_and_torch():
     t = snr(torch.tensor(alpha_bar, dtype=torch.float64))
     assert t.dtype == torch.float64
     np.testing.assert_allclose(t.numpy(), expected, rtol=1e-12)
+
+
+def test_emphasis_syntax_is_checked_and_carried_to_the_pipeline():
+    r = GenerationRequest.from_form(LIMITS, **{**FORM, "prompt": "a (red:1.4) [circle]"})
+    assert r.call_kwargs("cpu")["prompt_weighting"] == "a1111" and r.to_dict()["prompt_weighting"] == "a1111"
+    assert r.to_dict()["prompt"] == "a (red:1.4) [circle]"  # the settings document keeps what was typed
+    for field, text, message in (("prompt", "a (red circle", r"'\(' at character 2 is never closed"),
+                                 ("prompt", "a red) circle", r"'\)' at character 5 has no matching"),
+                                 ("negative_prompt", "(blue:x)", "the weight 'x' at character 5 is not a number")):
+        with pytest.raises(FieldError, match=rf"^{field}=.* is not allowed: {message}"):
+            GenerationRequest.from_form(LIMITS, **{**FORM, field: text})
+    assert GenerationRequest(prompt="a (red circle", prompt_weighting=None).prompt == "a (red circle"  # plain text
+    with pytest.raises(FieldError, match="prompt_weighting='compel'"):
+        GenerationRequest(prompt="a red circle", prompt_weighting="compel")
