@@ -76,6 +76,7 @@ from labapp import warmup  # noqa: E402
 from labapp import img2img as img2img_ui  # noqa: E402
 from labapp import inpaint as inpaint_ui  # noqa: E402
 from labapp import docs  # noqa: E402
+from labapp.tabs import attention as attention_tab  # noqa: E402
 from labapp.docs import example_rows, header  # noqa: E402
 from labapp.page import CSS, EXPLORER_JS, KEYBOARD_JS, PLAY_JS  # noqa: E402
 from pipelines.guidance import GUIDANCE_METHODS, SCALE_SCHEDULES  # noqa: E402
@@ -412,6 +413,8 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1, allow_model_switc
                 lora_btn, lora_status = run_button("Comparison grid: none / each / blend", "lora-status")
                 lora_gallery = pixel_gallery("LoRA comparison", 5, elem_id="lora-grid")
                 user_lora_panel(lora, gpu)
+            with gr.Tab("What each word does", id="attention"):  # issue 32: a self-contained builder (labapp/tabs)
+                attention_tab.build(engine, gpu)
 
         # ---------------------------------------------------------------- wiring
         generate_inputs = [prompt, negative_prompt, scheduler, steps, guidance_scale, seed, randomize_seed, width,

@@ -354,6 +354,20 @@ def generate_batch(jobs: list[GenerationRequest], record: str = "off") -> list:
     return outputs
 
 
+def _attention_duration(settings: GenerationRequest, preview_decoder: str = "linear") -> int:
+    return _generation_duration(settings, 1, preview_decoder)
+
+
+@spaces.GPU(duration=_attention_duration)
+def attention_run(settings: GenerationRequest, preview_decoder: str = "linear"):
+    """One generation with the conditional branch's cross-attention maps on every step record
+    (record_attention=True, pipelines/attention.py) and an x0 preview per step (issue 32)."""
+    engine = current()
+    with engine.pipeline(settings.blend) as pipe:
+        return pipe(**settings.call_kwargs(engine.device), record_attention=True, preview_every=1,
+                    preview_decoder=preview_decoder, preview_targets=("x0_guided",))
+
+
 @spaces.GPU(duration=20)
 def decode_latents(latents: torch.Tensor, decoder: str = "vae") -> list:
     """UNet-space latents (B, C, h, w) -> PIL images with one of the preview decoders."""
