@@ -588,3 +588,48 @@ CASES = [Case(c.id, c.where, c.input, c.expected, _all_schedulers, c.match) if c
 
 # Cases where another module falls short of the contract; each reason names the module and the fix.
 KNOWN_FAILURES: dict[str, str] = {}
+
+
+# ----------------------------------------------------------------------------- issue 32: /attention_maps, emphasis syntax
+
+ATTENTION_DEFAULTS = dict(prompt="a red circle", negative_prompt="", scheduler="DDIM", steps=2, guidance_scale=3.0,
+                          seed=0, word_index=0, step=-1, lora="")
+
+
+def _attention(**override):
+    def run(ctx):
+        return outcome(lambda: ctx.client.predict(**(ATTENTION_DEFAULTS | override), api_name="/attention_maps"))
+    return run
+
+
+CASES += [
+    Case("attention-word-huge", "API /attention_maps", "word_index=10**12", "error naming `word_index`: the prompt's words",
+         _attention(word_index=10**12), r"word_index=1000000000000 is not allowed: an integer in \[0, 2\]"),
+    Case("attention-word-negative", "API /attention_maps", "word_index=-1", "error naming `word_index`",
+         _attention(word_index=-1), r"word_index=-1 is not allowed: an integer in \[0, 2\]"),
+    Case("attention-word-text", "API /attention_maps", 'word_index="red"', "error naming `word_index`: an index, not a word",
+         _attention(word_index="red"), r"word_index='red' is not allowed"),
+    Case("attention-step-huge", "API /attention_maps", "step=10**9 with steps=2", "error naming `step`: -1 to steps - 1",
+         _attention(step=10**9), r"step=1000000000 is not allowed: an integer in \[-1, 1\]"),
+    Case("attention-prompt-empty", "API /attention_maps", "prompt='' (no word to map)", "error naming `prompt`: at least one word",
+         _attention(prompt=""), r"prompt='' is not allowed: at least one word"),
+    Case("attention-emphasis-unclosed", "API /attention_maps", "prompt='a (red circle' (unbalanced)",
+         "error naming `prompt`: where the bracket opens", _attention(prompt="a (red circle"),
+         r"prompt='a \(red circle' is not allowed: '\(' at character 2 is never closed"),
+    Case("attention-emphasis-stray-close", "API /attention_maps", "prompt='a red] circle'",
+         "error naming `prompt`: the unmatched bracket", _attention(prompt="a red] circle"),
+         r"prompt='a red\] circle' is not allowed: '\]' at character 5 has no matching '\['"),
+    Case("attention-emphasis-weight-text", "API /attention_maps", "prompt='(red:abc) circle'",
+         "error naming `prompt`: the weight is not a number", _attention(prompt="(red:abc) circle"),
+         r"prompt=.* is not allowed: the weight 'abc' at character 4 is not a number"),
+    Case("attention-emphasis-weight-huge", "API /attention_maps", "prompt='(red:1e999)' (inf)",
+         "error naming `prompt`: not a number", _attention(prompt="(red:1e999)"), r"prompt=.* is not allowed: .*not a number"),
+    Case("attention-emphasis-nesting", "API /attention_maps", "prompt = '(' * 500 + 'red' + ')' * 500",
+         "error naming `prompt`: the weight the nesting comes to, allowed 0 to 10",
+         _attention(prompt="(" * 500 + "red" + ")" * 500), r"prompt=.* is not allowed: 'red' comes to weight .* allowed 0 to 10"),
+    Case("generate-emphasis-unclosed", "API /generate", "negative_prompt='[blurry' (unbalanced)",
+         "error naming `negative_prompt`", api("/generate", negative_prompt="[blurry"),
+         r"negative_prompt='\[blurry' is not allowed: '\[' at character 0 is never closed"),
+    Case("generate-emphasis-escaped", "API /generate", r"prompt='a \(red\) circle' (literal brackets)",
+         "works: an image", api("/generate", prompt=r"a \(red\) circle"), None),
+]
