@@ -66,7 +66,9 @@ def build(engine: eng.Engine, gpu: dict, prompt_value: str = "a large red circle
                                    lora],
                      [words, *shown, run, step], api_name="attention_maps", show_progress_on=status, **gpu)
     words.input(view.view, [run, words, step], shown, api_visibility="private", show_progress="hidden")
-    step.release(view.view, [run, words, step], shown, api_visibility="private", show_progress="hidden")
+    # scrubbing: every user move of the slider or its number box (no model call; the latest move wins)
+    step.input(view.view, [run, words, step], shown, api_visibility="private", show_progress="hidden",
+               trigger_mode="always_last")
     weights_btn.click(view.compare_weights, [run, words], weights_gallery, api_visibility="private",
                       show_progress_on=status, **gpu)
     return dict(prompt=prompt, negative_prompt=negative_prompt, words=words, step=step, over_image=over_image,
