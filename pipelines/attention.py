@@ -138,9 +138,7 @@ class AttentionRecorder:
         self._saved: list[tuple[Attention, object]] = []
         self._rows: slice | None = None
         self._latent_hw: tuple[int, int] = (0, 0)
-        self._sum: torch.Tensor | None = None
-        self._level_sums: dict[str, list] = {}
-        self._layers = 0
+        self._level_sums: dict[tuple[int, int], list] = {}  # (h, w) -> [layers, sum of their (B, L, h, w) maps]
 
     def __enter__(self) -> "AttentionRecorder":
         for module in self.unet.modules():
@@ -159,7 +157,7 @@ class AttentionRecorder:
 
     def expect(self, rows: slice | None, latent_hw: tuple[int, int] = (0, 0)) -> None:
         self._rows, self._latent_hw = rows, tuple(int(s) for s in latent_hw)
-        self._sum, self._level_sums, self._layers = None, {}, 0
+        self._level_sums = {}
 
     @torch.no_grad()
     def _add(self, probs: torch.Tensor) -> None:
@@ -168,27 +166,28 @@ class AttentionRecorder:
         batch, _, positions, tokens = probs.shape
         h, w = grid_size(positions, self._latent_hw)
         layer = probs.float().mean(dim=1).transpose(1, 2).reshape(batch, tokens, h, w)  # (B, L, h, w)
-        full = layer if (h, w) == self._latent_hw else F.interpolate(
-            layer, size=self._latent_hw, mode="bilinear", align_corners=False)
-        self._sum = full if self._sum is None else self._sum + full
-        self._layers += 1
-        if self.levels:
-            entry = self._level_sums.setdefault(f"{h}x{w}", [0, None])
-            entry[0] += 1
-            entry[1] = layer if entry[1] is None else entry[1] + layer
+        entry = self._level_sums.setdefault((h, w), [0, None])
+        entry[0] += 1
+        entry[1] = layer if entry[1] is None else entry[1] + layer
 
     def take(self) -> AttentionMaps | None:
         """The maps of the call since ``expect`` (None when nothing was recorded); resets."""
-        if self._sum is None:
+        if not self._level_sums:
             return None
 
         def cpu(x):
             return x.detach().to(device="cpu", dtype=torch.float32)
 
+        # bilinear upsampling is linear: upsampling each level's sum once equals summing the upsampled layers
+        layers = sum(count for count, _ in self._level_sums.values())
+        total = sum(level if hw == self._latent_hw else
+                    F.interpolate(level, size=self._latent_hw, mode="bilinear", align_corners=False)
+                    for hw, (_, level) in self._level_sums.items())
         result = AttentionMaps(
-            maps=cpu(self._sum / self._layers),
-            levels={name: cpu(total / count) for name, (count, total) in self._level_sums.items()},
-            layers=self._layers,
+            maps=cpu(total / layers),
+            levels={f"{h}x{w}": cpu(level / count) for (h, w), (count, level) in self._level_sums.items()}
+            if self.levels else {},
+            layers=layers,
         )
         self.expect(None)
         return result

@@ -86,6 +86,11 @@ def test_each_head_is_a_distribution_and_maps_keep_it(pipe):
         torch.testing.assert_close(probs.sum(-1), torch.ones(probs.shape[:-1]))
     length = pipe.tokenizer.model_max_length
     assert maps.maps.shape == (1, length, 16, 16)
+    # the aggregate is the mean over layers of each layer's head-mean, upsampled bilinearly to the latent
+    reference = torch.stack([
+        torch.nn.functional.interpolate(p.mean(1).transpose(1, 2).reshape(1, length, *grid_size(p.shape[2], (16, 16))),
+                                        size=(16, 16), mode="bilinear", align_corners=False) for p in seen]).mean(0)
+    torch.testing.assert_close(maps.maps, reference)
     assert len(out.trace) == 3
     for record in out.trace:
         a = record.attention
