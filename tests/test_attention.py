@@ -189,3 +189,21 @@ def test_record_attention_is_checked(pipe):
     for bad in ("yes", 1, "Levels"):
         with pytest.raises(ValueError, match="record_attention"):
             pipe(generator=seeded(), record_attention=bad, **CALL)
+
+
+def test_beside_either_attention_processor():
+    """SDPA (AttnProcessor2_0, the default on torch 2 and what a GPU runs) and the classic AttnProcessor:
+    recording changes neither's images, and both give the same maps."""
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    maps = {}
+    for processor in (AttnProcessor2_0, AttnProcessor):
+        p = TracingStableDiffusionPipeline(**make_tiny_components())
+        p.set_progress_bar_config(disable=True)
+        p.unet.set_attn_processor(processor())
+        plain = p(generator=seeded(), **CALL)
+        recorded = p(generator=seeded(), record_attention=True, **CALL)
+        assert (plain.images == recorded.images).all()
+        assert all(type(proc) is processor for proc in p.unet.attn_processors.values())  # put back
+        maps[processor.__name__] = recorded.trace[0].attention.maps
+    torch.testing.assert_close(maps["AttnProcessor2_0"], maps["AttnProcessor"], atol=1e-5, rtol=1e-4)
