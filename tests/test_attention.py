@@ -207,3 +207,10 @@ def test_beside_either_attention_processor():
         assert all(type(proc) is processor for proc in p.unet.attn_processors.values())  # put back
         maps[processor.__name__] = recorded.trace[0].attention.maps
     torch.testing.assert_close(maps["AttnProcessor2_0"], maps["AttnProcessor"], atol=1e-5, rtol=1e-4)
+
+
+def test_second_order_sampler_records_each_step_once(pipe):
+    """Heun calls the model twice a step: one map per step, from the step's first call (the record's)."""
+    out = pipe(generator=seeded(), record_attention=True, scheduler="Heun", **CALL)
+    assert len(out.trace) == 3 and all(r.attention is not None and r.model_calls for r in out.trace)
+    assert out.trace[-1].model_calls > 3
