@@ -10,7 +10,9 @@ run of the same repeat, so slow drift on a shared machine cancels.
                                                                      # weights, fp16, 512 px, 30 steps
 
 Variants: off (record="off"; target <= 1.03x), light (record="light" + linear previews of x0_guided
-every step; target <= 1.10x), full (record="full" + linear previews of x0_guided/cond/uncond).
+every step; target <= 1.10x), full (record="full" + linear previews of x0_guided/cond/uncond),
+attention (record_attention=True: light records + cross-attention maps; target <= 1.25x), attention
+levels (record_attention="levels": also the per-level maps).
 """
 from __future__ import annotations
 
@@ -80,6 +82,8 @@ def main() -> None:
         "off": (ours, dict(record="off")),
         "light+previews": (ours, dict(record="light", preview_every=1, preview_targets=("x0_guided",))),
         "full+3 previews": (ours, dict(record="full", preview_every=1, preview_targets=x0s)),
+        "attention": (ours, dict(record_attention=True)),  # issue 32: record="light" + cross-attention maps
+        "attention levels": (ours, dict(record_attention="levels")),
     }
 
     def run(name):
