@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.test_app_browser import chromium, shot  # skips with the reason when chromium is missing
+from testkit.browser import chromium, require_chromium, shot
 
-playwright_api = pytest.importorskip("playwright.sync_api")
+require_chromium()
 
 
 @pytest.fixture(scope="module")
