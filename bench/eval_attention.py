@@ -130,6 +130,21 @@ def main(argv=None) -> int:
               "inside the third of the image it names (a uniform map: 0.333):", "",
               "| | " + " | ".join(levels) + " |", "|---|" + "---|" * len(levels),
               "| mass in the named third | " + " | ".join(f"{mean(position_mass.get(lv, [])):.3f}" for lv in levels) + " |"]
+    # reading, from the numbers above (rerunning rewrites it)
+    base = mean(iou_rows["whole image (baseline)"][ALL]["mean"])
+    best = max(levels, key=lambda lv: mean(iou_rows["shape word"][lv]["mean"]))
+    pos = mean(position_mass.get(ALL, []))
+
+    def versus(value):
+        return f"{value / base:.1f}x the whole-image baseline" if base > 0 else "no baseline"
+
+    lines += ["", "Reading: the shape word's map (all layers, mean over steps) overlaps the shape at "
+              f"{mean(iou_rows['shape word'][ALL]['mean']):.2f} IoU ({versus(mean(iou_rows['shape word'][ALL]['mean']))}), "
+              f"the color word's at {mean(iou_rows['color word'][ALL]['mean']):.2f}, the article's at "
+              f"{mean(iou_rows[chr(39) + 'a' + chr(39) + ' (control)'][ALL]['mean']):.2f}; the level that localizes the "
+              f"shape word best is {best}. Position words: {pos:.3f} of their map in the named third against 0.333 "
+              "for a uniform map" + (" -- their maps do not point at the position on this model (it places the shape "
+                                     "without a localized position-word map)." if abs(pos - 1 / 3) < 0.03 else ".")]
     body = "\n".join(lines)
     print(body)
 
