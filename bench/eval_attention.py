@@ -31,8 +31,7 @@ sys.path.insert(0, ROOT)
 from bench.report import machine, update_section  # noqa: E402
 from pipelines.attention import word_map, word_tokens  # noqa: E402
 from pipelines.models import load_pipeline, model_spec  # noqa: E402
-from shapesworld.attention_eval import (POSITION_WORDS, TAU, iou, mass_in, position_region, shape_mask,  # noqa: E402
-                                        threshold_map)
+from shapesworld.attention_eval import POSITION_WORDS, TAU, iou, mass_in, position_region, shape_mask, threshold_map  # noqa: E402
 from shapesworld.evaluate import eval_cases  # noqa: E402
 
 SECTION = "Cross-attention maps vs the drawn shapes"

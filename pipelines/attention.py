@@ -81,7 +81,7 @@ def grid_size(positions: int, latent_hw: tuple[int, int]) -> tuple[int, int]:
 class _RecordingProcessor:
     """Wraps one cross-attention layer's processor: output from the original, probabilities on the side."""
 
-    def __init__(self, inner, recorder: "AttentionRecorder"):
+    def __init__(self, inner, recorder: AttentionRecorder):
         self.inner = inner
         self.recorder = recorder
         # Attention.forward drops the cross_attention_kwargs that its processor's __call__ does not name;
@@ -140,7 +140,7 @@ class AttentionRecorder:
         self._latent_hw: tuple[int, int] = (0, 0)
         self._level_sums: dict[tuple[int, int], list] = {}  # (h, w) -> [layers, sum of their (B, L, h, w) maps]
 
-    def __enter__(self) -> "AttentionRecorder":
+    def __enter__(self) -> AttentionRecorder:
         for module in self.unet.modules():
             if isinstance(module, Attention) and module.is_cross_attention:
                 self._saved.append((module, module.processor))

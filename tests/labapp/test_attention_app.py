@@ -99,7 +99,7 @@ def test_attention_maps_endpoint(engine):
         chips, over_image, over_x0, curve, trust, numbers, step = client.predict(
             prompt="a (red:1.3) circle", word_index=2, step=-1, api_name="/attention_maps", **ARGS)
         assert numbers["word"] == "circle" and len(numbers["mass_per_step"]) == 4
-        assert over_image.endswith(".png") or over_image.endswith(".webp")
+        assert over_image.endswith((".png", ".webp"))
         with pytest.raises(Exception, match=r"word_index=99 is not allowed: an integer in \[0, 2\]"):
             client.predict(prompt="a red circle", word_index=99, step=-1, api_name="/attention_maps", **ARGS)
     finally:
