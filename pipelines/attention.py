@@ -93,6 +93,8 @@ class _RecordingProcessor:
                          attention_mask=attention_mask, **kwargs)
         rows = self.recorder._rows
         if rows is not None and encoder_hidden_states is not None:
+            if isinstance(encoder_hidden_states, tuple):  # IP-Adapter: (text, image features); the text's map
+                encoder_hidden_states = encoder_hidden_states[0]
             self.recorder._add(attention_probs(attn, hidden_states[rows], encoder_hidden_states[rows],
                                                None if attention_mask is None else attention_mask[rows]))
         return out

@@ -152,3 +152,25 @@ def tiny_inpaint_unet(seed: int = 0) -> UNet2DConditionModel:
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=16, norm_num_groups=2, attention_head_dim=2,
     )
+
+
+def tiny_ip_adapter(unet, image_embed_dim=8):
+    """A random IP-Adapter state dict in the original layout (image_proj + ip_adapter), as load_ip_adapter reads."""
+    gen = torch.Generator().manual_seed(5)
+    cross = unet.config.cross_attention_dim
+    image_proj = {"proj.weight": torch.randn(4 * cross, image_embed_dim, generator=gen) * 0.3,
+                  "proj.bias": torch.zeros(4 * cross), "norm.weight": torch.ones(cross), "norm.bias": torch.zeros(cross)}
+    ip_adapter, key_id = {}, 1
+    for name in unet.attn_processors:
+        if name.endswith("attn1.processor"):
+            continue
+        if name.startswith("mid_block"):
+            hidden = unet.config.block_out_channels[-1]
+        elif name.startswith("up_blocks"):
+            hidden = list(reversed(unet.config.block_out_channels))[int(name[len("up_blocks.")])]
+        else:
+            hidden = unet.config.block_out_channels[int(name[len("down_blocks.")])]
+        for kind in ("to_k_ip", "to_v_ip"):
+            ip_adapter[f"{key_id}.{kind}.weight"] = torch.randn(hidden, cross, generator=gen) * 0.3
+        key_id += 2
+    return {"image_proj": image_proj, "ip_adapter": ip_adapter}

@@ -214,3 +214,25 @@ def test_second_order_sampler_records_each_step_once(pipe):
     out = pipe(generator=seeded(), record_attention=True, scheduler="Heun", **CALL)
     assert len(out.trace) == 3 and all(r.attention is not None and r.model_calls for r in out.trace)
     assert out.trace[-1].model_calls > 3
+
+
+def test_with_an_ip_adapter(tmp_path):
+    """IP-Adapter's processors get (text, image features) as the context: the text's map is recorded,
+    the images stay bit-identical."""
+    from safetensors.torch import save_file
+
+    from testkit.tiny import tiny_ip_adapter
+
+    p = TracingStableDiffusionPipeline(**make_tiny_components())
+    p.set_progress_bar_config(disable=True)
+    state = tiny_ip_adapter(p.unet)
+    save_file({f"{part}.{k}": v for part, tensors in state.items() for k, v in tensors.items()}, str(tmp_path / "ip.safetensors"))
+    p.load_ip_adapter(str(tmp_path), subfolder="", weight_name="ip.safetensors", image_encoder_folder=None)
+    p.set_ip_adapter_scale(0.7)
+    embeds = [torch.randn(2, 1, 8, generator=seeded(9))]  # (negative, positive)
+    plain = p(generator=seeded(), ip_adapter_image_embeds=embeds, **CALL)
+    recorded = p(generator=seeded(), ip_adapter_image_embeds=embeds, record_attention=True, **CALL)
+    assert (plain.images == recorded.images).all()
+    maps = recorded.trace[0].attention.maps
+    assert maps.shape == (1, p.tokenizer.model_max_length, 16, 16)
+    torch.testing.assert_close(maps.sum(1), torch.ones(1, 16, 16))

@@ -29,7 +29,7 @@ from diffusers.utils import logging as diffusers_logging
 
 from pipelines import TracingStableDiffusionPipeline
 from testkit.lora_factory import random_lora, save_diffusers_lora
-from testkit.tiny import make_tiny_components
+from testkit.tiny import make_tiny_components, tiny_ip_adapter
 
 TOL = 1e-5
 SIZE = 16
@@ -380,33 +380,11 @@ def test_guidance_embedded_unet_with_lcm_scheduler(cls):
     assert np.abs(custom - ref(**call_args(num_inference_steps=None, timesteps=[999, 499])).images).max() <= TOL
 
 
-def _tiny_ip_adapter(unet, image_embed_dim=8):
-    """A random IP-Adapter state dict in the original layout (image_proj + ip_adapter), as load_ip_adapter reads."""
-    gen = torch.Generator().manual_seed(5)
-    cross = unet.config.cross_attention_dim
-    image_proj = {"proj.weight": torch.randn(4 * cross, image_embed_dim, generator=gen) * 0.3,
-                  "proj.bias": torch.zeros(4 * cross), "norm.weight": torch.ones(cross), "norm.bias": torch.zeros(cross)}
-    ip_adapter, key_id = {}, 1
-    for name in unet.attn_processors:
-        if name.endswith("attn1.processor"):
-            continue
-        if name.startswith("mid_block"):
-            hidden = unet.config.block_out_channels[-1]
-        elif name.startswith("up_blocks"):
-            hidden = list(reversed(unet.config.block_out_channels))[int(name[len("up_blocks.")])]
-        else:
-            hidden = unet.config.block_out_channels[int(name[len("down_blocks.")])]
-        for kind in ("to_k_ip", "to_v_ip"):
-            ip_adapter[f"{key_id}.{kind}.weight"] = torch.randn(hidden, cross, generator=gen) * 0.3
-        key_id += 2
-    return {"image_proj": image_proj, "ip_adapter": ip_adapter}
-
-
 def test_ip_adapter_loaded_from_a_file(cls, tmp_path):
     """load_ip_adapter reads a .safetensors IP-Adapter (no image encoder: image embeds are given)."""
     from safetensors.torch import save_file
 
-    state = _tiny_ip_adapter(make_tiny_components()["unet"])
+    state = tiny_ip_adapter(make_tiny_components()["unet"])
     save_file({f"{part}.{k}": v for part, tensors in state.items() for k, v in tensors.items()},
               str(tmp_path / "ip.safetensors"))
 
