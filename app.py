@@ -288,7 +288,7 @@ def build_demo(engine: eng.Engine, concurrency_limit: int = 1, allow_model_switc
                     with gr.Row():
                         kinds_cfg_scales = gr.Textbox(value="1, 1.5, 3, 5", label="CFG scales w")
                         kinds_cg_scales = gr.Textbox(value="0, 2, 4, 8, 16", label="Classifier scales s")
-                        kinds_prompts = gr.Slider(0, guidance_kinds.MAX_ADHERENCE_PROMPTS, value=8, step=1,
+                        kinds_prompts = gr.Slider(0, guidance_kinds.MAX_ADHERENCE_PROMPTS, value=guidance_kinds.DEFAULT_ADHERENCE_PROMPTS, step=1,
                                                   label="Shapes-world prompts per point")
                         kinds_heat_step = gr.Slider(0, 1, value=0.5, step=0.05, label="Heat maps at (fraction of steps)")
                         kinds_btn, kinds_status = run_button("Compare CG / CFG / CG+CFG", "kinds-status")
@@ -554,7 +554,7 @@ def user_lora_panel(blend: gr.Textbox, gpu: dict) -> None:
         with gr.Accordion("Full report (JSON)", open=False):
             report = gr.JSON(label="Inspection")
     inspect_btn.click(lora_user_ui.lora_inspect, [file, hub_id], [name, summary, report, heat], api_name="lora_inspect",
-                      show_progress_on=status, **gpu)
+                      show_progress_on=status, **lora_user_ui.FETCH_SLOT)  # outside the pipeline slot (issue 30)
     add_btn.click(lora_user_ui.add_to_blend, [blend, name], blend, api_visibility="private")
     unload_btn.click(lora_user_ui.lora_unload, name, status, api_name="lora_unload", show_progress_on=status, **gpu)
 

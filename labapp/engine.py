@@ -51,6 +51,43 @@ CLIP_GUIDANCE_GPU_FACTOR = 6
 MODEL_CALL_BUDGET = 3600
 
 
+class RunGate:
+    """Plain runs (no adapter: no blender lock) share the pipeline; loading an adapter waits until
+    none runs and holds new ones back meanwhile. A count, not a thread-owned lock: Gradio resumes
+    a generator on any worker thread. Needed because /lora_inspect runs outside the pipeline slot
+    (issue 30: a Hub fetch must not hold the slot) and peft injects layers into the live UNet."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._runs = 0
+        self._changing = False
+
+    @contextlib.contextmanager
+    def run(self):
+        with self._cond:
+            self._cond.wait_for(lambda: not self._changing)
+            self._runs += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._runs -= 1
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def change(self):
+        with self._cond:
+            self._cond.wait_for(lambda: not self._changing)
+            self._changing = True
+            self._cond.wait_for(lambda: self._runs == 0)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._changing = False
+                self._cond.notify_all()
+
+
 @dataclass
 class Engine:
     """The loaded model, why it was chosen, and the lock that serializes global pipeline state."""
@@ -64,6 +101,7 @@ class Engine:
     previews: PreviewChoice | None = None  # decoders this model offers and the one it streams with
     clip_request: str | None = None  # --clip-guidance-model as asked (None: the default), kept across switches
     lock: threading.RLock = field(default_factory=threading.RLock)
+    gate: RunGate = field(default_factory=RunGate)  # plain runs vs adapter loads (RunGate)
 
     @property
     def is_embedded(self) -> bool:
@@ -128,7 +166,8 @@ class Engine:
             # nothing loaded, nothing to switch off: no lock, so plain requests run concurrently
             if blend.adapters:
                 raise ValueError(f"lora={blend.to_list()!r}: this model has no LoRA support")
-            yield self.pipe
+            with self.gate.run():
+                yield self.pipe
             return
         # the cheapest exact path: fused (merge + exact restore, a few ms a request) unless an
         # adapter is gated by steps, which needs unfused layers; BlendedPipeline.lora_path says which

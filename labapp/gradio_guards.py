@@ -65,6 +65,10 @@ def drop_echoed_range_headers() -> None:
 
 
 def install() -> None:
+    from . import network, server_limits
+
+    server_limits.install()  # body limits and timeouts, header timeout, upload quota (issue 30)
+    network.install_timeouts()  # every Hub call has a timeout (issue 30)
     limit_files_per_upload()
     refuse_unknown_fn_index()
     drop_echoed_range_headers()

@@ -76,10 +76,36 @@ def _probability_figure(traces: dict) -> Figure:
     return fig
 
 
+# model calls per image and step of each kind: UNet rows (2 with CFG) plus one classifier pass with CG
+KIND_CALLS = {"uncond": 1, "cfg": 2, "classifier": 2, "classifier+cfg": 3}
+DEFAULT_ADHERENCE_PROMPTS = 3  # the defaults (4 CFG and 5 CG scales) fit the budget at 25 steps
+
+
+def request_cost(steps: int, n_cfg: int, n_cg: int, n_prompts: int) -> int:
+    """Model calls of one comparison (everything ``compare_guidance_kinds`` runs), counted as
+    engine.request_cost counts them: calls per step x steps x images."""
+    calls = KIND_CALLS
+    grid = n_cg * calls["classifier"] + n_cfg * calls["cfg"]
+    traced = calls["classifier"] + calls["classifier+cfg"] + calls["classifier"] + calls["classifier+cfg"]
+    adherence = n_prompts * (calls["uncond"] + n_cg * (calls["classifier"] + calls["classifier+cfg"]) + n_cfg * calls["cfg"])
+    return steps * (grid + traced + adherence)
+
+
+def within_budget(steps: int, n_cfg: int, n_cg: int, n_prompts: int) -> None:
+    """Refuse a comparison over engine.MODEL_CALL_BUDGET before anything runs (issue 30: 40 steps
+    held the pipeline slot 219 s)."""
+    cost = request_cost(steps, n_cfg, n_cg, n_prompts)
+    if cost > eng.MODEL_CALL_BUDGET:
+        raise gr.Error(f"compare_guidance_kinds: this request needs {cost} model calls (steps x (UNet rows + classifier "
+                       f"passes) x images); the budget is {eng.MODEL_CALL_BUDGET} model calls per request "
+                       "(MODEL_CALL_BUDGET, the largest single /generate). Use fewer steps, scales or adherence prompts.",
+                       title="Too much work for one request")
+
+
 @check.gradio_errors
 def compare_guidance_kinds(prompt="a red circle", seed=0, steps=25, scheduler="DDIM", guidance_scale=3.0,
                            cfg_scales="1, 1.5, 3, 5", classifier_scales="0, 2, 4, 8, 16",
-                           classifier_scale=DEFAULT_CLASSIFIER_SCALE, adherence_prompts=8, heat_step=0.5):
+                           classifier_scale=DEFAULT_CLASSIFIER_SCALE, adherence_prompts=DEFAULT_ADHERENCE_PROMPTS, heat_step=0.5):
     """Classifier vs classifier-free guidance on one prompt and seed (see the module docstring).
 
     Returns (grid, adherence plot, cost table, per-step probability plot, gradient heat map,
@@ -101,6 +127,7 @@ def compare_guidance_kinds(prompt="a red circle", seed=0, steps=25, scheduler="D
     s = check.number("classifier_scale", classifier_scale, *CLASSIFIER_SCALE_RANGE)
     n_prompts = check.integer("adherence_prompts", adherence_prompts, 0, MAX_ADHERENCE_PROMPTS)
     heat_fraction = check.number("heat_step", heat_step, 0.0, 1.0)
+    within_budget(steps, len(cfg_list), len(cg_list), n_prompts if engine.is_embedded else 0)
     common = dict(steps=steps, scheduler=scheduler)
 
     # 1. Same prompt and seed: CG over s, CFG over w (images), and the three traced runs

@@ -23,7 +23,7 @@ import gradio as gr
 import numpy as np
 
 from . import engine as eng
-from . import uploads
+from . import network, uploads
 from . import validation as check
 
 MAX_LORA_MB_ENV = "DIFFUSION_LAB_MAX_LORA_MB"
@@ -31,6 +31,9 @@ MAX_USER_LORAS_ENV = "DIFFUSION_LAB_MAX_USER_LORAS"
 DEFAULT_MAX_LORA_MB = 256
 DEFAULT_MAX_USER_LORAS = 8
 MAX_HUB_ID_CHARS = 300
+# /lora_inspect's own concurrency group: a Hub fetch or a 256 MB upload check never holds the pipeline
+# slot (issue 30); the load itself waits for the pipeline (the blender's lock, Engine.gate)
+FETCH_SLOT = dict(concurrency_id="user_lora", concurrency_limit=1)
 
 _limits: dict[str, int] = {}
 _stores: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # blender -> UserAdapterStore
@@ -131,7 +134,8 @@ def lora_inspect(file, hub_id, request: gr.Request = None):
         else:
             from pipelines.lora.hub import resolve_hub_lora
 
-            hub = resolve_hub_lora(hub_id, max_bytes=max_upload_bytes())
+            network.install_timeouts()
+            hub = network.within_deadline(f"Hub LoRA {hub_id!r}", resolve_hub_lora, hub_id, max_bytes=max_upload_bytes())
             path, filename = hub.path, os.path.basename(hub.filename)
             source = {"kind": "hub", "repo": hub.repo, "file": hub.filename, "revision": hub.revision,
                       "filename": filename}
@@ -139,10 +143,20 @@ def lora_inspect(file, hub_id, request: gr.Request = None):
             from pipelines.lora.files import refuse_unsafe_name
 
             refuse_unsafe_name(filename, "LoRA file")
-        adapter = found.add(session, path, source)
-        report = inspection(engine, adapter)
+        # inspected before it is added; a failure anywhere unloads it (pipelines/lora/user_store.py)
+        # the load waits for plain runs to end (Engine.gate): peft injects layers into the live UNet
+        adapter = found.add(session, path, source, check=lambda loaded: inspection(engine, loaded),
+                            exclusive=engine.gate.change)
+        report = adapter.report
     except ValueError as error:
         raise gr.Error(_no_paths(str(error), path if "path" in locals() else None), title="LoRA refused") from None
+    except (RuntimeError, MemoryError) as error:  # torch's allocation failures and the like: one line, no path
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+        raise gr.Error(_no_paths(f"LoRA file {locals().get('filename', '?')!r} could not be loaded: {first}",
+                                 path if "path" in locals() else None), title="LoRA refused") from None
+    finally:
+        if file is not None and "path" in locals():
+            uploads.discard_upload(path)  # read: an upload is not kept (issue 30, the temp dir quota)
     return adapter.name, summary(report), report, heat_figure(report)
 
 
@@ -256,10 +270,20 @@ def blend_names(engine: eng.Engine) -> list[str]:
     return [p.id for p in engine.lora_presets()] + session_names(engine)
 
 
+class BlendNames(tuple):
+    """The names a session may put in a blend, and (``unloaded``) its adapters evicted to make room,
+    each with the sentence Blend.parse answers when one is named."""
+
+    unloaded: dict = {}
+
+
 def limits(engine: eng.Engine):
     """The model's request limits (pipelines.request.RequestLimits) with this session's blend names:
     what Blend.parse accepts for the current session."""
-    return dataclasses.replace(engine.limits(), presets=tuple(blend_names(engine)))
+    names = BlendNames(blend_names(engine))
+    found = store(engine)
+    names.unloaded = found.evicted(session_of()) if found is not None else {}
+    return dataclasses.replace(engine.limits(), presets=names)
 
 
 def used(request):

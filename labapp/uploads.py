@@ -157,6 +157,17 @@ def read_image(field: str, payload) -> Image.Image:
 
 
 
+def discard_upload(path) -> None:
+    """Delete an upload once it has been read (a LoRA or a settings file is read once; issue 30). Only
+    a regular file inside the app's temp dir is ever removed."""
+    try:
+        real = os.path.realpath(path)
+        if _inside(real, temp_dir()) and stat.S_ISREG(os.lstat(real).st_mode):
+            os.unlink(real)
+    except (OSError, TypeError, ValueError):
+        pass
+
+
 def uploaded_file(field: str, payload, max_bytes: int) -> tuple[str, str]:
     """(real path, original file name) of an uploaded file (a LoRA), checked like ``read_upload``:
     a regular file inside the app's temp dir, at most ``max_bytes``; never a URL or a data: URL."""

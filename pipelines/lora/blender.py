@@ -179,19 +179,23 @@ class LoraBlender:
             keys = self._file_keys(path)
             kind = "kohya" if keys and all(k.startswith(_KOHYA_PREFIXES) for k in keys) else "diffusers"
             try:
-                # weight_name ends in .safetensors and use_safetensors=True: diffusers reads it with
-                # safetensors only, never falling back to a pickle
-                with _expected_loader_messages_silenced():
-                    self.pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=name,
-                                                use_safetensors=True, local_files_only=True)
-            except (ValueError, RuntimeError, KeyError) as e:
-                raise ValueError(f"LoRA {name!r} from {path} does not fit this pipeline's model: {e}") from e
-            self._index_layers()
-            self._copy_off_file(name)
-            counts = {c: sum(1 for l in self._layers if l.component == c and name in l.module.lora_A)
-                      for c in ("unet", "text_encoder")}
-            if not any(counts.values()):
-                raise ValueError(f"LoRA {name!r} from {path}: none of its keys matched a layer of this model")
+                try:
+                    # weight_name ends in .safetensors and use_safetensors=True: diffusers reads it with
+                    # safetensors only, never falling back to a pickle
+                    with _expected_loader_messages_silenced():
+                        self.pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=name,
+                                                    use_safetensors=True, local_files_only=True)
+                except (ValueError, RuntimeError, KeyError) as e:
+                    raise ValueError(f"LoRA {name!r} from {path} does not fit this pipeline's model: {e}") from e
+                self._index_layers()
+                self._copy_off_file(name)
+                counts = {c: sum(1 for l in self._layers if l.component == c and name in l.module.lora_A)
+                          for c in ("unet", "text_encoder")}
+                if not any(counts.values()):
+                    raise ValueError(f"LoRA {name!r} from {path}: none of its keys matched a layer of this model")
+            except BaseException:
+                self._drop_partial(name)  # layers injected before the failure would stay pinned (issue 30)
+                raise
             loaded = LoadedAdapter(name=name, path=str(path.resolve()), format=kind,
                                    components=tuple(c for c, n in counts.items() if n),
                                    num_layers=sum(counts.values()), preset=preset)
@@ -219,6 +223,15 @@ class LoraBlender:
                 self.pipe.delete_adapters(name)
             del self._adapters[name]
             self._index_layers()
+
+    def _drop_partial(self, name: str) -> None:
+        """Remove whatever a failed load injected under ``name`` (lock held)."""
+        try:
+            with _expected_loader_messages_silenced():
+                self.pipe.delete_adapters(name)
+        except (ValueError, KeyError, AttributeError):
+            pass  # nothing was injected
+        self._index_layers()
 
     def _copy_off_file(self, name: str) -> None:
         """Give the new adapter's weights their own memory.

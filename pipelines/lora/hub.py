@@ -30,7 +30,10 @@ def parse_hub_id(text: str) -> tuple[str, str | None]:
         raise ValueError(f"{text!r} is not a Hub id: owner/name, or owner/name/file.safetensors")
     filename = match.group("file")
     if filename is not None:
-        refuse_unsafe_name(filename, f"Hub file {match.group('repo')}/")
+        try:
+            refuse_unsafe_name(filename, "Hub file")
+        except ValueError as error:  # name the whole id: "Hub file 'a/b/c.bin' is a pickle ..."
+            raise ValueError(str(error).replace(repr(filename), repr(f"{match.group('repo')}/{filename}"), 1)) from None
     return match.group("repo"), filename
 
 

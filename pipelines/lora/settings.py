@@ -227,6 +227,9 @@ class Blend:
         checked = [_checked_item(field, item) for item in items]
         for item in checked:
             if known is not None:
+                unloaded = getattr(known, "unloaded", None) or {}  # names -> why they are gone (user adapters)
+                if item["name"] not in known and item["name"] in unloaded:
+                    raise FieldError(f"{field} name", item["name"], unloaded[item["name"]])
                 fields.choice(f"{field} name", item["name"], known)
             elif not item["name"].strip():
                 raise FieldError(f"{field} name", item["name"], "a non-empty adapter name")

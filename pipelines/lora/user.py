@@ -47,6 +47,11 @@ MAX_HEADER_BYTES = 8 * 2**20  # an SD 1.x LoRA with every layer targeted has a ~
 MAX_TENSORS = 4096  # a full SD 1.x LoCon (UNet + text encoder, down/up/alpha) has ~1,800
 MAX_TENSOR_ELEMENTS = 2**28  # one tensor; a rank-128 LoRA's largest SD 1.x tensor has ~3 M
 MAX_KEY_CHARS = 512
+# no published SD 1.x LoRA goes past rank 256 (kohya's largest presets); a full-rank delta of SD 1.5's
+# widest layer would be 1280. The inspector's and peft's costs grow with the rank (issue 30: a rank-8000
+# layer in a 2 MB file cost +1.4 GB), so anything above is refused from the header, naming this limit.
+MAX_RANK = 1024
+RANK_AXIS = {".lora_A.": 0, ".lora_down.": 0, ".lora_B.": 1, ".lora_up.": 1}  # where the rank sits in the shape
 DTYPES = {"F16": (2, torch.float16), "BF16": (2, torch.bfloat16), "F32": (4, torch.float32), "F64": (8, torch.float64)}
 KOHYA_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")
 KOHYA_SUFFIXES = (".lora_down.weight", ".lora_up.weight", ".alpha")
@@ -164,7 +169,17 @@ def read_header(path) -> SafetensorsHeader:
     tensors = {key: _entry(path, key, value) for key, value in header.items()}
     result = SafetensorsHeader(path, size, header_len, tensors, metadata)
     _check_layout(result)
+    check_ranks(result)
     return result
+
+
+def check_ranks(header: SafetensorsHeader) -> None:
+    """Every A / B (lora_down / lora_up) tensor's rank, read from its declared shape, is at most MAX_RANK."""
+    for key, entry in header.tensors.items():
+        for fragment, axis in RANK_AXIS.items():
+            if fragment in key and len(entry.shape) > axis and entry.shape[axis] > MAX_RANK:
+                raise _fail(header.path, f"tensor {key!r} has rank {entry.shape[axis]} (shape {list(entry.shape)}); "
+                                         f"at most rank {MAX_RANK} is accepted")
 
 
 def _entry(path, key: str, value) -> TensorEntry:
