@@ -30,7 +30,26 @@ def size_range(engine: eng.Engine) -> tuple[int, int, int]:
 def build_request(engine: eng.Engine, **form) -> GenerationRequest:
     """The request for ``form`` (/generate's parameters by name; the rest at their defaults) on the
     loaded model: GenerationRequest.from_form, each refusal a gr.Error naming its field."""
-    return lora_user_ui.used(GenerationRequest.from_form(lora_user_ui.limits(engine), **form))
+    request = GenerationRequest.from_form(lora_user_ui.limits(engine), **form)
+    classifier_size_fits(engine, request)
+    return lora_user_ui.used(request)
+
+
+def classifier_size_fits(engine: eng.Engine, request: GenerationRequest) -> None:
+    """A trained noise-aware classifier reads latents of one size (its ``sample_size``): any other
+    size is refused naming it (issue 30: width 64 failed with "mat1 and mat2 shapes cannot be
+    multiplied (1x6144 and 1536x3)")."""
+    from pipelines.guidance import CLASSIFIER_METHODS
+
+    classifier = getattr(engine.pipe, "classifier", None)
+    config = getattr(classifier, "config", None)
+    if request.guidance.method not in CLASSIFIER_METHODS or not isinstance(config, dict) or "sample_size" not in config:
+        return
+    side = int(config["sample_size"]) * engine.vae_scale_factor
+    for field, value in (("width", request.width), ("height", request.height)):
+        if value != side:
+            raise check.fail(field, value, f"{side} with guidance_method {request.guidance.method!r} (the model's "
+                                           f"classifier reads {side}x{side} px images only)")
 
 
 # The Generate handler's own inputs (not part of the request), each after the form field it follows
@@ -78,6 +97,7 @@ def generate(*args, **kwargs):
     if check.boolean("randomize_seed", randomize_seed):
         form["seed"] = random.randint(0, check.MAX_SEED)
     settings = lora_user_ui.used(GenerationRequest.from_form(lora_user_ui.limits(engine), **form))
+    classifier_size_fits(engine, settings)
     preview_every = check.integer("preview_every", preview_every, 0, MAX_STEPS)
     preview_decoder = check.choice("preview_decoder", preview_decoder or engine_decoder(engine), decoders(engine))
 

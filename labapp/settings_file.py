@@ -261,11 +261,17 @@ def form_from_document(doc: dict) -> tuple[dict, list[str]]:
     lora = doc.get("lora", "")
     if isinstance(lora, list):
         names = set(lora_user_ui.blend_names(engine))
-        missing = [a.get("name") for a in lora if isinstance(a, dict) and a.get("name") not in names]
+        missing = [a.get("name") for a in lora
+                   if isinstance(a, dict) and isinstance(a.get("name"), str) and a.get("name") not in names]
         if missing and not same_model:
             lora = [a for a in lora if not (isinstance(a, dict) and a.get("name") in missing)]
             notes.append(f"LoRA {', '.join(map(str, missing))} not available for {engine.model_id}: left out")
-        lora = lora_ui.blend_to_spec(lora) if all(isinstance(a, dict) and "name" in a for a in lora) else json.dumps(lora)
+        # a well-formed blend goes to its text form; anything else as JSON, for Blend.parse to refuse by name
+        # (a string weight raised "Unknown format code 'g'", a list name "unhashable type: 'list'")
+        plain = all(isinstance(a, dict) and isinstance(a.get("name"), str)
+                    and isinstance(a.get("weight", 1.0), (int, float)) and not isinstance(a.get("weight", 1.0), bool)
+                    and not isinstance(a.get("text_encoder_weight"), (str, bool, list, dict)) for a in lora)
+        lora = lora_ui.blend_to_spec(lora) if plain else json.dumps(lora)
     form["lora"] = lora
     if not same_model:
         notes.insert(0, f"made with {model}, loaded into the form for {engine.model_id}")
@@ -285,7 +291,14 @@ def read_settings(file) -> dict:
     """/read_settings: a PNG (this app's or AUTOMATIC1111's) or a settings JSON -> the settings document
     for the loaded model, every field checked as /generate checks it, plus ``notes`` (a list: what
     was adapted to this model). Pass its fields to /generate to make the image again."""
-    request, notes = checked(_document_from_bytes(uploads.payload_bytes(FIELD, file)))
+    if file is None:
+        raise check.fail(FIELD, None, "a PNG made by this app or by AUTOMATIC1111, or a settings JSON")
+    payload = file
+    try:
+        request, notes = checked(_document_from_bytes(uploads.payload_bytes(FIELD, payload)))
+    finally:
+        if isinstance(file, dict) and isinstance(file.get("path"), str):
+            uploads.discard_upload(file["path"])  # read once: not kept in the temp dir (issue 30)
     return request.to_dict() | {"notes": notes}
 
 

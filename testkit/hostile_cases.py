@@ -570,6 +570,256 @@ CASES: list[Case] = [
 ]
 
 
+# --- hardening round 3 (issue 30): one row per numbered item of the issue; the server-level floods
+# and timeouts also run against a real app process in tests/test_server_limits.py
+
+
+def _png_text_chunk(kind: bytes, text: bytes) -> bytes:
+    import zlib
+
+    data = png_bytes(np.full((16, 16, 3), 90, np.uint8))
+    body = b"parameters\0" + (b"\0" + zlib.compress(text, 9) if kind == b"zTXt" else text)
+    chunk = struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    return data[:33] + chunk + data[33:]
+
+
+def _one_layer_lora(rank: int):
+    def content():
+        import torch
+        from safetensors.torch import save
+
+        key = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_"
+        return save({key + "A.weight": torch.zeros(rank, 1), key + "B.weight": torch.zeros(1, rank)})
+    return content
+
+
+def _no_ghost_after_refusals(ctx):
+    """Three high-rank uploads refused, then /lora_unload of this session lists its adapters."""
+    from gradio_client import handle_file
+
+    for rank in (1_000_000, 500_000, 4000):
+        file = handle_file(ctx.path(f"rank{rank}.safetensors", _one_layer_lora(rank)()))
+        kind, _ = outcome(lambda: ctx.client.predict(file=file, hub_id="", api_name="/lora_inspect"))
+        assert kind == "error"
+    return outcome(lambda: ctx.client.predict(name="user-ghost", api_name="/lora_unload"))
+
+
+def _stalled_hub(ctx):
+    """/lora_inspect hub_id='a/b' against a local socket that accepts and never answers."""
+    import socket
+    import threading
+
+    from huggingface_hub import constants
+
+    from labapp import network
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    held, url = [], f"http://127.0.0.1:{server.getsockname()[1]}"
+    thread = threading.Thread(target=lambda: [held.append(server.accept()[0]) for _ in range(4)], daemon=True)
+    thread.start()
+    saved = (constants.ENDPOINT, constants.HUGGINGFACE_CO_URL_TEMPLATE, constants.HF_HUB_OFFLINE,
+             os.environ.get("HF_HUB_OFFLINE"), os.environ.get(network.HUB_DEADLINE_ENV))
+    constants.ENDPOINT, constants.HUGGINGFACE_CO_URL_TEMPLATE = url, url + "/{repo_id}/resolve/{revision}/{filename}"
+    constants.HF_HUB_OFFLINE = False
+    os.environ["HF_HUB_OFFLINE"], os.environ[network.HUB_DEADLINE_ENV] = "0", "3"
+    network.install_timeouts(1.0)
+    try:
+        return outcome(lambda: ctx.client.predict(file=None, hub_id="a/b", api_name="/lora_inspect"))
+    finally:
+        constants.ENDPOINT, constants.HUGGINGFACE_CO_URL_TEMPLATE, constants.HF_HUB_OFFLINE = saved[:3]
+        for name, value in (("HF_HUB_OFFLINE", saved[3]), (network.HUB_DEADLINE_ENV, saved[4])):
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        network.install_timeouts()
+        server.close()
+        for conn in held:
+            conn.close()
+
+
+def _raw_head(head: bytes):
+    """A request head sent by hand (a lying Content-Length: no HTTP client sends it)."""
+    def run(ctx):
+        import socket
+        from urllib.parse import urlparse
+
+        port = urlparse(ctx.url).port
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
+            conn.sendall(head)
+            answer = conn.recv(65536)
+        return ("ok", answer) if answer.startswith(b"HTTP/1.1 2") else ("error", answer.decode("latin-1"))
+    return run
+
+
+def _big_body(ctx):
+    import httpx
+
+    body = json.dumps({"data": ["x" * (9 * 2**20)], "fn_index": 0, "session_hash": uuid.uuid4().hex[:11]})
+    response = httpx.post(f"{ctx.url}gradio_api/queue/join", content=body, timeout=60,
+                          headers={"content-type": "application/json"})
+    return ("ok", response.text) if response.status_code == 200 else ("error", f"http {response.status_code}: {response.text}")
+
+
+def _kinds_over_budget(ctx):
+    from labapp import engine as eng
+    from labapp import guidance_kinds
+
+    pipe, run = eng.current().pipe, guidance_kinds._run
+    pipe.classifier = object()  # past the classifier check (the test engine has none); nothing may run
+    guidance_kinds._run = lambda *a, **k: (_ for _ in ()).throw(AssertionError("a model call ran"))
+    try:
+        return outcome(lambda: guidance_kinds.compare_guidance_kinds(steps=150, adherence_prompts=8))
+    finally:
+        del pipe.classifier
+        guidance_kinds._run = run
+
+
+def _lora_with_metadata(config: dict):
+    def content():
+        import torch
+        from safetensors.torch import save
+
+        key = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_"
+        return save({key + "A.weight": torch.zeros(4, 1), key + "B.weight": torch.zeros(1, 4)},
+                    metadata={"lora_adapter_metadata": json.dumps(config)})
+    return content
+
+
+def _classifier_at(width: int):
+    """/generate's check with guidance_method 'classifier' on a model whose classifier reads 8x8 latents."""
+    def run(ctx):
+        from labapp import engine as eng
+        from labapp import generate as gen
+
+        pipe = eng.current().pipe
+        pipe.classifier = type("Classifier", (), {"config": {"sample_size": 8}})()
+        side = 8 * eng.current().vae_scale_factor
+        try:
+            return outcome(lambda: gen.classifier_size_fits(eng.current(), gen.build_request(
+                eng.current(), prompt="a", negative_prompt="", scheduler="DDIM", steps=2, guidance_scale=3.0, seed=0,
+                width=side * width // 32, height=side, guidance_method="classifier")))
+        finally:
+            del pipe.classifier
+    return run
+
+
+def _upload_quota(ctx):
+    from labapp.server_limits import UploadQuota
+
+    quota = UploadQuota(per_client=3 * 2**20, held=2**40)
+    for _ in range(3):
+        assert quota.refusal("198.51.100.7", 2**20) is None
+    refusal = quota.refusal("198.51.100.7", 2**20)
+    return ("error", refusal) if refusal else ("ok", None)
+
+
+def _evicted_adapter(ctx):
+    from pipelines.lora import Blend, LoraBlender
+    from pipelines.lora.user_store import UserAdapterStore
+    from labapp.lora_user_ui import BlendNames
+    from testkit.lora_factory import random_lora, save_diffusers_lora
+
+    store = UserAdapterStore(LoraBlender(ctx.pipe), max_adapters=2, max_per_session=1)
+    paths = []
+    for seed in (1, 2):
+        folder = os.path.join(ctx.tmp, f"evict{seed}-{uuid.uuid4().hex[:6]}")
+        os.makedirs(folder)
+        paths.append(save_diffusers_lora(random_lora(ctx.pipe.unet, seed=seed), folder))
+    first = store.add("a", paths[0], {"kind": "upload"}).name
+    store.add("a", paths[1], {"kind": "upload"})
+    names = BlendNames(store.names("a"))
+    names.unloaded = store.evicted("a")
+    return outcome(lambda: Blend.parse(f"{first}:1", names))
+
+
+CASES += [
+    Case("settings-a1111-redos", "API /read_settings", "a 1.2 kB PNG whose zTXt `parameters` inflates to 1 MB "
+         "(`Steps: 4, ` + 'a' * 2**20)", "error naming `file` and the 64 kB cap, at once (the regex took hours)",
+         _settings_upload("redos.png", lambda: _png_text_chunk(b"zTXt", b"x\nSteps: 4, " + b"a" * 2**20)),
+         r"file=.* is not allowed: a settings text of at most 65536 bytes"),
+    Case("settings-a1111-long-text", "API /read_settings", "a PNG with a 100 kB tEXt `parameters`",
+         "error naming `file` and the 64 kB cap", _settings_upload(
+             "long.png", lambda: _png_text_chunk(b"tEXt", b"x\nSteps: 4, " + b"a" * 100_000)),
+         r"file=.* is not allowed: a settings text of at most 65536 bytes"),
+    Case("settings-a1111-euler-a-karras", "API /read_settings", "an A1111 1.9 PNG: `Sampler: Euler a, Schedule type: Karras`",
+         "works: scheduler 'Euler a', with a note (this app has no 'Euler a Karras')", _settings_upload(
+             "karras.png", lambda: _png_text_chunk(b"tEXt", b"a red circle\nSteps: 4, Sampler: Euler a, "
+                                                            b"Schedule type: Karras, Seed: 3")), None),
+    Case("settings-steps-arabic-digit", "API /read_settings", 'settings JSON {"steps": "\u0664"} (Arabic-Indic 4)',
+         "error naming `steps`: ASCII digits (int() read it as 4)",
+         _settings_upload("digit.json", '{"prompt": "x", "steps": "\u0664"}'.encode()),
+         r"steps='.' is not allowed: a number written with ASCII digits"),
+    Case("settings-steps-underscore", "API /read_settings", 'settings JSON {"steps": "4_0"}',
+         "error naming `steps` (int() read it as 40)", _settings_upload("under.json", b'{"prompt": "x", "steps": "4_0"}'),
+         r"steps='4_0' is not allowed: a number written with ASCII digits"),
+    Case("lora-hub-stalled", "API /lora_inspect", "hub_id='a/b', the Hub a local socket that never answers "
+         "(1 s timeout, 3 s deadline here; 15 s / 300 s by default)",
+         "one line naming the Hub, within the deadline, outside the pipeline slot (it held the slot 27 min)",
+         _stalled_hub, r"Hub LoRA 'a/b': the Hub \(http://127\.0\.0\.1:\d+\) (did not answer within 3 s|could not be reached)",
+         forbid=r"Traceback|\n.*\n"),
+    Case("lora-hub-pickle-name", "API /lora_inspect", "hub_id='a/b/c.bin'", "error naming the whole Hub file: a pickle",
+         lambda ctx: outcome(lambda: ctx.client.predict(file=None, hub_id="a/b/c.bin", api_name="/lora_inspect")),
+         r"Hub file 'a/b/c\.bin' is a pickle checkpoint"),
+    Case("lora-rank-4000", "API /lora_inspect", "a one-layer LoRA of rank 4000 (32 kB)",
+         "refused from the header naming the rank and the cap 1024 (rank 8000 cost +1.4 GB in the inspector)",
+         _lora_upload("rank4000.safetensors", _one_layer_lora(4000)), r"has rank 4000 .*at most rank 1024"),
+    Case("lora-rank-1m", "API /lora_inspect", "a one-layer LoRA of rank 1,000,000 (8 MB)",
+         "refused from the header naming the cap (was: `tried to allocate 8000000000000 bytes`)",
+         _lora_upload("rank1m.safetensors", _one_layer_lora(1_000_000)), r"has rank 1000000 .*at most rank 1024",
+         forbid=r"allocate"),
+    Case("lora-no-ghost", "API /lora_inspect + /lora_unload", "three refused high-rank uploads, then /lora_unload",
+         "nothing was added: the session lists no adapter (a failed inspection used to leave one pinned)",
+         _no_ghost_after_refusals, r"one of this session's user adapters \[\]"),
+    Case("lora-evicted-named", "function UserAdapterStore + Blend.parse", "session a's adapter evicted by its own "
+         "second upload (quota 1), then named in a blend", "error: your adapter ... was unloaded to make room; load it again",
+         _evicted_adapter, r"your adapter user-\S+ was unloaded to make room \(at most 1 user adapters per session\); "
+                           r"load it again"),
+    Case("body-over-limit", "HTTP /gradio_api/queue/join", "a 9 MB JSON body", "HTTP 413 naming the 8 MB limit, before "
+         "the JSON is parsed", _big_body, r"http 413: .*Content-Length=\d+ is not allowed: a request body of at most 8388608 bytes"),
+    Case("content-length-huge", "HTTP /gradio_api/queue/join", "`Content-Length: 10**12` and no body",
+         "HTTP 413 at once (it was waited on for >= 90 s)", _raw_head(
+             b"POST /gradio_api/queue/join HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+             b"Content-Length: 1000000000000\r\n\r\n"), r"HTTP/1.1 413 .*Content-Length=1000000000000 is not allowed"),
+    Case("kinds-over-budget", "function compare_guidance_kinds", "steps=150, 8 adherence prompts (14-27 min projected)",
+         "refused up front naming the budget and the cost; no model call runs", _kinds_over_budget,
+         r"compare_guidance_kinds: this request needs \d+ model calls .* the budget is 3600"),
+    Case("upload-quota", "function UploadQuota (server_limits)", "a fourth 1 MB upload from one address, quota 3 MB",
+         "refused naming the per-client quota (4 x 250 MB used to be kept an hour)", _upload_quota,
+         r"upload of 1048576 bytes is not allowed: at most 3 MB of uploads per client"),
+    Case("lora-use-dora", "API /lora_inspect", "lora_adapter_metadata {'unet.use_dora': true}",
+         "refused at upload naming the field (every later /generate failed with a device error)",
+         _lora_upload("dora.safetensors", _lora_with_metadata({"unet.r": 4, "unet.lora_alpha": 4, "unet.use_dora": True})),
+         r"lora_adapter_metadata field 'unet\.use_dora'=True is not allowed: DoRA adapters are not applied here"),
+    Case("lora-alpha-1e30", "API /lora_inspect", "lora_adapter_metadata {'unet.lora_alpha': 1e30}",
+         "refused naming the field and the range", _lora_upload("alpha.safetensors", _lora_with_metadata(
+             {"unet.r": 4, "unet.lora_alpha": 1e30})), r"'unet\.lora_alpha'=1e\+30 is not allowed: a finite number in"),
+    Case("lora-metadata-unknown", "API /lora_inspect", "lora_adapter_metadata {'unet.bogus': 1}",
+         "refused naming the field (was: `LoraConfig class could not be instantiated`)",
+         _lora_upload("bogus.safetensors", _lora_with_metadata({"unet.bogus": 1})),
+         r"'unet\.bogus' is not a LoraConfig field"),
+    Case("classifier-other-size", "function generate (build_request)", "guidance_method='classifier', width 2x the "
+         "classifier's size", "error naming `width` and the one size the classifier reads (was: a matmul shape error)",
+         _classifier_at(64), r"width=\d+ is not allowed: \d+ with guidance_method 'classifier'"),
+    Case("settings-lora-weight-text", "API /read_settings", 'settings JSON lora [{"name": "outline", "weight": "x"}]',
+         "error naming `lora[outline].weight` (was: Unknown format code 'g')", _settings_upload(
+             "w.json", b'{"prompt": "x", "lora": [{"name": "outline", "weight": "x"}]}'), r"lora\[outline\]\.weight"),
+    Case("settings-lora-name-list", "API /read_settings", 'settings JSON lora [{"name": ["outline"]}]',
+         "error naming `lora` (was: unhashable type: 'list')", _settings_upload(
+             "n.json", b'{"prompt": "x", "lora": [{"name": ["outline"]}]}'), r"lora=.* is not allowed",
+         forbid=r"unhashable"),
+    Case("lora-weight-arabic-digit", "API /generate", "lora='outline:\u0661' (Arabic-Indic 1)",
+         "error naming `lora[outline].weight`: ASCII digits (float() read it as 1.0)",
+         api("/generate", lora="outline:\u0661"), r"lora\[outline\]\.weight='.' is not allowed: a number written with ASCII"),
+    Case("sweep-scales-flood", "API /cfg_sweep", "scales = '1 ' * 1,000,000 (2 MB)",
+         "error naming `scales` from the text's length, before splitting (+580 MB before)",
+         api("/cfg_sweep", scales="1 " * 1_000_000), r"scales='1 1 1 .*\(2000000 characters\) is not allowed: .*at most 256 characters"),
+]
+
+
+
 def _unrelated_safetensors() -> bytes:
     import torch
     from safetensors.torch import save

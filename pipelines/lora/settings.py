@@ -269,10 +269,11 @@ def _shorthand(field: str, spec: str) -> list[dict]:
             raise FieldError(f"{field} name", named.strip(),
                              "a preset name (LoRAs load from the registry, never from a URL or path)")
         if sep:
-            try:
-                weight = float(weight)
-            except ValueError:
-                raise FieldError(f"{field}[{name.strip()}].weight", weight.strip(), "a number (name:weight)") from None
+            # ASCII digits only: float() also reads "١" (Arabic-Indic 1) and "1_0" (issue 30)
+            if not re.fullmatch(r"\s*[-+]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?\s*", weight):
+                raise FieldError(f"{field}[{name.strip()}].weight", weight.strip(),
+                                 "a number written with ASCII digits (name:weight)")
+            weight = float(weight)
         items.append({"name": name.strip(), "weight": weight if sep else 1.0})
     return items
 

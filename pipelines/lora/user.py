@@ -246,6 +246,75 @@ def detect_format(path, keys) -> str:
                       "(lora_unet_*, lora_te_*); a LoRA for another model family?")
 
 
+ADAPTER_METADATA_KEY = "lora_adapter_metadata"  # diffusers' LoraConfig kwargs, "unet.r", "text_encoder.lora_alpha", ...
+MAX_ALPHA = 16 * MAX_RANK  # |lora_alpha|: real files use alpha <= rank (scale alpha/r <= 1); 1e30 made every image noise
+# LoraConfig fields a file may set; any other field must hold its default (None, False, empty): use_dora
+# broke every later /generate ("Tensor on device cpu is not on the expected device meta!"), and
+# megatron_core names a module to import, layer_replication rebuilds the model, modules_to_save loads whole layers
+ADAPTER_FIELDS_SET = ("r", "lora_alpha", "target_modules", "lora_dropout", "bias", "use_rslora", "rank_pattern",
+                      "alpha_pattern", "init_lora_weights", "fan_in_fan_out", "task_type", "peft_type", "peft_version",
+                      "base_model_name_or_path", "revision", "inference_mode", "exclude_modules", "layers_to_transform",
+                      "layers_pattern", "auto_mapping", "lora_bias", "ensure_weight_tying", "runtime_config")
+
+
+def _rank_ok(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_RANK
+
+
+def _alpha_ok(value) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            and abs(value) <= MAX_ALPHA)
+
+
+def _default(spec):
+    import dataclasses
+
+    if spec.default is not dataclasses.MISSING:
+        return spec.default
+    if spec.default_factory is not dataclasses.MISSING:
+        return spec.default_factory()
+    return None
+
+
+def check_adapter_metadata(path, metadata: dict[str, str]) -> None:
+    """The LoraConfig a file's ``lora_adapter_metadata`` asks for: known fields, ranges, no DoRA."""
+    import dataclasses
+
+    from peft import LoraConfig
+
+    raw = metadata.get(ADAPTER_METADATA_KEY)
+    if raw is None:
+        return
+    try:
+        config = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise _fail(path, f"its {ADAPTER_METADATA_KEY} is not JSON") from None
+    if not isinstance(config, dict):
+        raise _fail(path, f"its {ADAPTER_METADATA_KEY} is a JSON {type(config).__name__}, not an object")
+    known = {f.name: f for f in dataclasses.fields(LoraConfig)}
+    for key, value in config.items():
+        name = key.split(".", 1)[1] if key.startswith(("unet.", "text_encoder.", "text_encoder_2.")) else key
+        where = f"{ADAPTER_METADATA_KEY} field {key!r}"
+        if name not in known:
+            raise _fail(path, f"{where} is not a LoraConfig field (allowed: {', '.join(ADAPTER_FIELDS_SET[:8])}, ...)")
+        if name == "use_dora" and value not in (None, False):
+            raise _fail(path, f"{where}={value!r} is not allowed: DoRA adapters are not applied here (false)")
+        if name not in ADAPTER_FIELDS_SET and value not in (None, False, [], {}, "", _default(known[name])):
+            raise _fail(path, f"{where}={str(value)[:80]!r} is not allowed: this field must be left at its default")
+        if name == "r" and not _rank_ok(value):
+            raise _fail(path, f"{where}={str(value)[:40]} is not allowed: an integer rank in [1, {MAX_RANK}]")
+        if name == "lora_alpha" and not _alpha_ok(value):
+            raise _fail(path, f"{where}={str(value)[:40]} is not allowed: a finite number in [-{MAX_ALPHA}, {MAX_ALPHA}]")
+        if name in ("rank_pattern", "alpha_pattern"):
+            check = _rank_ok if name == "rank_pattern" else _alpha_ok
+            if not isinstance(value, dict) or not all(check(v) for v in value.values()):
+                raise _fail(path, f"{where} is not allowed: a map of module names to "
+                                  + (f"ranks in [1, {MAX_RANK}]" if name == "rank_pattern" else
+                                     f"finite alphas in [-{MAX_ALPHA}, {MAX_ALPHA}]"))
+        if name == "use_rslora" and not isinstance(value, bool):
+            raise _fail(path, f"{where}={str(value)[:40]} is not allowed: true or false")
+
+
 def base_model_of(metadata: dict[str, str]) -> str | None:
     """What the file's metadata says it was trained for, e.g. "ss_base_model_version=sdxl_base_v1-0"."""
     found = [f"{k}={metadata[k][:80]}" for k in BASE_MODEL_KEYS if metadata.get(k)]
@@ -357,6 +426,7 @@ def read_user_lora(path, pipe, hold=contextlib.nullcontext) -> UserLoraFile:
     ``LoraBlender.holding`` when other threads may load adapters meanwhile; the file is read and
     hashed outside it."""
     header = read_header(path)
+    check_adapter_metadata(path, header.metadata)
     kind = detect_format(path, header.tensors)
     base_model = base_model_of(header.metadata)
     if kind == "kohya" and any(k.startswith("lora_unet_") and k[10:].startswith(("input_blocks", "output_blocks",

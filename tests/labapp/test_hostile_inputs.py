@@ -259,6 +259,29 @@ Infinity, forged file paths, private events), "API" rows the real gradio_client.
 
 {chr(10).join(rows)}
 
+## Hardening round 3 (issue 30): each item and its outcome
+
+Rows above by id; the server-level floods and timeouts also run against a real `python app.py`
+process in `tests/test_server_limits.py` (one shared server), the rest in `tests/test_hardening_round3.py`.
+
+| item | outcome | rows / tests |
+|---|---|---|
+| 1 A1111 `parameters` ReDoS | closed: a linear tokenizer, text chunks read by hand and capped at 64 kB (inflated size included), parse time-boxed at 1 s; the 1.2 kB / 1 MB-inflated PNG is refused in under 1 s while a /generate completes | `settings-a1111-redos`, `settings-a1111-long-text`; `test_redos_png_is_answered_at_once_while_a_generate_completes` |
+| 2 Hub id holds the slot | closed: every Hub call has a 15 s connect/read timeout and a 300 s deadline, /lora_inspect runs outside the pipeline slot, one-line error; a model switch's downloads still hold the slot (it replaces the pipeline) but fail within the timeout | `lora-hub-stalled`; `test_a_stalled_hub_fails_within_its_timeout_while_a_generate_completes` |
+| 3 unbounded inspector memory | closed: rank > 1024 refused from the header, norms in bands (memory linear in the file) | `lora-rank-4000`, `lora-rank-1m`; `test_delta_norm_memory_is_linear_in_the_adapter` |
+| 4 ghost adapter after a failed inspection | closed: inspected before it is added, unloaded on any failure | `lora-no-ghost`; `test_a_failed_inspection_leaves_no_adapter_loaded` |
+| 5 refused inputs kept per session | closed at the server: bodies over 8 MB refused before reading (413) | `body-over-limit`; `test_refused_bodies_do_not_stay_in_memory` |
+| 6 /compare_guidance_kinds budget | closed: cost checked up front; every pipeline-slot endpoint states its bound | `kinds-over-budget`; `test_every_model_endpoint_has_a_bounded_cost` |
+| 7 no upload quota | closed: per-client (600 MB/h) and server (1 GB) caps, LoRA and settings uploads deleted once read | `upload-quota`; `test_uploads_have_a_quota` |
+| 8 one LRU for all sessions | closed: 2 adapters per session, the fullest session evicted first, "your adapter X was unloaded to make room" | `lora-evicted-named`; `test_other_sessions_cannot_push_out_a_sessions_only_adapter` |
+| 9 number lists amplify memory | closed: the text's length checked before splitting | `sweep-scales-flood`; `test_number_list_floods_are_refused_by_length` |
+| 10 no header/body timeouts | closed: 10 s for a request head, bodies at >= 32 kB/s after 20 s, `Content-Length` over the limit refused unread | `content-length-huge`; `test_slow_headers_are_closed_within_the_header_timeout`, `test_a_trickled_body_is_cut_off` |
+| 11 forget_session / Stop for any session_hash | open: Gradio identifies a session only by the hash the client sends; nothing leaks another's hash | - |
+| 12 LoRA metadata injection | closed: `lora_adapter_metadata` fields checked (no DoRA, rank and alpha ranges, unknown fields refused) | `lora-use-dora`, `lora-alpha-1e30`, `lora-metadata-unknown` |
+| 13 classifier guidance at 64 px | closed: refused up front naming `width`/`height` and the classifier's size | `classifier-other-size` |
+| 14 path disclosure | open (Gradio's own messages and API info) | - |
+| 15 unclear errors | partly: ASCII digits in settings and blends, A1111 Karras mapped, Hub file named whole, rank and Hub errors one line, lora weight/name types, `/read_settings` null; the pydantic FileData/ImageData messages and block_weights 10**400 remain | `settings-steps-*`, `settings-a1111-euler-a-karras`, `lora-hub-pickle-name`, `settings-lora-*`, `lora-weight-arabic-digit` |
+
 ## Open (strict xfail in the test: they pass once fixed, and then the xfail must go)
 
 {known or "- None."}
