@@ -81,8 +81,11 @@ def terminal_snr(image, seeds=256, block=8):
 
     image = check_image("image", image, 8)
     seeds = check.integer("seeds", seeds, 16, MAX_SNR_SEEDS)
-    block = int(check.choice("block", str(int(block)) if isinstance(block, (int, float)) else block,
-                             ["2", "4", "8", "16"]))
+    blocks = ["2", "4", "8", "16"]
+    # a whole number or its text; never truncated (2.9 was 2), never a bool (true was '1'), never NaN
+    if isinstance(block, bool) or (isinstance(block, float) and not (block == block and block.is_integer())):
+        raise check.fail("block", block, f"one of {blocks} (pixels)")
+    block = int(check.choice("block", str(int(block)) if isinstance(block, (int, float)) else block, blocks))
     r = terminal_snr_report(pil_to_tensor(image, SNR_SIZE), seeds=seeds, block=block)
     sd, zero = r["default"], r["zero_snr"]
     amp = 10

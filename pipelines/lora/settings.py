@@ -43,11 +43,20 @@ BLOCK_GROUPS = ("down", "mid", "up")
 _BLOCK_KEY = re.compile(r"^block_(\d+)$")
 
 
+def _finite(value) -> bool:
+    """A real number that is finite (10**400 is an int no float holds: math.isfinite raised OverflowError)."""
+    if isinstance(value, bool) or not isinstance(value, Real):
+        return False
+    if isinstance(value, int):
+        return abs(value) < 2**1023
+    return math.isfinite(value)
+
+
 def check_weight(value, what: str) -> float:
     """Return ``value`` as float, or raise ValueError naming ``what``, the value and the range."""
     low, high = WEIGHT_RANGE
-    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
-        raise ValueError(f"{what} must be a finite number in [{low:g}, {high:g}], got {value!r}")
+    if not _finite(value):
+        raise ValueError(f"{what} must be a finite number in [{low:g}, {high:g}], got {fields.shown(value)}")
     if not low <= value <= high:
         raise ValueError(f"{what} = {value!r} is out of range [{low:g}, {high:g}]")
     return float(value)
@@ -147,8 +156,9 @@ def _check_step_range(step_range, adapter: str) -> tuple[float, float]:
         raise ValueError(f"step_range of adapter {adapter!r} must be (start, end), got {step_range!r}")
     start, end = step_range
     for v in (start, end):
-        if isinstance(v, bool) or not isinstance(v, Real) or not math.isfinite(v):
-            raise ValueError(f"step_range of adapter {adapter!r} must hold two numbers, got {step_range!r}")
+        if not _finite(v):
+            raise ValueError(f"step_range of adapter {adapter!r} must hold two finite numbers, got "
+                             f"{fields.shown(list(step_range))}")
     if not 0.0 <= start < end <= 1.0:
         raise ValueError(f"step_range of adapter {adapter!r} = {tuple(step_range)!r}; "
                          "need 0 <= start < end <= 1 (fractions of the steps)")
