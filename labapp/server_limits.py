@@ -109,8 +109,9 @@ def header_timeout_protocol(base=None, timeout: float = HEADER_TIMEOUT):
                 self._disarm_header_timer()
 
         def on_response_complete(self) -> None:
-            super().on_response_complete()
-            if not self.transport.is_closing():
+            done = self.cycle
+            super().on_response_complete()  # may start a pipelined request's cycle at once
+            if self.cycle is done and not self.transport.is_closing():
                 self._arm_header_timer()  # the next request on this connection gets its own time
 
         def connection_lost(self, exc) -> None:
