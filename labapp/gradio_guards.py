@@ -64,11 +64,32 @@ def drop_echoed_range_headers() -> None:
     cls.__init__ = __init__
 
 
+def no_resolved_paths_in_refusals() -> None:
+    """Gradio's refusal of a payload path outside the uploads names the path *resolved* on the server
+    ("Cannot move /work/.../app.py ..." for ``path: "app.py"``: issue 30). Say the path as sent."""
+    from gradio import processing_utils
+
+    original = getattr(processing_utils._check_allowed, "unguarded", processing_utils._check_allowed)
+
+    def _check_allowed(path, check_in_upload_folder: bool):
+        try:
+            return original(path, check_in_upload_folder)
+        except processing_utils.InvalidPathError:
+            if not check_in_upload_folder:
+                raise  # the app's own outputs: an operator's error, with Gradio's advice
+            raise processing_utils.InvalidPathError(
+                f"Cannot move {str(path)[:200]} to the gradio cache dir because it was not uploaded by a user.") from None
+
+    _check_allowed.unguarded = original
+    processing_utils._check_allowed = _check_allowed
+
+
 def install() -> None:
     from . import network, server_limits
 
     server_limits.install()  # body limits and timeouts, header timeout, upload quota (issue 30)
     network.install_timeouts()  # every Hub call has a timeout (issue 30)
     limit_files_per_upload()
+    no_resolved_paths_in_refusals()
     refuse_unknown_fn_index()
     drop_echoed_range_headers()

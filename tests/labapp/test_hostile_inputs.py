@@ -279,7 +279,7 @@ process in `tests/test_server_limits.py` (one shared server), the rest in `tests
 | 11 forget_session / Stop for any session_hash | open: Gradio identifies a session only by the hash the client sends; nothing leaks another's hash | - |
 | 12 LoRA metadata injection | closed: `lora_adapter_metadata` fields checked (no DoRA, rank and alpha ranges, unknown fields refused) | `lora-use-dora`, `lora-alpha-1e30`, `lora-metadata-unknown` |
 | 13 classifier guidance at 64 px | closed: refused up front naming `width`/`height` and the classifier's size | `classifier-other-size` |
-| 14 path disclosure | open (Gradio's own messages and API info) | - |
+| 14 path disclosure | partly: a relative payload path is refused as sent (`gradio_guards`); `/gradio_api/info` still shows temp-dir paths (Gradio's) | `settings-relative-path` |
 | 15 unclear errors | partly: ASCII digits in settings and blends, A1111 Karras mapped, Hub file named whole, rank and Hub errors one line, lora weight/name types, block weights of 10**400, `/terminal_snr block` NaN/2.9/true, `/read_settings` null; the pydantic FileData/ImageData messages, a NaN slot weight in the blend text, `load_example` -1 and the 64 px mask's size remain | `settings-steps-*`, `settings-a1111-euler-a-karras`, `lora-hub-pickle-name`, `settings-lora-*`, `lora-weight-arabic-digit`, `lora-block-weight-huge`, `terminal-snr-block-*` |
 
 ## Open (strict xfail in the test: they pass once fixed, and then the xfail must go)
