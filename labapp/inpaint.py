@@ -83,17 +83,19 @@ def fit_mask(field: str, mask: Image.Image, image: Image.Image) -> tuple[Image.I
     return mask.resize(image.size, Image.BILINEAR), note
 
 
-def mask_to_tensor(field: str, mask: Image.Image, size: int):
+def mask_to_tensor(field: str, mask: Image.Image, size: int, given: tuple[int, int] | None = None):
     """"L" mask -> (1, 1, size, size) in {0, 1}: the image's crop and resize (``pil_to_tensor``), then
-    binarized at 0.5 as diffusers' mask processor does. Empty or full masks are refused by name."""
+    binarized at 0.5 as diffusers' mask processor does. Empty or full masks are refused by name, with the
+    size the client sent (``given``), not the resized one."""
+    width, height = given or mask.size
     x = (pil_to_tensor(mask.convert("RGB"), size)[:, :1] + 1) / 2
     binary = (x >= 0.5).float()
     share = float(binary.mean())
     if share == 0.0:
-        raise check.fail(field, f"<{mask.width}x{mask.height} px, nothing white at {size}x{size}>",
+        raise check.fail(field, f"<{width}x{height} px, nothing white at {size}x{size}>",
                          "a mask with a region to regenerate (white); at the model's size nothing is left")
     if share == 1.0:
-        raise check.fail(field, f"<{mask.width}x{mask.height} px, all white>",
+        raise check.fail(field, f"<{width}x{height} px, all white>",
                          "a mask that keeps some of the image (black): an all-white mask is text-to-image (Generate)")
     return binary
 
@@ -135,6 +137,7 @@ def inpaint(image, mask=None, prompt="a blue square", negative_prompt="", streng
     mask_image, field, note = read_mask(mask, mask_drawing)
     if field == "mask" and isinstance(mask_drawing, dict) and _painted(mask_drawing):
         note += "The uploaded mask was used (it wins over the drawing). "
+    given = mask_image.size
     mask_image, resized = fit_mask(field, mask_image, image)
     note += resized
     own = unet_method(engine.pipe.unet)
@@ -148,7 +151,7 @@ def inpaint(image, mask=None, prompt="a blue square", negative_prompt="", streng
                              steps=steps, guidance_scale=guidance_scale, seed=seed)
     strength = check_strength(strength, settings.steps)
     x0 = pil_to_tensor(image, native)
-    m = mask_to_tensor(field, mask_image, native)
+    m = mask_to_tensor(field, mask_image, native, given)
     started = time.perf_counter()
     run = eng.inpaint_run(settings, x0, m, strength, own)  # a ValueError becomes gr.Error (@gradio_errors)
     output, regions = run["output"], run["regions"]
