@@ -84,6 +84,28 @@ def no_resolved_paths_in_refusals() -> None:
     processing_utils._check_allowed = _check_allowed
 
 
+def checked_example_index() -> None:
+    """``gr.Examples``' event maps a row index to that row (``gr.Dataset.preprocess``, the one event
+    that keeps Gradio's preprocess): ``-1`` gave the last row (Python indexing) and ``"x"`` a
+    TypeError. Only an integer in [0, rows) is taken; anything else is refused naming ``index``."""
+    from gradio.components import dataset
+
+    cls = dataset.Dataset
+    original = getattr(cls.preprocess, "unguarded", cls.preprocess)
+
+    def preprocess(self, payload):
+        if payload is not None and self.type != "index":
+            rows = len(self.raw_samples)
+            if isinstance(payload, bool) or not isinstance(payload, int) or not 0 <= payload < rows:
+                from .validation import fail
+
+                raise fail("index", payload, f"an example row, an integer in [0, {rows - 1}]")
+        return original(self, payload)
+
+    preprocess.unguarded = original
+    cls.preprocess = preprocess
+
+
 def install() -> None:
     from . import network, server_limits
 
@@ -91,5 +113,6 @@ def install() -> None:
     network.install_timeouts()  # every Hub call has a timeout (issue 30)
     limit_files_per_upload()
     no_resolved_paths_in_refusals()
+    checked_example_index()
     refuse_unknown_fn_index()
     drop_echoed_range_headers()

@@ -706,6 +706,18 @@ def _classifier_at(width: int):
     return run
 
 
+def _example_event(ctx):
+    """gr.Examples' own event on the Generate tab (its input is a gr.Dataset)."""
+    import httpx
+
+    config = httpx.get(f"{ctx.url}config", timeout=30).json()
+    ids = [c["id"] for c in config["components"] if c.get("type") == "dataset"]
+    for index, dep in enumerate(config["dependencies"]):
+        if dep.get("inputs") and set(dep["inputs"]) <= set(ids) and dep.get("api_name") == "load_example":
+            return dep.get("id", index), dep["inputs"][0]
+    raise LookupError("no gr.Examples event")
+
+
 def _upload_quota(ctx):
     from labapp.server_limits import UploadQuota
 
@@ -834,6 +846,9 @@ CASES += [
          "error naming `mask` with the size sent (was: the resized 32x32)",
          raw_inpaint(mask=lambda: {"url": data_url(png_bytes(np.full((64, 64), 255, np.uint8)))}),
          r"mask='<64x64 px, all white>' is not allowed"),
+    Case("example-index-negative", "page event: gr.Examples", "the example row index = -1",
+         "error naming `index` (was: the last row, Python indexing)", _private_call(_example_event, [-1]),
+         r"index=-1 is not allowed: an example row"),
     Case("sweep-scales-flood", "API /cfg_sweep", "scales = '1 ' * 1,000,000 (2 MB)",
          "error naming `scales` from the text's length, before splitting (+580 MB before)",
          api("/cfg_sweep", scales="1 " * 1_000_000), r"scales='1 1 1 .*\(2000000 characters\) is not allowed: .*at most 256 characters"),
