@@ -32,6 +32,14 @@ BLEND_NOTE = ("Each adapter was trained at weight 1 only: at weights between abo
 def _slot_entry(name, weight, te, down, mid, up, start, end) -> dict | None:
     if not name or name == NONE:
         return None
+    # the slots are a private event anyone can call: a NaN or a text weight was written into the blend
+    # text as it came (issue 30); each value is checked by name (the blend is checked again when it runs)
+    label = f"lora slot {str(name)[:40]}"
+    weight = check.number(f"{label} weight", weight, -1e6, 1e6)
+    te = None if te is None else check.number(f"{label} text encoder weight", te, -1e6, 1e6)
+    down, mid, up = (check.number(f"{label} {part} x", value, -1e6, 1e6)
+                     for part, value in (("down", down), ("mid", mid), ("up", up)))
+    start, end = (check.number(f"{label} step range {part}", value, 0.0, 1.0) for part, value in (("start", start), ("end", end)))
     entry = {"name": name, "weight": float(weight)}
     if te is not None and float(te) != float(weight):
         entry["text_encoder_weight"] = float(te)

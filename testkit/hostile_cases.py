@@ -718,6 +718,21 @@ def _example_event(ctx):
     raise LookupError("no gr.Examples event")
 
 
+def _slot_nan_weight(ctx):
+    """The mixer's slots -> blend text event, the first slot's weight NaN (raw JSON: NaN passes)."""
+    import httpx
+
+    from tests.hostile_helpers import queue_call
+
+    config = httpx.get(f"{ctx.url}config", timeout=30).json()
+    dep_index, dep = next((dep.get("id", i), dep) for i, dep in enumerate(config["dependencies"])
+                          if str(dep.get("api_name", "")).startswith("slots_to_spec"))
+    slots = len(dep["inputs"]) // 8
+    data = ["outline", float("nan"), None, 1.0, 1.0, 1.0, 0.0, 1.0] + ["(none)", 1.0, None, 1.0, 1.0, 1.0, 0.0, 1.0] * (slots - 1)
+    msg = queue_call(ctx.url, dep_index, data, dep["targets"][0][0] if dep.get("targets") else None)
+    return ("ok", msg) if msg.get("success") else ("error", json.dumps(msg.get("output", msg)))
+
+
 def _upload_quota(ctx):
     from labapp.server_limits import UploadQuota
 
@@ -849,6 +864,9 @@ CASES += [
     Case("example-index-negative", "page event: gr.Examples", "the example row index = -1",
          "error naming `index` (was: the last row, Python indexing)", _private_call(_example_event, [-1]),
          r"index=-1 is not allowed: an example row"),
+    Case("lora-slot-weight-nan", "page event: LoRA mixer slots", "the first slot's weight = NaN",
+         "error naming the slot's weight (was: 'outline:nan' written into the blend text)", _slot_nan_weight,
+         r"lora slot outline weight=nan is not allowed: a finite number"),
     Case("sweep-scales-flood", "API /cfg_sweep", "scales = '1 ' * 1,000,000 (2 MB)",
          "error naming `scales` from the text's length, before splitting (+580 MB before)",
          api("/cfg_sweep", scales="1 " * 1_000_000), r"scales='1 1 1 .*\(2000000 characters\) is not allowed: .*at most 256 characters"),

@@ -80,9 +80,10 @@ def queue_call(base_url: str, fn_index: int, data: list, trigger_id: int | None 
     import httpx
 
     session = uuid.uuid4().hex[:11]
-    joined = httpx.post(f"{base_url}gradio_api/queue/join", timeout=timeout,
-                        json={"data": data, "fn_index": fn_index, "session_hash": session, "event_data": event_data,
-                              "trigger_id": trigger_id})
+    body = {"data": data, "fn_index": fn_index, "session_hash": session, "event_data": event_data,
+            "trigger_id": trigger_id}
+    joined = httpx.post(f"{base_url}gradio_api/queue/join", timeout=timeout, content=json.dumps(body),  # NaN passes
+                        headers={"content-type": "application/json"})
     if joined.status_code != 200:
         return {"msg": "http", "status": joined.status_code, "text": joined.text}
     stream = read_sse(f"{base_url}gradio_api/queue/data?session_hash={session}", timeout)
