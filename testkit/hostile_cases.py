@@ -649,7 +649,9 @@ def _raw_head(head: bytes):
         port = urlparse(ctx.url).port
         with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
             conn.sendall(head)
-            answer = conn.recv(65536)
+            answer = b""
+            while chunk := conn.recv(65536):  # the server closes after its answer (connection: close)
+                answer += chunk
         return ("ok", answer) if answer.startswith(b"HTTP/1.1 2") else ("error", answer.decode("latin-1"))
     return run
 
