@@ -35,7 +35,6 @@ import time
 from collections import defaultdict, deque
 
 
-
 def _env(name: str, default: float) -> float:
     """An operator's override (environment), a positive number; the default otherwise."""
     raw = os.environ.get(name, "").strip()
@@ -229,7 +228,7 @@ class RequestLimits:
             while more:
                 try:
                     message = await asyncio.wait_for(receive(), max(0.0, remaining()))
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     return await _refuse(send, 408, f"a request body sent slower than {MIN_BODY_RATE} bytes/s is not "
                                                     f"allowed ({received} bytes in {time.monotonic() - started:.0f} s)")
                 if message["type"] != "http.request":
@@ -255,7 +254,7 @@ class RequestLimits:
             nonlocal received
             try:
                 message = await asyncio.wait_for(receive(), max(0.0, remaining()))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return {"type": "http.disconnect"}  # the app stops reading; uvicorn closes the connection
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))

@@ -571,7 +571,7 @@ CASES: list[Case] = [
 
 
 # --- hardening round 3 (issue 30): one row per numbered item of the issue; the server-level floods
-# and timeouts also run against a real app process in tests/test_server_limits.py
+# and timeouts also run against a real app process in tests/labapp/test_server_limits.py
 
 
 def _png_text_chunk(kind: bytes, text: bytes) -> bytes:
@@ -599,7 +599,7 @@ def _no_ghost_after_refusals(ctx):
 
     for rank in (1_000_000, 500_000, 4000):
         file = handle_file(ctx.path(f"rank{rank}.safetensors", _one_layer_lora(rank)()))
-        kind, _ = outcome(lambda: ctx.client.predict(file=file, hub_id="", api_name="/lora_inspect"))
+        kind, _ = outcome(lambda f=file: ctx.client.predict(file=f, hub_id="", api_name="/lora_inspect"))
         assert kind == "error"
     return outcome(lambda: ctx.client.predict(name="user-ghost", api_name="/lora_unload"))
 
@@ -724,7 +724,7 @@ def _slot_nan_weight(ctx):
     """The mixer's slots -> blend text event, the first slot's weight NaN (raw JSON: NaN passes)."""
     import httpx
 
-    from tests.hostile_helpers import queue_call
+    from testkit.hostile_helpers import queue_call
 
     config = httpx.get(f"{ctx.url}config", timeout=30).json()
     dep_index, dep = next((dep.get("id", i), dep) for i, dep in enumerate(config["dependencies"])
@@ -746,9 +746,9 @@ def _upload_quota(ctx):
 
 
 def _evicted_adapter(ctx):
+    from labapp.lora_user_ui import BlendNames
     from pipelines.lora import Blend, LoraBlender
     from pipelines.lora.user_store import UserAdapterStore
-    from labapp.lora_user_ui import BlendNames
     from testkit.lora_factory import random_lora, save_diffusers_lora
 
     store = UserAdapterStore(LoraBlender(ctx.pipe), max_adapters=2, max_per_session=1)

@@ -262,7 +262,7 @@ Infinity, forged file paths, private events), "API" rows the real gradio_client.
 ## Hardening round 3 (issue 30): each item and its outcome
 
 Rows above by id; the server-level floods and timeouts also run against a real `python app.py`
-process in `tests/test_server_limits.py` (one shared server), the rest in `tests/test_hardening_round3.py`.
+process in `tests/labapp/test_server_limits.py` (one shared server), the rest in `tests/labapp/test_hardening_round3.py`.
 
 | item | outcome | rows / tests |
 |---|---|---|

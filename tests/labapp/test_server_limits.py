@@ -15,20 +15,20 @@ import io
 import json
 import os
 import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
 import uuid
 import zlib
-import struct
 
-import numpy as np
 import pytest
 
 httpx = pytest.importorskip("httpx")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from testkit.paths import ROOT
+
 EMBEDDED = os.path.join(ROOT, "models", "tiny-shapes", "model_index.json")
 if not os.path.isfile(EMBEDDED):
     pytest.skip("models/tiny-shapes is missing", allow_module_level=True)
@@ -292,7 +292,7 @@ def test_refused_bodies_do_not_stay_in_memory(app):
     """Item 5: 20 sessions x a refused 5 MB + 5 MB prompt kept +234 MB. Now a body over 8 MB is refused
     unread (HTTP 413), and one under it is refused by the prompt check; RSS after both floods stays
     within 20 x 8 MB of the start (the bound if every accepted body were kept), measured."""
-    from tests.hostile_helpers import raw_call
+    from testkit.hostile_helpers import raw_call
 
     before = app.rss()
     big = "x" * (5 * 2**20)
@@ -318,7 +318,7 @@ def test_refused_bodies_do_not_stay_in_memory(app):
 
 def test_number_list_floods_are_refused_by_length(app):
     """Item 9: /cfg_sweep scales="1 " * 10**7 (20 MB) cost +580 MB; 3.5 MB of text now costs nothing."""
-    from tests.hostile_helpers import CFG_SWEEP_DEFAULTS, raw_call
+    from testkit.hostile_helpers import CFG_SWEEP_DEFAULTS, raw_call
 
     before = app.rss()
     for _ in range(5):
@@ -341,9 +341,8 @@ def test_high_rank_loras_are_refused_and_leave_nothing_loaded(app, tmp_path):
     """Items 3 and 4: rank-1M / rank-500k uploads took RSS 1.2 -> 6.1 GB and left ghost adapters.
     Each is refused from its header naming the rank cap; RSS stays within 50 MB of the start."""
     import torch
-    from safetensors.torch import save_file
-
     from gradio_client import handle_file
+    from safetensors.torch import save_file
 
     key = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_"
     client = app.client()
