@@ -28,6 +28,7 @@ from . import validation as check
 
 MAX_LORA_MB_ENV = "DIFFUSION_LAB_MAX_LORA_MB"
 MAX_USER_LORAS_ENV = "DIFFUSION_LAB_MAX_USER_LORAS"
+MAX_PER_SESSION_ENV = "DIFFUSION_LAB_MAX_USER_LORAS_PER_SESSION"  # default 2 (pipelines/lora/user_store.py)
 DEFAULT_MAX_LORA_MB = 256
 DEFAULT_MAX_USER_LORAS = 8
 MAX_HUB_ID_CHARS = 300
@@ -84,9 +85,12 @@ def store(engine: eng.Engine | None = None):
     found = _stores.get(engine.blender)
     if found is None:
         # fp32 weights on CPU: the upload limit times 2 (fp16 files double) per adapter, N adapters
+        from pipelines.lora.user_store import DEFAULT_MAX_PER_SESSION
+
         found = UserAdapterStore(engine.blender, max_adapters=max_user_loras(),
                                  max_bytes=max_user_loras() * 2 * max_upload_bytes(),
-                                 reserved_names=[p.id for p in engine.lora_presets()])
+                                 reserved_names=[p.id for p in engine.lora_presets()],
+                                 max_per_session=_env_int(MAX_PER_SESSION_ENV, DEFAULT_MAX_PER_SESSION))
         _stores[engine.blender] = found
     return found
 
