@@ -10,7 +10,10 @@ signatures stay as they are.
 
 Limits (flags and environment variables of app.py): the upload size (``--max-lora-mb``,
 ``DIFFUSION_LAB_MAX_LORA_MB``, default 256) and the number of user adapters on the server
-(``--max-user-loras``, ``DIFFUSION_LAB_MAX_USER_LORAS``, default 8; LRU across sessions).
+(``--max-user-loras``, ``DIFFUSION_LAB_MAX_USER_LORAS``, default 8), at most 2 per session
+(``DIFFUSION_LAB_MAX_USER_LORAS_PER_SESSION``); eviction order in pipelines/lora/user_store.py.
+/lora_inspect runs outside the pipeline slot (``FETCH_SLOT``): Hub calls have timeouts
+(labapp/network.py), and the load waits for plain runs (``Engine.gate``).
 """
 from __future__ import annotations
 
