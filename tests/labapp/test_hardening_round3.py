@@ -302,6 +302,9 @@ MODEL_ENDPOINTS = {
     "explore_frames": "VAE decodes of the session's stored trace: at most 150 steps of one 64 px latent",
     "cfg_step": "one step of the session's stored trace, no UNet call",
     "lora_unload": "no model call", "switch_model": "a registry model load (off on a Space)",
+    "attention_maps": "a /generate's form (GenerationRequest.from_form), one image: at most a /generate",
+    "compare_weights": "3 runs of the session's recorded attention settings (server-side state, one image): "
+                       "3 x 150 steps x 2 calls x 2 branches = 1800 calls at most",
 }
 
 
