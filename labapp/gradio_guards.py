@@ -106,6 +106,87 @@ def checked_example_index() -> None:
     cls.preprocess = preprocess
 
 
+# What each data model takes, for the refusal of a payload of the wrong shape (issue 30, item 15).
+UPLOADED_FILE = ('a file uploaded to this app, sent as {"path": <what /gradio_api/upload returned>, '
+                 '"meta": {"_type": "gradio.FileData"}} (gradio_client.handle_file sends this)')
+PAYLOAD_ALLOWED = {
+    "FileData": UPLOADED_FILE + "; data: URLs and bare strings are not taken here",
+    "ImageData": ('an image: an uploaded file {"path": <what /gradio_api/upload returned>, "meta": '
+                  '{"_type": "gradio.FileData"}} or an inline {"url": "data:image/png;base64,..."}'),
+    "EditorData": ('an ImageEditor value {"background": ..., "layers": [...], "composite": ...} whose images are '
+                   'uploaded files ({"path": ..., "meta": {"_type": "gradio.FileData"}}) or null'),
+}
+
+
+def _payload_shown(value):
+    """The refused value, shortened; an object by its keys (a path inside is the client's, but the
+    refusals of this app never repeat paths)."""
+    if isinstance(value, dict):
+        return f"<an object with keys {', '.join(sorted(map(str, value))[:8]) or 'none'}>"
+    if isinstance(value, list):
+        return f"<a list of {len(value)} items>"
+    return value
+
+
+def payload_error(field: str, model: str, error):
+    """A pydantic ValidationError of Gradio's data model as one sentence naming the field (the
+    parameter, and the place inside the payload), the value and what is allowed."""
+    from .validation import fail
+
+    first = error.errors(include_url=False)[0]
+    loc = [str(p) for p in first.get("loc", ()) if p != "__root__"]
+    allowed = PAYLOAD_ALLOWED.get(model, f"a {model} object (see /gradio_api/info)")
+    if loc:  # inside the payload: name the place (mask_drawing.layers[0]) and what it takes
+        field += "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in loc)
+        msg = first.get("msg", "")
+        if "'meta' field" in msg or "FileData" in msg:
+            allowed = UPLOADED_FILE
+        else:
+            allowed = msg.replace("Input should be ", "").replace("Value error, ", "") + f" (the whole value: {allowed})"
+    return fail(field, _payload_shown(first.get("input")), allowed)
+
+
+def payloads_checked_by_name() -> None:
+    """Gradio validates each payload against its component's data model (``FileData``, ``ImageData``,
+    ``EditorData``) in ``Blocks.preprocess_data`` before any handler runs, even with
+    ``preprocess=False``, and a wrong shape came back as pydantic's text: " | 1 validation error for
+    FileData ... The 'meta' field must be explicitly provided" (a FileData without ``meta``, a data:
+    URL or a string for a gr.File), "1 validation error for ImageData" (an image given as
+    "/etc/passwd" or 5), "... for EditorData" (a mask_drawing string). The same validation runs here
+    first on the raw payload, and a refusal names the parameter (as /gradio_api/info names it), the
+    value and what the component takes."""
+    from gradio import blocks, components, utils
+    from pydantic import ValidationError
+
+    cls = blocks.Blocks
+    original = getattr(cls.preprocess_data, "unguarded", cls.preprocess_data)
+
+    def name_of(block_fn, index: int, block) -> str:
+        try:
+            return blocks._get_api_parameter_name(block_fn, utils.get_function_params(block_fn.fn), index)
+        except Exception:  # noqa: BLE001 - a name for the message only
+            return str(getattr(block, "label", None) or f"param_{index}")
+
+    async def preprocess_data(self, block_fn, inputs, state, *args, **kwargs):
+        for index, block in enumerate(block_fn.inputs):
+            model = getattr(block, "data_model", None)
+            if not isinstance(block, components.Component) or block.stateful or model is None or index >= len(inputs):
+                continue
+            value = inputs[index]
+            if index in block_fn.component_prop_inputs:
+                value = value.get("value") if isinstance(value, dict) else value
+            if value is None:
+                continue
+            try:
+                model.model_validate(value, context={"validate_meta": True})
+            except ValidationError as error:
+                raise payload_error(name_of(block_fn, index, block), model.__name__, error) from None
+        return await original(self, block_fn, inputs, state, *args, **kwargs)
+
+    preprocess_data.unguarded = original
+    cls.preprocess_data = preprocess_data
+
+
 def install() -> None:
     from . import network, server_limits
 
@@ -113,6 +194,7 @@ def install() -> None:
     network.install_timeouts()  # every Hub call has a timeout (issue 30)
     limit_files_per_upload()
     no_resolved_paths_in_refusals()
+    payloads_checked_by_name()
     checked_example_index()
     refuse_unknown_fn_index()
     drop_echoed_range_headers()
