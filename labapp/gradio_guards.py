@@ -10,6 +10,10 @@
    headers (Cookie, Authorization, ...) were copied into the 206 response. Gradio 6.31.0 is the
    newest release on the package index (checked with ``pip index versions gradio``) and its code
    still does it, so only Content-Disposition and Content-Type are kept here.
+
+Later ones (each function's docstring says why): payload paths repeated as sent, gr.Examples' row
+index checked, a payload of the wrong shape for its component refused by parameter name (not with
+pydantic's text), and no server path in /gradio_api/info's parameter defaults.
 """
 from __future__ import annotations
 
@@ -187,6 +191,37 @@ def payloads_checked_by_name() -> None:
     cls.preprocess_data = preprocess_data
 
 
+def no_server_paths_in_api_info() -> None:
+    """``/gradio_api/info`` (and ``/openapi.json``, the API page, the client's view_api) gave each
+    image parameter's default as the FileData Gradio wrote at build time: ``"path":
+    "/tmp/diffusion-lab-.../<sha>/image.webp"``, the server's temp dir, in the info and in every code
+    snippet (issue 30, item 14). A file default is only usable by a client on this very host (the
+    client uploads the path it is given), so the API now states no file default: each file in a
+    parameter default becomes null (the parameter stays optional; the handler then refuses a missing
+    image by name, and a missing ImageEditor value reads as nothing painted). The page itself is
+    untouched: its defaults come from /config."""
+    from gradio import blocks
+    from gradio_client import utils as client_utils
+
+    cls = blocks.Blocks
+    original = getattr(cls.get_api_info, "unguarded", cls.get_api_info)
+
+    def without_files(value):
+        return client_utils.traverse(value, lambda _file: None, client_utils.is_file_obj_with_meta)
+
+    def get_api_info(self, *args, **kwargs):
+        info = original(self, *args, **kwargs)
+        for endpoints in (info or {}).values():
+            for endpoint in (endpoints.values() if isinstance(endpoints, dict) else ()):
+                for parameter in (endpoint.get("parameters", ()) if isinstance(endpoint, dict) else ()):
+                    if parameter.get("parameter_default") is not None:
+                        parameter["parameter_default"] = without_files(parameter["parameter_default"])
+        return info
+
+    get_api_info.unguarded = original
+    cls.get_api_info = get_api_info
+
+
 def install() -> None:
     from . import network, server_limits
 
@@ -195,6 +230,7 @@ def install() -> None:
     limit_files_per_upload()
     no_resolved_paths_in_refusals()
     payloads_checked_by_name()
+    no_server_paths_in_api_info()
     checked_example_index()
     refuse_unknown_fn_index()
     drop_echoed_range_headers()

@@ -19,6 +19,11 @@ from testkit.hostile_helpers import (
 )
 
 
+# (the raw-HTTP rows read the event stream, where the message's quotes are JSON-escaped: \\?")
+FILE_RE = r'is not allowed: a file uploaded to this app, sent as \{\\?"path\\?": <what /gradio_api/upload returned>, \\?"meta'
+
+
+
 def named(field: str) -> str:
     return f"error naming `{field}` and its range (our check: events take raw inputs, Gradio's preprocess never runs)"
 
@@ -330,8 +335,9 @@ CASES: list[Case] = [
          "error naming `image`: URLs are never fetched", raw_forward_noise({"url": "http://127.0.0.1:9/x.png"}),
          r"image='http://127\.0\.0\.1:9/x\.png' is not allowed: an uploaded file \(URLs are never fetched"),
     Case("image-path-string", "HTTP /forward_noise", "image = the string '/etc/passwd'",
-         "refused by Gradio's data model (a dict is required), never opened", raw_forward_noise("/etc/passwd"),
-         r"(?i)ImageData|valid dictionary", forbid=r"root:"),
+         "error naming `image`, the value and the shapes taken (was pydantic's \"1 validation error for ImageData\"), never opened",
+         raw_forward_noise("/etc/passwd"), r"image='/etc/passwd' is not allowed: an image: an uploaded file \{\\?\"path",
+         forbid=r"root:|validation error|pydantic"),
     Case("image-data-url", "HTTP /forward_noise", "a small PNG as an inline data: URL (url field)", "works (same checks as an upload)",
          raw_forward_noise({"url": data_url(png_bytes(np.zeros((8, 8, 3), np.uint8)))}), None),
     Case("image-data-url-huge", "HTTP /forward_noise", "a 6.2 MB PNG as a data: URL (skipped max_file_size before)",
@@ -383,13 +389,13 @@ CASES: list[Case] = [
          "refused: not uploaded by a user, never read", raw_data("/lora_inspect", [file_data("/etc/passwd"), ""]),
          r"(not uploaded by a user|file='<path>' is not allowed: a file uploaded to this app)", forbid=r"root:"),
     Case("byo-forged-no-meta", "HTTP /lora_inspect", "FileData without `meta`, path '/etc/passwd'",
-         "refused by Gradio's FileData model (meta required), never read",
-         raw_data("/lora_inspect", [{"path": "/etc/passwd"}, ""]), r"The 'meta' field must be explicitly provided",
-         forbid=r"root:"),
+         "error naming `file` and what is taken (was pydantic's \"1 validation error for FileData ... 'meta' field\"), never read",
+         raw_data("/lora_inspect", [{"path": "/etc/passwd"}, ""]), r"file='<an object with keys path>' " + FILE_RE,
+         forbid=r"root:|passwd|validation error|pydantic"),
     Case("byo-url", "HTTP /lora_inspect", "FileData with `url` = https://evil.example/x.safetensors and no path",
-         "refused, never fetched", raw_data("/lora_inspect", [
+         "error naming `file` (a FileData needs the path the upload returned), never fetched", raw_data("/lora_inspect", [
              {"url": "https://evil.example/x.safetensors", "meta": {"_type": "gradio.FileData"}}, ""]),
-         r"(?i)(is not allowed|validation error|path)", forbid=r"root:"),
+         r"file='<an object with keys meta, url>' " + FILE_RE, forbid=r"root:|validation error"),
     Case("byo-nothing", "API /lora_inspect", "no file and no Hub id", "error naming `file`",
          lambda ctx: outcome(lambda: ctx.client.predict(file=None, hub_id="", api_name="/lora_inspect")),
          r"file=None is not allowed: a \.safetensors LoRA file, or a Hub id"),
@@ -483,12 +489,13 @@ CASES: list[Case] = [
          raw_inpaint(mask_drawing={"background": None, "composite": None, "layers": [file_data("/etc/passwd")]}),
          r"Cannot move /etc/passwd to the gradio cache dir because it was not uploaded by a user", forbid=r"root:"),
     Case("inpaint-layer-no-meta", "HTTP /inpaint", "mask_drawing whose layer is FileData without `meta`",
-         "refused by Gradio's data model (meta required inside EditorData), never opened",
+         "error naming `mask_drawing.layers[0]` and what is taken (was pydantic's EditorData text), never opened",
          raw_inpaint(mask_drawing={"background": None, "composite": None, "layers": [{"path": "/etc/passwd"}]}),
-         r"validation error for EditorData", forbid=r"root:"),
+         r"mask_drawing\.layers\[0\]='<an object with keys path>' " + FILE_RE, forbid=r"root:|passwd|validation error"),
     Case("inpaint-layers-not-a-list", "HTTP /inpaint", "mask_drawing.layers = 'abc'", "error naming `mask_drawing`",
          raw_inpaint(mask_drawing={"background": None, "composite": None, "layers": "abc"}),
-         r"mask_drawing=.* is not allowed|valid list|EditorData"),
+         r"mask_drawing\.layers='abc' is not allowed: a valid list \(the whole value: an ImageEditor value",
+         forbid=r"validation error"),
     Case("inpaint-many-layers", "API /inpaint", "mask_drawing with 9 uploaded layers", "error naming `mask_drawing`: at most 8",
          _many_layers, r"mask_drawing='<list>' is not allowed: an ImageEditor value with at most 8 layers"),
     Case("inpaint-mask-13000-px", "HTTP /inpaint", "mask = a 13000x13000 1-bit PNG as a data: URL",
@@ -506,8 +513,9 @@ CASES: list[Case] = [
     Case("inpaint-method-unet", "HTTP /inpaint", "method='unet' on a 4-channel model", "error naming `method`",
          raw_inpaint(method="unet"), r"method='unet' is not allowed: 'blend' or 'auto'"),
     Case("inpaint-drawing-string", "HTTP /inpaint", "mask=None, mask_drawing = the string '/etc/passwd'",
-         "refused (Gradio's data model or ours), never opened", raw_inpaint(mask=None, mask_drawing="/etc/passwd"),
-         r"mask_drawing|EditorData|valid dictionary", forbid=r"root:"),
+         "error naming `mask_drawing` and the value taken (was pydantic's \"1 validation error for EditorData\"), never opened",
+         raw_inpaint(mask=None, mask_drawing="/etc/passwd"),
+         r"mask_drawing='/etc/passwd' is not allowed: an ImageEditor value \{\\?\"background", forbid=r"root:|validation error"),
     Case("inpaint-works", "HTTP /inpaint", "a 32x32 image and a 32x32 mask as data: URLs", "works",
          raw_inpaint(), None),
     Case("img2img-forged-path", "HTTP /img2img", "image = FileData without `meta`, path '/etc/passwd'",
@@ -525,9 +533,9 @@ CASES: list[Case] = [
          "refused (Gradio's upload check or ours), never read", raw_data("/read_settings", [file_data("/etc/passwd")]),
          r"(not uploaded by a user|file='<path>' is not allowed: a file uploaded to this app)", forbid=r"root:"),
     Case("settings-url", "HTTP /read_settings", "file = FileData with `url` https://evil.example/x.png, no path",
-         "refused, never fetched", raw_data("/read_settings", [
+         "error naming `file` (a FileData needs the path the upload returned), never fetched", raw_data("/read_settings", [
              {"url": "https://evil.example/x.png", "meta": {"_type": "gradio.FileData"}}]),
-         r"(?i)(never fetched|is not allowed|validation error)", forbid=r"root:"),
+         r"file='<an object with keys meta, url>' " + FILE_RE, forbid=r"root:|validation error"),
     Case("settings-png-bomb", "API /read_settings", "a 20000x20000 1-bit PNG (50 kB, 400 MP decoded)",
          "error naming `file` from the header, before decoding", _settings_upload("bomb.png", decompression_bomb_png),
          r"file=.* is not allowed: at most 8192 px per side"),
@@ -872,6 +880,32 @@ CASES += [
     Case("sweep-scales-flood", "API /cfg_sweep", "scales = '1 ' * 1,000,000 (2 MB)",
          "error naming `scales` from the text's length, before splitting (+580 MB before)",
          api("/cfg_sweep", scales="1 " * 1_000_000), r"scales='1 1 1 .*\(2000000 characters\) is not allowed: .*at most 256 characters"),
+    # --- issue 30 item 15: Gradio's data-model refusals (pydantic's text) now name the parameter
+    Case("settings-no-meta", "HTTP /read_settings", "file = FileData without `meta`, path '/etc/passwd'",
+         "error naming `file` and what is taken (was \" | 1 validation error for FileData ... 'meta' field\"), never read",
+         raw_data("/read_settings", [{"path": "/etc/passwd"}]), r"file='<an object with keys path>' " + FILE_RE,
+         forbid=r"root:|passwd|validation error|pydantic"),
+    Case("settings-data-url", "HTTP /read_settings", "file = {url: a data: URL}, no `meta`",
+         "error naming `file`: data: URLs are not taken for a file (was pydantic's FileData text)",
+         raw_data("/read_settings", [{"url": data_url(png_bytes(np.zeros((8, 8, 3), np.uint8)))}]),
+         r"file='<an object with keys url>' " + FILE_RE + r".*data: URLs and bare strings are not taken here",
+         forbid=r"validation error|base64,iVBOR"),
+    Case("settings-string", "HTTP /read_settings", "file = the string '/etc/passwd'",
+         "error naming `file` and the value (was pydantic's FileData text), never read",
+         raw_data("/read_settings", ["/etc/passwd"]), r"file='/etc/passwd' " + FILE_RE, forbid=r"root:|validation error"),
+    Case("lora-inspect-string", "HTTP /lora_inspect", "file = the string 'x.safetensors'",
+         "error naming `file` and the value (was pydantic's FileData text)",
+         raw_data("/lora_inspect", ["x.safetensors", ""]), r"file='x\.safetensors' " + FILE_RE, forbid=r"validation error"),
+    Case("img2img-image-string", "HTTP /img2img", "image = the string '/etc/passwd'",
+         "error naming `image` and the shapes taken (was \" | 1 validation error for ImageData\"), never opened",
+         raw_data("/img2img", ["/etc/passwd", "a", "", 0.5, "DDIM", 2, 3.0, 0]),
+         r"image='/etc/passwd' is not allowed: an image: an uploaded file", forbid=r"root:|validation error"),
+    Case("img2img-image-number", "HTTP /img2img", "image = 5", "error naming `image` and the value (was pydantic's ImageData text)",
+         raw_data("/img2img", [5, "a", "", 0.5, "DDIM", 2, 3.0, 0]),
+         r"image=5 is not allowed: an image: an uploaded file", forbid=r"validation error"),
+    Case("inpaint-drawing-number", "HTTP /inpaint", "mask=None, mask_drawing = 5",
+         "error naming `mask_drawing` and the value (was pydantic's EditorData text)", raw_inpaint(mask=None, mask_drawing=5),
+         r"mask_drawing=5 is not allowed: an ImageEditor value", forbid=r"validation error"),
 ]
 
 

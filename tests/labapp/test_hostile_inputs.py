@@ -76,6 +76,63 @@ def test_hostile_input(ctx, case: Case):
     assert "Traceback" not in message, f"{case.id}: a traceback reached the client:\n{message[:1500]}"
     if case.forbid:
         assert not re.search(case.forbid, message), f"{case.id}: the error shows {case.forbid!r}:\n{message[:1500]}"
+    if case.where.split()[0] in SERVED:  # what a remote client reads: no path of this machine (issue 30, item 14)
+        for path in _server_paths():
+            assert path not in message, f"{case.id}: the error shows the server path {path!r}:\n{message[:1500]}"
+
+
+SERVED = ("API", "HTTP", "page", "queue:")
+
+
+def _server_paths() -> list[str]:
+    """The absolute paths of this machine a client must never read: the repository and the app's temp dir."""
+    paths = {ROOT, os.path.realpath(ROOT)}
+    if os.environ.get("GRADIO_TEMP_DIR"):
+        paths |= {os.environ["GRADIO_TEMP_DIR"], os.path.realpath(os.environ["GRADIO_TEMP_DIR"])}
+    return sorted(paths)
+
+
+def test_api_info_shows_no_server_path(ctx):
+    """/gradio_api/info (and the client's view of it) gave every image parameter's default as the
+    FileData Gradio wrote at build time, the server's temp dir in its path and in each code snippet
+    (issue 30, item 14): no absolute path of this machine appears there now."""
+    import httpx
+
+    assert os.environ.get("GRADIO_TEMP_DIR")  # the app's own temp dir (labapp/uploads.use_own_temp_dir)
+    for route in ("gradio_api/info", "gradio_api/info?all_endpoints=true", "gradio_api/openapi.json"):
+        response = httpx.get(f"{ctx.url}{route}", timeout=60)
+        assert response.status_code == 200, (route, response.status_code)
+        for path in _server_paths():
+            assert path not in response.text, f"{route} shows {path!r}"
+    api = ctx.client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    inpaint = {p["parameter_name"]: p for p in api["/inpaint"]["parameters"]}
+    assert inpaint["image"]["parameter_has_default"] and inpaint["image"]["parameter_default"] is None
+    assert inpaint["mask_drawing"]["parameter_default"] == {"background": None, "layers": [], "composite": None, "id": None}
+
+
+def test_payload_shape_refusals_name_the_parameter(ctx):
+    """Gradio's data-model refusals (pydantic's " | 1 validation error for FileData/ImageData/
+    EditorData") are one sentence naming the parameter, through gradio_client too; a proper upload
+    still passes the guard."""
+    import numpy as np
+    from gradio_client import handle_file
+
+    from testkit.hostile_helpers import png_bytes
+
+    path = os.path.join(ctx.tmp, "shape-ok.png")
+    with open(path, "wb") as f:
+        f.write(png_bytes(np.full((32, 32, 3), 90, np.uint8)))
+    for api_name, kwargs, expected in (
+            ("/img2img", dict(image=5, prompt="a", strength=0.5, steps=2), r"image=5 is not allowed: an image"),
+            ("/inpaint", dict(image=handle_file(path), mask=None, mask_drawing="abc", steps=2),
+             r"mask_drawing='abc' is not allowed: an ImageEditor value"),
+            ("/lora_inspect", dict(file={"url": "data:application/octet-stream;base64,AAAA"}, hub_id=""),
+             r"file='<an object with keys url>' is not allowed: a file uploaded to this app")):
+        with pytest.raises(Exception, match=expected) as excinfo:
+            ctx.client.predict(**kwargs, api_name=api_name)
+        assert "validation error" not in str(excinfo.value)
+    out = ctx.client.predict(image=handle_file(path), prompt="a", strength=0.5, steps=2, api_name="/img2img")
+    assert "strength 0.5" in out[1], out[1]
 
 
 def test_the_table_is_large_enough():
