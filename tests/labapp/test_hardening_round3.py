@@ -378,3 +378,44 @@ def test_a_stalled_hub_fails_within_its_timeout(black_hole, monkeypatch):
             assert message.startswith(f"Hub LoRA {hub_id!r}: the Hub ({black_hole})") and "\n" not in message
     finally:
         network.install_timeouts()
+
+
+# ------------------------------------------------------------------------------ 11. a session's own Stop and unload
+
+
+class _Session:
+    """What Gradio passes as gr.Request: the handlers read only its session hash."""
+
+    def __init__(self, session_hash: str):
+        self.session_hash = session_hash
+
+
+def test_stop_and_forget_session_act_only_on_the_callers_own_session(engine, tiny_pipe, tmp_path):
+    """Item 11: neither handler takes a session hash as an argument (nothing in the payload names a
+    session); each acts on ``request.session_hash``, the session of the request that runs it. A Stop
+    or an unload from session B leaves session A's run and adapters alone. (That hash is itself
+    client-chosen: see SECURITY.md, "Known gaps".)"""
+    import inspect
+
+    from labapp import generate as gen
+    from labapp import lora_user_ui
+
+    for handler in (gen.request_stop, lora_user_ui.forget_session):
+        assert list(inspect.signature(handler).parameters) == ["request"], handler
+
+    found = lora_user_ui.store(engine)
+    mine = found.add("session-a", _lora(tiny_pipe, tmp_path, 1), {"kind": "upload"}).name
+    lora_user_ui.forget_session(_Session("session-b"))
+    assert found.names("session-a") == [mine]
+
+    outputs = []
+    for out in gen.generate(prompt="a red circle", negative_prompt="", scheduler="DDIM", steps=4, guidance_scale=5.0,
+                            seed=7, preview_every=1, progress=lambda *a, **k: None, request=_Session("session-a")):
+        outputs.append(out)
+        if len(outputs) == 2:
+            gen.request_stop(_Session("session-b"))
+    assert outputs[-1][2] is not None and not outputs[-1][7].stopped, outputs[-1][5]  # A's run finished
+    gen._stops.discard("session-b")
+
+    lora_user_ui.forget_session(_Session("session-a"))
+    assert found.names("session-a") == [] and mine not in engine.blender.adapters

@@ -333,11 +333,11 @@ process in `tests/labapp/test_server_limits.py` (one shared server), the rest in
 | 8 one LRU for all sessions | closed: 2 adapters per session, the fullest session evicted first, "your adapter X was unloaded to make room" | `lora-evicted-named`; `test_other_sessions_cannot_push_out_a_sessions_only_adapter` |
 | 9 number lists amplify memory | closed: the text's length checked before splitting | `sweep-scales-flood`; `test_number_list_floods_are_refused_by_length` |
 | 10 no header/body timeouts | closed: 10 s for a request head, bodies at >= 32 kB/s after 20 s, `Content-Length` over the limit refused unread | `content-length-huge`; `test_slow_headers_are_closed_within_the_header_timeout`, `test_a_trickled_body_is_cut_off` |
-| 11 forget_session / Stop for any session_hash | open: Gradio identifies a session only by the hash the client sends; nothing leaks another's hash | - |
+| 11 forget_session / Stop for any session_hash | bound as far as Gradio allows: neither takes a hash argument, each acts on the session of the request that runs it; that hash is client-chosen and is Gradio's only session identity (its own /cancel and heartbeat routes act on it too), see SECURITY.md | `test_stop_and_forget_session_act_only_on_the_callers_own_session` |
 | 12 LoRA metadata injection | closed: `lora_adapter_metadata` fields checked (no DoRA, rank and alpha ranges, unknown fields refused) | `lora-use-dora`, `lora-alpha-1e30`, `lora-metadata-unknown` |
 | 13 classifier guidance at 64 px | closed: refused up front naming `width`/`height` and the classifier's size | `classifier-other-size` |
-| 14 path disclosure | partly: a relative payload path is refused as sent (`gradio_guards`); `/gradio_api/info` still shows temp-dir paths (Gradio's) | `settings-relative-path` |
-| 15 unclear errors | partly: ASCII digits in settings and blends, A1111 Karras mapped, Hub file named whole, rank and Hub errors one line, lora weight/name types, block weights of 10**400, `/terminal_snr block` NaN/2.9/true, `/read_settings` null, the mask size as sent, `load_example` -1, a NaN slot weight; the pydantic FileData/ImageData messages remain | `settings-steps-*`, `settings-a1111-euler-a-karras`, `lora-hub-pickle-name`, `settings-lora-*`, `lora-weight-arabic-digit`, `lora-block-weight-huge`, `terminal-snr-block-*`, `inpaint-mask-white-64`, `example-index-negative`, `lora-slot-weight-nan` |
+| 14 path disclosure | closed for the API description and the errors: `/gradio_api/info` states no file default (it showed the temp dir), a relative payload path is refused as sent; every served row's error is checked for the repo and temp dir paths. File URLs (outputs, /config) still carry the temp dir: Gradio addresses files by path | `settings-relative-path`; `test_api_info_shows_no_server_path` |
+| 15 unclear errors | partly: ASCII digits in settings and blends, A1111 Karras mapped, Hub file named whole, rank and Hub errors one line, lora weight/name types, block weights of 10**400, `/terminal_snr block` NaN/2.9/true, `/read_settings` null, the mask size as sent, `load_example` -1, a NaN slot weight, and Gradio's data-model refusals (FileData without `meta`, a data: URL or a string for a file; a string or number for an image or ImageEditor value) named by parameter | `settings-steps-*`, `settings-a1111-euler-a-karras`, `lora-hub-pickle-name`, `settings-lora-*`, `lora-weight-arabic-digit`, `lora-block-weight-huge`, `terminal-snr-block-*`, `inpaint-mask-white-64`, `example-index-negative`, `lora-slot-weight-nan`, `settings-no-meta`, `settings-data-url`, `settings-string`, `lora-inspect-string`, `img2img-image-*`, `inpaint-drawing-*`, `inpaint-layer*`, `byo-forged-no-meta`; `test_payload_shape_refusals_name_the_parameter` |
 
 ## Open (strict xfail in the test: they pass once fixed, and then the xfail must go)
 
@@ -348,8 +348,9 @@ process in `tests/labapp/test_server_limits.py` (one shared server), the rest in
 - A FileData payload *with* `meta` naming a file outside the upload folder is refused by Gradio
   before our code runs, echoing the path the client sent ("Cannot move /etc/passwd to the gradio
   cache dir because it was not uploaded by a user."); it tells nothing about the server's files.
-- A bare string where the image belongs is refused by Gradio's data model (`ImageData`), also before
-  our code, with pydantic's wording.
+- Gradio addresses every file it serves by its absolute path (`/gradio_api/file=/tmp/diffusion-lab-.../<sha>/x.png`):
+  each output image and the page's default images in `/config` show the app's temp dir (a random
+  `mkdtemp` name under the system temp dir).
 - `/gradio_api/file=` answers a `Range` request with some request headers copied into the 206
   response (Gradio; see SECURITY.md, "Known gaps").
 """
