@@ -14,18 +14,16 @@ import copy
 import os
 import platform
 import statistics
-import sys
 import time
 
 import torch
 
+from diffusers import StableDiffusionImg2ImgPipeline
+
+from pipelines.img2img import img2img
+from pipelines.models import EMBEDDED_MODEL, load_pipeline
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from diffusers import StableDiffusionImg2ImgPipeline  # noqa: E402
-
-from pipelines.img2img import img2img  # noqa: E402
-from pipelines.models import EMBEDDED_MODEL, load_pipeline  # noqa: E402
 
 STRENGTHS = (0.25, 0.5, 0.75, 1.0)
 PROMPT = "a large blue circle in the top left"

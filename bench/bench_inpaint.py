@@ -14,20 +14,18 @@ import copy
 import os
 import platform
 import statistics
-import sys
 import time
 
 import numpy as np
 import torch
 
+from diffusers import StableDiffusionInpaintPipeline, UNet2DConditionModel
+
+from pipelines import TracingStableDiffusionPipeline
+from pipelines.inpaint import inpaint
+from pipelines.models import EMBEDDED_MODEL, load_pipeline
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from diffusers import StableDiffusionInpaintPipeline, UNet2DConditionModel  # noqa: E402
-
-from pipelines import TracingStableDiffusionPipeline  # noqa: E402
-from pipelines.inpaint import inpaint  # noqa: E402
-from pipelines.models import EMBEDDED_MODEL, load_pipeline  # noqa: E402
 
 PROMPT = "a large blue square in the top left"
 

@@ -34,12 +34,11 @@ import time
 
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from bench.report import machine, update_section
+from pipelines import TracingStableDiffusionPipeline
+from pipelines.lora import Blend, LoraBlender
 
-from bench.report import machine, update_section  # noqa: E402
-from pipelines import TracingStableDiffusionPipeline  # noqa: E402
-from pipelines.lora import Blend, LoraBlender  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SECTION = "Multi-LoRA blending"
 EMBEDDED = os.path.join(ROOT, "models", "tiny-shapes")

@@ -48,7 +48,7 @@ def free_port() -> int:
 
 
 def start_server(root: str, port: int) -> subprocess.Popen:
-    code = (f"import sys, torch; sys.path.insert(0, {root!r}); torch.set_num_threads(1); import app; "
+    code = ("import torch; torch.set_num_threads(1); import app; "
             f"app.main(['--port', '{port}', '--model', 'tiny-shapes'])")
     env = dict(os.environ, OMP_NUM_THREADS="1", GRADIO_ANALYTICS_ENABLED="False")
     env.pop("GRADIO_TEMP_DIR", None)

@@ -20,18 +20,16 @@ import argparse
 import os
 import platform
 import statistics
-import sys
 import time
 
 import torch
 
+from diffusers import StableDiffusionPipeline
+
+from pipelines import TracingStableDiffusionPipeline
+from testkit.components import midsize_components, sd15_components
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from diffusers import StableDiffusionPipeline  # noqa: E402
-
-from pipelines import TracingStableDiffusionPipeline  # noqa: E402
-from testkit.components import midsize_components, sd15_components  # noqa: E402
 
 PROMPT = "a red circle"
 

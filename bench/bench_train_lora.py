@@ -20,15 +20,13 @@ import subprocess
 import sys
 import tempfile
 
+import numpy as np
+import torch
+from PIL import Image
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
 
 
 
@@ -60,7 +58,7 @@ def save_sd15_random(folder: str) -> str:
 
 def run_variant(model: str, data: str, out: str, common: list[str], extra: list[str]) -> dict:
     """One training run in its own process (clean accelerate state; logs captured, shown on failure)."""
-    cmd = [sys.executable, os.path.join(ROOT, "train", "train_lora.py"), "--pretrained_model_name_or_path", model,
+    cmd = [sys.executable, "-m", "train.train_lora", "--pretrained_model_name_or_path", model,
            "--train_data_dir", data, "--output_dir", out, "--report_to", "none", "--seed", "0",
            "--checkpointing_steps", "100000", *common, *extra]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)

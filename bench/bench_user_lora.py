@@ -21,19 +21,17 @@ import ctypes
 import gc
 import os
 import statistics
-import sys
 import tempfile
 import time
 
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from bench.bench_lora import PRESET_TARGETS, mid_size_pipeline
+from bench.report import machine, update_section
+from pipelines.lora import Blend, LoraBlender
+from pipelines.lora.user_store import UserAdapterStore
 
-from bench.bench_lora import PRESET_TARGETS, mid_size_pipeline  # noqa: E402
-from bench.report import machine, update_section  # noqa: E402
-from pipelines.lora import Blend, LoraBlender  # noqa: E402
-from pipelines.lora.user_store import UserAdapterStore  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SECTION = "Bring your own LoRA"
 # the reading of the last run on the 2-core machine (edit when the figures say otherwise)

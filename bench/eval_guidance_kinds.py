@@ -19,12 +19,11 @@ import sys
 
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from bench.report import machine, update_section
+from shapesworld.evaluate import eval_cases
+from pipelines.guidance_eval import mean_adherence, run_kind
 
-from bench.report import machine, update_section  # noqa: E402
-from shapesworld.evaluate import eval_cases  # noqa: E402
-from shapesworld.guidance_eval import mean_adherence, run_kind  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SECTION = "Classifier guidance vs classifier-free guidance"
 

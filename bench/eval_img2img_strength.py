@@ -14,19 +14,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 import numpy as np
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from bench.report import machine, update_section
+from pipelines.img2img import img2img
+from pipelines.models import EMBEDDED_MODEL, load_pipeline
+from shapesworld import sample, score_image
+from shapesworld.world import COLOR_NAMES, caption_for
 
-from bench.report import machine, update_section  # noqa: E402
-from pipelines.img2img import img2img  # noqa: E402
-from pipelines.models import EMBEDDED_MODEL, load_pipeline  # noqa: E402
-from shapesworld import sample, score_image  # noqa: E402
-from shapesworld.world import COLOR_NAMES, caption_for  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 STRENGTHS = tuple(round(0.1 * i, 1) for i in range(1, 11))
 PLOT = os.path.join(ROOT, "docs", "img2img_strength.png")

@@ -13,18 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.report import machine, update_section  # noqa: E402
-from shapesworld import score_image  # noqa: E402
-from shapesworld.evaluate import eval_cases, generate  # noqa: E402
+from bench.report import machine, update_section
+from shapesworld import score_image
+from shapesworld.evaluate import eval_cases, generate
 
 PAIRS = (("outline", "night"), ("outline", "pastel"), ("night", "pastel"))
 WEIGHTS = tuple(round(0.1 * i, 1) for i in range(11))

@@ -20,19 +20,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 import numpy as np
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from bench.report import machine, update_section
+from pipelines.forward import encode_image, terminal_alpha_bars
+from pipelines.models import EMBEDDED_MODEL, load_pipeline
+from shapesworld import sample
+from shapesworld.evaluate import eval_cases
 
-from bench.report import machine, update_section  # noqa: E402
-from pipelines.forward import encode_image, terminal_alpha_bars  # noqa: E402
-from pipelines.models import EMBEDDED_MODEL, load_pipeline  # noqa: E402
-from shapesworld import sample  # noqa: E402
-from shapesworld.evaluate import eval_cases  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 DELTAS = (-1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0)
 

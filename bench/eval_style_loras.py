@@ -17,15 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.report import machine, update_section  # noqa: E402
-from shapesworld import score_image  # noqa: E402
-from shapesworld.evaluate import eval_cases, generate  # noqa: E402
+from bench.report import machine, update_section
+from shapesworld import score_image
+from shapesworld.evaluate import eval_cases, generate
 
 STYLES = ("outline", "night", "pastel")
 

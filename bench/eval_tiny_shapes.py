@@ -12,16 +12,14 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.report import machine, update_section  # noqa: E402
-from shapesworld.evaluate import empty_prompt_colors, evaluate_adherence  # noqa: E402
+from bench.report import machine, update_section
+from shapesworld.evaluate import empty_prompt_colors, evaluate_adherence
 
 
 def main():

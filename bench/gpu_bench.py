@@ -31,12 +31,10 @@ import tempfile
 import time
 from contextlib import contextmanager
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import torch
 
-import torch  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 SECTION = "GPU"
 PROMPT = "a photo of a red circle on a light background"
@@ -218,7 +216,7 @@ def bench_training(components, size, batch, steps, device, dtype) -> dict:
         loss = step(i + 1)
     sync(device)
     seconds = (time.perf_counter() - started) / steps
-    del unet, optimizer
+    unet = optimizer = None  # frees them (step() holds them) before the next phase measures memory
     return {"seconds_per_step": seconds, "steps_per_second": 1 / seconds, "samples_per_second": batch / seconds,
             "batch": batch, "resolution": size, "lora_params": sum(p.numel() for p in params),
             "final_loss_finite": bool(torch.isfinite(loss).item())}

@@ -499,9 +499,9 @@ def _kind_duration(kind, prompts, *args, steps: int = 25, **kwargs) -> int:
 def measure_guidance_kind(kind: str, prompts: list[str], seeds: list[int], targets=None, mentioned=None, *,
                           cfg_scale: float = 1.0, classifier_scale: float = 0.0, steps: int = 25,
                           scheduler: str | None = None, record: str = "off"):
-    """shapesworld.guidance_eval.run_kind on the loaded model, no LoRA (issue 15): images, adherence,
+    """pipelines.guidance_eval.run_kind on the loaded model, no LoRA (issue 15): images, adherence,
     counted model calls and seconds per image of one guidance kind."""
-    from shapesworld.guidance_eval import run_kind
+    from pipelines.guidance_eval import run_kind
 
     with current().pipeline(None) as pipe:
         return run_kind(pipe, prompts, seeds, targets, mentioned, kind, cfg_scale=cfg_scale,

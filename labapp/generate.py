@@ -12,7 +12,7 @@ from pipelines.guidance import DEFAULT_CLASSIFIER_SCALE  # noqa: F401  (app.py: 
 from pipelines.lora.settings import WEIGHT_RANGE as LORA_WEIGHT_RANGE  # noqa: F401  (app.py: the mixer's sliders)
 from pipelines.previews import PREVIEW_DECODERS
 from pipelines.record import TracingPipelineOutput
-from pipelines.request import (CLASSIFIER_SCALE_RANGE, GUIDANCE_RANGE, MAX_IMAGES, MAX_STEPS,  # noqa: F401
+from pipelines.request import (CLASSIFIER_SCALE_RANGE, GUIDANCE_RANGE, MAX_IMAGES, MAX_STEPS,  # noqa: F401  (re-exported: app.py and labapp read the ranges here)
                                SPACINGS, GenerationRequest, image_seeds)
 
 from . import engine as eng

@@ -2,7 +2,7 @@
 
 Same prompt and seed under classifier guidance (CG, the UNet sees only the empty prompt), CFG and
 CG+CFG; adherence curves over shapes-world prompts (the scorer); UNet and classifier calls and
-seconds per image (counted by shapesworld.guidance_eval); per step, the classifier's probability
+seconds per image (counted by pipelines.guidance_eval); per step, the classifier's probability
 of the prompt's attributes; the classifier gradient next to |eps_c - eps_u| at one step.
 The runs go through engine.measure_guidance_kind (the app's one door to the pipeline).
 """
@@ -161,7 +161,7 @@ def compare_guidance_kinds(prompt="a red circle", seed=0, steps=25, scheduler="D
     adherence_fig = None
     if engine.is_embedded and n_prompts > 0:
         from shapesworld import full_caption, sample
-        from shapesworld.guidance_eval import mean_adherence
+        from pipelines.guidance_eval import mean_adherence
 
         samples = [sample(ADHERENCE_SEED + i, empty_prob=0.0) for i in range(n_prompts)]
         batch = dict(prompts=[full_caption(x.attributes) for x in samples], seeds=[seed + i for i in range(n_prompts)],

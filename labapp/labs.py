@@ -15,7 +15,7 @@ from . import engine as eng
 from . import lora_user_ui, plots
 from . import validation as check
 from .generate import GUIDANCE_RANGE, MAX_STEPS, build_request
-from .images import center_square, crop_view, pil_to_tensor, strip, tensor_to_pil, upscale
+from .images import center_square, crop_view, pil_to_tensor, tensor_to_pil, upscale
 from .uploads import read_image
 
 GRID_SIZE = 192

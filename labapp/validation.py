@@ -18,7 +18,7 @@ import inspect
 import gradio as gr
 
 from pipelines import fields
-from pipelines.fields import MAX_LIST_ITEMS, MAX_LORA_CHARS, MAX_PROMPT_CHARS, MAX_SEED, FieldError, bound  # noqa: F401
+from pipelines.fields import MAX_LIST_ITEMS, MAX_LORA_CHARS, MAX_PROMPT_CHARS, MAX_SEED, FieldError, bound  # noqa: F401  (re-exported: the handlers check fields through validation)
 
 TITLE_INPUT, TITLE_SETTINGS = "Invalid input", "Invalid settings"
 

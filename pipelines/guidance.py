@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 # the gradient-guidance formulas live in guidance_gradient.py; re-exported here (one import for every method)
-from .guidance_gradient import (GradientGuide, classifier_gradient, classifier_guided_eps,  # noqa: F401
+from .guidance_gradient import (GradientGuide, classifier_gradient, classifier_guided_eps,  # noqa: F401  (re-exported, see the comment above)
                                 output_shift_from_eps)
 
 # need a noise-aware classifier (pipelines/classifier.py) or a CLIP guide (guidance_gradient.ClipGuide)

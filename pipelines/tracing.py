@@ -203,7 +203,7 @@ class TracingStableDiffusionPipeline(StableDiffusionPipeline):
         guidance_rescale: float = 0.0,
         clip_skip: int | None = None,
         callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
-        callback_on_step_end_tensor_inputs: list[str] = ["latents"],  # noqa: B006 (stock's default)
+        callback_on_step_end_tensor_inputs: list[str] = ["latents"],  # stock's default (never mutated)
         *,
         scheduler: str | None = None,
         scheduler_options: dict | None = None,

@@ -1,17 +1,15 @@
 """The one chromium launcher of the tests: Debian's chromium driven by Playwright (python), headless,
-in a throwaway profile. Never `playwright install` (it downloads a browser).
+in fresh contexts of one chromium per session. Never `playwright install` (it downloads a browser).
 
-``require_chromium()`` is what a browser test module calls first: locally a missing chromium or
-playwright skips the module with the reason; in CI (env CI=true) it fails with one clear line, so
-a broken install cannot turn the browser tier into a row of skips.
+``require_chromium()`` runs before the browser tier's first test (tests/labapp/browser/conftest.py):
+locally a missing chromium or playwright skips the tier with the reason; in CI (env CI=true) it
+fails with one clear line, so a broken install cannot turn the browser tier into a row of skips.
 """
 from __future__ import annotations
 
 import contextlib
 import importlib.util
 import os
-import shutil
-import tempfile
 
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 # Without the background-networking flags chromium floods a closed network with retries.
@@ -33,37 +31,52 @@ def in_ci() -> bool:
 
 
 def require_chromium() -> None:
-    """Skip (locally) or fail (CI) the calling module when chromium or playwright is missing."""
+    """Skip (locally) or fail (CI) the calling test when chromium or playwright is missing."""
     import pytest
 
     reason = missing()
     if reason is None:
         return
     if in_ci():
-        pytest.fail(f"browser tier cannot run in CI: {reason}", pytrace=False)
-    pytest.skip(reason, allow_module_level=True)
+        pytest.fail(f"the browser tier cannot run in CI (CI=true): {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+_browser = None  # the session's one chromium (shared_chromium)
+
+
+@contextlib.contextmanager
+def shared_chromium():
+    """One chromium process for the whole test session (tests/labapp/browser/conftest.py); every
+    ``chromium()`` context opened meanwhile is a fresh, isolated context of it."""
+    global _browser
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        _browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        try:
+            yield _browser
+        finally:
+            _browser.close()
+            _browser = None
 
 
 @contextlib.contextmanager
 def chromium(width: int = 1400, height: int = 1000):
-    """Debian's chromium through Playwright, headless, in a throwaway profile; yields the browser
-    context (the screenshot folder exists)."""
-    from playwright.sync_api import sync_playwright
-
+    """A fresh browser context (own cookies and storage) of the shared chromium, or of a chromium of
+    its own outside a test session; yields the context (the screenshot folder exists)."""
     from testkit.paths import ARTIFACTS
 
     os.makedirs(ARTIFACTS, exist_ok=True)
-    profile = tempfile.mkdtemp(prefix="chromium-profile-")
+    if _browser is None:
+        with shared_chromium(), chromium(width, height) as context:
+            yield context
+        return
+    context = _browser.new_context(viewport={"width": width, "height": height})
     try:
-        with sync_playwright() as p:
-            context = p.chromium.launch_persistent_context(profile, executable_path=CHROMIUM, args=FLAGS,
-                                                           headless=True, viewport={"width": width, "height": height})
-            try:
-                yield context
-            finally:
-                context.close()
+        yield context
     finally:
-        shutil.rmtree(profile, ignore_errors=True)
+        context.close()
 
 
 def shot(page, name: str) -> None:

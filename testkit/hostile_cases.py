@@ -9,8 +9,9 @@ import uuid
 
 import numpy as np
 
+from testkit.paths import ROOT
 from testkit.hostile_helpers import (
-    COMPARE_DEFAULTS, Case, ROOT, _fifo, api, api_image,
+    COMPARE_DEFAULTS, Case, _fifo, api, api_image,
     bad_fn_index, build, call, data_url, decompression_bomb_png, file_data,
     forged, http_get, in_temp_dir, lora_file, lora_file_mismatched,
     lora_file_truncated, noise_png, outcome, pipe_call, png_bytes, preset_entry,

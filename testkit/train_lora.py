@@ -13,7 +13,9 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from testkit.paths import ROOT
-SCRIPT = os.path.join(ROOT, "train", "train_lora.py")
+# Run as a module from the repository root (cwd), so the packages import with or without an install.
+MODULE = "train.train_lora"
+TRAIN_LORA = [sys.executable, "-m", MODULE]
 TOKEN = "hf_TESTtoken0123456789secret"
 
 # One config shared by the reference run and the killed/resumed runs. 10 images at batch 2 and
@@ -32,7 +34,7 @@ TRAIN_ARGS = [
 
 
 def run_train(args, env, timeout=300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, SCRIPT, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+    return subprocess.run([*TRAIN_LORA, *args], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=timeout)
 
 

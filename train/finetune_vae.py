@@ -44,12 +44,11 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from shapesworld import score_image  # noqa: E402
-from shapesworld.world import STYLES, images_array, style_parts  # noqa: E402
-from train.common import warmup_cosine  # noqa: E402
-from train.train_base import to_model_space  # noqa: E402
+from shapesworld import score_image
+from shapesworld.world import STYLES, images_array, style_parts
+from train.common import warmup_cosine
+from train.train_base import to_model_space
 
 KINDS = (None,) + STYLES
 
@@ -207,7 +206,9 @@ def main(argv=None):
             loss = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step(); sched.step(); opt.zero_grad(set_to_none=True)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
         if step % 20 == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}")
         if (step + 1) % args.checkpointing_steps == 0 or step + 1 == args.steps:

@@ -8,17 +8,15 @@ decoder reads.
 """
 import argparse
 import os
-import sys
 
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from diffusers import AutoencoderKL  # noqa: E402
+from diffusers import AutoencoderKL
 
-from pipelines.previews import fit_linear_factors, save_linear_factors  # noqa: E402
-from shapesworld import STYLES, images_array  # noqa: E402
+from pipelines.previews import fit_linear_factors, save_linear_factors
+from shapesworld import STYLES, images_array
 
 
 def main():

@@ -162,7 +162,7 @@ def push_output_folder(output_dir: str, repo_id: str, token: str | None, private
         upload_folder(repo_id=repo.repo_id, folder_path=output_dir, commit_message="End of training",
                       ignore_patterns=HUB_IGNORE_PATTERNS, token=token)
         return repo.repo_id
-    except Exception as err:  # noqa: BLE001 - any failure must keep local files and explain itself
+    except Exception as err:  # broad on purpose: any failure must keep local files and explain itself
         detail = redact(f"{type(err).__name__}: {err}", known_tokens(token))  # HF_TOKEN and the login too
         raise HubPushError(
             f"--push_to_hub failed for --hub_model_id={repo_id!r} at {constants.ENDPOINT} ({detail}). "

@@ -29,7 +29,7 @@ def known_tokens(*explicit: str | None) -> list[str]:
         from huggingface_hub import get_token
 
         saved = get_token()
-    except Exception:  # noqa: BLE001 - no hub, unreadable file: nothing more to hide
+    except Exception:  # broad on purpose: no hub, unreadable file: nothing more to hide
         saved = None
     if saved:
         tokens.append(saved)
@@ -54,7 +54,7 @@ class RedactingFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         try:
             message = record.getMessage()
-        except Exception:  # noqa: BLE001 - a malformed record is logging's problem, not ours
+        except Exception:  # broad on purpose: a malformed record is logging's problem, not ours
             return True
         record.msg, record.args = redact(message, self.tokens), None
         if record.exc_info and record.exc_info[1] is not None:

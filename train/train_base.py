@@ -37,15 +37,14 @@ from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration
 from tqdm.auto import tqdm
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel  # noqa: E402
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer  # noqa: E402
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from shapesworld import STYLES, VOCABULARY, images_array  # noqa: E402
-from shapesworld.tokenizer import build_clip_tokenizer_files  # noqa: E402
-from train.common import finish_process, resume_step, warmup_cosine  # noqa: E402
-from train.lora_checkpoints import latest_checkpoint, remove_stale_partials, save_checkpoint  # noqa: E402
+from shapesworld import STYLES, VOCABULARY, images_array
+from shapesworld.tokenizer import build_clip_tokenizer_files
+from train.common import finish_process, resume_step, warmup_cosine
+from train.lora_checkpoints import latest_checkpoint, remove_stale_partials, save_checkpoint
 
 MAX_TOKENS = 32  # longest shapes caption + a LoRA trigger phrase is ~14 tokens
 
@@ -207,7 +206,9 @@ def train_vae(args, accelerator: Accelerator, images: torch.Tensor) -> Autoencod
         loss = mse + 1e-4 * kl  # a light KL keeps the latent near N(0, I) without blurring
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step(); sched.step(); opt.zero_grad(set_to_none=True)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
         if step % 20 == 0:
             accelerator.log({"vae/mse": mse.item(), "vae/kl": kl.item(), "vae/lr": sched.get_last_lr()[0]}, step=step)
             bar.set_postfix(mse=f"{mse.item():.4f}")
@@ -261,7 +262,9 @@ def finetune_decoder_on_styles(args, accelerator: Accelerator, vae: AutoencoderK
         loss = F.mse_loss(vae.decode(z).sample, x)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step(); sched.step(); opt.zero_grad(set_to_none=True)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
         if step % 20 == 0:
             accelerator.log({"decoder/mse": loss.item()}, step=step)
             bar.set_postfix(mse=f"{loss.item():.4f}")
@@ -284,7 +287,8 @@ def encode_dataset(vae: AutoencoderKL, images: torch.Tensor, cache: str) -> tupl
     means, stds = [], []
     for i in tqdm(range(0, len(images), 500), desc="encode", leave=False):
         post = vae.encode(to_model_space(images[i:i + 500])).latent_dist
-        means.append(post.mean); stds.append(post.std)
+        means.append(post.mean)
+        stds.append(post.std)
     mean, std = torch.cat(means), torch.cat(stds)
     torch.save({"mean": mean, "std": std}, cache + ".tmp")
     os.replace(cache + ".tmp", cache)
@@ -332,7 +336,9 @@ def train_unet(args, accelerator: Accelerator, vae: AutoencoderKL, images, capti
         loss = F.mse_loss(pred, target)
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(params, 1.0)
-        opt.step(); sched.step(); opt.zero_grad(set_to_none=True)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
         ema.update(params)
         if step % 20 == 0:
             accelerator.log({"unet/loss": loss.item(), "unet/lr": sched.get_last_lr()[0]}, step=step)

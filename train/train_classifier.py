@@ -28,18 +28,13 @@ import os
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:  # `python train/train_classifier.py` puts train/ first, not the repo root
-    sys.path.insert(0, ROOT)
+import torch
+import torch.nn.functional as F
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from pipelines.classifier import HEADS, NoiseAwareClassifier, save_classifier  # noqa: E402
-from train.common import finish_process, resume_step, warmup_cosine  # noqa: E402
-from train.lora_checkpoints import latest_checkpoint, read_marker, remove_stale_partials, save_checkpoint  # noqa: E402
-from train.lora_data import keyed_generator  # noqa: E402
+from pipelines.classifier import HEADS, NoiseAwareClassifier, save_classifier
+from train.common import finish_process, resume_step, warmup_cosine
+from train.lora_checkpoints import latest_checkpoint, read_marker, remove_stale_partials, save_checkpoint
+from train.lora_data import keyed_generator
 
 EVAL_TIMESTEPS = (0, 100, 200, 300, 400, 500, 600, 700, 800, 900, 999)
 EVAL_SEED_BASE = 70_000_000  # held-out renders, far from the training seeds (seed * 1_000_003 + i)

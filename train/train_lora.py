@@ -25,28 +25,24 @@ import os
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:  # `python train/train_lora.py` puts train/ first, not the repo root
-    sys.path.insert(0, ROOT)
+import torch
+import torch.nn.functional as F
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from train.common import finish_process  # noqa: E402
-from train.lora_args import parse_args, public_config  # noqa: E402
-from train.redact import install_log_redaction  # noqa: E402
-from train.lora_checkpoints import (  # noqa: E402
+from train.common import finish_process
+from train.lora_args import parse_args, public_config
+from train.redact import install_log_redaction
+from train.lora_checkpoints import (
     latest_checkpoint, read_marker, register_lora_state_hooks, remove_stale_partials, save_checkpoint,
 )
-from train.lora_data import (  # noqa: E402
+from train.lora_data import (
     EpochShuffleSampler, build_dataset, collate, keyed_generator, render_shapes_dataset,
 )
-from train.lora_optim import (  # noqa: E402
+from train.lora_optim import (
     build_lr_scheduler, build_optimizer, lora_param_groups, min_snr_loss_weights, snr_of_timesteps,
 )
-from train.lora_init import load_initial_lora  # noqa: E402
-from train.lora_partner import PartnerLoRA, partner_batch, partner_step  # noqa: E402
-from train.lora_validation import run_validation  # noqa: E402
+from train.lora_init import load_initial_lora
+from train.lora_partner import PartnerLoRA, partner_batch, partner_step
+from train.lora_validation import run_validation
 
 WEIGHT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 

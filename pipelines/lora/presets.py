@@ -98,8 +98,8 @@ def _parse_entry(raw, index: int, file: Path, scheduler_names: list[str] | None)
 
     source = raw["source"]
     where = {}
-    if not isinstance(source, dict) or not (set(source) in ({"path"}, {"repo", "weight_name"},
-                                                              {"repo", "weight_name", "revision"})):
+    if not isinstance(source, dict) or set(source) not in ({"path"}, {"repo", "weight_name"},
+                                                              {"repo", "weight_name", "revision"}):
         _fail(file, entry, "source", f"must be {{'path': ...}} or {{'repo': ..., 'weight_name': ...}}, got {source!r}")
     try:
         if "path" in source:

@@ -10,11 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-torch = pytest.importorskip("torch")
-gradio_client = pytest.importorskip("gradio_client")
-from gradio_client import Client, handle_file  # noqa: E402
+import torch
+from gradio_client import Client, handle_file
 
-from testkit.app_server import launch, tiny_engine  # noqa: E402
+from testkit.app_server import launch, tiny_engine
 
 STEPS = 4
 BASE = dict(prompt="a red circle", negative_prompt="", scheduler="DDIM", steps=STEPS, guidance_scale=5.0, seed=3)

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-torch = pytest.importorskip("torch")
+import torch
 
-from labapp import engine as eng  # noqa: E402
-from labapp import generate as gen  # noqa: E402
-from labapp import labs, trace_views  # noqa: E402
-from labapp import validation as check  # noqa: E402
-from labapp.metadata import read_settings, with_settings  # noqa: E402
+from labapp import engine as eng
+from labapp import generate as gen
+from labapp import labs, trace_views
+from labapp import validation as check
+from labapp.metadata import read_settings, with_settings
 
 
 def no_progress(*args, **kwargs):

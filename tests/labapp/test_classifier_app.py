@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-torch = pytest.importorskip("torch")
-from gradio_client import Client  # noqa: E402
+import torch
+from gradio_client import Client
 
-from testkit.app_server import launch, tiny_engine  # noqa: E402
+from testkit.app_server import launch, tiny_engine
 
 BASE = dict(negative_prompt="", scheduler="DDIM", steps=6, seed=11, preview_every=0)
 

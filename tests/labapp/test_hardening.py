@@ -46,7 +46,9 @@ def fake_record(step: int, batch: int = 4, side: int = 8, seed: int = 0):
     from pipelines.record import StepRecord
 
     g = torch.Generator().manual_seed(seed + step)
-    t = lambda: torch.randn(batch, 4, side, side, generator=g)  # noqa: E731
+    def t():
+        return torch.randn(batch, 4, side, side, generator=g)
+
     return StepRecord(step=step, num_steps=3, timestep=900.0 - step, sigma=None, alpha_bar=0.5, x_t=t(),
                       eps_uncond=t(), eps_cond=t(), eps_guided=t(), x0_uncond=t(), x0_cond=t(), x0_guided=t(),
                       guidance_scale=5.0, guidance_norm=0.1, model_calls=step + 1)
@@ -182,11 +184,11 @@ def test_every_event_takes_raw_inputs(engine):
 
 def test_the_app_has_its_own_temp_dir():
     """In a fresh process (GRADIO_TEMP_DIR unset): the app sets its own before Gradio writes."""
-    code = ("import os, sys; sys.path.insert(0, %r); os.environ.pop('GRADIO_TEMP_DIR', None)\n"
+    code = ("import os; os.environ.pop('GRADIO_TEMP_DIR', None)\n"
             "import app, tempfile\nfrom testkit.app_server import tiny_engine\n"
             "demo = app.build_demo(tiny_engine())\n"
             "caches = {b.GRADIO_CACHE for b in demo.blocks.values()}\n"
-            "print(os.environ['GRADIO_TEMP_DIR']); print(sorted(caches)); print(oct(os.stat(os.environ['GRADIO_TEMP_DIR']).st_mode & 0o777))\n") % ROOT
+            "print(os.environ['GRADIO_TEMP_DIR']); print(sorted(caches)); print(oct(os.stat(os.environ['GRADIO_TEMP_DIR']).st_mode & 0o777))\n")
     env = {k: v for k, v in os.environ.items() if k != "GRADIO_TEMP_DIR"} | {"OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -226,13 +228,14 @@ def test_push_error_hides_an_hf_token_echoed_by_the_hub(tmp_path):
     server = _echoing_hub()
     token = "hf_ENVonlyTOKEN0123456789abc"
     (tmp_path / "pytorch_lora_weights.safetensors").write_bytes(b"x")
-    code = ("import sys; sys.path.insert(0, %r)\nfrom train.lora_export import push_output_folder, HubPushError\n"
+    code = ("from train.lora_export import push_output_folder, HubPushError\n"
             "try:\n    push_output_folder(%r, 'me/x', None, False)\nexcept HubPushError as e:\n    print('ERR', e)\n"
-            ) % (ROOT, str(tmp_path))
+            ) % str(tmp_path)
     env = dict(os.environ, HF_ENDPOINT=f"http://127.0.0.1:{server.server_address[1]}", HF_TOKEN=token,
                HF_HUB_OFFLINE="0", OMP_NUM_THREADS="1")
     try:
-        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=240)
+        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=240,
+                              cwd=ROOT)
     finally:
         server.shutdown()
     assert "ERR --push_to_hub failed" in proc.stdout and "Bearer ***" in proc.stdout, proc.stdout + proc.stderr[-2000:]

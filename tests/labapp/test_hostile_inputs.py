@@ -21,7 +21,8 @@ import uuid
 import pytest
 
 from testkit.hostile_cases import CASES, KNOWN_FAILURES
-from testkit.hostile_helpers import CFG_SWEEP_DEFAULTS, GENERATE_DEFAULTS, ROOT, Case, Ctx, raw_call, torch_save_bytes
+from testkit.paths import ROOT
+from testkit.hostile_helpers import CFG_SWEEP_DEFAULTS, GENERATE_DEFAULTS, Case, Ctx, raw_call, torch_save_bytes
 
 DOC = os.path.join(ROOT, "docs", "hostile-inputs.md")
 
@@ -272,13 +273,12 @@ def test_hub_push_error_never_contains_the_token(tmp_path):
 
     token = "hf_SECURITYtest0123456789"
     (tmp_path / "pytorch_lora_weights.safetensors").write_bytes(b"x")
-    code = ("import sys; sys.path.insert(0, %r)\n"
-            "from train.lora_export import push_output_folder, HubPushError\n"
+    code = ("from train.lora_export import push_output_folder, HubPushError\n"
             "try:\n    push_output_folder(%r, 'me/x', %r, False)\n"
-            "except HubPushError as e:\n    print('ERR', e)\n") % (ROOT, str(tmp_path), token)
+            "except HubPushError as e:\n    print('ERR', e)\n") % (str(tmp_path), token)
     env = dict(os.environ, HF_ENDPOINT="http://127.0.0.1:9", HF_HUB_OFFLINE="0", HF_HUB_ETAG_TIMEOUT="2",
                HF_HUB_DOWNLOAD_TIMEOUT="2", OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=240)
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=240, cwd=ROOT)
     assert "ERR --push_to_hub failed" in proc.stdout, proc.stdout + proc.stderr[-2000:]
     assert token not in proc.stdout + proc.stderr
     assert (tmp_path / "pytorch_lora_weights.safetensors").exists()

@@ -9,8 +9,7 @@ import PIL.Image
 import pytest
 import torch
 
-gradio_client = pytest.importorskip("gradio_client")
-from gradio_client import handle_file  # noqa: E402
+from gradio_client import handle_file
 
 
 @pytest.fixture(scope="module")

@@ -8,12 +8,12 @@ import gradio as gr
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch
 
-from labapp import engine as eng  # noqa: E402
-from labapp import generate as gen  # noqa: E402
-from labapp import lora_ui, models_ui, plots, trace_views, warmup  # noqa: E402
-from pipelines.lora.presets import available_presets  # noqa: E402
+from labapp import engine as eng
+from labapp import generate as gen
+from labapp import lora_ui, models_ui, plots, trace_views, warmup
+from pipelines.lora.presets import available_presets
 
 
 @pytest.fixture(scope="module")

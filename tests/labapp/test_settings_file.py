@@ -12,13 +12,13 @@ import pytest
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-torch = pytest.importorskip("torch")
+import torch
 
-from labapp import engine as eng  # noqa: E402
-from labapp import settings_file  # noqa: E402
-from labapp.metadata import with_settings  # noqa: E402
-from pipelines.request import GenerationRequest  # noqa: E402
-from testkit.app_server import launch, tiny_engine  # noqa: E402
+from labapp import engine as eng
+from labapp import settings_file
+from labapp.metadata import with_settings
+from pipelines.request import GenerationRequest
+from testkit.app_server import launch, tiny_engine
 
 A1111 = ("a red circle, <lora:x:1>\nsecond line\nNegative prompt: blue, blurry\n"
          "Steps: 7, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 6.5, Seed: 1234, Size: 32x32, "

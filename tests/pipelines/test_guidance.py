@@ -113,7 +113,9 @@ def test_perp_neg():
 
 def test_guider_keeps_apg_state_per_generation():
     config = GuidanceConfig(method="apg", scale=3.0, apg=APGParams(momentum=-0.5, norm_threshold=0.0, eta=0.0))
-    ident = lambda x: x  # noqa: E731  (predictions already denoised)
+    def ident(x):  # predictions already denoised
+        return x
+
     cond, uncond = t([1, 0]), t([0, 1])
     guider = Guider(config, enabled=True)
     # step 0: d = [1, -1]: d_perp = [0, -1] -> [1, -2]; step 1: as in test_apg_momentum -> [1, -1]

@@ -62,7 +62,9 @@ def test_img2img_batch_and_generator_list(components, image):
     ours, ref = _pipes(components, "Euler a")
     kw = dict(prompt=["a red circle", "a blue dog"], num_images_per_prompt=2, num_inference_steps=3,
               guidance_scale=3.0, output_type="np")
-    gens = lambda: [torch.Generator().manual_seed(i) for i in range(4)]  # noqa: E731
+    def gens():
+        return [torch.Generator().manual_seed(i) for i in range(4)]
+
     a = ref(image=image, strength=0.9, generator=gens(), **kw).images
     b = img2img(ours, image, 0.9, generator=gens(), **kw).images
     assert a.shape == b.shape == (4, 16, 16, 3)

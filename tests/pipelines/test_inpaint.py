@@ -73,7 +73,9 @@ def test_inpaint_matches_diffusers(components, components9, image, mask, name, n
 def test_batch_and_generator_list_match_diffusers(components, image, mask):
     ours, ref = _pipes(components, "Euler a")
     kw = {**KW, "prompt": ["a red circle", "a blue dog"], "negative_prompt": None, "num_images_per_prompt": 2}
-    gens = lambda: [torch.Generator().manual_seed(i) for i in range(4)]  # noqa: E731
+    def gens():
+        return [torch.Generator().manual_seed(i) for i in range(4)]
+
     a = ref(image=image, mask_image=mask, strength=1.0, generator=gens(), **kw).images
     b = inpaint(ours, image, mask, 1.0, generator=gens(), **kw).images
     assert a.shape == b.shape == (4, 16, 16, 3)
@@ -105,8 +107,9 @@ def test_nine_channel_unet_sees_mask_and_masked_image(components9, image, mask):
     """A different mask changes the 9-channel UNet's result (the mask channels are used) and the
     known region is not blended (the model has to keep it itself)."""
     ours, _ = _pipes(components9, "DDIM")
-    run = lambda m: inpaint(ours, image, m, 1.0, generator=torch.Generator().manual_seed(0),  # noqa: E731
-                            **{**KW, "output_type": "latent"})
+    def run(m):
+        return inpaint(ours, image, m, 1.0, generator=torch.Generator().manual_seed(0), **{**KW, "output_type": "latent"})
+
     other = PIL.Image.fromarray(np.pad(np.full((8, 8), 255, np.uint8), 4))
     a, b = run(mask), run(other)
     assert not torch.allclose(a.images, b.images)

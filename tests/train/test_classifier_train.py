@@ -11,14 +11,14 @@ from safetensors.torch import load_file
 from testkit.tiny import train_env
 
 from testkit.paths import ROOT
-SCRIPT = os.path.join(ROOT, "train", "train_classifier.py")
+TRAIN_CLASSIFIER = [sys.executable, "-m", "train.train_classifier"]
 TINY = ["--pretrained_model_name_or_path", os.path.join(ROOT, "models", "tiny-shapes"), "--num_samples", "48",
         "--num_eval_samples", "24", "--max_train_steps", "4", "--checkpointing_steps", "2", "--train_batch_size", "8",
         "--channels", "16,16", "--report_to", "none", "--seed", "5", "--threads", "1"]
 
 
 def train(tmp_path, out, *extra):
-    return subprocess.run([sys.executable, SCRIPT, "--output_dir", str(out), *TINY, *extra], cwd=ROOT,
+    return subprocess.run([*TRAIN_CLASSIFIER, "--output_dir", str(out), *TINY, *extra], cwd=ROOT,
                           env=train_env(tmp_path), capture_output=True, text=True, timeout=600)
 
 

@@ -24,12 +24,11 @@ import numpy as np
 import pytest
 
 from testkit.faults import lora_vanish_scenario
+from testkit.paths import ROOT
 from testkit.tiny import save_tiny_model, train_env, write_noise_imagefolder
 
 torch = pytest.importorskip("torch")
-
-from testkit.paths import ROOT
-SCRIPT = os.path.join(ROOT, "train", "train_lora.py")
+TRAIN_LORA = [sys.executable, "-m", "train.train_lora"]
 FAULT_SEED = int(os.environ.get("FAULT_SEED", "20240607"))
 TOKEN = "hf_FAULTtoken0123456789secret"
 STEPS = 8
@@ -90,7 +89,7 @@ def assert_latest_checkpoint_is_valid(out: str, context: str) -> int:
 def kill_run(args, env, out, wait_for, rng, log) -> dict:
     """Start a training process, wait for ``wait_for(out)`` (or the process to end), sleep a seeded
     random delay, SIGKILL it. Returns what happened."""
-    proc = subprocess.Popen([sys.executable, SCRIPT, *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen([*TRAIN_LORA, *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=open(log, "ab"))
     deadline = time.time() + 600
     while proc.poll() is None and not wait_for(out) and time.time() < deadline:
@@ -141,7 +140,7 @@ def kill_and_resume(tiny_model, image_folder, tmp_path, kills: int, seed: int) -
         assert not os.path.exists(os.path.join(out, "pytorch_lora_weights.safetensors")) or not event["killed"] \
             or event["step"] == STEPS, f"kill {i} landed after the export: {event}"
     endpoint = f"http://127.0.0.1:{closed_port()}"
-    final = subprocess.run([sys.executable, SCRIPT, *args, "--resume_from_checkpoint", "latest", "--push_to_hub",
+    final = subprocess.run([*TRAIN_LORA, *args, "--resume_from_checkpoint", "latest", "--push_to_hub",
                             "--hub_model_id", "me/fault-lora", "--hub_token", TOKEN],
                            cwd=ROOT, env=train_env(tmp_path, HF_HUB_OFFLINE="0", HF_ENDPOINT=endpoint,
                                                    HF_HUB_ETAG_TIMEOUT="2"),
@@ -195,7 +194,7 @@ def test_many_kills_end_with_the_uninterrupted_runs_adapter(tiny_model, image_fo
     from safetensors.torch import load_file
 
     reference = str(tmp_path / "reference")
-    ref = subprocess.run([sys.executable, SCRIPT, "--pretrained_model_name_or_path", tiny_model, "--train_data_dir",
+    ref = subprocess.run([*TRAIN_LORA, "--pretrained_model_name_or_path", tiny_model, "--train_data_dir",
                           image_folder, "--output_dir", reference, *TRAIN_ARGS], cwd=ROOT,
                          env=train_env(tmp_path), capture_output=True, text=True, timeout=900)
     assert ref.returncode == 0, ref.stderr[-3000:]

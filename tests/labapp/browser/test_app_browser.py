@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import pytest
 
-from testkit.browser import chromium, require_chromium, shot
+from testkit.browser import chromium, shot
 
 TABS = ["CFG lab", "Scheduler lab", "Timestep explorer", "LoRA mixer"]
 
-require_chromium()
-
+pytestmark = pytest.mark.browser
 
 # Counts every distinct src the preview <img> shows, so fast updates between polls are not missed.
 WATCH_PREVIEWS = """

@@ -14,10 +14,10 @@ import os
 
 import pytest
 
-from testkit.browser import chromium, require_chromium
+from testkit.browser import chromium
 from testkit.paths import ARTIFACTS, ROOT
 
-require_chromium()
+pytestmark = pytest.mark.browser
 
 EMBEDDED = os.path.join(ROOT, "models", "tiny-shapes")
 if not os.path.isfile(os.path.join(EMBEDDED, "model_index.json")):

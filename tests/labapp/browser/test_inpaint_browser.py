@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from testkit.browser import chromium, require_chromium, shot
+from testkit.browser import chromium, shot
 
-require_chromium()
-
-
+pytestmark = pytest.mark.browser
 
 @pytest.fixture(scope="module")
 def page():

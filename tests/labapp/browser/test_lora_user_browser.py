@@ -8,12 +8,10 @@ import re
 
 import pytest
 
-from testkit.browser import chromium, require_chromium
+from testkit.browser import chromium
 from testkit.paths import ARTIFACTS
 
-require_chromium()
-
-
+pytestmark = pytest.mark.browser
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):

@@ -13,7 +13,6 @@ import threading
 import numpy as np
 import pytest
 import torch
-from diffusers import StableDiffusionPipeline
 from peft.tuners.tuners_utils import BaseTunerLayer
 
 from pipelines.lora import AdapterSetting, Blend, LoraBlender, lora_grid

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import builtins
 import io
-import os
 import pickle
 import struct
 
@@ -22,7 +21,7 @@ from testkit.lora_factory import (
     ATTENTION_TARGETS, RESNET_TARGETS, loha_file, many_tiny_tensors, random_lora, raw_safetensors,
     save_diffusers_lora, save_kohya_lora, sdxl_like_kohya, write_safetensors,
 )
-from testkit.stock_pipe import CALL, PROMPT, gen, make_pipe, run
+from testkit.stock_pipe import make_pipe, run
 
 torch.set_num_threads(1)
 

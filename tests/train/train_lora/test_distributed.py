@@ -7,17 +7,16 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from testkit.tiny import train_env
-from testkit.train_lora import ROOT, SCRIPT, closed_port
+from testkit.train_lora import ROOT, MODULE, closed_port
 
 
 @pytest.mark.slow
 def test_two_cpu_processes_end_with_identical_weights(tiny_model, image_folder, tmp_path):
     out = str(tmp_path / "out")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(closed_port()),
-           SCRIPT, "--pretrained_model_name_or_path", tiny_model, "--train_data_dir", image_folder,
+           "-m", MODULE, "--pretrained_model_name_or_path", tiny_model, "--train_data_dir", image_folder,
            "--output_dir", out, "--resolution", "16", "--train_batch_size", "2", "--max_train_steps", "3",
            "--checkpointing_steps", "2", "--seed", "3", "--learning_rate", "1e-2", "--train_text_encoder",
            "--report_to", "none"]

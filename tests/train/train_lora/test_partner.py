@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from testkit.tiny import train_env, write_noise_imagefolder
-from testkit.train_lora import ROOT, SCRIPT, TRAIN_ARGS, run_train, load_tensors, closed_port
+from testkit.train_lora import ROOT, MODULE, TRAIN_ARGS, run_train, load_tensors, closed_port
 
 
 def test_partner_lora_is_frozen_and_switches_exactly(tiny_model, tiny_partner):
@@ -127,7 +127,7 @@ def test_two_cpu_processes_with_a_partner_end_with_identical_weights(tiny_model,
     """DDP with a frozen partner adapter: its parameters stay out of the gradient buckets, ranks agree."""
     out = str(tmp_path / "out")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(closed_port()),
-           SCRIPT, "--pretrained_model_name_or_path", tiny_model, "--train_data_dir", image_folder,
+           "-m", MODULE, "--pretrained_model_name_or_path", tiny_model, "--train_data_dir", image_folder,
            "--partner_lora", tiny_partner, "--partner_train_data_dir", image_folder, "--partner_prob", "0.5",
            "--output_dir", out, "--resolution", "16", "--train_batch_size", "2", "--max_train_steps", "4",
            "--checkpointing_steps", "2", "--seed", "3", "--learning_rate", "1e-2", "--report_to", "none"]

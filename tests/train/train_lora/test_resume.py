@@ -4,13 +4,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import torch
 
 from testkit.tiny import train_env
-from testkit.train_lora import ROOT, SCRIPT, TRAIN_ARGS, run_train, load_tensors
+from testkit.train_lora import ROOT, TRAIN_ARGS, TRAIN_LORA, run_train, load_tensors
 
 
 def test_resume_after_kill_matches_uninterrupted_run(reference_run, tiny_model, image_folder, tmp_path):
@@ -18,7 +17,7 @@ def test_resume_after_kill_matches_uninterrupted_run(reference_run, tiny_model, 
     args = ["--pretrained_model_name_or_path", tiny_model, "--train_data_dir", image_folder, "--output_dir", out,
             *TRAIN_ARGS]
     env = train_env(tmp_path)
-    proc = subprocess.Popen([sys.executable, SCRIPT, *args], cwd=ROOT, env=env,
+    proc = subprocess.Popen([*TRAIN_LORA, *args], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     marker = os.path.join(out, "checkpoint-2", "checkpoint_complete.json")
     deadline = time.time() + 240

@@ -1,4 +1,4 @@
-"""Run one kind of guidance on shapes-world prompts and measure it: adherence (the scorer), model
+"""Run one kind of guidance on shapes-world prompts and measure it (beside the guidance it measures): adherence (the scorer), model
 calls and seconds per image. Shared by bench/eval_guidance_kinds.py and the app's CFG lab
 ("Classifier vs classifier-free"), so both measure the same thing the same way.
 
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .scorer import adherence, score_image
+from shapesworld.scorer import adherence, score_image
 
 KINDS = ("uncond", "cfg", "classifier", "classifier+cfg")
 
@@ -44,7 +44,7 @@ class KindRun:
 
 def kind_call(kind: str, prompts: list[str], cfg_scale: float, classifier_scale: float) -> dict:
     """Pipeline keyword arguments for one kind (see the module docstring)."""
-    from pipelines.guidance import GuidanceConfig
+    from .guidance import GuidanceConfig
 
     if kind not in KINDS:
         raise ValueError(f"kind={kind!r} is not a guidance kind; valid: {list(KINDS)}")
