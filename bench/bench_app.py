@@ -1,6 +1,6 @@
 """Time to first preview and total time: through the server (gradio_client) vs a direct call.
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_app.py [--steps 25] [--repeats 5] [--tiny]
+    OMP_NUM_THREADS=1 .venv/bin/python -m bench run app [--steps 25] [--repeats 5] [--tiny]
 
 Uses the embedded model (models/tiny-shapes) when present, else the tiny test components.
 Both sides run the same work: record="full", x_t + x0 previews every `--preview-every` steps with
@@ -17,6 +17,8 @@ import os
 import statistics
 import sys
 import time
+
+SECTION = 'App'  # of BENCHMARKS.md
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

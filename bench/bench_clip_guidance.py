@@ -1,6 +1,6 @@
 """Cost of a CLIP-guided step against a CFG step (and the trained classifier's CG step).
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_clip_guidance.py [--steps 25] [--repeats 5] [--clip-size 32]
+    OMP_NUM_THREADS=1 .venv/bin/python -m bench run clip_guidance [--steps 25] [--repeats 5] [--clip-size 32]
 
 On the embedded model (models/tiny-shapes, 32x32 images) with a tiny random CLIP built in code
 (tests/tiny.make_tiny_clip_guide: 2-layer towers, width 16, --clip-size input): what the CLIP term
@@ -15,6 +15,8 @@ import argparse
 import os
 import statistics
 import time
+
+SECTION = 'CLIP guidance: cost of a step'  # of BENCHMARKS.md
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

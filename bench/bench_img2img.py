@@ -5,14 +5,13 @@ as ratios to a full txt2img run with the same scheduler and steps measured in th
 our img2img against diffusers' StableDiffusionImg2ImgPipeline on the same components (s = 0.6).
 Runs interleaved; medians over repeats.
 
-    OMP_NUM_THREADS=1 python bench/bench_img2img.py [--steps 20] [--repeats 5] [--scheduler DDIM]
+    OMP_NUM_THREADS=1 python -m bench run img2img [--steps 20] [--repeats 5] [--scheduler DDIM]
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import os
-import platform
 import statistics
 import time
 
@@ -20,8 +19,11 @@ import torch
 
 from diffusers import StableDiffusionImg2ImgPipeline
 
+from bench.common import interleaved, machine, paired_ratio
 from pipelines.img2img import img2img
 from pipelines.models import EMBEDDED_MODEL, load_pipeline
+
+SECTION = 'img2img (SDEdit)'  # of BENCHMARKS.md
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -63,24 +65,18 @@ def main() -> None:
     runs["diffusers img2img s=0.6"] = lambda: stock(image=image, strength=0.6, generator=torch.Generator().manual_seed(0),
                                                     **common)
     runs["ours img2img s=0.6"] = lambda: img2img(pipe, image, 0.6, generator=torch.Generator().manual_seed(0), **common)
-    for fn in runs.values():  # warm-up
-        fn()
-    times = {k: [] for k in runs}
-    counts = {}
+    samples = interleaved(runs, args.repeats, measure=timed)  # one warm-up each
     names = list(runs)
-    for r in range(args.repeats):
-        for k in names[r % len(names):] + names[:r % len(names)]:
-            seconds, n = timed(runs[k])
-            times[k].append(seconds)
-            counts[k] = n  # the hook saw stock's UNet too: shared module
+    times = {k: [seconds for seconds, _ in v] for k, v in samples.items()}
+    counts = {k: v[-1][1] for k, v in samples.items()}  # the hook saw stock's UNet too: shared module
     base_t, base_n = statistics.median(times["txt2img"]), counts["txt2img"]
-    print(f"# {platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} thread; "
+    print(f"# {machine(threads=True, load=True)}; "
           f"{EMBEDDED_MODEL}, {args.scheduler}, {args.steps} steps, CFG 5, median of {args.repeats}")
     print(f"{'run':26s} {'UNet calls':>10s} {'calls/full':>10s} {'CPU s':>9s} {'time/full':>9s}")
     for k in names:
         t = statistics.median(times[k])
         print(f"{k:26s} {counts[k]:10d} {counts[k] / base_n:10.3f} {t:9.3f} {t / base_t:9.3f}")
-    ratio = statistics.median(a / b for a, b in zip(times["ours img2img s=0.6"], times["diffusers img2img s=0.6"]))
+    ratio = paired_ratio(times, "ours img2img s=0.6", "diffusers img2img s=0.6")
     print(f"ours / diffusers img2img at s=0.6 (record off), median per-repeat CPU-time ratio: {ratio:.3f}x")
 
 

@@ -5,25 +5,26 @@ Two cases: latent blending on the embedded model (models/tiny-shapes, 4-channel 
 cost, not quality). record="off"; CPU time of the one-thread process, runs interleaved, medians of
 per-repeat ratios. Both sides are checked to give the same image first.
 
-    OMP_NUM_THREADS=1 python bench/bench_inpaint.py [--steps 20] [--repeats 7]
+    OMP_NUM_THREADS=1 python -m bench run inpaint [--steps 20] [--repeats 7]
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import os
-import platform
 import statistics
-import time
 
 import numpy as np
 import torch
 
 from diffusers import StableDiffusionInpaintPipeline, UNet2DConditionModel
 
+from bench.common import interleaved, machine, paired_ratio
 from pipelines import TracingStableDiffusionPipeline
 from pipelines.inpaint import inpaint
 from pipelines.models import EMBEDDED_MODEL, load_pipeline
+
+SECTION = 'Inpainting: traced run against diffusers'  # of BENCHMARKS.md
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -70,20 +71,12 @@ def main() -> None:
         runs[(name, "diffusers")] = lambda s=stock: s(image=image, mask_image=mask, height=image.height, width=image.width,
                                                       generator=torch.Generator().manual_seed(0), **kw)
         runs[(name, "ours")] = lambda o=ours: inpaint(o, image, mask, generator=torch.Generator().manual_seed(0), **kw)
-    for fn in runs.values():  # warm-up
-        fn()
-    times = {k: [] for k in runs}
-    keys = list(runs)
-    for r in range(args.repeats):
-        for k in keys[r % len(keys):] + keys[:r % len(keys)]:
-            start = time.process_time()
-            runs[k]()
-            times[k].append(time.process_time() - start)
-    print(f"# {platform.machine()} {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} thread; "
+    times = interleaved(runs, args.repeats)  # CPU seconds, one warm-up each
+    print(f"# {machine(threads=True, load=True)}; "
           f"{args.steps} steps DDIM, CFG 3, 32 px, record off, median of {args.repeats}")
     for name in cases:
         d, o = statistics.median(times[(name, "diffusers")]), statistics.median(times[(name, "ours")])
-        ratio = statistics.median(a / b for a, b in zip(times[(name, "ours")], times[(name, "diffusers")]))
+        ratio = paired_ratio(times, (name, "ours"), (name, "diffusers"))
         print(f"{name:36s} diffusers {d:.3f} s  ours {o:.3f} s  ours/diffusers (median per repeat) {ratio:.3f}x")
 
 

@@ -12,7 +12,7 @@ percentiles. Then a burst of more simultaneous requests than the queue holds: th
 refused with Gradio's "Queue is full" error, the rest must complete, and a request afterwards must
 work.
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_load.py [--users 1 4 16] [--seconds 20] [--steps 4]
+    OMP_NUM_THREADS=1 .venv/bin/python -m bench run load [--users 1 4 16] [--seconds 20] [--steps 4]
         [--model tiny-shapes] [--write]
 
 ``--write`` puts the table into BENCHMARKS.md ("Load").
@@ -204,7 +204,7 @@ def main(argv=None) -> int:
     import torch
 
     import app
-    from bench.report import machine, update_section
+    from bench.common import command, machine, update_section
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     demo, url = launch_app(args.model)
@@ -222,11 +222,11 @@ def main(argv=None) -> int:
         demo.close()
     report = {"results": results, "burst": {**burst_result, "refusal_messages": sorted(burst_result["refusal_messages"])}}
     print(json.dumps(report, indent=2))
-    command = "OMP_NUM_THREADS=1 .venv/bin/python bench/bench_load.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    text = markdown(results, burst_result, command.strip(), machine(), args.model or "tiny test components", args.steps)
+    regenerate = command("load", argv)
+    text = markdown(results, burst_result, regenerate, machine(), args.model or "tiny test components", args.steps)
     print(text)
     if args.write:
-        update_section(SECTION, text)
+        update_section(SECTION, text, regenerate=regenerate)
     bad = [r for r in results if r["errors"]] or burst_result["other_errors"] or burst_result["after"] != "ok"
     return 1 if bad else 0
 

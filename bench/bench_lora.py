@@ -20,7 +20,7 @@ random mid-size UNet (block_out_channels (64, 128, 128)) with three random rank-
 same kinds of layers. ``--threads``: wall time of single generations with 1 vs 2 torch threads,
 with and without a competing busy process (the choice behind app.py's CPU thread count).
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_lora.py [--mid-size] [--threads] [--write]
+    OMP_NUM_THREADS=1 .venv/bin/python -m bench run lora [--mid-size] [--threads] [--write]
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ import time
 
 import torch
 
-from bench.report import machine, update_section
+from bench.common import command, interleaved, machine, update_section
 from pipelines import TracingStableDiffusionPipeline
 from pipelines.lora import Blend, LoraBlender
 
@@ -156,15 +156,7 @@ def measure(args) -> str:
         "3 engine path (fused)": with_blend(Blend.of(three, fuse=True)),
         "3 stock diffusers": lambda: stock(args.prompt, generator=torch.Generator().manual_seed(0), **call),
     }
-    for run in cases.values():  # warm-up (and every blend stacked once)
-        run()
-    times = {k: [] for k in cases}
-    order = list(cases)
-    for r in range(args.repeats):
-        for name in order[r % len(order):] + order[:r % len(order)]:
-            start = time.process_time()
-            cases[name]()
-            times[name].append(time.process_time() - start)
+    times = interleaved(cases, args.repeats)  # CPU seconds; the warm-up stacks every blend once
     ratio = {k: [t / b for t, b in zip(v, times["none"])] for k, v in times.items()}
 
     targets = {"idle": 1.03, "3 unfused": 1.30, "3 engine path (fused)": 1.05}
@@ -190,7 +182,7 @@ def measure(args) -> str:
              + "\n".join(f"| {a} | {b} | {c} | {d} | {e} |" for a, b, c, d, e in rows))
     label = ("random UNet (64, 128, 128), 8x8 latents, 2-layer 64-wide CLIP; 3 random rank-16 LoRAs on the presets' "
              "kinds of layers" if args.mid_size else "models/tiny-shapes with the shipped presets outline, night, pastel")
-    command = "OMP_NUM_THREADS=1 .venv/bin/python bench/bench_lora.py" + (" --mid-size" if args.mid_size else "")
+    command = "OMP_NUM_THREADS=1 .venv/bin/python -m bench run lora" + (" --mid-size" if args.mid_size else "")
     header = (f"Model: {label}; UNet {params:.1f} M params, {latent}x{latent} latents; LoRA layers per adapter: "
               f"{', '.join(f'{n} {c}' for n, c in layers.items())}; weights {WEIGHTS}. {args.repeats} rounds.\n"
               f"Machine: {machine()}, 1 torch thread, shared with other jobs.\n"
@@ -235,7 +227,7 @@ def measure_threads(args) -> str:
             rows.append(f"| {load} | {threads} | {statistics.median(w):.3f} s | {q[-1]:.3f} s | {max(w):.3f} s |")
     return (f"Single generations on models/tiny-shapes, {args.steps} steps, CFG, wall time; {args.repeats} runs each, "
             f"1 and 2 threads alternated. Machine: {machine()}, shared with other jobs.\n"
-            f"Command: `.venv/bin/python bench/bench_lora.py --threads --steps {args.steps} --repeats {args.repeats}"
+            f"Command: `.venv/bin/python -m bench run lora --threads --steps {args.steps} --repeats {args.repeats}"
             f"{' --no-busy' if args.no_busy else ''}`\n\n"
             "| competing load | torch threads | median | p90 | max |\n|---|---|---|---|---|\n" + "\n".join(rows))
 
@@ -265,14 +257,14 @@ def write_subsection(label: str, body: str) -> None:
     """Replace (or add) ``### label`` inside this script's BENCHMARKS.md section, keeping the others."""
     import re
 
-    from bench.report import BENCHMARKS
+    from bench.common import BENCHMARKS
 
     text = open(BENCHMARKS, encoding="utf-8").read() if os.path.exists(BENCHMARKS) else ""
     found = re.search(rf"^## {re.escape(SECTION)}\n(.*?)(?=^## |\Z)", text, re.S | re.M)
     current = found.group(1) if found else ""
     parts = {m.group(1): m.group(2).strip() for m in re.finditer(r"^### (.+?)\n(.*?)(?=^### |\Z)", current, re.S | re.M)}
     parts[label] = body.strip()
-    update_section(SECTION, "\n\n".join(f"### {k}\n\n{v}" for k, v in parts.items()))
+    update_section(SECTION, "\n\n".join(f"### {k}\n\n{v}" for k, v in parts.items()), regenerate=command('lora'))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ server each), so they share the machine's load. Prints one table and the ratios 
 baseline). Give the baseline as a plain copy of an older commit, e.g.
 
     git archive 7b31748 | (mkdir -p /tmp/lab-before && tar -x -C /tmp/lab-before)
-    .venv/bin/python -m bench.bench_memory --baseline-root /tmp/lab-before
+    .venv/bin/python -m bench run memory --baseline-root /tmp/lab-before
 """
 from __future__ import annotations
 
@@ -27,6 +27,8 @@ import sys
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+
+SECTION = 'Memory'  # of BENCHMARKS.md
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

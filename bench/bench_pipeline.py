@@ -4,9 +4,9 @@ Runs are interleaved (each repeat runs every variant once, in rotating order) an
 medians over repeats; each variant's ratio is the median of its per-repeat ratio to the stock
 run of the same repeat, so slow drift on a shared machine cancels.
 
-    OMP_NUM_THREADS=1 python bench/bench_pipeline.py                 # mid-size random UNet, CPU
-    python bench/bench_pipeline.py --model models/tiny-shapes        # the embedded model
-    python bench/bench_pipeline.py --sd15-gpu                        # SD 1.5 architecture, random
+    OMP_NUM_THREADS=1 python -m bench run pipeline                 # mid-size random UNet, CPU
+    python -m bench run pipeline --model models/tiny-shapes        # the embedded model
+    python -m bench run pipeline --sd15-gpu                        # SD 1.5 architecture, random
                                                                      # weights, fp16, 512 px, 30 steps
 
 Variants: off (record="off"; target <= 1.03x), light (record="light" + linear previews of x0_guided
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import time
 
@@ -26,8 +25,11 @@ import torch
 
 from diffusers import StableDiffusionPipeline
 
+from bench.common import interleaved, machine
 from pipelines import TracingStableDiffusionPipeline
 from testkit.components import midsize_components, sd15_components
+
+SECTION = 'Tracing pipeline'  # of BENCHMARKS.md
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -99,15 +101,11 @@ def main() -> None:
     names = list(variants)
     for name in names:  # warm-up
         run(name)
-    times = {n: [] for n in names}
-    for r in range(args.repeats):
-        order = names[r % len(names):] + names[: r % len(names)]
-        for name in order:
-            times[name].append(run(name))
+    times = interleaved({name: name for name in names}, args.repeats, measure=run, warmup=False)  # run(name) measures
 
     print(f"# bench_pipeline: {label}; {steps} steps, {size}x{size} px, guidance {args.guidance}, "
           f"{args.repeats} interleaved repeats")
-    print(f"# machine: {platform.machine()} {os.cpu_count()} cpus (load average {os.getloadavg()[0]:.1f}), torch {torch.__version__}, device {device}"
+    print(f"# machine: {machine(load=True)}, device {device}"
           + (f" ({torch.cuda.get_device_name()})" if device == "cuda" else "")
           + f", torch threads {torch.get_num_threads()}, dtype {str(dtype).split('.')[-1]}")
     measures = ("wall",) if device == "cuda" else ("wall", "cpu")

@@ -1,8 +1,8 @@
 """Training throughput of train/train_lora.py (samples/s of the training loop), side by side.
 
-    python bench/bench_train_lora.py                          # tiny test components, CPU
-    python bench/bench_train_lora.py --model models/tiny-shapes  # the embedded model, CPU
-    python bench/bench_train_lora.py --sd15-gpu               # SD 1.5 architecture, random weights, fp16, CUDA
+    python -m bench run train_lora                          # tiny test components, CPU
+    python -m bench run train_lora --model models/tiny-shapes  # the embedded model, CPU
+    python -m bench run train_lora --sd15-gpu               # SD 1.5 architecture, random weights, fp16, CUDA
 
 Each variant is a real `train_lora.main()` run (data loading, VAE encode, text encoder, UNet
 forward/backward, AdamW, accelerate); samples/s is measured by the script over its training loop
@@ -23,6 +23,8 @@ import tempfile
 import numpy as np
 import torch
 from PIL import Image
+
+SECTION = 'LoRA training'  # of BENCHMARKS.md
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("OMP_NUM_THREADS", "1")

@@ -12,7 +12,7 @@ each against the obvious alternative in the same run:
 - RSS before load, after load, after unload (glibc ``malloc_trim`` after ``gc.collect`` so freed
   memory goes back to the OS), over several load/unload cycles.
 
-    OMP_NUM_THREADS=1 .venv/bin/python bench/bench_user_lora.py [--cycles 3] [--steps 25] [--write]
+    OMP_NUM_THREADS=1 .venv/bin/python -m bench run user_lora [--cycles 3] [--steps 25] [--write]
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ import time
 import torch
 
 from bench.bench_lora import PRESET_TARGETS, mid_size_pipeline
-from bench.report import machine, update_section
+from bench.common import command, machine, update_section
 from pipelines.lora import Blend, LoraBlender
 from pipelines.lora.user_store import UserAdapterStore
 
@@ -120,7 +120,7 @@ def measure(args) -> str:
     lines += ["", f"Checked load (store.add) median {checked:.2f} s vs plain `LoraBlender.load` of the same file "
                   f"{plain:.2f} s: the checks cost {checked / plain:.2f}x the plain load.",
               "", NOTE,
-              "", f"Command: `OMP_NUM_THREADS=1 .venv/bin/python bench/bench_user_lora.py --rank {args.rank} "
+              "", f"Command: `OMP_NUM_THREADS=1 .venv/bin/python -m bench run user_lora --rank {args.rank} "
                   f"--cycles {args.cycles} --steps {args.steps}`"]
     return "\n".join(lines)
 
@@ -135,7 +135,7 @@ def main():
     body = measure(args)
     print(body)
     if args.write:
-        update_section(SECTION, body)
+        update_section(SECTION, body, regenerate=command('user_lora'))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Warm start: the first Generate and LoRA grid after start, with the app's warm-up and without.
 
-    OMP_NUM_THREADS=1 python bench/bench_warmup.py            # prints; --write updates BENCHMARKS.md
-    OMP_NUM_THREADS=1 python bench/bench_warmup.py --server 3 # also through `python app.py` + gradio_client
+    OMP_NUM_THREADS=1 python -m bench run warmup            # prints; --write updates BENCHMARKS.md
+    OMP_NUM_THREADS=1 python -m bench run warmup --server 3 # also through `python app.py` + gradio_client
 
 Each mode runs in a fresh process (cold torch, nothing injected by peft yet), on the embedded model,
 one torch thread: load the engine, then (warm mode) ``labapp.warmup.warm_up``, then the handlers a
@@ -17,6 +17,8 @@ import os
 import subprocess
 import sys
 import time
+
+SECTION = 'Warm start'  # of BENCHMARKS.md
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -123,7 +125,7 @@ def main():
     if args.mode:
         print("RESULT " + json.dumps(one_mode(args.mode == "warm")))
         return
-    from bench.report import machine, update_section
+    from bench.common import command, machine, update_section
 
     results = {}
     for mode in ("cold", "warm"):
@@ -140,7 +142,7 @@ def main():
     for name in ("generate", "lora_grid"):
         rows.append(f"| {name}: first / second | {cold[name + ' first'] / cold[name + ' second']:.2f} | "
                     f"{warm[name + ' first'] / warm[name + ' second']:.2f} | |")
-    body = (f"Command: `OMP_NUM_THREADS=1 .venv/bin/python bench/bench_warmup.py --write` (machine: {machine()}, "
+    body = (f"Command: `OMP_NUM_THREADS=1 .venv/bin/python -m bench run warmup --write` (machine: {machine()}, "
             "1 torch thread, shared with other jobs; one run of each, so single timings are noisy).\n"
             "Each mode in a fresh process on the embedded model: load, (warm-up), then Generate (25 steps, previews "
             f"every 2) twice and the LoRA grid (`{BLEND}`, 4 images) twice, through the app's handlers.\n\n"
@@ -152,7 +154,7 @@ def main():
                  f"(load average {os.getloadavg()[0]:.1f} when done).\n\n" + server_table(args.server))
     print(body)
     if args.write:
-        update_section("Warm start", body)
+        update_section(SECTION, body, regenerate=command('warmup'))
 
 
 if __name__ == "__main__":

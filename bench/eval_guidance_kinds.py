@@ -1,7 +1,7 @@
 """Classifier guidance vs classifier-free guidance on the embedded model, measured side by side.
 
-    python bench/eval_guidance_kinds.py                    # 100 prompts, 25 steps; writes BENCHMARKS.md
-    python bench/eval_guidance_kinds.py --num_prompts 20 --no_write
+    python -m bench run eval_guidance_kinds                    # 100 prompts, 25 steps; writes BENCHMARKS.md
+    python -m bench run eval_guidance_kinds --num_prompts 20 --no_write
 
 Same held-out prompts (every attribute named) and the same seeds (hence the same initial noise)
 for every kind: the unconditional model alone (empty prompt), classifier guidance alone (the UNet
@@ -19,7 +19,7 @@ import sys
 
 import torch
 
-from bench.report import machine, update_section
+from bench.common import command, machine, update_section
 from shapesworld.evaluate import eval_cases
 from pipelines.guidance_eval import mean_adherence, run_kind
 
@@ -100,7 +100,7 @@ def main(argv=None) -> int:
     lines = [row(r, " (best)" if r in (best_cg, best_cfg, best_both) else "") for r in runs]
     chance = "chance: shape 0.33, color 0.17, size 0.50, position 0.11"
     targets_met = best_cg.adherence["color"] >= 0.90 and best_cg.adherence["shape"] >= 0.80
-    body = f"""Command: `OMP_NUM_THREADS=1 python bench/eval_guidance_kinds.py` (torch.set_num_threads({args.threads})).
+    body = f"""Command: `OMP_NUM_THREADS=1 python -m bench run eval_guidance_kinds` (torch.set_num_threads({args.threads})).
 Machine: {machine()}, shared with other jobs. {args.num_prompts} held-out prompts naming every attribute
 (shapesworld.evaluate.eval_cases seed {args.seed}), {args.steps} steps, the model's own scheduler
 ({args.scheduler or 'DDIM trailing, v-prediction, zero terminal SNR'}), the same seed per prompt for every kind. Adherence by the
@@ -116,7 +116,7 @@ shape {best_cg.adherence['shape']:.2f} (target >= 0.80): {'met' if targets_met e
 """
     print(body)
     if not args.no_write:
-        update_section(SECTION, body)
+        update_section(SECTION, body, regenerate=command('eval_guidance_kinds'))
     return 0
 
 

@@ -1,7 +1,7 @@
 """What img2img keeps against strength, on the embedded model, read by the shapes-world scorer.
 
-    OMP_NUM_THREADS=1 python bench/eval_img2img_strength.py            # 100 images, writes BENCHMARKS.md + plot
-    OMP_NUM_THREADS=1 python bench/eval_img2img_strength.py --num_samples 12 --no_write
+    OMP_NUM_THREADS=1 python -m bench run eval_img2img_strength            # 100 images, writes BENCHMARKS.md + plot
+    OMP_NUM_THREADS=1 python -m bench run eval_img2img_strength --num_samples 12 --no_write
 
 For each of ``num_samples`` shapes-world images (attributes known: shape, color, size, position),
 img2img (SDEdit, pipelines/img2img.py) with a prompt naming only *another* color ("a blue shape";
@@ -18,11 +18,13 @@ import os
 import numpy as np
 import torch
 
-from bench.report import machine, update_section
+from bench.common import command, machine, update_section
 from pipelines.img2img import img2img
 from pipelines.models import EMBEDDED_MODEL, load_pipeline
 from shapesworld import sample, score_image
 from shapesworld.world import COLOR_NAMES, caption_for
+
+SECTION = 'img2img: what survives against strength'  # of BENCHMARKS.md
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -105,7 +107,7 @@ come from the image, the color only from the prompt. Chance: position 1/9, shape
 int(strength x steps) of them), guidance {args.guidance:g}, one seed per image.
 
 ```
-OMP_NUM_THREADS=1 .venv/bin/python bench/eval_img2img_strength.py --num_samples {args.num_samples}
+OMP_NUM_THREADS=1 .venv/bin/python -m bench run eval_img2img_strength --num_samples {args.num_samples}
 ```
 
 Machine: {machine()}, 1 thread (`torch.set_num_threads(1)`), shared with other jobs.
@@ -113,7 +115,7 @@ Machine: {machine()}, 1 thread (`torch.set_num_threads(1)`), shared with other j
 {table}
 ![img2img strength curve](docs/img2img_strength.png)
 """
-    update_section("img2img: what survives against strength", body)
+    update_section(SECTION, body, regenerate=command('eval_img2img_strength'))
 
 
 if __name__ == "__main__":

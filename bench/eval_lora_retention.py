@@ -1,7 +1,7 @@
 """Color and shape retention of the embedded style LoRAs across weights 0 ... 1 (steps of 0.1).
 
-    python bench/eval_lora_retention.py                  # 100 prompts, writes BENCHMARKS.md
-    python bench/eval_lora_retention.py --num_samples 12 --no_write
+    python -m bench run eval_lora_retention                  # 100 prompts, writes BENCHMARKS.md
+    python -m bench run eval_lora_retention --num_samples 12 --no_write
 
 Each shipped LoRA alone and each pair (both at the same weight) on the same seeded prompts, plus
 the unequal pair the app's user met ("outline:0.8, night:0.6"), read by the shapes-world scorer at
@@ -19,9 +19,11 @@ import torch
 from tqdm import tqdm
 
 
-from bench.report import machine, update_section
+from bench.common import command, machine, update_section
 from shapesworld import score_image
 from shapesworld.evaluate import eval_cases, generate
+
+SECTION = 'LoRA weights and what the prompt keeps'  # of BENCHMARKS.md
 
 PAIRS = (("outline", "night"), ("outline", "pastel"), ("night", "pastel"))
 WEIGHTS = tuple(round(0.1 * i, 1) for i in range(11))
@@ -72,7 +74,7 @@ def main():
 
     names = ["+".join(s) for s in settings]
     odd = results["outline 0.8 + night 0.6@None"]
-    body = f"""Command: `python bench/eval_lora_retention.py` (machine: {machine()}, {args.threads} thread; {args.num_samples}
+    body = f"""Command: `python -m bench run eval_lora_retention` (machine: {machine()}, {args.threads} thread; {args.num_samples}
 seeded prompts naming every attribute; DDIM {args.steps} steps, guidance {args.guidance:g}; read by `shapesworld.scorer`).
 Each LoRA alone, and each pair with both adapters at the same weight. Weight 0 is the base model.
 
@@ -98,7 +100,7 @@ dark. This is the "outline:0.8, night:0.6" oddity of issue 23, measured: not a b
 single-weight training. Not yet separated here: how much of the dip is the scorer's reading of
 in-between backgrounds rather than the image. A fix would train at random weights in [0, 1].
 """
-    update_section("LoRA weights and what the prompt keeps", body)
+    update_section(SECTION, body, regenerate=command('eval_lora_retention'))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The schedule flaw's consequence, measured: does the sample follow the initial noise's mean?
 
-    OMP_NUM_THREADS=1 python bench/eval_noise_mean.py                 # writes BENCHMARKS.md
-    OMP_NUM_THREADS=1 python bench/eval_noise_mean.py --num_samples 8 --no_write
+    OMP_NUM_THREADS=1 python -m bench run eval_noise_mean                 # writes BENCHMARKS.md
+    OMP_NUM_THREADS=1 python -m bench run eval_noise_mean --num_samples 8 --no_write
 
 Sampling starts from x_T = eps + delta (every latent element shifted by delta) on the embedded
 model (trained with zero terminal SNR, v-prediction; Lin et al. 2024), unconditional (empty prompt,
@@ -24,11 +24,13 @@ import os
 import numpy as np
 import torch
 
-from bench.report import machine, update_section
+from bench.common import command, machine, update_section
 from pipelines.forward import encode_image, terminal_alpha_bars
 from pipelines.models import EMBEDDED_MODEL, load_pipeline
 from shapesworld import sample
 from shapesworld.evaluate import eval_cases
+
+SECTION = "The schedule flaw: samples and the initial noise's mean"  # of BENCHMARKS.md
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -100,7 +102,7 @@ the latent mean of step 1's predicted x0 (what the model reads from x_T), of the
 the images' mean brightness (0..1; ± its spread over the seeds).
 
 ```
-OMP_NUM_THREADS=1 .venv/bin/python bench/eval_noise_mean.py --num_samples {args.num_samples}
+OMP_NUM_THREADS=1 .venv/bin/python -m bench run eval_noise_mean --num_samples {args.num_samples}
 ```
 
 Machine: {machine()}, 1 thread (`torch.set_num_threads(1)`), shared with other jobs.
@@ -124,7 +126,7 @@ images' mean follows the noise's, Lin et al. 2024 Sec. 3.1). Under zero terminal
 """
     print(body)
     if not args.no_write:
-        update_section("The schedule flaw: samples and the initial noise's mean", body)
+        update_section(SECTION, body, regenerate=command('eval_noise_mean'))
 
 
 if __name__ == "__main__":

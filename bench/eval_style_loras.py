@@ -1,8 +1,8 @@
 """Effect of the embedded style LoRAs, read by the shapes-world scorer.
 
-    python bench/eval_style_loras.py                    # 100 seeded prompts per setting, writes BENCHMARKS.md
-    python bench/eval_style_loras.py --num_samples 24 --no_write
-    python bench/eval_style_loras.py --also_guidance 0        # only the app's default guidance, 7.5
+    python -m bench run eval_style_loras                    # 100 seeded prompts per setting, writes BENCHMARKS.md
+    python -m bench run eval_style_loras --num_samples 24 --no_write
+    python -m bench run eval_style_loras --also_guidance 0        # only the app's default guidance, 7.5
 
 For each LoRA at weights 0, 0.5 and 1 (and outline + night together) it generates the same seeded
 prompts (with the preset's trigger words, if it has any) with the embedded model's own scheduler, 25 steps, guidance
@@ -21,9 +21,11 @@ import os
 import numpy as np
 
 
-from bench.report import machine, update_section
+from bench.common import command, machine, update_section
 from shapesworld import score_image
 from shapesworld.evaluate import eval_cases, generate
+
+SECTION = 'Embedded style LoRAs'  # of BENCHMARKS.md
 
 STYLES = ("outline", "night", "pastel")
 
@@ -152,7 +154,7 @@ The same prompts at guidance {args.also_guidance:g}:
 """
     sat_drop = 1 - results["pastel@1.0"]["saturation"] / results["base"]["saturation"]
     zero = ", ".join(f"{s} {results[f'{s}@0.0']['max_abs_diff_vs_base']:.0f}" for s in STYLES)
-    body = f"""Command: `python bench/eval_style_loras.py` (machine: {machine()}; {args.num_samples} seeded prompts naming every
+    body = f"""Command: `python -m bench run eval_style_loras` (machine: {machine()}; {args.num_samples} seeded prompts naming every
 attribute, no trigger words (the embedded presets have none); model's own DDIM scheduler, {args.steps} steps, guidance
 {args.guidance:g} (the app's default for this model); read by `shapesworld.scorer`). LoRAs trained by
 `bash train/train_embedded_loras.sh` (the recipe is in that script).
@@ -164,7 +166,7 @@ attribute, no trigger words (the embedded presets have none); model's own DDIM s
 - outline 1.0 + night 1.0 together: both effects in {both:.0%} of samples (hollow {results['outline+night']['hollow']:.0%}, dark {results['outline+night']['dark']:.0%}).
 - Weight 0 vs the base model, same prompts, max abs pixel difference (0-255): {zero}.
 {second_part}{ceiling(args.model)}"""
-    update_section("Embedded style LoRAs", body)
+    update_section(SECTION, body, regenerate=command('eval_style_loras'))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Prompt adherence, guidance curve, speed and stock-diffusers parity of the embedded model.
 
-    python bench/eval_tiny_shapes.py                  # 200 samples per guidance scale, writes BENCHMARKS.md
-    python bench/eval_tiny_shapes.py --num_samples 40 --no_write
+    python -m bench run eval_tiny_shapes                  # 200 samples per guidance scale, writes BENCHMARKS.md
+    python -m bench run eval_tiny_shapes --num_samples 40 --no_write
 
 Scorer over seeded held-out prompts that name every attribute; the model's own scheduler
 (DDIM, trailing spacing) and 25 steps, as the embedded model ships.
@@ -18,8 +18,10 @@ import numpy as np
 import torch
 
 
-from bench.report import machine, update_section
+from bench.common import command, machine, update_section
 from shapesworld.evaluate import empty_prompt_colors, evaluate_adherence
+
+SECTION = 'Embedded model (tiny-shapes)'  # of BENCHMARKS.md
 
 
 def main():
@@ -54,7 +56,7 @@ def main():
         print(speed_line)
         if not args.no_write:
             import re
-            from bench.report import BENCHMARKS
+            from bench.common import BENCHMARKS
             text = open(BENCHMARKS, encoding="utf-8").read()
             text = re.sub(r"^- One \d+-step image at guidance 7\.5 .*$", lambda _: speed_line, text, count=1, flags=re.M)
             open(BENCHMARKS, "w", encoding="utf-8").write(text)
@@ -82,7 +84,7 @@ def main():
         f"| {g:g} | {r['color']:.3f} | {r['shape']:.3f} | {r['size']:.3f} | {r['position']:.3f} | {r['h']:.3f} | {r['v']:.3f} |"
         for g, r in curve.items())
     spread = ", ".join(f"{k} {v:.2f}" for k, v in colors.items())
-    body = f"""Command: `python bench/eval_tiny_shapes.py` (machine: {machine()}; {args.num_samples} seeded held-out
+    body = f"""Command: `python -m bench run eval_tiny_shapes` (machine: {machine()}; {args.num_samples} seeded held-out
 prompts naming shape, color, size and position; model's own DDIM scheduler, trailing spacing, {args.steps} steps;
 accuracy read back by `shapesworld.scorer`).
 
@@ -103,7 +105,7 @@ final reconstruction MSE {training['vae']['final_mse']:.4f}, then the decoder al
 UNet + text encoder {training['unet']['steps']} steps at batch
 {training['unet']['batch_size']}, final v-prediction loss {training['unet']['final_loss']:.4f}; wall time in README ("Embedded model").
 """
-    update_section("Embedded model (tiny-shapes)", body)
+    update_section(SECTION, body, regenerate=command('eval_tiny_shapes'))
 
 
 if __name__ == "__main__":

@@ -17,8 +17,8 @@ Prints a JSON report and a markdown table; with a GPU it writes BENCHMARKS.md "G
 (or with --reduced) it runs a reduced mode on CPU: tiny components, 16x16, 2 steps, so the script
 itself is tested here (tests/bench/test_gpu_bench.py); reduced figures are never written.
 
-    .venv/bin/python bench/gpu_bench.py                 # on the GPU machine (~3-5 min on an H100)
-    OMP_NUM_THREADS=1 .venv/bin/python bench/gpu_bench.py --reduced
+    .venv/bin/python -m bench run gpu                 # on the GPU machine (~3-5 min on an H100)
+    OMP_NUM_THREADS=1 .venv/bin/python -m bench run gpu --reduced
 """
 from __future__ import annotations
 
@@ -259,7 +259,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", default=None, help="also write the JSON report to this file")
     args = parser.parse_args(argv)
 
-    from bench.report import machine, update_section
+    from bench.common import command, machine, update_section
 
     full = torch.cuda.is_available() and not args.reduced
     device = torch.device("cuda" if full else "cpu")
@@ -274,7 +274,7 @@ def main(argv=None) -> int:
     report = {"mode": "full" if full else "reduced", "machine": machine(), "dtype": str(dtype).replace("torch.", ""),
               "size": size, "steps": steps, "repeats": repeats,
               "unet_params_m": sum(p.numel() for p in components["unet"].parameters()) / 1e6,
-              "command": "python bench/gpu_bench.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "command": "python -m bench run gpu " + " ".join(argv if argv is not None else sys.argv[1:]),
               "peak_memory_gib": {}}
     report["build_seconds"] = time.perf_counter() - started
     theirs, ours = pipelines(components)
@@ -297,7 +297,7 @@ def main(argv=None) -> int:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(report, f, indent=2, default=str)
     if full and not args.no_write:
-        update_section(SECTION, text)
+        update_section(SECTION, text, regenerate=command('gpu'))
     return 0
 
 

@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 
 def test_reduced_mode_reports_every_phase_and_writes_nothing(tmp_path):
     from bench import gpu_bench
-    from bench.report import BENCHMARKS
+    from bench.common import BENCHMARKS
 
     torch.set_num_threads(1)
     before = open(BENCHMARKS, encoding="utf-8").read() if os.path.exists(BENCHMARKS) else None

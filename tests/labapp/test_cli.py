@@ -51,6 +51,7 @@ def test_a_bad_model_exits_2_with_one_line():
     assert "Traceback" not in result.stderr and result.stdout == ""
 
 
+@pytest.mark.app_process
 @pytest.mark.timeout(300)
 def test_start_and_one_request_log_no_warning(tmp_path):
     """Three INFO lines of the app's own (model loaded, warmed up, where to open it) and nothing
@@ -89,6 +90,7 @@ def test_start_and_one_request_log_no_warning(tmp_path):
     assert f"INFO diffusion_lab: Diffusion Lab: open http://127.0.0.1:{port}/" in lines[2], lines[2]
 
 
+@pytest.mark.app_process
 @pytest.mark.timeout(300)
 def test_no_warmup_starts_with_two_lines(tmp_path):
     """--no-warmup: the model line and the URL, nothing warmed."""

@@ -182,6 +182,7 @@ def test_every_event_takes_raw_inputs(engine):
     assert all(all(isinstance(b, gr.Dataset) for b in fn.inputs) for fn in examples)
 
 
+@pytest.mark.app_process
 def test_the_app_has_its_own_temp_dir():
     """In a fresh process (GRADIO_TEMP_DIR unset): the app sets its own before Gradio writes."""
     code = ("import os; os.environ.pop('GRADIO_TEMP_DIR', None)\n"

@@ -39,6 +39,7 @@ def test_model_folder_is_complete_and_small():
     assert np.asarray(factors["factors"]).shape == (5, 3)  # 4 latent channels + bias -> RGB
 
 
+@pytest.mark.slow
 def test_guidance_improves_adherence(stock_pipe):
     curve = evaluate_adherence(stock_pipe, (1.0, 7.5), num_samples=48, steps=25, batch_size=48)
     hi, lo = curve[7.5], curve[1.0]
@@ -46,6 +47,7 @@ def test_guidance_improves_adherence(stock_pipe):
     assert hi["position"] > lo["position"] or hi["shape"] > lo["shape"], curve
 
 
+@pytest.mark.slow
 def test_unconditional_samples_spread_over_colors(stock_pipe):
     shares = empty_prompt_colors(stock_pipe, num_samples=48, steps=25, batch_size=48)
     assert max(v for k, v in shares.items() if k != "none") <= 0.5, shares

@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -22,6 +23,7 @@ def train(tmp_path, out, *extra):
                           env=train_env(tmp_path), capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.training
 def test_tiny_run_then_resume_matches(tmp_path):
     a = tmp_path / "a"
     done = train(tmp_path, a)
@@ -42,6 +44,7 @@ def test_tiny_run_then_resume_matches(tmp_path):
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+@pytest.mark.app_process
 def test_bad_flags_give_one_line(tmp_path):
     bad = train(tmp_path, tmp_path / "c", "--channels", "10,20")
     assert bad.returncode == 2

@@ -168,6 +168,7 @@ def assert_valid_adapter(out: str, tiny_model: str):
     return weights
 
 
+@pytest.mark.training
 def test_training_killed_at_random_moments_resumes_to_a_valid_adapter(tiny_model, image_folder, tmp_path):
     out, history, final = kill_and_resume(tiny_model, image_folder, tmp_path, kills=2, seed=FAULT_SEED)
     context = f"FAULT_SEED={FAULT_SEED} kills={history}\n{final.stderr[-3000:]}"
@@ -290,6 +291,7 @@ def test_lora_file_that_disappears_after_load_keeps_loaded_blends_working(mode, 
     lora_vanish_scenario(mode, str(tmp_path))
 
 
+@pytest.mark.app_process
 def test_lora_file_overwritten_in_place_after_load_does_not_crash(tmp_path):
     """In a subprocess: before 2e92888 the loaded LoRA tensors stayed memory-mapped to the file, and
     overwriting it in place (cp over it) killed the process with SIGBUS at the next blend."""

@@ -5,12 +5,14 @@ import json
 import os
 
 import numpy as np
+import pytest
 import torch
 
 from testkit.tiny import train_env
 from testkit.train_lora import TOKEN, run_train, load_tensors, closed_port, assert_token_absent
 
 
+@pytest.mark.training
 def test_end_to_end_adapter_loads_with_stock_pipeline(reference_run, tiny_model):
     from diffusers import StableDiffusionPipeline
     from peft import LoraConfig, inject_adapter_in_model
@@ -50,6 +52,7 @@ def test_end_to_end_adapter_loads_with_stock_pipeline(reference_run, tiny_model)
     np.testing.assert_allclose(images(manual), lora_images, atol=1e-5)
 
 
+@pytest.mark.training
 def test_kohya_export_and_model_card(reference_run):
     from huggingface_hub import ModelCard
 
@@ -67,6 +70,7 @@ def test_kohya_export_and_model_card(reference_run):
     assert "validation/final-0.png" in card.text and "| `rank` | `4` |" in card.text
 
 
+@pytest.mark.training
 def test_push_to_hub_stand_in_receives_outputs_without_token_leak(reference_run):
     hub, proc, out = reference_run["hub"], reference_run["proc"], reference_run["out"]
     assert ("POST", "/api/repos/create") in hub.requests
@@ -79,6 +83,7 @@ def test_push_to_hub_stand_in_receives_outputs_without_token_leak(reference_run)
     assert_token_absent(out, proc.stdout, proc.stderr)  # ...and written nowhere
 
 
+@pytest.mark.training
 def test_push_failure_keeps_local_files_and_exits_nonzero(tiny_model, image_folder, tmp_path):
     out = str(tmp_path / "out")
     endpoint = f"http://127.0.0.1:{closed_port()}"

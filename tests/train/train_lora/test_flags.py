@@ -40,6 +40,7 @@ def test_bad_data_dir_and_choices(tmp_path):
         parse_args(["--pretrained_model_name_or_path", "m", "--train_data_dir", str(tmp_path), "--mixed_precision", "fp8"])
 
 
+@pytest.mark.app_process
 def test_cli_reports_bad_flag_in_one_line(image_folder, tmp_path):
     proc = run_train(["--pretrained_model_name_or_path", "m", "--train_data_dir", image_folder, "--rank", "-1"],
                      train_env(tmp_path), timeout=120)

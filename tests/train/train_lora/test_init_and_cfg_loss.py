@@ -70,6 +70,7 @@ def test_cfg_loss_adds_the_guided_prediction_term(image_folder):
     assert loss(3.0, 1.0, blank) == pytest.approx(2 * loss(None, 1.0, blank), rel=1e-5)
 
 
+@pytest.mark.training
 def test_run_from_init_lora_with_cfg_loss(tiny_model, tiny_partner, image_folder, tmp_path):
     out = str(tmp_path / "out")
     args = ["--pretrained_model_name_or_path", tiny_model, "--train_data_dir", image_folder, "--output_dir", out,

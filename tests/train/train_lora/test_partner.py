@@ -58,6 +58,7 @@ def test_partner_lora_is_frozen_and_switches_exactly(tiny_model, tiny_partner):
     assert set(get_peft_model_state_dict(unet)) == set(get_peft_model_state_dict(alone))
 
 
+@pytest.mark.training
 def test_partner_run_trains_both_contexts_and_resumes_exactly(reference_run, tiny_model, tiny_partner, image_folder,
                                                               tmp_path):
     partner_data = tmp_path / "both-styles"

@@ -6,12 +6,14 @@ import signal
 import subprocess
 import time
 
+import pytest
 import torch
 
 from testkit.tiny import train_env
 from testkit.train_lora import ROOT, TRAIN_ARGS, TRAIN_LORA, run_train, load_tensors
 
 
+@pytest.mark.training
 def test_resume_after_kill_matches_uninterrupted_run(reference_run, tiny_model, image_folder, tmp_path):
     out = str(tmp_path / "out")
     args = ["--pretrained_model_name_or_path", tiny_model, "--train_data_dir", image_folder, "--output_dir", out,
