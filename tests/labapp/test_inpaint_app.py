@@ -92,7 +92,7 @@ def test_bad_inpaint_input_is_named(client, files, override, expected):
     assert "Inpainted" in client.predict(image=files["image"], mask=files["mask"], steps=2, api_name="/inpaint")[1]
 
 
-def test_an_inpainting_model_refuses_generate_and_img2img_and_inpaints():
+def test_an_inpainting_model_refuses_generate_and_img2img_and_inpaints(client):  # client: the engine put back after
     """Handlers called directly on a 9-channel engine (the server above keeps the 4-channel one)."""
     import gradio as gr
 
