@@ -25,6 +25,9 @@ from testkit.paths import ROOT
 from testkit.hostile_helpers import CFG_SWEEP_DEFAULTS, GENERATE_DEFAULTS, Case, Ctx, raw_call, torch_save_bytes
 
 DOC = os.path.join(ROOT, "docs", "hostile-inputs.md")
+# The image-bomb cases send images over PIL's pixel limit on purpose: PIL warns while the app refuses them
+# (each case asserts the refusal).
+pytestmark = pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 
 
 # ----------------------------------------------------------------------------- fixtures

@@ -84,7 +84,7 @@ def test_strength_one_is_a_full_run_and_cost_follows_strength(components, image)
 def test_low_strength_keeps_the_image_high_strength_departs(components, image):
     """In latent space (the tiny VAE is untrained): the result's distance to E(image) grows with strength."""
     ours, _ = _pipes(components, "DDIM")
-    z0 = encode_image(ours, ours.image_processor.preprocess(image), sample=False)
+    z0 = encode_image(ours, ours.image_processor.preprocess(image), sample=False).detach()
     err = {}
     for s in (0.1, 1.0):
         out = img2img(ours, image, s, prompt="a red circle", num_inference_steps=20, guidance_scale=1.0,

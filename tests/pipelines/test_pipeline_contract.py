@@ -119,7 +119,8 @@ def test_output_types_agree(cls):
 
 def test_unknown_output_type_falls_back_to_numpy_as_stock(cls):
     pipe = make_pipe(cls)
-    images = pipe(**call_args(output_type="jpg")).images
+    with pytest.warns(FutureWarning, match="output_type jpg is outdated"):  # stock's own deprecation, kept
+        images = pipe(**call_args(output_type="jpg")).images
     assert isinstance(images, np.ndarray)
     assert_same_as_stock(images)
 
@@ -281,7 +282,8 @@ def test_interrupt_skips_the_remaining_steps(cls):
 def test_deprecated_callback_and_callback_steps(cls):
     pipe = make_pipe(cls)
     got = []
-    pipe(**call_args(callback=lambda i, t, latents: got.append((i, int(t), tuple(latents.shape))), callback_steps=2))
+    with pytest.warns(FutureWarning, match="callback"):  # deprecated as stock deprecates them
+        pipe(**call_args(callback=lambda i, t, latents: got.append((i, int(t), tuple(latents.shape))), callback_steps=2))
     assert got == [(0, 667, (1, 4, 8, 8)), (2, 1, (1, 4, 8, 8))]
 
 
@@ -289,7 +291,7 @@ def test_bad_callback_inputs_are_refused(cls):
     pipe = make_pipe(cls)
     with pytest.raises(ValueError, match="noise_pred"):
         pipe(**call_args(callback_on_step_end=lambda *a: {}, callback_on_step_end_tensor_inputs=["noise_pred"]))
-    with pytest.raises(ValueError, match="callback_steps"):
+    with pytest.raises(ValueError, match="callback_steps"), pytest.warns(FutureWarning, match="callback"):
         pipe(**call_args(callback=lambda *a: None, callback_steps=0))
 
 
@@ -300,12 +302,14 @@ def test_legacy_scheduler_config_is_normalized(cls):
     components = make_tiny_components()
     legacy = dict(components["scheduler"].config) | {"steps_offset": 0, "clip_sample": True}
     components["scheduler"] = DDIMScheduler.from_config(legacy)
-    pipe = make_pipe(cls, components)
+    with pytest.warns(FutureWarning, match="steps_offset"):  # stock's own notice about the legacy config
+        pipe = make_pipe(cls, components)
     assert pipe.scheduler.config.steps_offset == 1 and pipe.scheduler.config.clip_sample is False
     images = pipe(**call_args()).images
     ref_components = make_tiny_components()
     ref_components["scheduler"] = DDIMScheduler.from_config(legacy)
-    ref = make_pipe(StableDiffusionPipeline, ref_components)
+    with pytest.warns(FutureWarning, match="steps_offset"):
+        ref = make_pipe(StableDiffusionPipeline, ref_components)
     assert np.abs(images - ref(**call_args()).images).max() <= TOL
 
 
