@@ -63,24 +63,24 @@ def parse_args(argv=None) -> argparse.Namespace:
 if __name__ == "__main__":
     parse_args()  # --help and bad flags answer here, before gradio and torch load (~9 s)
 
-import gradio as gr  # noqa: E402
+import gradio as gr
 
-from labapp import console  # noqa: E402
-from labapp import engine as eng  # noqa: E402
-from labapp import gradio_cache, gradio_guards  # noqa: E402
-from labapp import generate as gen  # noqa: E402
-from labapp import guidance_kinds, labs, lora_ui, lora_user_ui, models_ui, settings_file, trace_store, trace_views  # noqa: E402
-from labapp import uploads  # noqa: E402
-from labapp import validation as check  # noqa: E402
-from labapp import warmup  # noqa: E402
-from labapp import img2img as img2img_ui  # noqa: E402
-from labapp import inpaint as inpaint_ui  # noqa: E402
-from labapp import docs  # noqa: E402
-from labapp.tabs import attention as attention_tab  # noqa: E402
-from labapp.docs import example_rows, header  # noqa: E402
-from labapp.page import CSS, EXPLORER_JS, KEYBOARD_JS, PLAY_JS  # noqa: E402
-from pipelines.guidance import GUIDANCE_METHODS, SCALE_SCHEDULES  # noqa: E402
-from pipelines.schedulers import SIGMA_KINDS  # noqa: E402
+from labapp import console
+from labapp import engine as eng
+from labapp import gradio_cache, gradio_guards
+from labapp import generate as gen
+from labapp import guidance_kinds, labs, lora_ui, lora_user_ui, models_ui, settings_file, trace_store, trace_views
+from labapp import uploads
+from labapp import validation as check
+from labapp import warmup
+from labapp import img2img as img2img_ui
+from labapp import inpaint as inpaint_ui
+from labapp import docs
+from labapp.tabs import attention as attention_tab
+from labapp.docs import example_rows, header
+from labapp.page import CSS, EXPLORER_JS, KEYBOARD_JS, PLAY_JS
+from pipelines.guidance import GUIDANCE_METHODS, SCALE_SCHEDULES
+from pipelines.schedulers import SIGMA_KINDS
 
 PIPELINE = "pipeline"  # one concurrency group for every event that touches the model
 QUEUE_MAX_SIZE = 32
