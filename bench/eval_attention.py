@@ -1,7 +1,7 @@
 """How right are the cross-attention maps? Measured on the embedded model, where the truth is known.
 
-    nice -n 10 python bench/eval_attention.py                 # 100 prompts; writes BENCHMARKS.md + docs/attention_iou.json
-    python bench/eval_attention.py --num_prompts 10 --no_write
+    nice -n 10 python -m bench run eval_attention                 # 100 prompts; writes BENCHMARKS.md + docs/attention_iou.json
+    python -m bench run eval_attention --num_prompts 10 --no_write
 
 Held-out prompts naming every attribute ("a small red circle in the top left"), one seed each, the
 model's defaults (DDIM, 25 steps, guidance 3), maps recorded per step and per resolution level
@@ -19,21 +19,18 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 
 import numpy as np
 import torch
 
+from bench.common import command, machine, update_section
+from pipelines.attention import word_map, word_tokens
+from pipelines.models import load_pipeline, model_spec
+from shapesworld.attention_eval import POSITION_WORDS, TAU, iou, mass_in, position_region, shape_mask, threshold_map
+from shapesworld.evaluate import eval_cases
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from bench.report import machine, update_section  # noqa: E402
-from pipelines.attention import word_map, word_tokens  # noqa: E402
-from pipelines.models import load_pipeline, model_spec  # noqa: E402
-from shapesworld.attention_eval import POSITION_WORDS, TAU, iou, mass_in, position_region, shape_mask, threshold_map  # noqa: E402
-from shapesworld.evaluate import eval_cases  # noqa: E402
-
 SECTION = "Cross-attention maps vs the drawn shapes"
 TRUST_FILE = os.path.join(ROOT, "docs", "attention_iou.json")
 ALL = "all layers"
@@ -105,7 +102,7 @@ def main(argv=None) -> int:
     lines = [
         f"Embedded model ({args.model}), {len(cases)} held-out prompts naming every attribute, one seed each, "
         f"{scheduler} {steps} steps, guidance {scale:g}; shape found (segmented) in {found} images. "
-        f"`python bench/eval_attention.py` on {machine()}, {args.threads} thread(s), "
+        f"`python -m bench run eval_attention` on {machine()}, {args.threads} thread(s), "
         f"{time.perf_counter() - started:.0f} s.",
         "",
         f"**Threshold rule** (DAAM, Tang et al. 2023): the word's map (sum of its tokens' maps, mean over "
@@ -148,7 +145,7 @@ def main(argv=None) -> int:
     print(body)
 
     if not args.no_write:
-        update_section(SECTION, body)
+        update_section(SECTION, body, regenerate=command('eval_attention'))
         trust = {
             "model": args.model, "prompts": len(cases), "found": found, "tau": TAU, "steps": steps,
             "guidance_scale": scale, "shape_iou": mean(iou_rows["shape word"][ALL]["mean"]),

@@ -5,13 +5,12 @@ from __future__ import annotations
 import gradio as gr
 import numpy as np
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-
-from labapp import attention_view as view  # noqa: E402
-from labapp import engine as eng  # noqa: E402
-from pipelines.attention import word_map  # noqa: E402
-from testkit.app_server import launch, tiny_engine  # noqa: E402
+from labapp import attention_view as view
+from labapp import engine as eng
+from pipelines.attention import word_map
+from testkit.app_server import launch, tiny_engine
 
 ARGS = dict(negative_prompt="", scheduler="DDIM", steps=4, guidance_scale=5.0, seed=1)
 

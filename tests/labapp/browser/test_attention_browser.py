@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from testkit.browser import chromium, require_chromium, shot
+from testkit.browser import chromium, shot
 
-require_chromium()
+pytestmark = pytest.mark.browser
 
 
 @pytest.fixture(scope="module")
