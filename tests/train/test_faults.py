@@ -6,7 +6,7 @@ serving.
 Kill moments are random but seeded (FAULT_SEED, printed on failure): the first kill waits for a
 half-written checkpoint folder (.tmp-checkpoint-N) and kills while it exists, later ones wait for
 training to make progress and then kill after a seeded delay, so they land during a step or during a
-checkpoint write. RUN_SLOW=1 adds a run with more kills whose final adapter must equal an
+checkpoint write. The slow tier (`-m slow`) adds a run with more kills whose final adapter must equal an
 uninterrupted run's.
 """
 from __future__ import annotations
