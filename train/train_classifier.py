@@ -227,10 +227,10 @@ def main(argv=None) -> int:
         lr_scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         global_step += 1
-        loss_avg = float(loss) if loss_avg is None else 0.98 * loss_avg + 0.02 * float(loss)
+        loss_avg = float(loss.detach()) if loss_avg is None else 0.98 * loss_avg + 0.02 * float(loss.detach())
         progress.update()
         progress.set_postfix(loss=f"{loss_avg:.3f}")
-        accelerator.log({"loss": float(loss), "lr": lr_scheduler.get_last_lr()[0]}, step=global_step)
+        accelerator.log({"loss": float(loss.detach()), "lr": lr_scheduler.get_last_lr()[0]}, step=global_step)
         if global_step % args.checkpointing_steps == 0 and global_step < args.max_train_steps:
             save_checkpoint(accelerator, args.output_dir, global_step, {}, args.checkpoints_total_limit)
     train_seconds = time.time() - t_train
