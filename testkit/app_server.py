@@ -23,17 +23,32 @@ def launch(engine, concurrency_limit: int = 2, attempts: int = 3):
     """Launch on 127.0.0.1 with a free port; returns (demo, url). Call demo.close() at the end.
 
     Gradio's start-up probe of localhost can time out on a loaded 2-core machine
-    ("localhost is not accessible"): that one error is retried, any other is raised.
+    ("localhost is not accessible"). The server is up by then (a second ``launch()`` would only
+    rerun it on its first port), so it is polled until it answers; any other error is raised.
     """
     import app
 
     demo = app.build_demo(engine, concurrency_limit=concurrency_limit)
-    for attempt in range(attempts):
-        port = free_port()
+    try:
+        demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
+                    **app.launch_kwargs())
+    except ValueError as error:
+        if "localhost is not accessible" not in str(error) or not demo.is_running:
+            raise
+        wait_until_it_answers(demo.local_url, error, tries=attempts * 20)
+    return demo, demo.local_url
+
+
+def wait_until_it_answers(url: str, error: Exception, tries: int = 60, every: float = 0.5) -> None:
+    import time
+
+    import httpx
+
+    for _ in range(tries):
         try:
-            demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                        **app.launch_kwargs())
-            return demo, f"http://127.0.0.1:{port}/"
-        except ValueError as error:
-            if "localhost is not accessible" not in str(error) or attempt == attempts - 1:
-                raise
+            if httpx.get(url, timeout=5).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(every)
+    raise error
