@@ -51,8 +51,8 @@ def main(argv: list[str] | None = None) -> int:
             section, summary = describe(stem)
             print(f"{name:<{width}}  [{section or '-'}]  {summary}")
         return 0
-    if argv[0] == "run" and len(argv) >= 2:
-        name = argv[1]
+    if argv[0] == "run":
+        name = argv[1] if len(argv) >= 2 else ""
         if name not in table:
             print(f"bench: error: name={name!r} is not a benchmark; one of: {', '.join(table)}", file=sys.stderr)
             return 2
