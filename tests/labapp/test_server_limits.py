@@ -23,12 +23,12 @@ import time
 import uuid
 import zlib
 
+import httpx
 import pytest
-
-httpx = pytest.importorskip("httpx")
 
 from testkit.paths import ROOT
 
+pytestmark = pytest.mark.app_process  # one `python app.py` for the module
 EMBEDDED = os.path.join(ROOT, "models", "tiny-shapes", "model_index.json")
 if not os.path.isfile(EMBEDDED):
     pytest.skip("models/tiny-shapes is missing", allow_module_level=True)
