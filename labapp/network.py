@@ -76,7 +76,7 @@ def within_deadline(what: str, call, *args, deadline: float | None = None, **kwa
     def run():
         try:
             result["value"] = call(*args, **kwargs)
-        except BaseException as error:  # noqa: BLE001 - handed to the caller's thread
+        except BaseException as error:  # broad on purpose: handed to the caller's thread
             result["error"] = error
 
     worker = threading.Thread(target=run, name=f"hub: {what}", daemon=True)
