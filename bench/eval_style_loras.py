@@ -48,7 +48,7 @@ def ceiling(model: str) -> str:
     path = os.path.join(model, "training.json")
     vae_info = json.load(open(path)).get("vae", {}) if os.path.exists(path) else {}
     # the latest VAE fine-tune measured the VAE as shipped
-    extra = next((vae_info[k] for k in ("decoder_combinations", "encoder_combinations", "encoder_styles",
+    extra = next((vae_info[k] for k in ("decoder_partial", "decoder_combinations", "encoder_combinations", "encoder_styles",
                                         "decoder_styles_extra") if k in vae_info), None)
     if not extra:
         return ""

@@ -109,9 +109,24 @@ def join_styles(*styles: str) -> str:
     return "+".join(sorted(set(styles), key=STYLES.index))
 
 
-def render(attrs: Attributes, rng: np.random.Generator, resolution: int = RESOLUTION) -> Image.Image:
-    """Draw one shape on a plain background, supersampled then box-filtered to ``resolution``."""
+def render(attrs: Attributes, rng: np.random.Generator, resolution: int = RESOLUTION,
+           strengths: dict | None = None) -> Image.Image:
+    """Draw one shape on a plain background, supersampled then box-filtered to ``resolution``.
+
+    ``strengths`` ({style: s in [0, 1]}, default 1 for each style of ``attrs.style``) draws a style
+    part-way, in pixel space: night mixes the background from the light one (0) to the dark one (1),
+    pastel mixes ``s * PASTEL_MIX`` white into the color, outline fills the shape's inside with
+    the color mixed towards the background by ``s`` (1: hollow). Strength 1 is the style as it was,
+    pixel for pixel (the random draws are the same for every strength).
+    """
     styles = style_parts(attrs.style)
+    strength = {st: 1.0 for st in styles}
+    for st, value in (strengths or {}).items():
+        if st not in styles:
+            raise ValueError(f"strengths names {st!r}, which is not a part of style={attrs.style!r}")
+        if not 0.0 <= float(value) <= 1.0:
+            raise ValueError(f"strengths[{st!r}]={value!r} is out of range: allowed 0 to 1")
+        strength[st] = float(value)
     n = resolution * SUPERSAMPLE
     scale = resolution / RESOLUTION * SUPERSAMPLE
     jitter = rng.uniform(-1.0, 1.0, size=2) * scale
@@ -119,19 +134,28 @@ def render(attrs: Attributes, rng: np.random.Generator, resolution: int = RESOLU
     cy = CELL_CENTER[attrs.v] * n + jitter[1]
     r = HALF_EXTENT[attrs.size] * scale * rng.uniform(0.93, 1.07)
 
-    if "night" in styles:
-        background = np.array([18, 20, 38], np.float32) + rng.uniform(-6, 6, 3)
-    else:
-        background = np.array([240, 238, 232], np.float32) + rng.uniform(-8, 8, 3)
+    u = rng.random(3)  # what rng.uniform(lo, hi, 3) draws: lo + (hi - lo) * u
+    dark = np.array([18, 20, 38], np.float32) + (-6 + 12 * u)
+    light = np.array([240, 238, 232], np.float32) + (-8 + 16 * u)
+    night = strength.get("night", 0.0)
+    background = dark if night == 1.0 else light if night == 0.0 else ((1 - night) * light + night * dark)
+    background = background.astype(np.float32)
     color = np.array(COLORS[attrs.color], np.float32) + rng.uniform(-10, 10, 3)
     if "pastel" in styles:
-        color = (1 - PASTEL_MIX) * color + PASTEL_MIX * 255.0
+        mix = PASTEL_MIX * strength["pastel"]
+        color = (1 - mix) * color + mix * 255.0
 
     mask = _shape_mask(attrs.shape, cx, cy, r, n)
     if "outline" in styles:
         w = OUTLINE_WIDTH * scale
         inner = _shape_mask(attrs.shape, cx, cy + (w * 0.45 if attrs.shape == "triangle" else 0.0), r - w * (1.45 if attrs.shape == "triangle" else 1.0), n)
-        mask = mask & ~inner
+        if strength["outline"] == 1.0:
+            mask = mask & ~inner
+        else:  # the inside keeps (1 - s) of the color
+            inside = (1 - strength["outline"]) * color + strength["outline"] * background
+            canvas = np.where((mask & ~inner)[..., None], color, np.where(mask[..., None], inside, background))
+            small = canvas.reshape(resolution, SUPERSAMPLE, resolution, SUPERSAMPLE, 3).mean(axis=(1, 3))
+            return Image.fromarray(np.clip(small + 0.5, 0, 255).astype(np.uint8))
 
     canvas = np.where(mask[..., None], color, background)  # (n, n, 3)
     small = canvas.reshape(resolution, SUPERSAMPLE, resolution, SUPERSAMPLE, 3).mean(axis=(1, 3))
@@ -163,8 +187,11 @@ def caption_for(attrs: Attributes, mentioned: tuple[str, ...]) -> str:
     return " ".join([article] + words + ([phrase] if phrase else []))
 
 
-def sample(seed: int, style: str | None = None, empty_prob: float = 0.1, resolution: int = RESOLUTION) -> Sample:
-    """The sample for ``seed``: attributes, image and a caption naming a random subset of them."""
+def sample(seed: int, style: str | None = None, empty_prob: float = 0.1, resolution: int = RESOLUTION,
+           strengths: dict | None = None) -> Sample:
+    """The sample for ``seed``: attributes, image and a caption naming a random subset of them.
+
+    ``strengths``: each style drawn part-way (``render``); the attributes and caption do not change."""
     style_parts(style)  # raises on an unknown style or a badly spelled combination
     rng = np.random.default_rng([seed, 0x5EED])
     attrs = Attributes(
@@ -180,7 +207,7 @@ def sample(seed: int, style: str | None = None, empty_prob: float = 0.1, resolut
     else:
         keep = {"shape": 0.8, "color": 0.8, "size": 0.6, "h": 0.65, "v": 0.65}
         mentioned = tuple(k for k, p in keep.items() if rng.random() < p)
-    image = render(attrs, rng, resolution)
+    image = render(attrs, rng, resolution, strengths)
     return Sample(image=image, caption=caption_for(attrs, mentioned), attributes=attrs, mentioned=mentioned)
 
 

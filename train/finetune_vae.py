@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 
 
 from shapesworld import score_image
-from shapesworld.world import STYLES, images_array, style_parts
+from shapesworld.world import STYLES, images_array, sample, style_parts
 from train.common import warmup_cosine
 from train.train_base import to_model_space
 
@@ -63,6 +63,10 @@ def parse_args(argv=None):
     p.add_argument("--combinations", default="",
                    help="comma-separated style combinations trained as kinds of their own next to plain and the single "
                         "styles, e.g. 'outline+night,night+pastel' (what a user gets blending two style LoRAs)")
+    p.add_argument("--partial", action="store_true",
+                   help="also styles drawn part-way: half of every style kind's images get each style part at a "
+                        "strength drawn in [0, 1] (shapesworld render strengths), what a LoRA at a partial weight "
+                        "draws; the round trip is also read at strength 0.5 (kind@0.5)")
     p.add_argument("--anchor_weight", type=float, default=1.0, help="--part encoder: weight of the anchor loss")
     p.add_argument("--work_dir", default=None, help="default runs/vae-<part>")
     p.add_argument("--steps", type=int, default=2500)
@@ -76,9 +80,22 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def render(kind, n: int, base_seed: int):
-    images, _, attrs = images_array(np.arange(n) + base_seed, style=kind, empty_prob=0.0)
-    return torch.from_numpy(images), attrs
+def render(kind, n: int, base_seed: int, partial: str | float | None = None):
+    """``partial``: None (full styles), a strength for every part, or "random" (half of the images at
+    strengths drawn in [0, 1] per part, seeded by ``base_seed``, the other half at full strength)."""
+    if partial is None or kind is None:
+        images, _, attrs = images_array(np.arange(n) + base_seed, style=kind, empty_prob=0.0)
+        return torch.from_numpy(images), attrs
+    parts = style_parts(kind)
+    rng = np.random.default_rng([base_seed, 0xD1A1])
+    samples = []
+    for i in range(n):
+        if partial == "random":
+            strengths = {p_: float(rng.uniform()) for p_ in parts} if i % 2 else None
+        else:
+            strengths = {p_: float(partial) for p_ in parts}
+        samples.append(sample(int(base_seed + i), style=kind, empty_prob=0.0, strengths=strengths))
+    return torch.from_numpy(np.stack([np.asarray(s_.image) for s_ in samples])), [s_.attributes for s_ in samples]
 
 
 @torch.no_grad()
@@ -132,16 +149,19 @@ def main(argv=None):
     if encoder_part and (bad or not styles):
         raise SystemExit(f"--encoder_styles={args.encoder_styles!r}: each must be one of "
                          f"{', '.join(k for k in kinds[1:])} (add a combination with --combinations)")
-    work_dir = args.work_dir or os.path.join("runs", f"vae-{args.part}" + ("-combinations" if combinations else ""))
+    work_dir = args.work_dir or os.path.join("runs", f"vae-{args.part}" + ("-combinations" if combinations else "")
+                                             + ("-partial" if args.partial else ""))
     vae_dir = os.path.join(args.model, "vae")
     vae = AutoencoderKL.from_pretrained(vae_dir).eval()
     os.makedirs(work_dir, exist_ok=True)
 
     pools, evals = [], {}
     for k, kind in enumerate(kinds):
-        images, _ = render(kind, args.per_kind, (args.seed + k) * 1_000_000)
+        images, _ = render(kind, args.per_kind, (args.seed + k) * 1_000_000, "random" if args.partial else None)
         pools.append(images)
         evals[kind_names[k]] = render(kind, args.eval_per_kind, (args.seed + k) * 1_000_000 + 900_000)
+        if args.partial and kind is not None:
+            evals[f"{kind_names[k]}@0.5"] = render(kind, args.eval_per_kind, (args.seed + k) * 1_000_000 + 950_000, 0.5)
     before_path = os.path.join(work_dir, "before.json")
     before = json.load(open(before_path)) if os.path.exists(before_path) else None
     if before is None or set(before) != set(evals):
@@ -254,6 +274,9 @@ def main(argv=None):
     if combinations:  # a later stage: the earlier records stay
         record.update(combinations=list(combinations))
         key = f"{args.part}_combinations"
+    if args.partial:
+        record.update(partial=True)
+        key = f"{args.part}_partial"
     info.setdefault("vae", {})[key] = record
     with open(info_path + ".tmp", "w") as f:
         json.dump(info, f, indent=2)

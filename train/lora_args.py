@@ -62,9 +62,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Share of the steps trained with the partner on, on partner data (default 0.5).")
     p.add_argument("--partner_train_data_dir", type=str, default=None,
                    help="Image folder (metadata.jsonl) of the combined style, for --partner_lora.")
-    p.add_argument("--partner_shapes_style", type=str, default=None, choices=SHAPES_STYLES,
+    p.add_argument("--partner_shapes_style", type=str, default=None,
                    help="The partner's shapes-world style: renders <--shapes_style>+<this> images into "
-                        "<output_dir>/partner_data as the partner data.")
+                        "<output_dir>/partner_data as the partner data. With --dial, several partners may be "
+                        "given, comma-separated in both --partner_lora and this flag, in the same order.")
+    # Dial: adapters that behave at partial weights and in pairs
+    p.add_argument("--dial", action="store_true",
+                   help="Train the adapter at a weight drawn every step in [--dial_min_weight, 1] (its peft "
+                        "scaling) on shapes-world images of the style drawn at that strength (needs --shapes_style); "
+                        "partners are switched on at drawn weights too, on images of both styles at those "
+                        "strengths. See train/README.md.")
+    p.add_argument("--dial_min_weight", type=float, default=0.05, help="Lowest weight --dial draws (default 0.05).")
+    p.add_argument("--dial_full_prob", type=float, default=0.2,
+                   help="Share of the --dial steps at weight exactly 1, the style as before (default 0.2).")
+    p.add_argument("--dial_partner_equal_prob", type=float, default=0.5,
+                   help="Share of the --dial partner steps where the partner's weight equals the adapter's "
+                        "(default 0.5; else it is drawn on its own).")
     p.add_argument("--image_column", type=str, default="image")
     p.add_argument("--caption_column", type=str, default="text")
     p.add_argument("--max_train_samples", type=int, default=None)
@@ -172,7 +185,17 @@ def validate_args(args: argparse.Namespace) -> argparse.Namespace:
             raise ValueError("--shapes_num_samples needs --shapes_style")
         if args.shapes_num_samples < 1:
             _fail("--shapes_num_samples", args.shapes_num_samples, "must be >= 1")
+    args.partner_loras, args.partner_shapes_styles = [], []
     _validate_partner(args)
+    if args.dial:
+        if args.shapes_style is None:
+            raise ValueError("--dial needs --shapes_style: it renders the style at each drawn weight")
+        if not 0.0 < args.dial_min_weight <= 1.0:
+            _fail("--dial_min_weight", args.dial_min_weight, "must be in (0, 1]")
+        for flag, value in (("--dial_full_prob", args.dial_full_prob),
+                            ("--dial_partner_equal_prob", args.dial_partner_equal_prob)):
+            if not 0.0 <= value <= 1.0:
+                _fail(flag, value, "must be in [0, 1]")
     if args.init_lora is not None:
         args.init_lora = _lora_file("--init_lora", args.init_lora)
     if args.cfg_loss_scale is not None and args.cfg_loss_scale <= 1.0:
@@ -263,15 +286,30 @@ def _validate_partner(args: argparse.Namespace) -> None:
         if partner_data:
             raise ValueError(f"{partner_data[0]} needs --partner_lora (the adapter to compose with)")
         return
-    args.partner_lora = _lora_file("--partner_lora", args.partner_lora)
+    files = [f.strip() for f in args.partner_lora.split(",")]
+    if len(files) > 1 and not args.dial:
+        _fail("--partner_lora", args.partner_lora, "one file (several, comma-separated, only with --dial)")
+    args.partner_loras = [_lora_file("--partner_lora", f) for f in files]
+    args.partner_lora = ",".join(args.partner_loras)
     if len(partner_data) != 1:
         raise ValueError(f"--partner_lora needs exactly one of --partner_train_data_dir, --partner_shapes_style "
                          f"(images of both styles together; got {partner_data or 'none'})")
+    if args.dial and args.partner_shapes_style is None:
+        raise ValueError("--dial with --partner_lora needs --partner_shapes_style (it renders both styles at the drawn "
+                         "weights; --partner_train_data_dir has them at one weight only)")
     if args.partner_shapes_style is not None:
         if args.shapes_style is None:
             raise ValueError("--partner_shapes_style needs --shapes_style (the combined style is rendered from both)")
-        if args.partner_shapes_style == args.shapes_style:
-            _fail("--partner_shapes_style", args.partner_shapes_style, f"must differ from --shapes_style={args.shapes_style!r}")
+        styles = [st.strip() for st in args.partner_shapes_style.split(",")]
+        for st in styles:
+            if st not in SHAPES_STYLES:
+                _fail("--partner_shapes_style", args.partner_shapes_style, f"styles from {', '.join(SHAPES_STYLES)}")
+            if st == args.shapes_style:
+                _fail("--partner_shapes_style", args.partner_shapes_style, f"must differ from --shapes_style={args.shapes_style!r}")
+        if len(styles) != len(args.partner_loras):
+            _fail("--partner_shapes_style", args.partner_shapes_style,
+                  f"one style per --partner_lora file ({len(args.partner_loras)} given)")
+        args.partner_shapes_styles = styles
     if args.partner_train_data_dir is not None and not os.path.isfile(os.path.join(args.partner_train_data_dir, "metadata.jsonl")):
         _fail("--partner_train_data_dir", args.partner_train_data_dir, "needs a folder with a metadata.jsonl")
     if not 0.0 < args.partner_prob <= 1.0:

@@ -29,34 +29,46 @@ _ON_KEY, _PICK_KEY = -3, -4
 class PartnerLoRA:
     """A frozen second LoRA in the UNet, next to the "default" adapter being trained."""
 
-    def __init__(self, unet, path: str, weight: float = 1.0):
+    def __init__(self, unet, path: str, weight: float = 1.0, name: str = PARTNER_ADAPTER):
         from peft.tuners.lora import LoraLayer
 
         state_dict, network_alphas, metadata = read_unet_lora(path, "--partner_lora")
-        unet.load_lora_adapter(state_dict, prefix="unet", network_alphas=network_alphas, adapter_name=PARTNER_ADAPTER,
+        unet.load_lora_adapter(state_dict, prefix="unet", network_alphas=network_alphas, adapter_name=name,
                                metadata=metadata)
+        self.name = name
         self.weight = float(weight)
-        # diffusers' loader makes the partner the only active adapter (and trainable): undo both.
+        # diffusers' loader makes the partner the only active adapter (and trainable): undo both (every
+        # adapter in the layer stays active: the trained one and each partner, switched by its scaling).
         layers = [m for m in unet.modules() if isinstance(m, LoraLayer)]
         for layer in layers:
-            layer.set_adapter([name for name in ("default", PARTNER_ADAPTER) if name in layer.lora_A])
-        partner_params = [p for n, p in unet.named_parameters() if f".{PARTNER_ADAPTER}." in n]
-        for p in partner_params:
-            p.requires_grad_(False)
+            layer.set_adapter(list(layer.lora_A))
+        # set_adapter also makes every active adapter trainable: only the "default" one is trained (an
+        # earlier partner would otherwise learn again when a second one is loaded)
+        for n, p in unet.named_parameters():
+            if "lora_" in n and ".default." not in n:
+                p.requires_grad_(False)
+        partner_params = [p for n, p in unet.named_parameters() if f".{name}." in n]
         self.num_parameters = sum(p.numel() for p in partner_params)
-        self._scaled = [(m, m.scaling[PARTNER_ADAPTER]) for m in layers if PARTNER_ADAPTER in m.scaling]
+        self._scaled = [(m, m.scaling[name]) for m in layers if name in m.scaling]
         if not self._scaled:
             raise ValueError(f"--partner_lora={path!r} matched no layer of the UNet")
         self.on = None
+        self.current = None
         self.switch(False)
 
     def switch(self, on: bool) -> None:
         """Partner on (at its weight) or off (scaling 0: the partner adds exactly nothing)."""
         if on == self.on:
             return
+        self.set_weight(self.weight if on else 0.0)
+
+    def set_weight(self, weight: float) -> None:
+        """The partner at ``weight`` (0: off); --dial draws the partner's weight per step."""
+        if weight == self.current:
+            return
         for layer, base in self._scaled:
-            layer.scaling[PARTNER_ADAPTER] = base * (self.weight if on else 0.0)
-        self.on = on
+            layer.scaling[self.name] = base * weight
+        self.current, self.on = weight, weight != 0.0
 
 
 def partner_step(seed: int, micro_step: int, prob: float) -> bool:

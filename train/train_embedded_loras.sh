@@ -13,6 +13,15 @@
 #   pastel         pastel alone, 1500 steps
 #   pastel-cfg     pastel trained on 600 steps with the guided prediction at guidance 3 held to the
 #                  target too (--cfg_loss_scale 3): guidance otherwise turns pastel blues purple
+#   night-dial     night trained on (--init_lora) with --dial: at weights drawn in [0.05, 1], on images
+#                  drawn at that strength, so a partial weight gives a partial style with the prompt kept
+#   pastel-dial    the same for pastel, with the new night as its partner at drawn weights
+#   outline-dial   the same for outline, with the new night and the new pastel as its partners
+#   pastel-dial-cfg, outline-dial-2   60 more steps each (pastel with --cfg_loss_scale 3 too)
+# The dial stages are not run by default and their adapters are not shipped: they keep the prompt at
+# partial weights far better but lose some at weight 1 (BENCHMARKS.md, "LoRA weights and what the prompt
+# keeps"). They need the decoder of train/finetune_vae.py --partial to draw partial styles:
+#   STAGES="night-dial pastel-dial outline-dial pastel-dial-cfg outline-dial-2" bash train/train_embedded_loras.sh
 # The why and the figures of each stage: BENCHMARKS.md ("Embedded style LoRAs: against the issue's targets").
 #
 # Outputs (checkpoints, validation images, model cards, logs) stay in runs/loras/<stage>/;
@@ -20,7 +29,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-STAGES=${STAGES:-"night outline night-partner pastel pastel-cfg"}
+STAGES=${STAGES:-"night outline night-partner pastel pastel-cfg"}  # the shipped adapters
+DIAL_STEPS=${DIAL_STEPS:-100}
+DIAL2_STEPS=${DIAL2_STEPS:-60}
+DIAL_FLAGS="--dial --dial_min_weight 0.05 --dial_full_prob 0.2 --train_batch_size 16"
 PRESETS=lora_presets/tiny-shapes
 # attention, transformer in/out and feed-forward, resnet convs and their time-embedding projections
 TARGETS="to_q,to_k,to_v,to_out.0,proj_in,proj_out,ff.net.0.proj,ff.net.2,conv1,conv2,time_emb_proj"
@@ -38,11 +50,11 @@ train() {  # train <stage> <style> <steps> <learning rate> <warmup> <lr floor> <
     [ -n "${FORCE:-}" ] && rm -rf "$out"
     "$PY" train/train_lora.py \
       --pretrained_model_name_or_path models/tiny-shapes \
-      --shapes_style "$style" --shapes_num_samples 6000 "$@" \
+      --shapes_style "$style" --shapes_num_samples "${NUM_SAMPLES:-6000}" \
       --caption_dropout_prob 0.2 \
       --rank 16 --lora_alpha 16 --init_lora_weights gaussian \
       --target_modules "$targets" \
-      --train_batch_size 32 --max_train_steps "$steps" \
+      --train_batch_size 32 "$@" --max_train_steps "$steps" \
       --learning_rate "$lr" --lr_scheduler warmup_cosine --lr_warmup_steps "$warmup" --lr_min "$lr_min" --snr_gamma 5 \
       --checkpointing_steps 100 --checkpoints_total_limit 2 --resume_from_checkpoint latest \
       --validation_prompt "a large red circle in the center" --validation_steps "$steps" \
@@ -51,6 +63,11 @@ train() {  # train <stage> <style> <steps> <learning rate> <warmup> <lr floor> <
   mkdir -p "$PRESETS"
   cp "$out/pytorch_lora_weights.safetensors" "$PRESETS/$style.safetensors.tmp"
   mv "$PRESETS/$style.safetensors.tmp" "$PRESETS/$style.safetensors"
+}
+
+snapshot() {  # the adapter a dial stage starts from: the one in $PRESETS before the first dial run
+  mkdir -p runs/loras
+  [ -f "runs/loras/$1-dial-init.safetensors" ] || cp "$PRESETS/$1.safetensors" "runs/loras/$1-dial-init.safetensors"
 }
 
 for stage in $STAGES; do
@@ -64,6 +81,25 @@ for stage in $STAGES; do
     pastel) train pastel pastel 1500 1e-3 50 1e-4 "$TARGETS_PASTEL" ;;
     pastel-cfg) train pastel-cfg pastel 600 5e-4 20 1e-4 "$TARGETS_PASTEL" \
       --init_lora runs/loras/pastel/pytorch_lora_weights.safetensors --cfg_loss_scale 3 --cfg_loss_weight 1 ;;
-    *) echo "unknown stage $stage (stages: night outline night-partner pastel pastel-cfg)" >&2; exit 2 ;;
+    # the dial stages start from the adapters in $PRESETS (the shipped ones, or the stage before's)
+    night-dial) snapshot night; NUM_SAMPLES=200 train night-dial night "$DIAL_STEPS" 5e-4 10 5e-5 "$TARGETS" $DIAL_FLAGS \
+      --init_lora runs/loras/night-dial-init.safetensors ;;
+    pastel-dial) snapshot pastel; NUM_SAMPLES=200 train pastel-dial pastel "$DIAL_STEPS" 5e-4 10 5e-5 "$TARGETS_PASTEL" $DIAL_FLAGS \
+      --init_lora runs/loras/pastel-dial-init.safetensors \
+      --partner_lora "$PRESETS/night.safetensors" --partner_shapes_style night --partner_prob 0.5 ;;
+    outline-dial) snapshot outline; NUM_SAMPLES=200 train outline-dial outline "$DIAL_STEPS" 5e-4 10 5e-5 "$TARGETS" $DIAL_FLAGS \
+      --init_lora runs/loras/outline-dial-init.safetensors \
+      --partner_lora "$PRESETS/night.safetensors,$PRESETS/pastel.safetensors" --partner_shapes_style night,pastel \
+      --partner_prob 0.6 ;;
+    # second round: pastel dial training undid the guided-prediction term of pastel-cfg (weight 1 read
+    # color 0.93 -> 0.77), and outline + night at 1 + 1 lost hollowness: train both on a little
+    pastel-dial-cfg) NUM_SAMPLES=200 train pastel-dial-cfg pastel "$DIAL2_STEPS" 3e-4 5 5e-5 "$TARGETS_PASTEL" $DIAL_FLAGS \
+      --init_lora runs/loras/pastel-dial/pytorch_lora_weights.safetensors --cfg_loss_scale 3 --cfg_loss_weight 1 \
+      --dial_full_prob 0.3 --partner_lora "$PRESETS/night.safetensors" --partner_shapes_style night --partner_prob 0.5 ;;
+    outline-dial-2) NUM_SAMPLES=200 train outline-dial-2 outline "$DIAL2_STEPS" 3e-4 5 5e-5 "$TARGETS" $DIAL_FLAGS \
+      --init_lora runs/loras/outline-dial/pytorch_lora_weights.safetensors --dial_full_prob 0.4 \
+      --partner_lora "$PRESETS/night.safetensors,$PRESETS/pastel.safetensors" --partner_shapes_style night,pastel \
+      --partner_prob 0.6 --dial_partner_equal_prob 0.7 ;;
+    *) echo "unknown stage $stage (stages: night outline night-partner pastel pastel-cfg night-dial pastel-dial outline-dial pastel-dial-cfg outline-dial-2)" >&2; exit 2 ;;
   esac
 done

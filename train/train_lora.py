@@ -41,7 +41,8 @@ from train.lora_optim import (
     build_lr_scheduler, build_optimizer, lora_param_groups, min_snr_loss_weights, snr_of_timesteps,
 )
 from train.lora_init import load_initial_lora
-from train.lora_partner import PartnerLoRA, partner_batch, partner_step
+from train.lora_partner import PARTNER_ADAPTER, PartnerLoRA, partner_batch, partner_step
+from train.lora_dial import AdapterScales, DialRenderer, dial_partner, dial_weight
 from train.lora_validation import run_validation
 
 WEIGHT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -220,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.shapes_style:
             args.train_data_dir = render_shapes_dataset(os.path.join(args.output_dir, "data"), args.shapes_style,
                                                         args.shapes_num_samples or 200, seed, args.trigger_word)
-            if args.partner_shapes_style:
+            if args.partner_shapes_style and not args.dial:  # --dial renders its partner batches per step
                 from shapesworld.world import join_styles  # lazy, like render_shapes_dataset's import
 
                 render_shapes_dataset(os.path.join(args.output_dir, "partner_data"),
@@ -229,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     accelerator.wait_for_everyone()
     if args.shapes_style:
         args.train_data_dir = os.path.join(args.output_dir, "data")
-    if args.partner_shapes_style:
+    if args.partner_shapes_style and not args.dial:
         args.partner_train_data_dir = os.path.join(args.output_dir, "partner_data")
 
     # 2. Models: frozen base in the compute dtype, LoRA parameters in fp32 (so the fp16 grad scaler
@@ -245,10 +246,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.init_lora:
         count = load_initial_lora(unet, args.init_lora, args.rank, args.lora_alpha)
         logger.info(f"Adapter starts from {args.init_lora} ({count} tensors)")
-    partner = PartnerLoRA(unet, args.partner_lora, args.partner_weight) if args.partner_lora else None
-    if partner:
-        logger.info(f"Partner LoRA {args.partner_lora}: {partner.num_parameters} frozen parameters, on for "
-                    f"{args.partner_prob:.0%} of the steps at weight {args.partner_weight}")
+    partners = [PartnerLoRA(unet, path, args.partner_weight, name=PARTNER_ADAPTER if i == 0 else f"{PARTNER_ADAPTER}_{i}")
+                for i, path in enumerate(args.partner_loras)]
+    partner = partners[0] if partners else None
+    for p_, path in zip(partners, args.partner_loras):
+        logger.info(f"Partner LoRA {path}: {p_.num_parameters} frozen parameters, on for "
+                    f"{args.partner_prob / len(partners):.0%} of the steps at "
+                    + ("drawn weights (--dial)" if args.dial else f"weight {args.partner_weight}"))
+    dial_scales = AdapterScales(unet, ["default"]) if args.dial else None
     if args.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
         if args.train_text_encoder:
@@ -257,7 +262,9 @@ def main(argv: list[str] | None = None) -> int:
     # 3. Data: (epoch, index) keys in a seeded order; our own generator keeps DataLoader off the global RNG.
     dataset = build_dataset(args, tokenizer, args.resolution, seed)
     sampler = EpochShuffleSampler(len(dataset), seed)
-    partner_data = build_dataset(args, tokenizer, args.resolution, seed, partner=True) if partner else None
+    partner_data = build_dataset(args, tokenizer, args.resolution, seed, partner=True) if partner and not args.dial else None
+    renderer = (DialRenderer(tokenizer, args.resolution, seed, args.trigger_word, args.caption_dropout_prob)
+                if args.dial else None)
     empty_ids = dataset.tokenize("")[None] if args.cfg_loss_scale is not None else None  # (1, L): the empty caption
     train_dataloader = torch.utils.data.DataLoader(
         dataset, sampler=sampler, batch_size=args.train_batch_size, collate_fn=collate,
@@ -311,11 +318,19 @@ def main(argv: list[str] | None = None) -> int:
     def validate(model, tag: str) -> None:
         """Validation images of the adapter alone and, with a partner, of the two together."""
         text_encoder_now = accelerator.unwrap_model(text_encoder)
+        full_weights()
         for on in ((False, True) if partner else (False,)):
             if partner:
                 partner.switch(on)
             run_validation(accelerator, args, model, text_encoder_now, vae, tokenizer, weight_dtype,
                            tag=f"{tag}-with-partner" if on else tag)
+
+    def full_weights() -> None:
+        """The adapter at weight 1 and every partner off: how it is validated and saved (--dial moves both)."""
+        if dial_scales:
+            dial_scales.set({"default": 1.0})
+        for p_ in partners:
+            p_.switch(False)
 
     # 6. Training loop.
     unet.train()
@@ -331,7 +346,24 @@ def main(argv: list[str] | None = None) -> int:
         for batch_in_epoch, batch in enumerate(epoch_loader, start=skip):
             micro_step = epoch * len(train_dataloader) + batch_in_epoch
             generator = keyed_generator(seed, accelerator.process_index, micro_step)
-            if partner:
+            if args.dial:  # the adapter (and maybe one partner) at drawn weights, on images drawn at them
+                weight = dial_weight(seed, micro_step, args.dial_min_weight, args.dial_full_prob)
+                style, strengths = args.shapes_style, {args.shapes_style: weight}
+                partner_weights = [0.0] * len(partners)
+                if partners and partner_step(seed, micro_step, args.partner_prob):
+                    from shapesworld.world import join_styles
+                    which, partner_weights[which] = dial_partner(seed, micro_step, weight, len(partners),
+                                                                 args.dial_min_weight, args.dial_partner_equal_prob)
+                    other = args.partner_shapes_styles[which]
+                    style, strengths[other] = join_styles(args.shapes_style, other), partner_weights[which]
+                    partner_steps += 1
+                dial_scales.set({"default": weight})
+                for p_, w_ in zip(partners, partner_weights):
+                    p_.set_weight(w_)
+                batch = renderer.batch(style, strengths, accelerator.process_index, micro_step,
+                                       batch["pixel_values"].shape[0])
+                batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+            elif partner:
                 with_partner = partner_step(seed, micro_step, args.partner_prob)
                 partner.switch(with_partner)
                 if with_partner:  # the main batch is set aside, so the data stream stays keyed as without a partner
@@ -380,6 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     accelerator.wait_for_everyone()
     unet = accelerator.unwrap_model(unet)
     text_encoder = accelerator.unwrap_model(text_encoder)
+    full_weights()
     fingerprints = gather_object([lora_fingerprint(lora_modules.values())])
     exit_code = 0
     if accelerator.is_main_process:
@@ -391,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
             if partner:
                 samples += run_validation(accelerator, args, unet, accelerator.unwrap_model(text_encoder), vae,
                                           tokenizer, weight_dtype, tag="final-with-partner", lora_dir=args.output_dir,
-                                          partner=(args.partner_lora, args.partner_weight))
+                                          partner=(args.partner_loras[0], args.partner_weight))
         dataset_name = args.dataset_name or (f"shapes-world ({args.shapes_style})" if args.shapes_style
                                              else os.path.basename(os.path.abspath(args.train_data_dir)))
         write_model_card(args.output_dir, config, args.pretrained_model_name_or_path, dataset_name, samples,

@@ -184,3 +184,32 @@ def test_the_app_stream_reports_the_lora_path(blender):
             assert len(records) == 4 and final.lora_path == path, lora
     finally:
         eng._current = previous
+
+
+
+def both_readers(blender, cases, blend) -> dict:
+    from bench.eval_lora_retention import hue_reading
+
+    images, rs = run(blender, cases, blend)
+    second = float(np.mean([hue_reading(im)["hue_color"] == c.target.color for im, c in zip(images, cases)]))
+    return {"scorer": color_acc(rs, cases), "hue": second}
+
+
+def test_retention_where_the_shipped_adapters_keep_the_prompt(blender, cases):
+    """Fast retention check (12 prompts, 12 steps; the table over weights 0 ... 1 is
+    bench/eval_lora_retention.py): at low weight and at weight 1, alone and as the mixer's example
+    pair, both color readers find the prompt's color."""
+    for blend in ({"night": 0.2}, {"pastel": 0.2}, {"outline": 0.2, "night": 0.2}, {"night": 1.0},
+                  {"outline": 1.0, "night": 1.0}):
+        got = both_readers(blender, cases, blend)
+        assert min(got.values()) >= 0.75, (blend, got)
+
+
+@pytest.mark.xfail(strict=True, reason="issue 31 is open: the shipped adapters lose the color at half weight "
+                   "(night 0.5: 0.20 of 30 prompts). Retrained --dial adapters with the --partial decoder reach "
+                   "0.77-0.90 there but lose it at weight 1 (BENCHMARKS.md, 'LoRA weights and what the prompt "
+                   "keeps'), so they are not shipped. When this passes, drop the mark.")
+def test_half_weight_keeps_the_prompt(blender, cases):
+    for blend in ({"night": 0.5}, {"pastel": 0.5}, {"outline": 0.5, "night": 0.5}):
+        got = both_readers(blender, cases, blend)
+        assert min(got.values()) >= 0.75, (blend, got)

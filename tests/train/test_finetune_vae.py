@@ -111,3 +111,28 @@ def test_checkpoint_of_other_kinds_is_refused(tmp_path):
     finetune_vae.main(common + ["--steps", "1"])
     with pytest.raises(SystemExit, match=r"was trained on the kinds \['plain', 'outline', 'night', 'pastel'\]"):
         finetune_vae.main(common + ["--steps", "2", "--combinations", "outline+night"])
+
+
+def test_partial_styles_are_trained_and_read_at_half_strength(tmp_path):
+    """--partial: half of every style kind's pool is drawn part-way, and the round trip is also read at 0.5."""
+    import numpy as np
+
+    from testkit.tiny import make_tiny_components
+    from train import finetune_vae
+
+    full, _ = finetune_vae.render("night", 6, 1000)
+    mixed, _ = finetune_vae.render("night", 6, 1000, "random")
+    assert (mixed[0::2] == full[0::2]).all()  # every other image at full strength, the same images
+    corner = lambda x: x[:, 0, 0].float().mean(-1)  # noqa: E731  the background's brightness
+    assert (corner(mixed[1::2]) > corner(full[1::2]) + 5).all()  # the others lighter: part-way to night
+    half, _ = finetune_vae.render("outline+night", 2, 1000, 0.5)
+    assert 60 < float(corner(half).mean()) < 190
+
+    model = tmp_path / "model"
+    make_tiny_components()["vae"].save_pretrained(model / "vae")
+    finetune_vae.main(["--model", str(model), "--work_dir", str(tmp_path / "work"), "--per_kind", "8", "--eval_per_kind",
+                       "2", "--batch_size", "5", "--lr", "1e-3", "--steps", "2", "--combinations", "outline+night",
+                       "--partial"])
+    rec = json.loads((model / "training.json").read_text())["vae"]["decoder_partial"]
+    assert rec["partial"] and "night@0.5" in rec["round_trip_after"] and "outline+night@0.5" in rec["round_trip_after"]
+    assert "plain@0.5" not in rec["round_trip_after"]

@@ -1,0 +1,227 @@
+"""Why a half-weight LoRA loses the prompt: per-block and per-step weights, and the mixed prediction.
+
+    python -m bench run lora_dial_diagnosis --num_samples 30            # tables on stdout (json too)
+    python -m bench run lora_dial_diagnosis --x0_grid runs/dial/x0.png  # also the x0 a few steps in
+
+Three readings, all on the same seeded prompts (DDIM, guidance 3, the project's scorer):
+1. "mix": the UNet's prediction as the weighted mix of the base's and the full-weight adapters',
+   v = v_base + sum_i w_i (v_i - v_base), against the usual weight-space blend (each LoRA's delta
+   scaled by w_i). If the mix keeps the prompt where the blend loses it, training the adapter at
+   weight w towards the mix (train_lora.py --dial) is a sound target.
+2. per block: the adapter at 0.5 with one block group (down / mid / up) moved to 0 or 1.
+3. per step: the adapter at 0.5 only in one third of the steps (0 elsewhere), and at 1 but 0.5 in one third.
+4. roundtrip: the VAE's round trip of true renders drawn part-way (shapesworld render strengths), the
+   ceiling of what any adapter can show at a partial weight.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+
+import numpy as np
+import torch
+
+from shapesworld import score_image
+from shapesworld.evaluate import eval_cases, generate
+
+STYLES = ("outline", "night", "pastel")
+
+
+def load(model: str, lora_dir: str):
+    from diffusers import StableDiffusionPipeline
+
+    from train.lora_dial import AdapterScales
+
+    pipe = StableDiffusionPipeline.from_pretrained(model, safety_checker=None)
+    pipe.set_progress_bar_config(disable=True)
+    for s in STYLES:
+        pipe.load_lora_weights(os.path.join(lora_dir, f"{s}.safetensors"), adapter_name=s)
+    pipe.set_adapters(list(STYLES), [1.0] * len(STYLES))
+    return pipe, AdapterScales(pipe.unet, list(STYLES))
+
+
+@contextlib.contextmanager
+def mixed_unet(pipe, scales, weights: dict):
+    """The UNet's forward replaced by v_base + sum w_i (v_i - v_base)."""
+    unet = pipe.unet
+    forward = unet.forward
+    off = {s: 0.0 for s in STYLES}
+
+    def mixed(*a, **k):
+        scales.set(off)
+        base = forward(*a, **k)[0]
+        out = base.clone()
+        for name, w in weights.items():
+            scales.set(off | {name: 1.0})
+            out = out + w * (forward(*a, **k)[0] - base)
+        scales.set(off)
+        return (out,)
+
+    unet.forward = mixed
+    try:
+        yield
+    finally:
+        unet.forward = forward
+
+
+def read(images, cases) -> dict:
+    rs = [score_image(im) for im in images]
+    return {"color": float(np.mean([r.color == c.target.color for r, c in zip(rs, cases)])),
+            "shape": float(np.mean([r.shape == c.target.shape for r, c in zip(rs, cases)])),
+            "hollow": float(np.mean([r.hollow for r in rs])),
+            "dark": float(np.mean([r.dark_background for r in rs])),
+            "saturation": float(np.mean([r.saturation for r in rs if r.found] or [0.0]))}
+
+
+def blend(pipe, scales, cases, weights: dict, steps: int, guidance: float, step_weights=None) -> dict:
+    """Weight-space blend; ``step_weights(i, n) -> {name: w}`` changes them per step."""
+    scales.set({s: weights.get(s, 0.0) for s in STYLES})
+    kwargs = {}
+    if step_weights is not None:
+        def on_step_end(p, i, t, kw):
+            scales.set({s: 0.0 for s in STYLES} | step_weights(i + 1, steps))
+            return kw
+        scales.set({s: 0.0 for s in STYLES} | step_weights(0, steps))
+        kwargs["callback_on_step_end"] = on_step_end
+    images = generate(pipe, [c.prompt for c in cases], [c.seed for c in cases], guidance, steps, **kwargs)
+    return read(images, cases)
+
+
+def block_scaled(pipe, scales, name: str, weight: float, group: str, group_weight: float):
+    """Set adapter ``name`` to ``weight`` except the layers of block group ``group`` (down/mid/up)."""
+    bases = {id(m): b for m, b in scales.base[name]}
+    for module_name, module in pipe.unet.named_modules():
+        if id(module) in bases:
+            w = group_weight if module_name.startswith(f"{group}_block") else weight
+            module.scaling[name] = bases[id(module)] * w
+    scales.weights[name] = None  # mark as custom, so the next set() rewrites every layer
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="models/tiny-shapes")
+    p.add_argument("--loras", default="lora_presets/tiny-shapes")
+    p.add_argument("--num_samples", type=int, default=30)
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--guidance", type=float, default=3.0)
+    p.add_argument("--parts", default="mix,blocks,steps", help="comma-separated: mix, blocks, steps, roundtrip (none: only --x0_grid)")
+    p.add_argument("--x0_grid", default=None, help="write a grid of decoded x0 predictions here")
+    p.add_argument("--threads", type=int, default=1)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    pipe, scales = load(args.model, args.loras)
+    cases = eval_cases(args.num_samples, seed=7)
+    out = {}
+    parts = args.parts.split(",")
+    settings = [{"night": 0.5}, {"pastel": 0.5}, {"outline": 0.5}, {"outline": 0.5, "night": 0.5},
+                {"outline": 0.8, "night": 0.6}, {"outline": 1.0, "pastel": 1.0}, {"night": 1.0, "pastel": 1.0},
+                {"outline": 1.0, "night": 1.0}]
+    if "mix" in parts:
+        for w in settings:
+            key = " + ".join(f"{k} {v:g}" for k, v in w.items())
+            out[f"blend {key}"] = blend(pipe, scales, cases, w, args.steps, args.guidance)
+            with mixed_unet(pipe, scales, w):
+                scales.set({s: 0.0 for s in STYLES})
+                images = generate(pipe, [c.prompt for c in cases], [c.seed for c in cases], args.guidance, args.steps)
+            out[f"mix {key}"] = read(images, cases)
+            print(key, "blend", out[f"blend {key}"], "mix", out[f"mix {key}"], flush=True)
+    if "blocks" in parts:
+        for name in ("night", "pastel"):
+            for group in ("down", "mid", "up"):
+                for gw in (0.0, 1.0):
+                    scales.set({s: 0.0 for s in STYLES})
+                    block_scaled(pipe, scales, name, 0.5, group, gw)
+                    images = generate(pipe, [c.prompt for c in cases], [c.seed for c in cases], args.guidance,
+                                      args.steps)
+                    key = f"{name} 0.5, {group} at {gw:g}"
+                    out[key] = read(images, cases)
+                    print(key, out[key], flush=True)
+            scales.weights[name] = None
+    if "steps" in parts:
+        for name in ("night", "pastel"):
+            thirds = ((0, 8), (8, 16), (16, 25))
+            for lo, hi in thirds:
+                key = f"{name} 0.5 in steps {lo}-{hi - 1} only"
+                out[key] = blend(pipe, scales, cases, {}, args.steps, args.guidance,
+                                 step_weights=lambda i, n, lo=lo, hi=hi: {name: 0.5 if lo <= i < hi else 0.0})
+                print(key, out[key], flush=True)
+            for lo, hi in thirds:
+                key = f"{name} 1, but 0.5 in steps {lo}-{hi - 1}"
+                out[key] = blend(pipe, scales, cases, {}, args.steps, args.guidance,
+                                 step_weights=lambda i, n, lo=lo, hi=hi: {name: 0.5 if lo <= i < hi else 1.0})
+                print(key, out[key], flush=True)
+    if "roundtrip" in parts:
+        out.update(round_trips(pipe.vae))
+    if args.x0_grid:
+        x0_grid(pipe, scales, args)
+    print(json.dumps(out, indent=2))
+
+
+@torch.no_grad()
+def round_trips(vae, n: int = 60) -> dict:
+    """The scorer's reading of decode(encode(x)) for true renders drawn part-way (render strengths)."""
+    from PIL import Image
+
+    from shapesworld.world import sample
+
+    out = {}
+    for style in ("night", "pastel", "outline", "outline+night", "outline+pastel", "night+pastel"):
+        for w in (0.25, 0.5, 0.75, 1.0):
+            ss = [sample(50_000_000 + i, style=style, empty_prob=0.0, strengths={p: w for p in style.split("+")})
+                  for i in range(n)]
+            x = torch.from_numpy(np.stack([np.asarray(s.image, np.float32) / 127.5 - 1 for s in ss])).permute(0, 3, 1, 2)
+            y = vae.decode(vae.encode(x).latent_dist.mean).sample
+            ims = [Image.fromarray(((a.permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).byte().numpy()) for a in y]
+            rs = [score_image(im) for im in ims]
+            key = f"round trip {style} at strength {w:g}"
+            out[key] = {"color": float(np.mean([r.color == s.attributes.color for r, s in zip(rs, ss)])),
+                        "shape": float(np.mean([r.shape == s.attributes.shape for r, s in zip(rs, ss)]))}
+            print(key, out[key], flush=True)
+    return out
+
+
+@torch.no_grad()
+def x0_grid(pipe, scales, args):
+    """Rows: night 0 / 0.5 blend / 0.5 mix / 1 (and the same for pastel); columns: x0 at steps 2, 5, 10, 15, 24."""
+    from PIL import Image
+
+    prompt, seed = "a large red circle in the center", 3
+    at = (2, 5, 10, 15, 24)
+    rows = []
+    for name in ("night", "pastel"):
+        for label, w, mix in (("0", 0.0, False), ("0.5", 0.5, False), ("0.5 mix", 0.5, True), ("1", 1.0, False)):
+            ctx = mixed_unet(pipe, scales, {name: w}) if mix else contextlib.nullcontext()
+            scales.set({s: 0.0 for s in STYLES} | ({} if mix else {name: w}))
+            x0s = []
+            sched_step = pipe.scheduler.step
+
+            def step(model_output, timestep, sample, *a, **k):
+                out = sched_step(model_output, timestep, sample, *a, **k)
+                x0s.append(out.pred_original_sample if hasattr(out, "pred_original_sample") else out[1])
+                return out
+            pipe.scheduler.step = step
+            try:
+                with ctx:
+                    pipe(prompt=prompt, generator=torch.Generator().manual_seed(seed), guidance_scale=args.guidance,
+                         num_inference_steps=args.steps, output_type="pil")
+            finally:
+                pipe.scheduler.step = sched_step
+            tiles = []
+            for i in at:
+                img = pipe.vae.decode(x0s[i] / pipe.vae.config.scaling_factor).sample
+                arr = ((img[0].permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).byte().numpy()
+                tiles.append(Image.fromarray(arr).resize((96, 96), Image.NEAREST))
+            rows.append(tiles)
+    grid = Image.new("RGB", (len(at) * 98, len(rows) * 98), "white")
+    for r, tiles in enumerate(rows):
+        for c, t in enumerate(tiles):
+            grid.paste(t, (c * 98, r * 98))
+    os.makedirs(os.path.dirname(args.x0_grid) or ".", exist_ok=True)
+    grid.save(args.x0_grid)
+    print("x0 grid:", args.x0_grid, "rows: night 0 / 0.5 / 0.5 mix / 1, pastel the same; columns: steps", at)
+
+
+if __name__ == "__main__":
+    main()
