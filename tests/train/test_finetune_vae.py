@@ -115,8 +115,6 @@ def test_checkpoint_of_other_kinds_is_refused(tmp_path):
 
 def test_partial_styles_are_trained_and_read_at_half_strength(tmp_path):
     """--partial: half of every style kind's pool is drawn part-way, and the round trip is also read at 0.5."""
-    import numpy as np
-
     from testkit.tiny import make_tiny_components
     from train import finetune_vae
 

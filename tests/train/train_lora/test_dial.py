@@ -93,6 +93,7 @@ def test_several_partners_stay_frozen(tiny_model, tiny_partner):
     assert partners[0].on and not partners[1].on
 
 
+@pytest.mark.training
 def test_dial_run_draws_weights_with_partners_and_resumes_exactly(tiny_model, tiny_partner, tmp_path):
     out = str(tmp_path / "out")
     args = ["--pretrained_model_name_or_path", tiny_model, "--output_dir", out, *DIAL_ARGS,
