@@ -42,7 +42,8 @@ OVERVIEW = """
 
 # One line at the top of each lab: what it shows and where its input comes from.
 LAB_INTROS = {
-    "cfg": ("Classifier-free guidance runs the UNet twice per step, with and without your prompt, and extrapolates: "
+    "cfg": ("Classifier-free guidance evaluates the UNet twice per step (batched in one call), with and without your "
+            "prompt, and extrapolates: "
             "eps = eps_u + w (eps_c - eps_u). Top: one step of your last Generate run (the three x0 guesses and where "
             "they differ); below: sweeps on the Generate tab's prompt, seed and steps."),
     "scheduler": ("A scheduler picks which of the 1000 training timesteps t the loop visits and how it steps between "
@@ -63,13 +64,13 @@ LAB_INTROS = {
 
 # info= text for the jargon on the controls
 INFO = {
-    "guidance_scale": "w: 1 = the prompt alone; higher follows it harder (CFG lab).",
-    "guidance_rescale": "phi: rescales the guided prediction's std back toward the conditional one's (Lin et al. 2024), "
+    "w": "w: 1 = the prompt alone; higher follows it harder (CFG lab).",
+    "phi": "phi: rescales the guided prediction's std back toward the conditional one's (Lin et al. 2024), "
                         "against over-saturation at high w.",
-    "apg_momentum": "beta: APG's running average of the guidance direction (negative values push away from the "
+    "beta": "beta: APG's running average of the guidance direction (negative values push away from the "
                     "previous steps' direction; Sadat et al. 2024).",
-    "apg_norm_threshold": "r: the guidance update's norm is clipped to r.",
-    "apg_eta": "eta: how much of the update parallel to the conditional prediction is kept (0: only the orthogonal "
+    "r": "r: the guidance update's norm is clipped to r.",
+    "eta": "eta: how much of the update parallel to the conditional prediction is kept (0: only the orthogonal "
                "part, which adds detail without over-saturating).",
     "explore_step": "1 = the first (noisiest) step.",
     "explore_terms": "x_t: the noisy latent the UNet gets at this step; eps: its noise prediction; alpha_bar: the "

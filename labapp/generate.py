@@ -128,16 +128,27 @@ def generate(*args, **kwargs):
             yield x_t_image, x0_image, None, None, gr.skip(), where, settings.seed, gr.skip()
     images = [with_settings(image, settings, i) for i, image in enumerate(output.images)]
     seconds = time.perf_counter() - started
-    calls = records[-1].model_calls if records else 0
     lora_path = getattr(output, "lora_path", None) or "none"  # pipelines/lora/blender.py: "none", "fused" or "unfused"
     blend = ", ".join(f"{a.name} {a.weight:g}" for a in settings.blend.adapters) or "none"
-    status = (f"Done: {len(images)} image(s), {settings.steps} steps, {calls} model calls, {seconds:.1f} s "
-              f"on {engine.model_id} ({engine.device}); seed {settings.seed}; LoRA: {blend}"
+    status = (f"Done: {len(images)} image(s), {settings.steps} steps, {unet_work(records)}, "
+              f"{settings.guidance.method} guidance, {seconds:.1f} s on {engine.model_id} ({engine.device}); "
+              f"seed {settings.seed}; LoRA: {blend}"
               + (f" ({lora_path})." if settings.blend.adapters else "."))
     trace = trace_store.keep(settings.to_dict(), records, engine.model_id, lora_path=lora_path)
     gallery = gr.update(value=[(im, f"#{i} seed {s}") for i, (im, s) in enumerate(zip(images, settings.image_seeds))],
                         visible=len(images) > 1)
     yield x_t_image, x0_image, images[0], gallery, settings.to_json(), status, settings.seed, trace
+
+
+def unet_work(records) -> str:
+    """The UNet's work in a run, in the words every view uses: "25 UNet evaluations", or with CFG
+    "50 UNet evaluations (batched in 25 calls)" (the unconditional and conditional branch run as one
+    batch per step)."""
+    calls = records[-1].model_calls if records else 0
+    branches = 1 + (records[-1].eps_uncond is not None) if records else 1
+    if branches == 1:
+        return f"{calls} UNet evaluations"
+    return f"{calls * branches} UNet evaluations (batched in {calls} calls)"
 
 
 def generate_live(*args, **kwargs):
@@ -146,13 +157,17 @@ def generate_live(*args, **kwargs):
     The labels travel as component updates, which API clients would receive as dicts, so the
     /generate endpoint keeps ``generate`` (plain values) and only the page's button runs this.
     """
+    started = time.perf_counter()
+    skip = gr.skip()
+    yield skip, skip, skip, skip, skip, "Starting: encoding the prompt...", skip, skip
     for out in generate(*args, **kwargs):
         x_t, x0, image, gallery, settings, status, seed, trace = out
         if isinstance(trace, trace_store.Trace):  # the last yield
             if image is not None:
                 image = labeled(image, f"image - seed {seed} (PNG + settings)")
-        elif x0 is not None:  # a preview: the status is its "step k/N, t=..."
+        elif x0 is not None:  # a preview: the status is its "step k/N, t=...", the run's one counter
             x_t, x0 = labeled(x_t, f"x_t - {status}"), labeled(x0, f"pred x0 - {status}")
+            status = f"Denoising: {status} - {time.perf_counter() - started:.1f} s"
         yield x_t, x0, image, gallery, settings, status, seed, trace
 
 

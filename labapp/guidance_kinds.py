@@ -43,6 +43,20 @@ def _run(kind, prompts, seeds, targets=None, mentioned=None, **kwargs):
     return eng.measure_guidance_kind(kind, prompts, seeds, targets, mentioned, **kwargs)
 
 
+class _CountedRuns:
+    """``_run`` that reports "k / n runs" to gr.Progress before each run (the comparison takes tens of
+    seconds on CPU: the status line shows how far it is; the lab's Stop button cancels it)."""
+
+    def __init__(self, progress, total: int):
+        self.progress, self.total, self.done = progress, total, 0
+
+    def __call__(self, *args, **kwargs):
+        if self.progress is not None:
+            self.progress((self.done, self.total), desc="guidance runs", unit="runs")
+        self.done += 1
+        return _run(*args, **kwargs)
+
+
 def _adherence_figure(cg_scales, cfg_scales, curves: dict, guidance_scale: float, n_prompts: int) -> Figure:
     """Mean adherence per kind: CG and CG+CFG against s (bottom axis), CFG against w (top axis)."""
     fig, (ax,) = plots._figure(6.4, 3.2)
@@ -102,10 +116,46 @@ def within_budget(steps: int, n_cfg: int, n_cg: int, n_prompts: int) -> None:
                        title="Too much work for one request")
 
 
+ADHERENCE_KEYS = ("shape", "color", "size", "h", "v")  # mean_adherence's attributes (h, v: position)
+
+
+def _adherence(measure, engine, seed: int, n_prompts: int, cg_list, cfg_list, w: float, common: dict):
+    """(adherence figure, table) over ``n_prompts`` shapes-world prompts: each attribute's accuracy
+    (the scorer) and the cost in model calls, not wall time (CPU timings of runs this small are noise)."""
+    if not (engine.is_embedded and n_prompts > 0):
+        why = "0 prompts asked" if engine.is_embedded else "the scorer reads shapes-world images: load the embedded model"
+        return None, f"Adherence curves skipped ({why})."
+    from shapesworld import full_caption, sample
+    from pipelines.guidance_eval import mean_adherence
+
+    samples = [sample(ADHERENCE_SEED + i, empty_prob=0.0) for i in range(n_prompts)]
+    batch = dict(prompts=[full_caption(x.attributes) for x in samples], seeds=[seed + i for i in range(n_prompts)],
+                 targets=[x.attributes for x in samples], mentioned=None, **common)
+    runs = {"uncond": [measure("uncond", **batch)],
+            "classifier": [measure("classifier", classifier_scale=v, **batch) for v in cg_list],
+            "cfg": [measure("cfg", cfg_scale=v, **batch) for v in cfg_list],
+            "classifier+cfg": [measure("classifier+cfg", cfg_scale=w, classifier_scale=v, **batch) for v in cg_list]}
+    curves = {k: [mean_adherence(x.adherence, ADHERENCE_KEYS) for x in v] for k, v in runs.items()}
+    curves["uncond"] = curves["uncond"][0]
+    rows = []
+    for kind, kind_runs in runs.items():
+        for x in kind_runs:
+            a = x.adherence
+            rest = " | ".join(f"{a.get(k, float('nan')):.2f}" for k in ADHERENCE_KEYS[2:])
+            rows.append(f"| {kind} | {x.cfg_scale:g} | {x.classifier_scale:g} | {a['shape']:.2f} | {a['color']:.2f} | "
+                        f"{mean_adherence(a, ADHERENCE_KEYS):.2f} | {x.unet_calls_per_image:g} | "
+                        f"{x.classifier_calls_per_image:g} | {rest} |")
+    table = ("| kind | w | s | shape | color | mean (shape, color, size, h, v) | UNet evaluations / image | "
+             "classifier passes / image | size | h position | v position |\n"
+             "|---|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows))
+    return _adherence_figure(cg_list, cfg_list, curves, w, n_prompts), table
+
+
 @check.gradio_errors
 def compare_guidance_kinds(prompt="a red circle", seed=0, steps=25, scheduler="DDIM", guidance_scale=3.0,
                            cfg_scales="1, 1.5, 3, 5", classifier_scales="0, 2, 4, 8, 16",
-                           classifier_scale=DEFAULT_CLASSIFIER_SCALE, adherence_prompts=DEFAULT_ADHERENCE_PROMPTS, heat_step=0.5):
+                           classifier_scale=DEFAULT_CLASSIFIER_SCALE, adherence_prompts=DEFAULT_ADHERENCE_PROMPTS, heat_step=0.5,
+                           progress=gr.Progress()):
     """Classifier vs classifier-free guidance on one prompt and seed (see the module docstring).
 
     Returns (grid, adherence plot, cost table, per-step probability plot, gradient heat map,
@@ -130,20 +180,22 @@ def compare_guidance_kinds(prompt="a red circle", seed=0, steps=25, scheduler="D
     within_budget(steps, len(cfg_list), len(cg_list), n_prompts if engine.is_embedded else 0)
     common = dict(steps=steps, scheduler=scheduler)
 
+    adherence_runs = (1 + 2 * len(cg_list) + len(cfg_list)) if engine.is_embedded and n_prompts > 0 else 0
+    measure = _CountedRuns(progress, len(cg_list) + len(cfg_list) + 4 + adherence_runs)
     # 1. Same prompt and seed: CG over s, CFG over w (images), and the three traced runs
     grid = []
     for value in cg_list:
-        run = _run("classifier", [prompt], [seed], classifier_scale=value, **common)
-        grid.append((upscale(run.images[0], GRID_SIZE), f"CG s = {value:g}"))
+        image_run = measure("classifier", [prompt], [seed], classifier_scale=value, **common)
+        grid.append((upscale(image_run.images[0], GRID_SIZE), f"CG s = {value:g}"))
     for value in cfg_list:
-        run = _run("cfg", [prompt], [seed], cfg_scale=value, **common)
-        grid.append((upscale(run.images[0], GRID_SIZE), f"CFG w = {value:g}"))
+        image_run = measure("cfg", [prompt], [seed], cfg_scale=value, **common)
+        grid.append((upscale(image_run.images[0], GRID_SIZE), f"CFG w = {value:g}"))
     # s = 0 keeps the classifier's readout at no change to the image (bit-for-bit the plain run)
     traced = {
-        "uncond": _run("classifier", [prompt], [seed], classifier_scale=0.0, record="light", **common),
-        "cfg": _run("classifier+cfg", [prompt], [seed], cfg_scale=w, classifier_scale=0.0, record="light", **common),
-        "classifier": _run("classifier", [prompt], [seed], classifier_scale=s, record="light", **common),
-        "classifier+cfg": _run("classifier+cfg", [prompt], [seed], cfg_scale=w, classifier_scale=s, record="full",
+        "uncond": measure("classifier", [prompt], [seed], classifier_scale=0.0, record="light", **common),
+        "cfg": measure("classifier+cfg", [prompt], [seed], cfg_scale=w, classifier_scale=0.0, record="light", **common),
+        "classifier": measure("classifier", [prompt], [seed], classifier_scale=s, record="light", **common),
+        "classifier+cfg": measure("classifier+cfg", [prompt], [seed], cfg_scale=w, classifier_scale=s, record="full",
                                **common),
     }
     prob_fig = _probability_figure({k: r.traces[0] for k, r in traced.items()})
@@ -157,32 +209,7 @@ def compare_guidance_kinds(prompt="a red circle", seed=0, steps=25, scheduler="D
         eps_heat = plots.heatmap(eps_map, f"|eps_c - eps_u|, step {r.step + 1}", label="|difference|")
 
     # 2. Adherence curves and costs over shapes-world prompts (embedded model only: the scorer)
-    rows = []
-    adherence_fig = None
-    if engine.is_embedded and n_prompts > 0:
-        from shapesworld import full_caption, sample
-        from pipelines.guidance_eval import mean_adherence
-
-        samples = [sample(ADHERENCE_SEED + i, empty_prob=0.0) for i in range(n_prompts)]
-        batch = dict(prompts=[full_caption(x.attributes) for x in samples], seeds=[seed + i for i in range(n_prompts)],
-                     targets=[x.attributes for x in samples], mentioned=None, **common)
-        runs = {"uncond": [_run("uncond", **batch)],
-                "classifier": [_run("classifier", classifier_scale=v, **batch) for v in cg_list],
-                "cfg": [_run("cfg", cfg_scale=v, **batch) for v in cfg_list],
-                "classifier+cfg": [_run("classifier+cfg", cfg_scale=w, classifier_scale=v, **batch) for v in cg_list]}
-        curves = {k: [mean_adherence(x.adherence) for x in v] for k, v in runs.items()}
-        curves["uncond"] = curves["uncond"][0]
-        adherence_fig = _adherence_figure(cg_list, cfg_list, curves, w, n_prompts)
-        for kind, kind_runs in runs.items():
-            for x in kind_runs:
-                a = x.adherence
-                rows.append(f"| {kind} | {x.cfg_scale:g} | {x.classifier_scale:g} | {a['shape']:.2f} | {a['color']:.2f} | "
-                            f"{mean_adherence(a):.2f} | {x.unet_calls_per_image:g} | {x.classifier_calls_per_image:g} | "
-                            f"{x.seconds_per_image * 1000:.0f} |")
-    table = ("| kind | w | s | shape | color | mean of 5 | UNet rows / image | classifier passes / image | ms / image |\n"
-             "|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows)) if rows else \
-        "Adherence curves skipped (" + ("0 prompts asked" if engine.is_embedded else
-                                         "the scorer reads shapes-world images: load the embedded model") + ")."
+    adherence_fig, table = _adherence(measure, engine, seed, n_prompts, cg_list, cfg_list, w, common)
     note = (f"Traced runs: w = {w:g}, s = {s:g}; heat maps at step {r.step + 1} / {r.num_steps} "
             f"(t = {r.timestep:.0f}). A classifier pass is one forward and one backward through the classifier.")
     return grid, adherence_fig, table, prob_fig, grad_heat, eps_heat, note

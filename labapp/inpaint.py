@@ -27,6 +27,9 @@ METHOD_CHOICES = ["auto", "blend", "unet"]  # auto: the model's own (blend; unet
 FRAMES = 6  # recorded steps shown with the mask outline
 FRAME_SIZE = 128
 ASPECT_TOLERANCE = 0.01
+MASK_MARGIN = 0.1  # the default mask: the shape's box grown by this share of the side on every edge
+BRUSH = "#ff00ff"
+BRUSH_RGBA = (255, 0, 255, 255)
 
 
 def _editor_layers(payload: dict) -> Image.Image | None:
@@ -185,63 +188,32 @@ def inpaint(image, mask=None, prompt="a blue square", negative_prompt="", streng
     return upscale(output.images[0], RESULT_SIZE), status, gallery, table, trace
 
 
+def shape_mask(image: Image.Image) -> Image.Image:
+    """A mask over the image's object, for the editor to open with (inpainting then works on the first
+    click): the pixels that differ from the border's median colour, as their bounding box grown by
+    ``MASK_MARGIN`` of the side; the centre half when nothing (or nearly everything) differs."""
+    rgb = np.asarray(image.convert("RGB")).astype(np.float32)
+    h, w = rgb.shape[:2]
+    border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])
+    differs = np.abs(rgb - np.median(border, axis=0)).max(axis=2) > 40
+    ys, xs = np.nonzero(differs)
+    if not 0.001 < differs.mean() < 0.8:
+        ys, xs = np.array([h // 4, 3 * h // 4 - 1]), np.array([w // 4, 3 * w // 4 - 1])
+    pad = max(1, round(MASK_MARGIN * max(h, w)))
+    mask = np.zeros((h, w), np.uint8)
+    mask[max(0, ys.min() - pad):ys.max() + pad + 1, max(0, xs.min() - pad):xs.max() + pad + 1] = 255
+    return Image.fromarray(mask)
+
+
 def editor_value(image):
-    """The explorer image (through the safe intake) as the mask editor's background, strokes cleared."""
+    """The explorer image (through the safe intake) as the mask editor's background, with a mask over its
+    shape painted in (``shape_mask``: Inpaint works without painting; paint or erase to change it)."""
     if image is None:
         return None
-    image = read_image("image", image)
-    return {"background": image, "layers": [], "composite": image}
-
-
-# ------------------------------------------------------------------------------ layout and wiring
-
-
-def build(image_component) -> dict:
-    """The explorer's inpainting block (placed under img2img): the mask editor over the explorer's
-    image, an optional mask upload, prompt, strength, method, and the outputs."""
-    from .labs import shapes_sample
-
-    gr.Markdown("### Inpaint: paint over the region to regenerate (or upload a mask: white = regenerate); "
-                "the rest of the image above is kept")
-    box = {}
-    with gr.Row():
-        with gr.Column():
-            sample = shapes_sample(3)
-            box["drawing"] = gr.ImageEditor(
-                value={"background": sample, "layers": [], "composite": sample}, label="Mask: paint the region to regenerate",
-                sources=[], type="pil", height=260, layers=False, transforms=(), elem_id="inpaint-editor",
-                brush=gr.Brush(colors=["#ff00ff"], color_mode="fixed", default_size=4), eraser=gr.Eraser(default_size=4))
-            box["mask"] = gr.Image(label="...or upload a mask (white = regenerate; used instead of the drawing)",
-                                   type="pil", sources=["upload"], height=120, elem_id="inpaint-mask")
-        with gr.Column():
-            box["prompt"] = gr.Textbox(label="Inpaint prompt", value="a blue square", elem_id="inpaint-prompt",
-                                       max_length=check.MAX_PROMPT_CHARS)
-            with gr.Row():
-                box["strength"] = gr.Slider(0.05, 1, value=1.0, step=0.05, label="Strength (1 = the region from pure noise)")
-                box["method"] = gr.Radio(METHOD_CHOICES, value="auto", label="Method",
-                                         info="blend: any model; unet: a 9-channel inpainting UNet (sd15-inpaint)")
-            box["button"] = gr.Button("Inpaint", variant="primary", elem_id="inpaint-button")
-            box["result"] = gr.Image(label="Inpainted", height=200, elem_classes="pixelated", interactive=False,
-                                     elem_id="inpaint-result")
-            box["status"] = gr.Markdown("", elem_id="inpaint-status")
-    box["gallery"] = gr.Gallery(label="The mask and the steps (magenta: the mask's border)", columns=5, height="auto",
-                                object_fit="contain", elem_classes="pixelated", elem_id="inpaint-steps")
-    with gr.Accordion("Known / unknown region, per step", open=False):
-        box["table"] = gr.Markdown("")
-    return box
-
-
-def wire(box, image, negative_prompt, scheduler, steps, guidance_scale, seed, trace, slider_outputs, explore_outputs,
-         explore_inputs, frames, gpu) -> None:
-    """``/inpaint`` (named parameters: image, mask, prompt, ..., mask_drawing) and the editor's
-    background following the explorer's image."""
-    from . import trace_views
-
-    image.change(editor_value, image, box["drawing"], api_visibility="private", show_progress="hidden")
-    (box["button"].click(inpaint, [image, box["mask"], box["prompt"], negative_prompt, box["strength"], box["method"],
-                                   scheduler, steps, guidance_scale, seed, box["drawing"]],
-                         [box["result"], box["status"], box["gallery"], box["table"], trace], api_name="inpaint",
-                         show_progress_on=box["status"], **gpu)
-     .success(trace_views.step_slider_updates, trace, slider_outputs, api_visibility="private")
-     .then(trace_views.explore_frames, [trace, explore_inputs[1]], frames, api_visibility="private", **gpu)
-     .then(trace_views.explore_details, [trace, explore_inputs[0]], explore_outputs, api_visibility="private"))
+    image = read_image("image", image).convert("RGB")
+    mask = shape_mask(image)
+    layer = Image.new("RGBA", image.size, BRUSH_RGBA)
+    layer.putalpha(mask)
+    composite = image.copy()
+    composite.paste(layer, (0, 0), layer)
+    return {"background": image, "layers": [layer], "composite": composite}

@@ -35,7 +35,7 @@ def within_budget(endpoint: str, jobs, columns: int = 1, hint: str = "fewer step
     if cost > eng.MODEL_CALL_BUDGET:
         raise gr.Error(f"{endpoint}: this request needs {cost} model calls (steps x calls per step x images x "
                        f"guidance branches); the budget is {eng.MODEL_CALL_BUDGET} model calls per request "
-                       f"(MODEL_CALL_BUDGET, the largest single /generate). Use {hint}.", title="Too much work for one request")
+                       f"(as much as the largest single Generate run). Use {hint}.", title="Too much work for one request")
 
 
 # ------------------------------------------------------------------------------ CFG lab
@@ -59,7 +59,8 @@ def cfg_sweep(prompt, negative_prompt, scales, seed, steps, scheduler, adherence
         # one batch per scale, one generator: image i gets the same noise at every w
         adherence_jobs = [_settings(prompt="x", negative_prompt="", scheduler=scheduler, steps=steps, guidance_scale=w,
                                     seed=seed).replace(prompt=captions) for w in scales]
-    within_budget("cfg_sweep", jobs + adherence_jobs, hint="fewer scales, steps or adherence prompts")
+    within_budget("cfg_sweep", jobs + adherence_jobs, hint="fewer scales or adherence prompts, or fewer Steps on the Generate tab (the sweep "
+                  "runs at its step count)")
     grid = [(upscale(out.images[0], GRID_SIZE), f"w = {w:g}") for w, out in zip(scales, eng.generate_batch(jobs))]
     if not adherence_jobs:
         why = "the scorer reads shapes-world images: load the embedded model" if not engine.is_embedded else "0 prompts asked"
@@ -84,7 +85,7 @@ def compare_guidance(prompt, negative_prompt, methods, guidance_scale, seed, ste
     methods = check.choices("methods", methods, GUIDANCE_METHODS)
     jobs = [_settings(prompt=prompt, negative_prompt=negative_prompt, scheduler=scheduler, steps=steps,
                       guidance_scale=guidance_scale, seed=seed, guidance_method=m) for m in methods]
-    within_budget("compare_guidance", jobs, hint="fewer methods or steps")
+    within_budget("compare_guidance", jobs, hint="fewer methods, or fewer Steps on the Generate tab")
     return [(upscale(out.images[0], GRID_SIZE), m) for m, out in zip(methods, eng.generate_batch(jobs))]
 
 
@@ -201,8 +202,10 @@ def lora_grid(prompt, lora, seed, steps, guidance_scale, scheduler):
             raise check.fail("lora", lora, "at least one adapter (e.g. 'outline:0.8')")
         job = _settings(prompt=prompt, negative_prompt="", scheduler=scheduler, steps=steps,
                         guidance_scale=guidance_scale, seed=seed, lora=example)
-    within_budget("lora_grid", [job], columns=len(job.blend.adapters) + 2, hint="fewer adapters or steps")
+    within_budget("lora_grid", [job], columns=len(job.blend.adapters) + 2, hint="fewer adapters, or fewer Steps on the Generate tab")
     columns, images = eng.lora_grid_images(job)
+    weights = {a.name: f"{a.name} {a.weight:g}" for a in job.blend.adapters}  # captions say the weights
+    columns = [weights.get(c, c) for c in columns[:-1]] + [f"blend {', '.join(weights.values())}"]
     if example:
         columns = columns[:-1] + [f"example blend {example} (no blend was chosen)"]
     return [(upscale(image, GRID_SIZE), label) for label, image in zip(columns, images)]

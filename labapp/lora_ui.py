@@ -8,9 +8,10 @@ Generate and the comparison grid run.
 """
 from __future__ import annotations
 
-import json
 
 import gradio as gr
+
+from pipelines.lora.settings import Blend
 
 from . import validation as check
 
@@ -54,13 +55,7 @@ def _slot_entry(name, weight, te, down, mid, up, start, end) -> dict | None:
     return entry
 
 
-def blend_to_spec(blend: list[dict]) -> str:
-    """A blend as text: the short "name:weight, name:weight" when that says everything, JSON otherwise."""
-    if not blend:
-        return ""
-    if all(set(a) <= {"name", "weight"} for a in blend):
-        return ", ".join(f"{a['name']}:{a.get('weight', 1.0):g}" for a in blend)
-    return json.dumps(blend)
+blend_to_spec = Blend.text  # the blend's text writer lives beside its reader, Blend.parse
 
 
 def slots_to_spec(*values) -> str:
@@ -108,7 +103,7 @@ def example_spec(presets) -> str:
 def chips(blend: list[dict]) -> str:
     """A parsed blend (``Blend.parse(...).to_list()``) as one line of chips (the mixer's line)."""
     if not blend:
-        return "**LoRA:** none (pick adapters in the LoRA mixer, or an example below)"
+        return "**LoRA:** none yet: pick adapters in the slots below, or try the example beside this line"
     parts = [f"`{a['name']} {a['weight']:g}`" for a in blend]
     return "**LoRA active:** " + " ".join(parts)
 

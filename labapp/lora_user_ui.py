@@ -247,8 +247,8 @@ def summary(report: dict) -> str:
         counts = report["counts"].get(block, {})
         if counts:
             rows.append(f"| {block} | " + " | ".join(str(counts.get(k, "")) for k in report["heatmap"]["kinds"]) + " |")
-    rows.append("\nAdd it to the blend with **Add to blend**, or name it in a blend: "
-                f"`{report['name']}:0.8`.")
+    rows.append("\nAdd it to the blend with **Add to blend** (at weight 1; the LoRA mixer's slots change it), or "
+                f"name it in a blend with a weight: `{report['name']}:0.8`.")
     return "\n".join(rows)
 
 

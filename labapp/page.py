@@ -15,8 +15,31 @@ CSS = """
 .pixelated .image-frame img, .pixelated .upload-container img { width: 100%; height: 100%; object-fit: contain; }
 #final-image img { image-rendering: pixelated; object-fit: contain; }
 .lab-note { color: var(--body-text-color-subdued); font-size: 0.9em; }
-#status { min-height: 4.2em; }  /* room for the progress text, its bar and "8/25 steps" */
-.run-status { min-height: 4.2em; }
+.field-note { margin-top: -6px; }
+#status { min-height: 2.6em; }  /* the run's one progress line: step k/N, t, elapsed seconds */
+.run-status { min-height: 2.6em; }
+/* captions outside the image: Gradio floats the label chip over the image's top-left corner, where
+   "...in the top left" puts the shape; here it is a line above the image, the image below it */
+.block.caption-outside { display: flex !important; flex-direction: column !important; flex-wrap: nowrap !important; }
+.caption-outside > label[data-testid="block-label"] { position: static; flex: 0 0 auto; align-self: flex-start;
+    max-width: calc(100% - 6.5em); margin: 0 0 4px 0; white-space: normal; height: auto; }
+#xt-preview > label[data-testid="block-label"], #x0-preview > label[data-testid="block-label"] { max-width: 100%; }
+/* the image's buttons (fullscreen, download) in the caption's row, right, not over the image's corner */
+.caption-outside .image-container { position: static; }
+.caption-outside > label[data-testid="block-label"] > span { flex: 0 0 auto; }
+.caption-outside > :not(label):not([data-testid="status-tracker"]):not(.icon-button-wrapper) { flex: 1 1 auto;
+    min-height: 0; }
+.caption-outside .image-container, .caption-outside .image-frame, .caption-outside .image-container > button {
+    height: 100%; min-height: 0; width: 100%; }
+.caption-outside img { max-height: 100%; max-width: 100%; object-fit: contain; }
+/* the results follow the scroll on wide screens: Generate / Stop and the live previews stay in sight together */
+@media (min-width: 1024px) {
+  #generate-row { align-items: flex-start; }
+  #results { position: sticky; top: 8px; align-self: flex-start; }
+}
+/* buttons beside a field: their own height, not the row's */
+.small-button { align-self: center; max-height: 3em; }
+#seed-row, #lora-chip-row, #mixer-chip-row { align-items: center; }
 #lora-chip p { margin: 0; }
 .lora-chip code { background: var(--color-accent-soft); border-radius: 999px; padding: 1px 8px; }
 /* galleries sized to their items: no 450 px minimum, no inner scrolling, whole square tiles with the
@@ -43,14 +66,19 @@ CSS = """
   .prose table td, .prose table th { white-space: nowrap; }
   .prose table td { white-space: normal; min-width: 6em; }
   .wide-table td:nth-child(2) { min-width: 15em; }  /* the presets' descriptions: lines of words, not of letters */
-  /* the result first: the final image and the status line above the two previews, which sit side by side */
-  #results > #final-image { order: -2; }
-  #results > #status { order: -1; }
   #preview-row { flex-wrap: nowrap; }
   #preview-row > * { min-width: 0 !important; }
-  /* the three-panel schedule plot keeps a readable size and scrolls sideways */
-  #schedule-plot { overflow-x: auto; }
-  #schedule-plot img, #schedule-plot svg { min-width: 820px; }
+  /* the three-panel schedule plot fits the screen (its panels side by side, scaled to the width) */
+  #schedule-plot img, #schedule-plot svg, #schedule-plot canvas { max-width: 100%; height: auto; }
+  #schedule-plot { overflow-x: hidden; }
+  /* one trajectory row per sampler: the whole row on one line, tiles scaled down */
+  .trajectories .grid-wrap .grid-container { grid-template-columns: repeat(6, minmax(0, 1fr)) !important; }
+  .trajectories .grid-wrap .thumbnail-item .caption-label { font-size: 0.7em; overflow-wrap: anywhere; }
+  /* chips and their buttons: the chips take the line, the buttons sit under them */
+  #lora-chip-row, #mixer-chip-row { flex-wrap: wrap; }
+  #lora-chip-row > *, #mixer-chip-row > * { min-width: 100% !important; }
+  #lora-chip-row > .small-button, #mixer-chip-row > .small-button { min-width: 0 !important; flex: 1 1 40%; }
+  #tabs .tab-container button { padding-left: 8px; padding-right: 8px; }
 }
 """
 
@@ -64,6 +92,13 @@ KEYBOARD_JS = """
     const button = document.querySelector('#generate-btn');
     if (button && !button.disabled) button.click();
   };
+  // below the sticky-column width the results sit under the form: a run brings its previews into view
+  document.addEventListener('click', (event) => {
+    if (!(event.target.closest && event.target.closest('#generate-btn'))) return;
+    if (!window.matchMedia('(max-width: 1023px)').matches) return;
+    const previews = document.querySelector('#preview-row');
+    if (previews) previews.scrollIntoView({block: 'start', behavior: 'instant'});
+  }, true);
   document.addEventListener('keydown', (event) => {
     if (event.key !== 'Enter' || event.isComposing) return;
     const modifier = event.ctrlKey || event.metaKey;

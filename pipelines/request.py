@@ -76,6 +76,9 @@ def progress_interval(start: float, end: float) -> tuple[float, float] | None:
     return (start if start > 0 else -1.0), end
 
 
+INTERVAL_FIELDS = ("guidance_interval_start", "guidance_interval_end")  # from_form's two fields for one interval
+
+
 def interval_fields(interval) -> tuple[float, float]:
     """The inverse of ``progress_interval``: GuidanceConfig's interval (None, or (lo, hi] with lo -1 for
     a start at the first step) -> the form's (start, end)."""

@@ -27,6 +27,7 @@ what is allowed.
 """
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -249,6 +250,16 @@ class Blend:
         if repeated:
             raise FieldError(field, spec, f"each adapter once (named more than once: {repeated})")
         return cls(tuple(settings))
+
+    @staticmethod
+    def text(entries: Sequence[Mapping]) -> str:
+        """The writer of ``parse``'s text: a blend's entries (``to_list``' dicts) as the short
+        "name:weight, name:weight" when names and weights say everything, as JSON otherwise; "" for none."""
+        if not entries:
+            return ""
+        if all(set(e) <= {"name", "weight"} for e in entries):
+            return ", ".join(f"{e['name']}:{e.get('weight', 1.0):g}" for e in entries)
+        return json.dumps(list(entries))
 
     def to_list(self) -> list[dict]:
         """The blend as JSON-ready dicts (the settings document; ``Blend.parse`` reads it back):

@@ -127,8 +127,11 @@ def test_generate_streams_previews_and_keeps_the_trace(engine):
 
 def test_the_generate_button_labels_every_image(engine):
     """generate_live (the page's button) = generate's values, each image labeled with what, step and t."""
-    *previews, final = list(gen.generate_live(prompt="a red circle", negative_prompt="", scheduler="DDIM", steps=4,
-                                              guidance_scale=5.0, seed=7, preview_every=1, progress=no_progress))
+    starting, *previews, final = list(gen.generate_live(prompt="a red circle", negative_prompt="", scheduler="DDIM",
+                                                        steps=4, guidance_scale=5.0, seed=7, preview_every=1,
+                                                        progress=no_progress))
+    assert starting[5].startswith("Starting")  # the status line says so at once (the page's one progress line)
+    assert [p[5] for p in previews][-1].startswith("Denoising: step 4/4, t=") and previews[-1][5].endswith(" s")
     assert len(previews) == 4 and all(p[1]["value"].size == (16, 16) for p in previews)
     assert previews[1][0]["label"] == "x_t - step 2/4, t=" + trace_t(final, 1)
     assert previews[1][1]["label"] == "pred x0 - step 2/4, t=" + trace_t(final, 1)
