@@ -209,7 +209,7 @@ def test_each_lab_opens_with_a_run_button_and_one_hint(browser_page, server, tab
 def test_phone_tabs_plot_and_previews(browser_page, server):
     page = open_page(browser_page, server, PHONE)
     tabs = page.get_by_role("tab")
-    assert tabs.count() == 5, [t.inner_text() for t in tabs.all()]
+    assert tabs.count() == 6, [t.inner_text() for t in tabs.all()]  # five labs and the attention tab
     for t in tabs.all():
         box = t.bounding_box()
         assert box and 0 <= box["x"] and box["x"] + box["width"] <= PHONE[0], (t.inner_text(), box)
