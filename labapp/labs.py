@@ -59,8 +59,8 @@ def cfg_sweep(prompt, negative_prompt, scales, seed, steps, scheduler, adherence
         # one batch per scale, one generator: image i gets the same noise at every w
         adherence_jobs = [_settings(prompt="x", negative_prompt="", scheduler=scheduler, steps=steps, guidance_scale=w,
                                     seed=seed).replace(prompt=captions) for w in scales]
-    within_budget("cfg_sweep", jobs + adherence_jobs, hint="fewer scales or adherence prompts, or fewer Steps on the Generate tab (the sweep "
-                  "runs at its step count)")
+    within_budget("cfg_sweep", jobs + adherence_jobs, hint="fewer scales or adherence prompts, or fewer Steps on the "
+                                                           "Generate tab (the sweep runs at its step count)")
     grid = [(upscale(out.images[0], GRID_SIZE), f"w = {w:g}") for w, out in zip(scales, eng.generate_batch(jobs))]
     if not adherence_jobs:
         why = "the scorer reads shapes-world images: load the embedded model" if not engine.is_embedded else "0 prompts asked"
@@ -202,7 +202,8 @@ def lora_grid(prompt, lora, seed, steps, guidance_scale, scheduler):
             raise check.fail("lora", lora, "at least one adapter (e.g. 'outline:0.8')")
         job = _settings(prompt=prompt, negative_prompt="", scheduler=scheduler, steps=steps,
                         guidance_scale=guidance_scale, seed=seed, lora=example)
-    within_budget("lora_grid", [job], columns=len(job.blend.adapters) + 2, hint="fewer adapters, or fewer Steps on the Generate tab")
+    within_budget("lora_grid", [job], columns=len(job.blend.adapters) + 2,
+                  hint="fewer adapters, or fewer Steps on the Generate tab")
     columns, images = eng.lora_grid_images(job)
     weights = {a.name: f"{a.name} {a.weight:g}" for a in job.blend.adapters}  # captions say the weights
     columns = [weights.get(c, c) for c in columns[:-1]] + [f"blend {', '.join(weights.values())}"]
