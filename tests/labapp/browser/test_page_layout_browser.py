@@ -79,6 +79,7 @@ def browser_page(server):
 def open_page(page, url, size):
     """The page at ``size``, loaded afresh (a first visit: no run in this browser session)."""
     page.set_viewport_size({"width": size[0], "height": size[1]})
+    page.goto("about:blank")  # leave the last page first: a reload of the same address can abort mid-run
     page.goto(url, wait_until="domcontentloaded", timeout=60_000)
     page.locator("#generate-btn").wait_for(timeout=60_000)
     page.wait_for_function("() => window.__diffusionLabKeys === true", timeout=60_000)  # the load events ran
