@@ -38,7 +38,7 @@ CSS = """
   #results { position: sticky; top: 8px; align-self: flex-start; }
 }
 /* buttons beside a field: their own height, not the row's */
-.small-button { align-self: center; max-height: 3em; }
+.small-button { align-self: center; height: auto; }
 #seed-row, #lora-chip-row, #mixer-chip-row { align-items: center; }
 #lora-chip p { margin: 0; }
 .lora-chip code { background: var(--color-accent-soft); border-radius: 999px; padding: 1px 8px; }
