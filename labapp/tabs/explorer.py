@@ -145,7 +145,7 @@ def _wire_inpaint(box, image, negative_prompt, scheduler, steps, guidance_scale,
     background (with a mask over its shape) following the explorer's image. Returns the page's
     Inpaint event (app.py follows its trace into the labs)."""
     gr.on([image.change, demo.load], inpaint.editor_value, image, box["drawing"], api_visibility="private",
-          show_progress="hidden")
+          show_progress="hidden", queue=False)  # cheap, and in place before a first Inpaint click
     inputs = [image, box["mask"], box["prompt"], negative_prompt, box["strength"], box["method"], scheduler, steps,
               guidance_scale, seed, box["drawing"]]
     return endpoint(box["button"], inpaint.inpaint, inputs, [box["result"], box["status"], box["gallery"], box["table"],
