@@ -8,9 +8,9 @@ import io
 
 import pytest
 
-from testkit.browser import chromium, require_chromium, shot
+from testkit.browser import chromium, shot
 
-require_chromium()
+pytestmark = pytest.mark.browser
 
 DESKTOPS = [(1440, 1000), (1280, 720)]
 PHONE = (390, 844)
@@ -141,7 +141,7 @@ def test_captions_sit_outside_their_images(browser_page, server):
     shot(page, "layout-captions-cfg")
 
 
-def _png(page, locator) -> "Image.Image":
+def _png(page, locator):
     from PIL import Image
 
     src = locator.get_attribute("src")
