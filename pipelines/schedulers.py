@@ -15,6 +15,7 @@ Notation: alpha_bar_t = prod_{s<=t} (1 - beta_s); sigma_t = sqrt((1 - alpha_bar_
 """
 from __future__ import annotations
 
+import copy
 import inspect
 from dataclasses import dataclass, field
 
@@ -36,6 +37,9 @@ from diffusers import (
     PNDMScheduler,
     UniPCMultistepScheduler,
 )
+
+from .forward import snr, training_betas, zero_snr_betas  # noqa: F401 (training_betas: re-exported)
+from .zero_snr import zero_snr_class
 
 
 @dataclass(frozen=True)
@@ -154,7 +158,18 @@ def make_scheduler(
 
     kwargs.update(overrides)
     kwargs["prediction_type"] = config.get("prediction_type", "epsilon")
-    return spec.cls.from_config(config, **kwargs)
+    scheduler = zero_snr_class(spec.cls).from_config(config, **kwargs)
+    if hasattr(scheduler, "ramp_sigma_max"):
+        scheduler.ramp_sigma_max = unrescaled_sigma_max(config)
+    return scheduler
+
+
+def unrescaled_sigma_max(config) -> float:
+    """sigma_T of the model's betas before any zero-terminal-SNR rescale (SD's scaled-linear: 14.6):
+    where a Karras / exponential ramp starts on a zero-SNR model, after one step from pure noise
+    (pipelines/zero_snr.py)."""
+    alpha_bar = float(np.cumprod(1.0 - training_betas(dict(config, rescale_betas_zero_snr=False)))[-1])
+    return float(np.sqrt((1.0 - alpha_bar) / alpha_bar))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -252,59 +267,11 @@ def starts_scheduler_step(scheduler) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 
-def training_betas(config) -> np.ndarray:
-    """The training betas of a scheduler config, in float64 (diffusers computes them in float32).
-
-    linear: linspace(beta_start, beta_end); scaled_linear (SD): linspace(sqrt(start), sqrt(end))^2;
-    squaredcos_cap_v2: Nichol & Dhariwal 2021 cosine schedule, beta capped at 0.999;
-    then, if ``rescale_betas_zero_snr``: Lin et al. 2024, Alg. 1 (shift and scale sqrt(alpha_bar)
-    so that it ends at exactly 0 and keeps its first value).
-    """
-    config = dict(config)
-    n = int(config.get("num_train_timesteps", 1000))
-    kind = config.get("beta_schedule", "linear")
-    start, end = float(config.get("beta_start", 0.0001)), float(config.get("beta_end", 0.02))
-    if config.get("trained_betas") is not None:
-        betas = np.asarray(config["trained_betas"], dtype=np.float64)
-    elif kind == "linear":
-        betas = np.linspace(start, end, n, dtype=np.float64)
-    elif kind == "scaled_linear":
-        betas = np.linspace(start**0.5, end**0.5, n, dtype=np.float64) ** 2
-    elif kind == "squaredcos_cap_v2":
-        def alpha_bar(u):
-            return np.cos((u + 0.008) / 1.008 * np.pi / 2) ** 2
-
-        i = np.arange(n, dtype=np.float64)
-        betas = np.minimum(1 - alpha_bar((i + 1) / n) / alpha_bar(i / n), 0.999)
-    else:
-        raise ValueError(f"beta_schedule={kind!r} is not supported for schedule plots")
-    if config.get("rescale_betas_zero_snr", False):
-        root = np.sqrt(np.cumprod(1.0 - betas))
-        first, last = root[0], root[-1]
-        root = (root - last) * first / (first - last)
-        ab = root**2
-        betas = 1.0 - np.concatenate([ab[:1], ab[1:] / ab[:-1]])
-    return betas
-
-
-def zero_snr_betas(config) -> np.ndarray:
-    """Zero-terminal-SNR betas for classes without ``rescale_betas_zero_snr``, with the final
-    alpha_bar lifted from 0 to 2^-24 (what diffusers' Euler / DPM-Solver / UniPC do) so that
-    sigma_max = sqrt((1 - 2^-24) / 2^-24) ~ 4096 stays finite for sigma-space samplers."""
-    config = dict(config, rescale_betas_zero_snr=True)
-    betas = training_betas(config)
-    alpha_bar = np.cumprod(1.0 - betas)
-    betas[-1] = 1.0 - 2.0**-24 / alpha_bar[-2]
-    return betas
-
-
 def training_schedule(scheduler_or_config) -> dict[str, np.ndarray]:
     """Training-time schedule as float64 numpy arrays: t, alpha_bar, sigma, log_snr.
 
     At a zero-terminal-SNR final step alpha_bar = 0: sigma = inf, log_snr = -inf.
     """
-    from .forward import snr
-
     config = getattr(scheduler_or_config, "config", scheduler_or_config)
     alpha_bar = np.cumprod(1.0 - training_betas(config))
     ratio = snr(alpha_bar)
@@ -323,7 +290,7 @@ def sampling_schedule(name_or_scheduler, base_config=None, num_inference_steps: 
     if isinstance(name_or_scheduler, str):
         scheduler = make_scheduler(name_or_scheduler, base_config, **options)
     else:
-        scheduler = name_or_scheduler.__class__.from_config(name_or_scheduler.config)
+        scheduler = copy.deepcopy(name_or_scheduler)  # keeps what the registry set beside the config
     scheduler.set_timesteps(num_inference_steps, device="cpu")
     timesteps = scheduler.timesteps.detach().to(torch.float64).numpy()
     sig = getattr(scheduler, "sigmas", None)

@@ -1,0 +1,133 @@
+"""Sweep the sampler options a user can reach: scheduler x timestep spacing x sigmas x steps x mode.
+
+Shared by tests/test_sampler_sweep.py and bench/sweep_samplers.py. One case is refused when
+``make_scheduler`` raises ValueError before anything runs; otherwise it runs the real pipeline and
+is a crash (any exception), nonfinite (NaN / inf in the image), flat (pixel std < FLAT_STD on the
+0-255 scale) or ok.
+"""
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from pipelines.schedulers import SIGMA_KINDS, TIMESTEP_SPACINGS, make_scheduler, scheduler_names
+
+SPACINGS = (None,) + TIMESTEP_SPACINGS  # None: the model's own (the form's "model default")
+SIGMAS = (None,) + tuple(k for k in SIGMA_KINDS if k != "default")  # None: the entry's own (the form's "default")
+MODES = ("txt2img", "img2img-0.1", "img2img-0.5", "img2img-1.0", "inpaint")
+FLAT_STD = 2.0
+PROMPT = "a large red circle in the top left"
+
+
+@dataclass
+class Case:
+    scheduler: str
+    spacing: str | None
+    sigmas: str | None
+    steps: int
+    mode: str = "txt2img"
+
+    @property
+    def options(self) -> dict:
+        out = {}
+        if self.spacing is not None:
+            out["timestep_spacing"] = self.spacing
+        if self.sigmas is not None:
+            out["sigmas"] = self.sigmas
+        return out
+
+    def label(self) -> str:
+        return (f"{self.scheduler} / spacing={self.spacing or 'model'} / sigmas={self.sigmas or 'default'} / "
+                f"{self.steps} steps / {self.mode}")
+
+
+@dataclass
+class Outcome:
+    case: Case
+    status: str  # ok | refused | crash | nonfinite | flat
+    message: str = ""
+    image: np.ndarray | None = None  # (H, W, 3) float in [0, 1]
+
+
+def grid(schedulers=None, spacings=SPACINGS, sigmas=SIGMAS, steps=(10, 25, 50), modes=("txt2img",)) -> list[Case]:
+    return [Case(n, sp, sg, s, m) for n in (schedulers or scheduler_names()) for sp in spacings for sg in sigmas
+            for s in steps for m in modes]
+
+
+def source_image(size: int) -> Image.Image:
+    """img2img / inpainting input: a shapes-world picture at the model's size."""
+    from shapesworld import sample
+
+    return sample(7, empty_prob=0.0, resolution=size).image
+
+
+def right_half_mask(size: int) -> Image.Image:
+    mask = np.zeros((size, size), dtype=np.uint8)
+    mask[:, size // 2:] = 255
+    return Image.fromarray(mask)
+
+
+def run_case(pipe, case: Case, *, prompt: str = PROMPT, seed: int = 0, guidance_scale: float = 3.0,
+             size: int | None = None) -> Outcome:
+    try:
+        make_scheduler(case.scheduler, pipe.scheduler.config, **case.options)
+    except ValueError as error:
+        return Outcome(case, "refused", str(error))
+    size = size or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    kwargs = dict(prompt=prompt, num_inference_steps=case.steps, guidance_scale=guidance_scale, output_type="np",
+                  generator=torch.Generator().manual_seed(seed), scheduler=case.scheduler,
+                  scheduler_options=case.options)
+    try:
+        if case.mode == "txt2img":
+            out = pipe(height=size, width=size, **kwargs)
+        elif case.mode.startswith("img2img"):
+            from pipelines.img2img import img2img
+
+            out = img2img(pipe, source_image(size), float(case.mode.split("-")[1]), **kwargs)
+        elif case.mode == "inpaint":
+            from pipelines.inpaint import inpaint
+
+            out = inpaint(pipe, source_image(size), right_half_mask(size), **kwargs)
+        else:
+            raise ValueError(f"mode={case.mode!r} is not one of {MODES}")
+    except Exception as error:  # noqa: BLE001 (what the sweep counts)
+        return Outcome(case, "crash", f"{type(error).__name__}: {error}")
+    image = np.asarray(out.images[0], dtype=np.float64)
+    if not np.isfinite(image).all():
+        return Outcome(case, "nonfinite", "NaN or inf in the image", image)
+    if (image * 255.0).std() < FLAT_STD:
+        return Outcome(case, "flat", f"pixel std {(image * 255).std():.2f} < {FLAT_STD}", image)
+    return Outcome(case, "ok", "", image)
+
+
+def counts(outcomes) -> dict[str, int]:
+    c = collections.Counter(o.status for o in outcomes)
+    return {k: c.get(k, 0) for k in ("ok", "refused", "crash", "nonfinite", "flat")}
+
+
+def wrong_color(outcomes, color: str = "red") -> list[Outcome]:
+    """ok outcomes whose scorer reading is not ``color`` (the prompt's)."""
+    from shapesworld import score_image
+
+    return [o for o in outcomes if o.status == "ok" and score_image((o.image * 255).round().astype(np.uint8)).color != color]
+
+
+def sd15_tiny_pipeline():
+    """Tiny seeded components (testkit.tiny) with SD 1.5's own scheduler config (PNDM, leading, epsilon)."""
+    import os
+
+    from diffusers import PNDMScheduler
+
+    from pipelines import TracingStableDiffusionPipeline
+    from testkit.components import SD15_CONFIGS
+    from testkit.tiny import make_tiny_components
+
+    components = make_tiny_components("epsilon")
+    components["scheduler"] = PNDMScheduler.from_config(PNDMScheduler.load_config(os.path.join(SD15_CONFIGS, "scheduler")))
+    pipe = TracingStableDiffusionPipeline(**components)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
