@@ -172,6 +172,26 @@ def unrescaled_sigma_max(config) -> float:
     return float(np.sqrt((1.0 - alpha_bar) / alpha_bar))
 
 
+def check_schedule(scheduler, name: str, options: dict | None, steps: int, from_noise: bool = True) -> None:
+    """Refuse, before the first model call, a schedule that cannot produce an image (one line each).
+
+    Call after ``set_timesteps(steps)``. ``from_noise``: the run starts from pure noise (text-to-image).
+    """
+    options = options or {}
+    combo = f"scheduler={name!r}" + "".join(f", {k}={v!r}" for k, v in options.items()) + f" at {steps} step(s)"
+    sigmas = getattr(scheduler, "sigmas", None)
+    if isinstance(sigmas, torch.Tensor) and len(sigmas) > 1 and float(sigmas[-1]) > 0 and float(sigmas[-1]) >= float(sigmas[0]):
+        raise ValueError(f"{combo}: this sampler stops at its ramp's sigma_min, which 1 step puts at the pure-noise "
+                         "start, so the image would stay noise; use 2 or more steps or sigmas='default'")
+    if from_noise:
+        t0 = float(scheduler.timesteps[0])
+        alpha_bar = float(scheduler.alphas_cumprod[int(round(t0))])
+        if alpha_bar > 0.5:
+            raise ValueError(f"{combo}: the first timestep is t={t0:g} of {len(scheduler.alphas_cumprod)}, where the model "
+                             "expects a nearly clean image, so the pure-noise start would come back as noise; use "
+                             "timestep_spacing='trailing' or 'linspace', or more steps")
+
+
 # ---------------------------------------------------------------------------------------------
 # Where the model is evaluated: one small record of (timestep, sigma, alpha_bar) per model call.
 # ---------------------------------------------------------------------------------------------

@@ -13,11 +13,14 @@ sigma_max ~ 14.6 that SD 1.5's own schedule ends at. Two things break with it in
    reaches before its zero-SNR rescale: 14.6 for SD's scaled-linear betas), then the usual Karras /
    exponential ramp from there down to the spacing's sigma_min. Every sigma is then distinct.
 2. Second-order samplers (Heun, DPM2, DPM2 a) take their first step from sigma_T. Heun's trapezoid
-   rule there weighs the two x0 guesses by (sigma_T - sigma_1) / sigma_1: x_1 = D_1 + sigma_1 eps
-   - ((sigma_T - sigma_1) / (2 sigma_1)) (D_1 - D_2), a factor ~110 on the difference of two guesses at
-   10 steps (DPM2's midpoint ~15): wrong colours and smears. Here that one step is first order,
-   from the later of the two guesses: x_1 = D + (sigma_1 / sigma_eval) (x_eval - D) (the DDIM step,
-   exact from pure noise); every other step is the sampler's own.
+   rule weighs the two x0 guesses of a step from sigma to sigma_1 by (sigma - sigma_1) / sigma_1:
+   x_1 = D_1 + sigma_1 eps - ((sigma - sigma_1) / (2 sigma_1)) (D_1 - D_2), a factor ~110 on the
+   difference of two guesses in the first step of 10 (DPM2's midpoint: ~15): wrong colours and
+   smears. The same happens wherever sigma falls steeply (3 linspace steps: 4096 -> 1.8 -> 0.03).
+   Here a step whose sigma falls more than ``STEEP_RATIO``-fold is first order, from the later of
+   its two guesses: x_1 = D + (sigma_1 / sigma_eval) (x_eval - D) (the DDIM step, exact from pure
+   noise); every other step is the sampler's own. (SD 1.5's schedule, sigma_max 14.6, keeps stock
+   behaviour: the mixins act only on zero-terminal-SNR schedules.)
 
 Each mixin is combined with its diffusers class by ``zero_snr_class``; the result keeps the class's
 name (saved configs load into stock diffusers) and behaves as stock wherever alpha_bar_T is not ~0.
@@ -31,6 +34,7 @@ from diffusers import HeunDiscreteScheduler, KDPM2AncestralDiscreteScheduler, KD
 
 TERMINAL_ALPHA_BAR = 2.0**-24  # diffusers' stand-in for alpha_bar_T = 0
 KARRAS_RHO = 7.0  # Karras et al. 2022, eq. 5
+STEEP_RATIO = 10.0  # sigma / sigma_next above which a second-order step is taken first order
 
 
 def terminal_sigma(alphas_cumprod) -> float | None:
@@ -70,6 +74,8 @@ class ZeroSnrSigmaRamps:
         if n == 1:
             return np.array([sigmas[0]])
         sigma_min = float(sigmas[-1])
+        if n == 2:  # a ramp ends at sigma_min (DEIS stops there)
+            return np.array([sigmas[0], sigma_min])
         return np.concatenate([[sigmas[0]], ramp(max(self.ramp_sigma_max, sigma_min), sigma_min, n - 1)])
 
     def _convert_to_karras(self, in_sigmas, num_inference_steps=None):
@@ -95,22 +101,27 @@ def _replace_prev_sample(out, prev_sample):
     return out
 
 
-class FirstOrderFromPureNoise:
-    """Second-order samplers (Heun, DPM2, DPM2 a): the step that starts at sigma_T is first order
-    (module docstring, point 2). The second model call of that step still happens (the loop's
-    timesteps are fixed); its x0 guess, the later one, is the one used."""
+class FirstOrderOnSteepSteps:
+    """Second-order samplers (Heun, DPM2, DPM2 a) on a zero-SNR schedule: a step whose sigma falls more
+    than STEEP_RATIO-fold (always the first, from sigma_T) is first order (module docstring, point 2).
+    The step's second model call still happens (the loop's timesteps are fixed); its x0 guess, the
+    later one, is the one used."""
 
-    def _step_start_sigma(self) -> float:
-        """sigma at the start of the current (second-order half of a) step."""
-        return float(self.sigmas[self.step_index - 1])
+    def _steep(self) -> bool:
+        """In the second call of a step from sigmas[i - 1] to sigmas[i], is the drop steep?"""
+        if terminal_sigma(self.alphas_cumprod) is None or self.step_index is None or self.state_in_first_order:
+            return False
+        start, end = float(self.sigmas[self.step_index - 1]), self._deterministic_target(self.step_index)
+        return end > 0 and start > STEEP_RATIO * end
+
+    def _deterministic_target(self, i) -> float:
+        return float(self.sigmas[i])
 
     def step(self, model_output, timestep, sample, *args, **kwargs):
-        top = terminal_sigma(self.alphas_cumprod)
-        if top is None or self.step_index is None or self.state_in_first_order or self._step_start_sigma() < 0.5 * top:
+        if not self._steep():
             return super().step(model_output, timestep, sample, *args, **kwargs)
-        # the second call of the step from pure noise: x_eval = sample at sigma_eval
-        i = self.step_index
-        sigma_eval, sigma_next, sigma_up = self._second_call_sigmas(i)
+        # the second call of a steep step: x_eval = sample at sigma_eval
+        sigma_eval, sigma_next, sigma_up = self._second_call_sigmas(self.step_index)
         out = super().step(model_output, timestep, sample, *args, **kwargs)  # advances state and RNG as stock
         x0 = out[1] if isinstance(out, tuple) else out.pred_original_sample
         prev = x0 + (sigma_next / sigma_eval) * (sample - x0)  # first order (DDIM) from the later guess
@@ -122,19 +133,22 @@ class FirstOrderFromPureNoise:
         return _replace_prev_sample(out, prev.to(sample.dtype))
 
 
-class ZeroSnrHeun(FirstOrderFromPureNoise, ZeroSnrSigmaRamps):
+class ZeroSnrHeun(FirstOrderOnSteepSteps, ZeroSnrSigmaRamps):
     def _second_call_sigmas(self, i):
         return float(self.sigmas[i]), float(self.sigmas[i]), 0.0  # Heun evaluates at sigma_next
 
 
-class ZeroSnrKDPM2(FirstOrderFromPureNoise, ZeroSnrSigmaRamps):
+class ZeroSnrKDPM2(FirstOrderOnSteepSteps, ZeroSnrSigmaRamps):
     def _second_call_sigmas(self, i):
         return float(self.sigmas_interpol[i]), float(self.sigmas[i]), 0.0  # the log-midpoint, then sigma_next
 
 
-class ZeroSnrKDPM2Ancestral(FirstOrderFromPureNoise, ZeroSnrSigmaRamps):
+class ZeroSnrKDPM2Ancestral(FirstOrderOnSteepSteps, ZeroSnrSigmaRamps):
     def _second_call_sigmas(self, i):
         return float(self.sigmas_interpol[i - 1]), float(self.sigmas_down[i - 1]), float(self.sigmas_up[i - 1])
+
+    def _deterministic_target(self, i) -> float:
+        return float(self.sigmas_down[i - 1])  # the ancestral step's ODE part ends at sigma_down
 
     def _stock_deterministic(self, sample, x0, sigma_eval, sigma_down):
         # stock: x_start + d_mid (sigma_down - sigma), d_mid = (sample - x0) / sigma_eval

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipelines.schedulers import SIGMA_KINDS, TIMESTEP_SPACINGS, make_scheduler, scheduler_names
+from pipelines.schedulers import SIGMA_KINDS, TIMESTEP_SPACINGS, check_schedule, make_scheduler, scheduler_names
 
 SPACINGS = (None,) + TIMESTEP_SPACINGS  # None: the model's own (the form's "model default")
 SIGMAS = (None,) + tuple(k for k in SIGMA_KINDS if k != "default")  # None: the entry's own (the form's "default")
@@ -74,7 +74,9 @@ def right_half_mask(size: int) -> Image.Image:
 def run_case(pipe, case: Case, *, prompt: str = PROMPT, seed: int = 0, guidance_scale: float = 3.0,
              size: int | None = None) -> Outcome:
     try:
-        make_scheduler(case.scheduler, pipe.scheduler.config, **case.options)
+        sched = make_scheduler(case.scheduler, pipe.scheduler.config, **case.options)
+        sched.set_timesteps(case.steps)
+        check_schedule(sched, case.scheduler, case.options, case.steps, from_noise=case.mode == "txt2img")
     except ValueError as error:
         return Outcome(case, "refused", str(error))
     size = size or pipe.unet.config.sample_size * pipe.vae_scale_factor
@@ -131,3 +133,72 @@ def sd15_tiny_pipeline():
     pipe = TracingStableDiffusionPipeline(**components)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+# ------------------------------------------------------------------ a stand-in model with a known answer
+
+
+class GaussianDenoiser:
+    """The exact denoiser of Gaussian data x0 ~ N(mu, s^2 I) (a stand-in UNet, microseconds a call).
+
+    For a VP latent x = a x0 + b eps (a = sqrt(alpha_bar), b = sqrt(1 - alpha_bar)):
+    E[x0 | x] = mu + a s^2 / (a^2 s^2 + b^2) (x - a mu); the output is that x0 written as the
+    model's prediction type. A sampler that solves the reverse process ends near mu within a few s
+    (exactly mu + s eps_T for a deterministic one from pure noise); a wrong schedule, a drifting step
+    index or an unstable update ends far from it (or not finite). The timestep -> alpha_bar map is the
+    training schedule's, log-sigma interpolated between integers as diffusers' ``_sigma_to_t`` does.
+    """
+
+    def __init__(self, alphas_cumprod: torch.Tensor, mu: torch.Tensor, s: float, prediction_type: str):
+        self.alpha_bar = alphas_cumprod.double().clamp(min=2.0**-24)
+        self.log_sigma = (((1 - self.alpha_bar) / self.alpha_bar) ** 0.5).log()
+        self.mu, self.s, self.prediction_type = mu.double(), s, prediction_type
+
+    def alpha_bar_at(self, t: float) -> float:
+        lo = int(np.floor(t))
+        if lo >= len(self.alpha_bar) - 1 or t == lo:
+            return float(self.alpha_bar[min(lo, len(self.alpha_bar) - 1)])
+        w = t - lo
+        sigma = float(((1 - w) * self.log_sigma[lo] + w * self.log_sigma[lo + 1]).exp())
+        return 1.0 / (1.0 + sigma * sigma)
+
+    def __call__(self, x: torch.Tensor, t) -> torch.Tensor:
+        ab = self.alpha_bar_at(float(t))
+        a, b = ab**0.5, (1.0 - ab) ** 0.5
+        x = x.double()
+        x0 = self.mu + a * self.s**2 / (a * a * self.s**2 + b * b) * (x - a * self.mu)
+        eps = (x - a * x0) / b
+        out = {"epsilon": eps, "v_prediction": a * eps - b * x0, "sample": x0}[self.prediction_type]
+        return out.float()
+
+
+def stand_in_run(name: str, config, options: dict, steps: int, strength: float | None = None, seed: int = 0,
+                 s: float = 0.5) -> float:
+    """Run registry scheduler ``name`` for ``steps`` with the Gaussian stand-in, from pure noise
+    (``strength`` None) or img2img-style from q_sample at ``strength`` (begin index set as the
+    pipeline does). Returns rms(final - mu) / s: ~1 for a sampler that works, 0 at 1 step (the
+    mean), inf (NaN / inf) or large when it does not. ValueError: refused before the run."""
+    import inspect
+
+    from pipelines.forward import q_sample
+    from pipelines.img2img import check_strength, strength_timesteps
+
+    sched = make_scheduler(name, config, **options)
+    sched.set_timesteps(steps, device="cpu")
+    check_schedule(sched, name, options, steps, from_noise=strength is None)
+    g = torch.Generator().manual_seed(seed)
+    mu = torch.linspace(-1.0, 1.0, 256).reshape(1, 4, 8, 8)
+    model = GaussianDenoiser(sched.alphas_cumprod, mu, s, sched.config.prediction_type)
+    noise = torch.randn(mu.shape, generator=g)
+    if strength is None:
+        timesteps, x = sched.timesteps, noise * sched.init_noise_sigma
+    else:
+        check_strength(strength, steps)
+        timesteps, _ = strength_timesteps(sched, steps, strength)
+        x0 = mu + s * torch.randn(mu.shape, generator=g)
+        x = q_sample(sched, x0, noise, timesteps[:1])
+    extra = {"generator": g} if "generator" in inspect.signature(sched.step).parameters else {}
+    for t in timesteps:
+        x = sched.step(model(sched.scale_model_input(x, t), t), t, x, **extra, return_dict=False)[0]
+    err = float(((x.double() - mu) ** 2).mean().sqrt() / s)
+    return err if np.isfinite(err) else float("inf")
