@@ -107,8 +107,11 @@ def _accepts(cls: type, name: str) -> bool:
 
 
 def _base_dict(base_config) -> dict:
+    """The model's scheduler config as from_config reads it. ``_use_default_values`` (the keys the model's
+    file left unset) stays: like ``Class.from_config(pipe.scheduler.config)``, those take the new
+    class's defaults (the naming rule, see ``make_scheduler``)."""
     config = dict(base_config)
-    return {k: v for k, v in config.items() if not k.startswith("_")}
+    return {k: v for k, v in config.items() if not k.startswith("_") or k == "_use_default_values"}
 
 
 def make_scheduler(
@@ -121,6 +124,13 @@ def make_scheduler(
     **overrides,
 ):
     """Build registry scheduler ``name`` from a model's scheduler config.
+
+    The naming rule: ``make_scheduler(name, pipe.scheduler.config)`` builds what diffusers' idiom
+    ``SchedulerClass.from_config(pipe.scheduler.config, **overrides)`` builds for that name (the
+    entry's class and overrides, e.g. "DPM++ 2M Karras" = DPMSolverMultistepScheduler with
+    use_karras_sigmas=True): a setting the model's config file leaves unset (``timestep_spacing`` in
+    older SD configs) takes the new class's default, as there. Only zero-terminal-SNR schedules
+    differ, where diffusers' own classes crash or smear (pipelines/zero_snr.py).
 
     timestep_spacing: None keeps the model's; else one of TIMESTEP_SPACINGS.
     zero_snr: None keeps the model's ``rescale_betas_zero_snr``; True/False forces it. Classes
