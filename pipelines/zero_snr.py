@@ -27,6 +27,7 @@ name (saved configs load into stock diffusers) and behaves as stock wherever alp
 """
 from __future__ import annotations
 
+import inspect
 import math
 
 import numpy as np
@@ -172,7 +173,18 @@ def zero_snr_class(cls: type) -> type:
     """``cls`` with the zero-terminal-SNR fixes that apply to it (same ``__name__``)."""
     if cls not in _CLASSES:
         mixin = _MIXINS.get(cls, ZeroSnrSigmaRamps)
-        sub = type(cls.__name__, (mixin, cls), {"__module__": __name__, "__qualname__": f"ZeroSnr_{cls.__name__}"})
+        namespace = {"__module__": __name__, "__qualname__": f"ZeroSnr_{cls.__name__}"}
+        if issubclass(mixin, FirstOrderOnSteepSteps):
+            inner = mixin.step
+
+            def step(self, *args, **kwargs):
+                return inner(self, *args, **kwargs)
+
+            # pipelines pass generator / eta only when step's signature names them (prepare_extra_step_kwargs)
+            step.__signature__ = inspect.signature(cls.step)
+            step.__doc__ = cls.step.__doc__
+            namespace["step"] = step
+        sub = type(cls.__name__, (mixin, cls), namespace)
         globals()[sub.__qualname__] = sub  # picklable by qualified name
         _CLASSES[cls] = sub
     return _CLASSES[cls]
