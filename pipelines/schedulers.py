@@ -52,34 +52,51 @@ class SchedulerSpec:
 
 
 # Mapping as documented by diffusers ("A1111/k-diffusion -> diffusers") and used by ComfyUI users.
+# ``note``: one line the Scheduler lab shows beside the name (cost, and what a zero-SNR model needs).
+TWO_CALLS = "2 model calls per step: compare it with others at half the steps"
 SCHEDULERS: dict[str, SchedulerSpec] = {
     "DDIM": SchedulerSpec(DDIMScheduler),
-    "DDPM": SchedulerSpec(DDPMScheduler),
+    "DDPM": SchedulerSpec(DDPMScheduler, note="adds fresh noise every step: needs many steps (50+) to clean up"),
     # A1111's "PLMS": PNDM without the Runge-Kutta warm-up (as SD's own scheduler config does).
-    "PNDM": SchedulerSpec(PNDMScheduler, {"skip_prk_steps": True}),
+    "PNDM": SchedulerSpec(PNDMScheduler, {"skip_prk_steps": True}, note="its first step costs 2 model calls"),
     "LMS": SchedulerSpec(LMSDiscreteScheduler),
     "LMS Karras": SchedulerSpec(LMSDiscreteScheduler, {"use_karras_sigmas": True}),
     "Euler": SchedulerSpec(EulerDiscreteScheduler),
-    "Euler a": SchedulerSpec(EulerAncestralDiscreteScheduler),
-    "Heun": SchedulerSpec(HeunDiscreteScheduler, note="2 model calls per step"),
-    "DPM2": SchedulerSpec(KDPM2DiscreteScheduler, note="2 model calls per step"),
-    "DPM2 Karras": SchedulerSpec(KDPM2DiscreteScheduler, {"use_karras_sigmas": True}),
-    "DPM2 a": SchedulerSpec(KDPM2AncestralDiscreteScheduler, note="2 model calls per step"),
-    "DPM2 a Karras": SchedulerSpec(KDPM2AncestralDiscreteScheduler, {"use_karras_sigmas": True}),
+    "Euler a": SchedulerSpec(EulerAncestralDiscreteScheduler, note="ancestral: adds noise each step"),
+    "Heun": SchedulerSpec(HeunDiscreteScheduler, note=TWO_CALLS),
+    "DPM2": SchedulerSpec(KDPM2DiscreteScheduler, note=TWO_CALLS),
+    "DPM2 Karras": SchedulerSpec(KDPM2DiscreteScheduler, {"use_karras_sigmas": True}, note=TWO_CALLS),
+    "DPM2 a": SchedulerSpec(KDPM2AncestralDiscreteScheduler, note=TWO_CALLS + "; ancestral"),
+    "DPM2 a Karras": SchedulerSpec(KDPM2AncestralDiscreteScheduler, {"use_karras_sigmas": True},
+                                   note=TWO_CALLS + "; ancestral"),
     "DPM++ 2M": SchedulerSpec(DPMSolverMultistepScheduler),
     "DPM++ 2M Karras": SchedulerSpec(DPMSolverMultistepScheduler, {"use_karras_sigmas": True}),
     # torchsde's Brownian tree draws its own seed when none is given; a fixed seed keeps runs
     # reproducible (the initial latents still come from the caller's generator).
-    "DPM++ SDE": SchedulerSpec(DPMSolverSDEScheduler, {"noise_sampler_seed": 0}),
-    "DPM++ SDE Karras": SchedulerSpec(DPMSolverSDEScheduler, {"use_karras_sigmas": True, "noise_sampler_seed": 0}),
-    "DPM++ 2M SDE": SchedulerSpec(DPMSolverMultistepScheduler, {"algorithm_type": "sde-dpmsolver++"}),
+    "DPM++ SDE": SchedulerSpec(DPMSolverSDEScheduler, {"noise_sampler_seed": 0}, note=TWO_CALLS + "; stochastic"),
+    "DPM++ SDE Karras": SchedulerSpec(DPMSolverSDEScheduler, {"use_karras_sigmas": True, "noise_sampler_seed": 0},
+                                      note=TWO_CALLS + "; stochastic"),
+    "DPM++ 2M SDE": SchedulerSpec(DPMSolverMultistepScheduler, {"algorithm_type": "sde-dpmsolver++"},
+                                  note="stochastic"),
     "DPM++ 2M SDE Karras": SchedulerSpec(
-        DPMSolverMultistepScheduler, {"algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True}
+        DPMSolverMultistepScheduler, {"algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True}, note="stochastic"
     ),
     "UniPC": SchedulerSpec(UniPCMultistepScheduler),
     "DEIS": SchedulerSpec(DEISMultistepScheduler),
-    "LCM": SchedulerSpec(LCMScheduler, note="meant for LCM-distilled weights"),
+    "LCM": SchedulerSpec(LCMScheduler, note="meant for LCM-distilled weights; on other models it only sketches"),
 }
+
+# What every Karras / exponential ramp and second-order sampler does on a zero-terminal-SNR model (one
+# line for the lab; the reason: pipelines/zero_snr.py).
+ZERO_SNR_NOTE = ("on a zero-terminal-SNR model (the embedded one) Karras / exponential sigmas take one step from pure "
+                 "noise, then the ramp from sigma 14.6, and Heun / DPM2 take steep steps first order; without that "
+                 "diffusers' classes crash or smear there")
+
+
+def scheduler_note(name: str) -> str:
+    """The lab's one-line note for registry scheduler ``name`` ("" when there is nothing to say)."""
+    return SCHEDULERS[name].note if name in SCHEDULERS else ""
+
 
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 SIGMA_KINDS = ("default", "karras", "exponential")
