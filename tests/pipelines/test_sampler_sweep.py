@@ -16,6 +16,7 @@ import pytest
 
 from pipelines.schedulers import make_scheduler, scheduler_names
 from shapesworld import score_image
+from testkit.paths import ROOT
 from testkit.sampler_sweep import (
     MODES,
     SIGMAS,
@@ -26,7 +27,6 @@ from testkit.sampler_sweep import (
     stand_in_run,
 )
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EMBEDDED_CONFIG = json.load(open(os.path.join(ROOT, "models", "tiny-shapes", "scheduler", "scheduler_config.json")))
 MULTISTEP = ["DPM++ 2M", "DPM++ 2M Karras", "DPM++ 2M SDE", "DPM++ 2M SDE Karras", "DEIS", "UniPC"]
 DPM2_FAMILY = ["DPM2", "DPM2 Karras", "DPM2 a", "DPM2 a Karras"]
