@@ -52,15 +52,18 @@ def main():
     pipe = load(args.config)
     cases = grid(names, SPACINGS[1:], SIGMAS, parse_steps(args.steps), modes)  # explicit spacings, as the issue
     t0 = time.perf_counter()
-    outcomes = [run_case(pipe, c) for c in cases]
+    outcomes = []
+    for i, case in enumerate(cases):  # progress as it goes: a long sweep on a busy machine can be cut short
+        outcomes.append(run_case(pipe, case))
+        if outcomes[-1].status not in ("ok", "refused"):
+            print(f"  {outcomes[-1].status}: {case.label()}: {outcomes[-1].message[:120]}", flush=True)
+        if (i + 1) % 50 == 0:
+            print(f"[{i + 1}/{len(cases)}] {counts(outcomes)}", flush=True)
     result = counts(outcomes)
     if args.config == "embedded":
         wrong = wrong_color(outcomes)
         result["wrong color"] = len(wrong)
     print(f"{len(cases)} runs in {time.perf_counter() - t0:.0f} s: {result}")
-    for o in outcomes:
-        if o.status not in ("ok", "refused"):
-            print(f"  {o.status}: {o.case.label()}: {o.message[:120]}")
     if args.config == "embedded":
         for o in wrong:
             print(f"  wrong color: {o.case.label()}")
