@@ -86,7 +86,8 @@ def main():
     os.makedirs(os.path.dirname(args.results) or ".", exist_ok=True)
     rows = []
     if os.path.exists(args.results):
-        rows = [json.loads(line) for line in open(args.results, encoding="utf-8") if line.strip()]
+        with open(args.results, encoding="utf-8") as f:
+            rows = [json.loads(line) for line in f if line.strip()]
         rows = [r for r in rows if r.get("num_samples") == args.num_samples and r.get("guidance") == guidance]
     done = {(r["sampler"], r["steps"]) for r in rows}
     # step counts in the order given (25 first by default: the one the bar is set at), DDIM first in each

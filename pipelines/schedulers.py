@@ -38,7 +38,7 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 
-from .forward import snr, training_betas, zero_snr_betas  # noqa: F401 (training_betas: re-exported)
+from .forward import snr, training_betas, zero_snr_betas
 from .zero_snr import zero_snr_class
 
 

@@ -81,9 +81,9 @@ def run_case(pipe, case: Case, *, prompt: str = PROMPT, seed: int = 0, guidance_
     except ValueError as error:
         return Outcome(case, "refused", str(error))
     size = size or pipe.unet.config.sample_size * pipe.vae_scale_factor
-    kwargs = dict(prompt=prompt, num_inference_steps=case.steps, guidance_scale=guidance_scale, output_type="np",
-                  generator=torch.Generator().manual_seed(seed), scheduler=case.scheduler,
-                  scheduler_options=case.options)
+    kwargs = {"prompt": prompt, "num_inference_steps": case.steps, "guidance_scale": guidance_scale,
+              "output_type": "np", "generator": torch.Generator().manual_seed(seed), "scheduler": case.scheduler,
+              "scheduler_options": case.options}
     try:
         if case.mode == "txt2img":
             out = pipe(height=size, width=size, **kwargs)

@@ -10,6 +10,7 @@ every mode).
 import ast
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,7 +28,7 @@ from testkit.sampler_sweep import (
     stand_in_run,
 )
 
-EMBEDDED_CONFIG = json.load(open(os.path.join(ROOT, "models", "tiny-shapes", "scheduler", "scheduler_config.json")))
+EMBEDDED_CONFIG = json.loads(Path(ROOT, "models", "tiny-shapes", "scheduler", "scheduler_config.json").read_text())
 MULTISTEP = ["DPM++ 2M", "DPM++ 2M Karras", "DPM++ 2M SDE", "DPM++ 2M SDE Karras", "DEIS", "UniPC"]
 DPM2_FAMILY = ["DPM2", "DPM2 Karras", "DPM2 a", "DPM2 a Karras"]
 
@@ -125,7 +126,7 @@ def test_registry_name_equals_the_diffusers_from_config_idiom():
     **the entry's overrides), settings the model's file left unset included."""
     from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler, PNDMScheduler
 
-    config = json.load(open(os.path.join(ROOT, "testkit", "configs", "sd15", "scheduler", "scheduler_config.json")))
+    config = json.loads(Path(ROOT, "testkit", "configs", "sd15", "scheduler", "scheduler_config.json").read_text())
     config.pop("timestep_spacing")  # as in older SD configs
     model = PNDMScheduler.from_config(config)
     assert model.config.timestep_spacing == "leading"  # PNDM's default
@@ -160,7 +161,7 @@ def test_truncation_warning_goes_through_diffusers_logger(embedded):
 
 def test_forward_does_not_import_schedulers():
     """One home for the schedule math: schedulers.py imports forward.py, never the reverse."""
-    tree = ast.parse(open(os.path.join(ROOT, "pipelines", "forward.py"), encoding="utf-8").read())
+    tree = ast.parse(Path(ROOT, "pipelines", "forward.py").read_text(encoding="utf-8"))
     imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     assert not any(m and "schedulers" in m for m in imported), imported
