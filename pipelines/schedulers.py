@@ -212,7 +212,7 @@ def check_schedule(scheduler, name: str, options: dict | None, steps: int, from_
                          "start, so the image would stay noise; use 2 or more steps or sigmas='default'")
     if from_noise:
         t0 = float(scheduler.timesteps[0])
-        alpha_bar = float(scheduler.alphas_cumprod[int(round(t0))])
+        alpha_bar = float(scheduler.alphas_cumprod[round(t0)])
         if alpha_bar > 0.5:
             raise ValueError(f"{combo}: the first timestep is t={t0:g} of {len(scheduler.alphas_cumprod)}, where the model "
                              "expects a nearly clean image, so the pure-noise start would come back as noise; use "
