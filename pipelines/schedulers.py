@@ -207,6 +207,12 @@ def check_schedule(scheduler, name: str, options: dict | None, steps: int, from_
     options = options or {}
     combo = f"scheduler={name!r}" + "".join(f", {k}={v!r}" for k, v in options.items()) + f" at {steps} step(s)"
     sigmas = getattr(scheduler, "sigmas", None)
+    tables = [scheduler.timesteps] + [t for t in (sigmas, getattr(scheduler, "sigmas_interpol", None)) if isinstance(t, torch.Tensor)]
+    if not all(bool(torch.isfinite(t.double()).all()) for t in tables):
+        # DPM2 a at 2 linspace steps on a zero-SNR model: sigma falls 4096 -> 0.03, and its ancestral split
+        # sigma_down = sigma_next^2 / sigma ~ 2e-7 rounds to 0 in float32, leaving a NaN timestep
+        raise ValueError(f"{combo}: a step falls so far (sigma {float(scheduler.sigmas[0]):.4g} to near 0) that this "
+                         "sampler's tables come out NaN in float32; use more steps or timestep_spacing='trailing'")
     if isinstance(sigmas, torch.Tensor) and len(sigmas) > 1 and float(sigmas[-1]) > 0 and float(sigmas[-1]) >= float(sigmas[0]):
         raise ValueError(f"{combo}: this sampler stops at its ramp's sigma_min, which 1 step puts at the pure-noise "
                          "start, so the image would stay noise; use 2 or more steps or sigmas='default'")

@@ -310,7 +310,12 @@ class TracingStableDiffusionPipeline(StableDiffusionPipeline):
 
         # 4. Prepare timesteps: pipe.scheduler, or a private registry scheduler for this call
         sched = self.scheduler if scheduler is None else self.fresh_scheduler(scheduler, scheduler_options)
-        timesteps, num_inference_steps = retrieve_timesteps(sched, num_inference_steps, device, timesteps, sigmas)
+        try:
+            timesteps, num_inference_steps = retrieve_timesteps(sched, num_inference_steps, device, timesteps, sigmas)
+        except ValueError as error:  # e.g. LCM above its 50 original steps: name the combination
+            if scheduler is None:
+                raise
+            raise ValueError(f"scheduler={scheduler!r} at {num_inference_steps} step(s): {error}") from None
         if scheduler is not None and sigmas is None:  # a registry combination that cannot make an image: refused here
             check_schedule(sched, scheduler, scheduler_options, num_inference_steps, from_noise=start is None)
         num_steps = int(getattr(sched, "num_inference_steps", None) or num_inference_steps)

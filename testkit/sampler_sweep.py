@@ -179,14 +179,25 @@ def stand_in_run(name: str, config, options: dict, steps: int, strength: float |
     (``strength`` None) or img2img-style from q_sample at ``strength`` (begin index set as the
     pipeline does). Returns rms(final - mu) / s: ~1 for a sampler that works, 0 at 1 step (the
     mean), inf (NaN / inf) or large when it does not. ValueError: refused before the run."""
-    import inspect
-
-    from pipelines.forward import q_sample
-    from pipelines.img2img import check_strength, strength_timesteps
-
     sched = make_scheduler(name, config, **options)
     sched.set_timesteps(steps, device="cpu")
     check_schedule(sched, name, options, steps, from_noise=strength is None)
+    if strength is not None:
+        from pipelines.img2img import check_strength
+
+        check_strength(strength, steps)  # the app's refusal: strength x steps must leave a step
+    try:
+        return _stand_in_loop(sched, strength, steps, seed, s)
+    except ValueError as error:  # during the run: a crash, not a refusal
+        raise RuntimeError(f"ValueError during the run: {error}") from error
+
+
+def _stand_in_loop(sched, strength, steps, seed, s) -> float:
+    import inspect
+
+    from pipelines.forward import q_sample
+    from pipelines.img2img import strength_timesteps
+
     g = torch.Generator().manual_seed(seed)
     mu = torch.linspace(-1.0, 1.0, 256).reshape(1, 4, 8, 8)
     model = GaussianDenoiser(sched.alphas_cumprod, mu, s, sched.config.prediction_type)
@@ -194,7 +205,6 @@ def stand_in_run(name: str, config, options: dict, steps: int, strength: float |
     if strength is None:
         timesteps, x = sched.timesteps, noise * sched.init_noise_sigma
     else:
-        check_strength(strength, steps)
         timesteps, _ = strength_timesteps(sched, steps, strength)
         x0 = mu + s * torch.randn(mu.shape, generator=g)
         x = q_sample(sched, x0, noise, timesteps[:1])

@@ -190,8 +190,8 @@ def _schedule_faults(name, options, config, steps):
     from pipelines.schedulers import check_schedule
 
     sched = make_scheduler(name, config, **options)
-    sched.set_timesteps(steps)
     try:
+        sched.set_timesteps(steps)  # LCM refuses more than its 50 original steps here
         check_schedule(sched, name, options, steps)
     except ValueError:
         return None  # refused before the run
