@@ -23,7 +23,8 @@ sigma_max ~ 14.6 that SD 1.5's own schedule ends at. Two things break with it in
    behaviour: the mixins act only on zero-terminal-SNR schedules.)
 
 Each mixin is combined with its diffusers class by ``zero_snr_class``; the result keeps the class's
-name (saved configs load into stock diffusers) and behaves as stock wherever alpha_bar_T is not ~0.
+name and module (a saved pipeline loads back with stock diffusers) and behaves as stock wherever
+alpha_bar_T is not ~0.
 """
 from __future__ import annotations
 
@@ -170,10 +171,15 @@ _CLASSES: dict[type, type] = {}
 
 
 def zero_snr_class(cls: type) -> type:
-    """``cls`` with the zero-terminal-SNR fixes that apply to it (same ``__name__``)."""
+    """``cls`` with the zero-terminal-SNR fixes that apply to it (same name and module, so saved
+    configs and model_index.json name the stock class)."""
+    if cls not in _MIXINS and not hasattr(cls, "_convert_to_karras"):
+        return cls  # DDIM, DDPM, PNDM, LCM: nothing to fix
     if cls not in _CLASSES:
         mixin = _MIXINS.get(cls, ZeroSnrSigmaRamps)
-        namespace = {"__module__": __name__, "__qualname__": f"ZeroSnr_{cls.__name__}"}
+        # the stock class's module and name: a pipeline saved with it records ["diffusers", "<Class>"] and
+        # loads back with stock diffusers
+        namespace = {"__module__": cls.__module__, "__qualname__": cls.__qualname__}
         if issubclass(mixin, FirstOrderOnSteepSteps):
             inner = mixin.step
 
@@ -185,7 +191,6 @@ def zero_snr_class(cls: type) -> type:
             step.__doc__ = cls.step.__doc__
             namespace["step"] = step
         sub = type(cls.__name__, (mixin, cls), namespace)
-        globals()[sub.__qualname__] = sub  # picklable by qualified name
         _CLASSES[cls] = sub
     return _CLASSES[cls]
 

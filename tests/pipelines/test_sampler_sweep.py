@@ -274,3 +274,17 @@ def test_whole_grid_on_the_real_pipeline(embedded, config_name):
     cases += [Case(n, None, None, 10, m) for n in names for m in MODES if m != "txt2img"]
     bad = [o for o in (run_case(pipe, c) for c in cases) if o.status not in ("ok", "refused")]
     assert not bad, f"{len(bad)} of {len(cases)}:\n" + "\n".join(f"{o.status}: {o.case.label()}: {o.message[:100]}" for o in bad[:40])
+
+
+def test_registry_schedulers_save_as_the_stock_class(tmp_path):
+    """The zero-SNR fixes ride on a subclass with the stock name and module: a saved pipeline's
+    model_index.json and scheduler config name the diffusers class, and load back with stock diffusers."""
+    from diffusers import DPMSolverMultistepScheduler, KDPM2AncestralDiscreteScheduler
+
+    for name, cls in (("DPM++ 2M Karras", DPMSolverMultistepScheduler), ("DPM2 a", KDPM2AncestralDiscreteScheduler)):
+        ours = make_scheduler(name, EMBEDDED_CONFIG)
+        assert isinstance(ours, cls) and type(ours).__module__ == cls.__module__
+        ours.save_config(tmp_path / name)
+        again = cls.from_pretrained(tmp_path / name)
+        assert json.loads(Path(tmp_path / name / "scheduler_config.json").read_text())["_class_name"] == cls.__name__
+        assert again.config.prediction_type == "v_prediction"
