@@ -69,6 +69,7 @@ def main():
     p.add_argument("--batch_size", type=int, default=100)
     p.add_argument("--results", default="bench/results/eval_samplers.jsonl")
     p.add_argument("--no_write", action="store_true")
+    p.add_argument("--write_only", action="store_true", help="write the table from --results without measuring")
     args = p.parse_args()
 
     from pipelines import TracingStableDiffusionPipeline
@@ -79,9 +80,10 @@ def main():
     guidance = args.guidance if args.guidance is not None else model_spec(EMBEDDED_MODEL).default_guidance
     samplers = [s.strip() for s in args.samplers.split(",") if s.strip()] or scheduler_names()
     steps = [int(s) for s in args.steps.split(",")]
-    pipe = TracingStableDiffusionPipeline.from_pretrained(args.model)
-    pipe.set_progress_bar_config(disable=True)
-    cases = eval_cases(args.num_samples)
+    if not args.write_only:
+        pipe = TracingStableDiffusionPipeline.from_pretrained(args.model)
+        pipe.set_progress_bar_config(disable=True)
+        cases = eval_cases(args.num_samples)
 
     os.makedirs(os.path.dirname(args.results) or ".", exist_ok=True)
     rows = []
@@ -91,7 +93,7 @@ def main():
         rows = [r for r in rows if r.get("num_samples") == args.num_samples and r.get("guidance") == guidance]
     done = {(r["sampler"], r["steps"]) for r in rows}
     # step counts in the order given (25 first by default: the one the issue's bar is set at), DDIM first in each
-    for n in steps:
+    for n in [] if args.write_only else steps:
         for name in ["DDIM"] + [s for s in samplers if s != "DDIM"]:
             if (name, n) in done:
                 continue
@@ -103,7 +105,9 @@ def main():
             print(f"{name:20s} {n:3d} steps: color {row['color']:.2f} shape {row['shape']:.2f} "
                   f"calls {row['model_calls']} ({row['seconds']:.0f} s)", flush=True)
 
-    text = table(rows, ["DDIM"] + [s for s in samplers if s != "DDIM"], sorted(steps))
+    text = table(rows, ["DDIM"] + [s for s in samplers if s != "DDIM"], sorted({5, 10, 25, 50} | set(steps)))
+    missing = sum(1 for name in samplers for n in (5, 10, 25, 50) if not any(
+        r["sampler"] == name and r["steps"] == n for r in rows))
     print(text)
     if args.no_write:
         return
@@ -113,7 +117,8 @@ thread(s), load average {load:.1f} at the end; {args.num_samples} seeded held-ou
 guidance {guidance:g}, the registry's defaults and the model's own timestep spacing (trailing), batches of
 {args.batch_size}). Accuracy read by the project scorer (shapesworld/scorer.py); calls = UNet evaluations per
 image (each one CFG pair). DDIM is the reference; a cell marked **below DDIM - 0.05** misses it by more than 0.05
-on color or shape.
+on color or shape. A cell "-" was not measured yet ({missing} cells): the command resumes from
+`{args.results}` and fills them.
 
 {text}
 """

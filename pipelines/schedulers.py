@@ -56,7 +56,7 @@ class SchedulerSpec:
 TWO_CALLS = "2 model calls per step: compare it with others at half the steps"
 SCHEDULERS: dict[str, SchedulerSpec] = {
     "DDIM": SchedulerSpec(DDIMScheduler),
-    "DDPM": SchedulerSpec(DDPMScheduler, note="adds fresh noise every step: needs many steps (50+) to clean up"),
+    "DDPM": SchedulerSpec(DDPMScheduler, note="adds fresh noise every step (stochastic)"),
     # A1111's "PLMS": PNDM without the Runge-Kutta warm-up (as SD's own scheduler config does).
     "PNDM": SchedulerSpec(PNDMScheduler, {"skip_prk_steps": True}, note="its first step costs 2 model calls"),
     "LMS": SchedulerSpec(LMSDiscreteScheduler),
@@ -83,7 +83,7 @@ SCHEDULERS: dict[str, SchedulerSpec] = {
     ),
     "UniPC": SchedulerSpec(UniPCMultistepScheduler),
     "DEIS": SchedulerSpec(DEISMultistepScheduler),
-    "LCM": SchedulerSpec(LCMScheduler, note="meant for LCM-distilled weights; on other models it only sketches"),
+    "LCM": SchedulerSpec(LCMScheduler, note="meant for LCM-distilled weights; at most 50 steps"),
 }
 
 # What every Karras / exponential ramp and second-order sampler does on a zero-terminal-SNR model (one
