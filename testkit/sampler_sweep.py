@@ -173,13 +173,28 @@ class GaussianDenoiser:
         return out.float()
 
 
+_TEMPLATES: dict = {}
+
+
+def cached_scheduler(name: str, config, options: dict):
+    """A fresh copy of ``make_scheduler(name, config, **options)`` (DPM2's __init__ takes seconds; a
+    deepcopy microseconds). ValueError: refused."""
+    import copy
+    import json
+
+    key = (name, json.dumps(dict(config), sort_keys=True, default=str), json.dumps(options, sort_keys=True))
+    if key not in _TEMPLATES:
+        _TEMPLATES[key] = make_scheduler(name, config, **options)
+    return copy.deepcopy(_TEMPLATES[key])
+
+
 def stand_in_run(name: str, config, options: dict, steps: int, strength: float | None = None, seed: int = 0,
                  s: float = 0.5) -> float:
     """Run registry scheduler ``name`` for ``steps`` with the Gaussian stand-in, from pure noise
     (``strength`` None) or img2img-style from q_sample at ``strength`` (begin index set as the
     pipeline does). Returns rms(final - mu) / s: ~1 for a sampler that works, 0 at 1 step (the
     mean), inf (NaN / inf) or large when it does not. ValueError: refused before the run."""
-    sched = make_scheduler(name, config, **options)
+    sched = cached_scheduler(name, config, options)
     sched.set_timesteps(steps, device="cpu")
     check_schedule(sched, name, options, steps, from_noise=strength is None)
     if strength is not None:

@@ -23,6 +23,7 @@ from testkit.sampler_sweep import (
     SIGMAS,
     SPACINGS,
     Case,
+    cached_scheduler,
     run_case,
     sd15_tiny_pipeline,
     stand_in_run,
@@ -189,7 +190,7 @@ def _schedule_faults(name, options, config, steps):
     non-finite or rising sigma."""
     from pipelines.schedulers import check_schedule
 
-    sched = make_scheduler(name, config, **options)
+    sched = cached_scheduler(name, config, options)
     try:
         sched.set_timesteps(steps)  # LCM refuses more than its 50 original steps here
         check_schedule(sched, name, options, steps)
@@ -222,7 +223,7 @@ def test_whole_grid_schedules_at_every_step_count(config_name):
             for sigmas in SIGMAS:
                 options = {k: v for k, v in (("timestep_spacing", spacing), ("sigmas", sigmas)) if v}
                 try:
-                    make_scheduler(name, config, **options)
+                    cached_scheduler(name, config, options)
                 except ValueError:
                     continue
                 for steps in range(1, 151):
