@@ -57,7 +57,7 @@ def main():
         outcomes.append(run_case(pipe, case))
         if outcomes[-1].status not in ("ok", "refused"):
             print(f"  {outcomes[-1].status}: {case.label()}: {outcomes[-1].message[:120]}", flush=True)
-        if (i + 1) % 50 == 0:
+        if (i + 1) % 9 == 0:
             print(f"[{i + 1}/{len(cases)}] {counts(outcomes)}", flush=True)
     result = counts(outcomes)
     if args.config == "embedded":
