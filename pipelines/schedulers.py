@@ -207,7 +207,7 @@ def check_schedule(scheduler, name: str, options: dict | None, steps: int, from_
     options = options or {}
     combo = f"scheduler={name!r}" + "".join(f", {k}={v!r}" for k, v in options.items()) + f" at {steps} step(s)"
     sigmas = getattr(scheduler, "sigmas", None)
-    tables = [scheduler.timesteps] + [t for t in (sigmas, getattr(scheduler, "sigmas_interpol", None)) if isinstance(t, torch.Tensor)]
+    tables = [scheduler.timesteps] + ([sigmas] if isinstance(sigmas, torch.Tensor) else [])
     if not all(bool(torch.isfinite(t.double()).all()) for t in tables):
         # DPM2 a at 2 linspace steps on a zero-SNR model: sigma falls 4096 -> 0.03, and its ancestral split
         # sigma_down = sigma_next^2 / sigma ~ 2e-7 rounds to 0 in float32, leaving a NaN timestep
