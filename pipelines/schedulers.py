@@ -213,6 +213,12 @@ def check_schedule(scheduler, name: str, options: dict | None, steps: int, from_
         # sigma_down = sigma_next^2 / sigma ~ 2e-7 rounds to 0 in float32, leaving a NaN timestep
         raise ValueError(f"{combo}: a step falls so far (sigma {float(scheduler.sigmas[0]):.4g} to near 0) that this "
                          "sampler's tables come out NaN in float32; use more steps or timestep_spacing='trailing'")
+    t_min, t_max = float(scheduler.timesteps.min()), float(scheduler.timesteps.max())
+    if t_min < 0 or t_max > len(scheduler.alphas_cumprod) - 1:
+        # diffusers' trailing spacing, round(arange(T, 0, -T / n)) - 1, gains a t = -1 at some n (61, 103, 121,
+        # 122 of 1-150) from float round-off; DDIM then reads alpha_bar[-1] = 0 (zero SNR) and divides by it
+        raise ValueError(f"{combo}: diffusers' spacing puts a timestep at t={t_min:g} (outside 0..{len(scheduler.alphas_cumprod) - 1}, "
+                         f"float round-off at this step count); use {steps - 1} or {steps + 1} steps")
     if isinstance(sigmas, torch.Tensor) and len(sigmas) > 1 and float(sigmas[-1]) > 0 and float(sigmas[-1]) >= float(sigmas[0]):
         raise ValueError(f"{combo}: this sampler stops at its ramp's sigma_min, which 1 step puts at the pure-noise "
                          "start, so the image would stay noise; use 2 or more steps or sigmas='default'")

@@ -115,6 +115,9 @@ def test_refusals_name_the_combination_and_why(embedded):
     assert "\n" not in str(err.value)
     with pytest.raises(ValueError, match=r"timestep_spacing='leading' at 1 step\(s\): the first timestep is t=1 "):
         embedded("red circle", num_inference_steps=1, scheduler="Euler", scheduler_options={"timestep_spacing": "leading"})
+    # trailing spacing at 61 steps: diffusers' round(arange(1000, 0, -1000 / 61)) - 1 ends at t = -1 (found by the slow sweep)
+    with pytest.raises(ValueError, match=r"scheduler='DDIM' at 61 step\(s\): diffusers' spacing puts a timestep at t=-1"):
+        embedded("red circle", num_inference_steps=61, scheduler="DDIM")
     assert run_case(embedded, Case("DEIS", None, "karras", 2)).status == "ok"  # 2 steps run
     assert run_case(embedded, Case("DDIM", None, "karras", 10)).status == "refused"  # make_scheduler's refusal
 
