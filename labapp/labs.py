@@ -9,7 +9,7 @@ from PIL import Image
 from pipelines.forward import snr
 from pipelines.guidance import GUIDANCE_METHODS
 from pipelines.request import schedule_options
-from pipelines.schedulers import sampling_schedule, training_schedule
+from pipelines.schedulers import sampling_schedule, scheduler_note, training_schedule
 
 from . import engine as eng
 from . import lora_user_ui, plots
@@ -124,7 +124,8 @@ def compare_schedulers(prompt, negative_prompt, schedulers, steps, guidance_scal
         records = out.trace or []
         n_calls = records[-1].model_calls if records else 0
         calls.append(n_calls)
-        finals.append((upscale(out.images[0], GRID_SIZE), f"{name} - {n_calls} model calls"))
+        note = scheduler_note(name)
+        finals.append((upscale(out.images[0], GRID_SIZE), f"{name} - {n_calls} model calls" + (f" ({note})" if note else "")))
         picks = np.unique(np.linspace(0, len(records) - 1, min(TRAJECTORY_FRAMES, len(records))).round().astype(int))
         frames = eng.decode_latents(torch.cat([records[i].x0_guided[:1] for i in picks]), "vae")
         # one gallery row per sampler, one captioned tile per frame (a grid, not a long strip)

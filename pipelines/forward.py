@@ -58,6 +58,55 @@ def snr(alpha_bar):
         return np.where(ab >= 1.0, np.inf, ab / np.maximum(1.0 - ab, 0.0))
 
 
+# --------------------------------------------------------------------------- the training schedule
+
+
+def training_betas(config) -> np.ndarray:
+    """The training betas of a scheduler config, in float64 (diffusers computes them in float32).
+
+    linear: linspace(beta_start, beta_end); scaled_linear (SD): linspace(sqrt(start), sqrt(end))^2;
+    squaredcos_cap_v2: Nichol & Dhariwal 2021 cosine schedule, beta capped at 0.999;
+    then, if ``rescale_betas_zero_snr``: Lin et al. 2024, Alg. 1 (shift and scale sqrt(alpha_bar)
+    so that it ends at exactly 0 and keeps its first value).
+    """
+    config = dict(config)
+    n = int(config.get("num_train_timesteps", 1000))
+    kind = config.get("beta_schedule", "linear")
+    start, end = float(config.get("beta_start", 0.0001)), float(config.get("beta_end", 0.02))
+    if config.get("trained_betas") is not None:
+        betas = np.asarray(config["trained_betas"], dtype=np.float64)
+    elif kind == "linear":
+        betas = np.linspace(start, end, n, dtype=np.float64)
+    elif kind == "scaled_linear":
+        betas = np.linspace(start**0.5, end**0.5, n, dtype=np.float64) ** 2
+    elif kind == "squaredcos_cap_v2":
+        def alpha_bar(u):
+            return np.cos((u + 0.008) / 1.008 * np.pi / 2) ** 2
+
+        i = np.arange(n, dtype=np.float64)
+        betas = np.minimum(1 - alpha_bar((i + 1) / n) / alpha_bar(i / n), 0.999)
+    else:
+        raise ValueError(f"beta_schedule={kind!r} is not supported for schedule plots")
+    if config.get("rescale_betas_zero_snr", False):
+        root = np.sqrt(np.cumprod(1.0 - betas))
+        first, last = root[0], root[-1]
+        root = (root - last) * first / (first - last)
+        ab = root**2
+        betas = 1.0 - np.concatenate([ab[:1], ab[1:] / ab[:-1]])
+    return betas
+
+
+def zero_snr_betas(config) -> np.ndarray:
+    """Zero-terminal-SNR betas for classes without ``rescale_betas_zero_snr``, with the final
+    alpha_bar lifted from 0 to 2^-24 (what diffusers' Euler / DPM-Solver / UniPC do) so that
+    sigma_max = sqrt((1 - 2^-24) / 2^-24) ~ 4096 stays finite for sigma-space samplers."""
+    config = dict(config, rescale_betas_zero_snr=True)
+    betas = training_betas(config)
+    alpha_bar = np.cumprod(1.0 - betas)
+    betas[-1] = 1.0 - 2.0**-24 / alpha_bar[-2]
+    return betas
+
+
 # --------------------------------------------------------------------------- the schedule flaw
 
 SD15_SCHEDULE = {"num_train_timesteps": 1000, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
@@ -67,8 +116,6 @@ SD15_SCHEDULE = {"num_train_timesteps": 1000, "beta_schedule": "scaled_linear", 
 def terminal_alpha_bars(config: dict | None = None) -> dict[str, float]:
     """alpha_bar_T of a schedule (default SD 1.5's scaled-linear) as trained, and after Lin et al.
     2024's Alg. 1 rescale to zero terminal SNR (exactly 0)."""
-    from .schedulers import training_betas
-
     config = dict(config or SD15_SCHEDULE)
     out = {}
     for name, zero in (("default", False), ("zero_snr", True)):

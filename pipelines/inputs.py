@@ -7,12 +7,12 @@ to "np" with a warning) it accepts too; the app's own ranges live in ``labapp/ge
 """
 from __future__ import annotations
 
-import logging
 import math
 
 import torch
 from diffusers.models.lora import adjust_lora_scale_text_encoder
 from diffusers.utils import USE_PEFT_BACKEND, scale_lora_layers, unscale_lora_layers
+from diffusers.utils import logging as diffusers_logging
 
 from .guidance import GUIDANCE_METHODS, GuidanceConfig
 from .previews import PREVIEW_DECODERS
@@ -20,7 +20,9 @@ from .prompt_weights import encode_weighted
 from .record import RECORD_MODES
 from .schedulers import scheduler_names
 
-logger = logging.getLogger(__name__)
+# Warnings go through diffusers' logger, under the stock pipeline's name (what StableDiffusionPipeline
+# logs to): diffusers.utils.logging.set_verbosity_*() and diffusers' CaptureLogger in its tests see them.
+logger = diffusers_logging.get_logger("diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion")
 
 PREVIEW_TARGETS = ("x_t", "x0_guided", "x0_cond", "x0_uncond")
 

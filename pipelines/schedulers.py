@@ -15,6 +15,7 @@ Notation: alpha_bar_t = prod_{s<=t} (1 - beta_s); sigma_t = sqrt((1 - alpha_bar_
 """
 from __future__ import annotations
 
+import copy
 import inspect
 from dataclasses import dataclass, field
 
@@ -37,6 +38,9 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 
+from .forward import snr, training_betas, zero_snr_betas
+from .zero_snr import zero_snr_class
+
 
 @dataclass(frozen=True)
 class SchedulerSpec:
@@ -48,34 +52,51 @@ class SchedulerSpec:
 
 
 # Mapping as documented by diffusers ("A1111/k-diffusion -> diffusers") and used by ComfyUI users.
+# ``note``: one line the Scheduler lab shows beside the name (cost, and what a zero-SNR model needs).
+TWO_CALLS = "2 model calls per step: compare it with others at half the steps"
 SCHEDULERS: dict[str, SchedulerSpec] = {
     "DDIM": SchedulerSpec(DDIMScheduler),
-    "DDPM": SchedulerSpec(DDPMScheduler),
+    "DDPM": SchedulerSpec(DDPMScheduler, note="adds fresh noise every step (stochastic)"),
     # A1111's "PLMS": PNDM without the Runge-Kutta warm-up (as SD's own scheduler config does).
-    "PNDM": SchedulerSpec(PNDMScheduler, {"skip_prk_steps": True}),
+    "PNDM": SchedulerSpec(PNDMScheduler, {"skip_prk_steps": True}, note="its first step costs 2 model calls"),
     "LMS": SchedulerSpec(LMSDiscreteScheduler),
     "LMS Karras": SchedulerSpec(LMSDiscreteScheduler, {"use_karras_sigmas": True}),
     "Euler": SchedulerSpec(EulerDiscreteScheduler),
-    "Euler a": SchedulerSpec(EulerAncestralDiscreteScheduler),
-    "Heun": SchedulerSpec(HeunDiscreteScheduler, note="2 model calls per step"),
-    "DPM2": SchedulerSpec(KDPM2DiscreteScheduler, note="2 model calls per step"),
-    "DPM2 Karras": SchedulerSpec(KDPM2DiscreteScheduler, {"use_karras_sigmas": True}),
-    "DPM2 a": SchedulerSpec(KDPM2AncestralDiscreteScheduler, note="2 model calls per step"),
-    "DPM2 a Karras": SchedulerSpec(KDPM2AncestralDiscreteScheduler, {"use_karras_sigmas": True}),
+    "Euler a": SchedulerSpec(EulerAncestralDiscreteScheduler, note="ancestral: adds noise each step"),
+    "Heun": SchedulerSpec(HeunDiscreteScheduler, note=TWO_CALLS),
+    "DPM2": SchedulerSpec(KDPM2DiscreteScheduler, note=TWO_CALLS),
+    "DPM2 Karras": SchedulerSpec(KDPM2DiscreteScheduler, {"use_karras_sigmas": True}, note=TWO_CALLS),
+    "DPM2 a": SchedulerSpec(KDPM2AncestralDiscreteScheduler, note=TWO_CALLS + "; ancestral"),
+    "DPM2 a Karras": SchedulerSpec(KDPM2AncestralDiscreteScheduler, {"use_karras_sigmas": True},
+                                   note=TWO_CALLS + "; ancestral"),
     "DPM++ 2M": SchedulerSpec(DPMSolverMultistepScheduler),
     "DPM++ 2M Karras": SchedulerSpec(DPMSolverMultistepScheduler, {"use_karras_sigmas": True}),
     # torchsde's Brownian tree draws its own seed when none is given; a fixed seed keeps runs
     # reproducible (the initial latents still come from the caller's generator).
-    "DPM++ SDE": SchedulerSpec(DPMSolverSDEScheduler, {"noise_sampler_seed": 0}),
-    "DPM++ SDE Karras": SchedulerSpec(DPMSolverSDEScheduler, {"use_karras_sigmas": True, "noise_sampler_seed": 0}),
-    "DPM++ 2M SDE": SchedulerSpec(DPMSolverMultistepScheduler, {"algorithm_type": "sde-dpmsolver++"}),
+    "DPM++ SDE": SchedulerSpec(DPMSolverSDEScheduler, {"noise_sampler_seed": 0}, note=TWO_CALLS + "; stochastic"),
+    "DPM++ SDE Karras": SchedulerSpec(DPMSolverSDEScheduler, {"use_karras_sigmas": True, "noise_sampler_seed": 0},
+                                      note=TWO_CALLS + "; stochastic"),
+    "DPM++ 2M SDE": SchedulerSpec(DPMSolverMultistepScheduler, {"algorithm_type": "sde-dpmsolver++"},
+                                  note="stochastic"),
     "DPM++ 2M SDE Karras": SchedulerSpec(
-        DPMSolverMultistepScheduler, {"algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True}
+        DPMSolverMultistepScheduler, {"algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True}, note="stochastic"
     ),
     "UniPC": SchedulerSpec(UniPCMultistepScheduler),
     "DEIS": SchedulerSpec(DEISMultistepScheduler),
-    "LCM": SchedulerSpec(LCMScheduler, note="meant for LCM-distilled weights"),
+    "LCM": SchedulerSpec(LCMScheduler, note="meant for LCM-distilled weights; at most 50 steps"),
 }
+
+# What every Karras / exponential ramp and second-order sampler does on a zero-terminal-SNR model (one
+# line for the lab; the reason: pipelines/zero_snr.py).
+ZERO_SNR_NOTE = ("on a zero-terminal-SNR model (the embedded one) Karras / exponential sigmas take one step from pure "
+                 "noise, then the ramp from sigma 14.6, and Heun / DPM2 take steep steps first order; without that "
+                 "diffusers' classes crash or smear there")
+
+
+def scheduler_note(name: str) -> str:
+    """The lab's one-line note for registry scheduler ``name`` ("" when there is nothing to say)."""
+    return SCHEDULERS[name].note if name in SCHEDULERS else ""
+
 
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 SIGMA_KINDS = ("default", "karras", "exponential")
@@ -103,8 +124,11 @@ def _accepts(cls: type, name: str) -> bool:
 
 
 def _base_dict(base_config) -> dict:
+    """The model's scheduler config as from_config reads it. ``_use_default_values`` (the keys the model's
+    file left unset) stays: like ``Class.from_config(pipe.scheduler.config)``, those take the new
+    class's defaults (the naming rule, see ``make_scheduler``)."""
     config = dict(base_config)
-    return {k: v for k, v in config.items() if not k.startswith("_")}
+    return {k: v for k, v in config.items() if not k.startswith("_") or k == "_use_default_values"}
 
 
 def make_scheduler(
@@ -117,6 +141,13 @@ def make_scheduler(
     **overrides,
 ):
     """Build registry scheduler ``name`` from a model's scheduler config.
+
+    The naming rule: ``make_scheduler(name, pipe.scheduler.config)`` builds what diffusers' idiom
+    ``SchedulerClass.from_config(pipe.scheduler.config, **overrides)`` builds for that name (the
+    entry's class and overrides, e.g. "DPM++ 2M Karras" = DPMSolverMultistepScheduler with
+    use_karras_sigmas=True): a setting the model's config file leaves unset (``timestep_spacing`` in
+    older SD configs) takes the new class's default, as there. Only zero-terminal-SNR schedules
+    differ, where diffusers' own classes crash or smear (pipelines/zero_snr.py).
 
     timestep_spacing: None keeps the model's; else one of TIMESTEP_SPACINGS.
     zero_snr: None keeps the model's ``rescale_betas_zero_snr``; True/False forces it. Classes
@@ -154,7 +185,50 @@ def make_scheduler(
 
     kwargs.update(overrides)
     kwargs["prediction_type"] = config.get("prediction_type", "epsilon")
-    return spec.cls.from_config(config, **kwargs)
+    scheduler = zero_snr_class(spec.cls).from_config(config, **kwargs)
+    if hasattr(scheduler, "ramp_sigma_max"):
+        scheduler.ramp_sigma_max = unrescaled_sigma_max(config)
+    return scheduler
+
+
+def unrescaled_sigma_max(config) -> float:
+    """sigma_T of the model's betas before any zero-terminal-SNR rescale (SD's scaled-linear: 14.6):
+    where a Karras / exponential ramp starts on a zero-SNR model, after one step from pure noise
+    (pipelines/zero_snr.py)."""
+    alpha_bar = float(np.cumprod(1.0 - training_betas(dict(config, rescale_betas_zero_snr=False)))[-1])
+    return float(np.sqrt((1.0 - alpha_bar) / alpha_bar))
+
+
+def check_schedule(scheduler, name: str, options: dict | None, steps: int, from_noise: bool = True) -> None:
+    """Refuse, before the first model call, a schedule that cannot produce an image (one line each).
+
+    Call after ``set_timesteps(steps)``. ``from_noise``: the run starts from pure noise (text-to-image).
+    """
+    options = options or {}
+    combo = f"scheduler={name!r}" + "".join(f", {k}={v!r}" for k, v in options.items()) + f" at {steps} step(s)"
+    sigmas = getattr(scheduler, "sigmas", None)
+    tables = [scheduler.timesteps] + ([sigmas] if isinstance(sigmas, torch.Tensor) else [])
+    if not all(bool(torch.isfinite(t.double()).all()) for t in tables):
+        # DPM2 a at 2 linspace steps on a zero-SNR model: sigma falls 4096 -> 0.03, and its ancestral split
+        # sigma_down = sigma_next^2 / sigma ~ 2e-7 rounds to 0 in float32, leaving a NaN timestep
+        raise ValueError(f"{combo}: a step falls so far (sigma {float(scheduler.sigmas[0]):.4g} to near 0) that this "
+                         "sampler's tables come out NaN in float32; use more steps or timestep_spacing='trailing'")
+    t_min, t_max = float(scheduler.timesteps.min()), float(scheduler.timesteps.max())
+    if t_min < 0 or t_max > len(scheduler.alphas_cumprod) - 1:
+        # diffusers' trailing spacing, round(arange(T, 0, -T / n)) - 1, gains a t = -1 at some n (61, 103, 121,
+        # 122 of 1-150) from float round-off; DDIM then reads alpha_bar[-1] = 0 (zero SNR) and divides by it
+        raise ValueError(f"{combo}: diffusers' spacing puts a timestep at t={t_min:g} (outside 0..{len(scheduler.alphas_cumprod) - 1}, "
+                         f"float round-off at this step count); use {steps - 1} or {steps + 1} steps")
+    if isinstance(sigmas, torch.Tensor) and len(sigmas) > 1 and float(sigmas[-1]) > 0 and float(sigmas[-1]) >= float(sigmas[0]):
+        raise ValueError(f"{combo}: this sampler stops at its ramp's sigma_min, which 1 step puts at the pure-noise "
+                         "start, so the image would stay noise; use 2 or more steps or sigmas='default'")
+    if from_noise:
+        t0 = float(scheduler.timesteps[0])
+        alpha_bar = float(scheduler.alphas_cumprod[round(t0)])
+        if alpha_bar > 0.5:
+            raise ValueError(f"{combo}: the first timestep is t={t0:g} of {len(scheduler.alphas_cumprod)}, where the model "
+                             "expects a nearly clean image, so the pure-noise start would come back as noise; use "
+                             "timestep_spacing='trailing' or 'linspace', or more steps")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -252,59 +326,11 @@ def starts_scheduler_step(scheduler) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 
-def training_betas(config) -> np.ndarray:
-    """The training betas of a scheduler config, in float64 (diffusers computes them in float32).
-
-    linear: linspace(beta_start, beta_end); scaled_linear (SD): linspace(sqrt(start), sqrt(end))^2;
-    squaredcos_cap_v2: Nichol & Dhariwal 2021 cosine schedule, beta capped at 0.999;
-    then, if ``rescale_betas_zero_snr``: Lin et al. 2024, Alg. 1 (shift and scale sqrt(alpha_bar)
-    so that it ends at exactly 0 and keeps its first value).
-    """
-    config = dict(config)
-    n = int(config.get("num_train_timesteps", 1000))
-    kind = config.get("beta_schedule", "linear")
-    start, end = float(config.get("beta_start", 0.0001)), float(config.get("beta_end", 0.02))
-    if config.get("trained_betas") is not None:
-        betas = np.asarray(config["trained_betas"], dtype=np.float64)
-    elif kind == "linear":
-        betas = np.linspace(start, end, n, dtype=np.float64)
-    elif kind == "scaled_linear":
-        betas = np.linspace(start**0.5, end**0.5, n, dtype=np.float64) ** 2
-    elif kind == "squaredcos_cap_v2":
-        def alpha_bar(u):
-            return np.cos((u + 0.008) / 1.008 * np.pi / 2) ** 2
-
-        i = np.arange(n, dtype=np.float64)
-        betas = np.minimum(1 - alpha_bar((i + 1) / n) / alpha_bar(i / n), 0.999)
-    else:
-        raise ValueError(f"beta_schedule={kind!r} is not supported for schedule plots")
-    if config.get("rescale_betas_zero_snr", False):
-        root = np.sqrt(np.cumprod(1.0 - betas))
-        first, last = root[0], root[-1]
-        root = (root - last) * first / (first - last)
-        ab = root**2
-        betas = 1.0 - np.concatenate([ab[:1], ab[1:] / ab[:-1]])
-    return betas
-
-
-def zero_snr_betas(config) -> np.ndarray:
-    """Zero-terminal-SNR betas for classes without ``rescale_betas_zero_snr``, with the final
-    alpha_bar lifted from 0 to 2^-24 (what diffusers' Euler / DPM-Solver / UniPC do) so that
-    sigma_max = sqrt((1 - 2^-24) / 2^-24) ~ 4096 stays finite for sigma-space samplers."""
-    config = dict(config, rescale_betas_zero_snr=True)
-    betas = training_betas(config)
-    alpha_bar = np.cumprod(1.0 - betas)
-    betas[-1] = 1.0 - 2.0**-24 / alpha_bar[-2]
-    return betas
-
-
 def training_schedule(scheduler_or_config) -> dict[str, np.ndarray]:
     """Training-time schedule as float64 numpy arrays: t, alpha_bar, sigma, log_snr.
 
     At a zero-terminal-SNR final step alpha_bar = 0: sigma = inf, log_snr = -inf.
     """
-    from .forward import snr
-
     config = getattr(scheduler_or_config, "config", scheduler_or_config)
     alpha_bar = np.cumprod(1.0 - training_betas(config))
     ratio = snr(alpha_bar)
@@ -323,7 +349,7 @@ def sampling_schedule(name_or_scheduler, base_config=None, num_inference_steps: 
     if isinstance(name_or_scheduler, str):
         scheduler = make_scheduler(name_or_scheduler, base_config, **options)
     else:
-        scheduler = name_or_scheduler.__class__.from_config(name_or_scheduler.config)
+        scheduler = copy.deepcopy(name_or_scheduler)  # keeps what the registry set beside the config
     scheduler.set_timesteps(num_inference_steps, device="cpu")
     timesteps = scheduler.timesteps.detach().to(torch.float64).numpy()
     sig = getattr(scheduler, "sigmas", None)

@@ -36,7 +36,7 @@ from .prompt_weights import check_prompt_weighting, plain_text
 from .guidance import GuidanceConfig, Guider
 from .prediction import output_from_x0, predicted_x0
 from .record import StepRecord, TracingPipelineOutput, build_record
-from .schedulers import ScheduleTables, eval_point, make_scheduler, starts_scheduler_step
+from .schedulers import ScheduleTables, check_schedule, eval_point, make_scheduler, starts_scheduler_step
 
 logger = logging.getLogger(__name__)
 
@@ -310,7 +310,14 @@ class TracingStableDiffusionPipeline(StableDiffusionPipeline):
 
         # 4. Prepare timesteps: pipe.scheduler, or a private registry scheduler for this call
         sched = self.scheduler if scheduler is None else self.fresh_scheduler(scheduler, scheduler_options)
-        timesteps, num_inference_steps = retrieve_timesteps(sched, num_inference_steps, device, timesteps, sigmas)
+        try:
+            timesteps, num_inference_steps = retrieve_timesteps(sched, num_inference_steps, device, timesteps, sigmas)
+        except ValueError as error:  # e.g. LCM above its 50 original steps: name the combination
+            if scheduler is None:
+                raise
+            raise ValueError(f"scheduler={scheduler!r} at {num_inference_steps} step(s): {error}") from None
+        if scheduler is not None and sigmas is None:  # a registry combination that cannot make an image: refused here
+            check_schedule(sched, scheduler, scheduler_options, num_inference_steps, from_noise=start is None)
         num_steps = int(getattr(sched, "num_inference_steps", None) or num_inference_steps)
 
         # 5. Prepare latent variables: pure noise, or an x_t from ``start`` on the tail of the grid

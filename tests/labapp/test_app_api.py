@@ -63,7 +63,9 @@ def test_every_endpoint_answers(client, tmp_path):
     finals, trajectories, _calls = client.predict(prompt="a red circle", negative_prompt="",
                                                   schedulers=["DDIM", "Heun"], steps=2, guidance_scale=5, seed=0,
                                                   api_name="/compare_schedulers")
-    assert finals[1]["caption"] == "Heun - 3 model calls" and len(trajectories) == 2 * 6  # a row of 6 per sampler
+    # the registry's note rides beside the name (issue 27)
+    assert finals[1]["caption"] == "Heun - 3 model calls (2 model calls per step: compare it with others at half the steps)"
+    assert finals[0]["caption"] == "DDIM - 2 model calls" and len(trajectories) == 2 * 6  # a row of 6 per sampler
     assert trajectories[6]["caption"].startswith("Heun - step 1/2, t = ")
     sample = client.predict(index=5, api_name="/shapes_sample")
     noised, latent, info, _plot = client.predict(image=handle_file(sample), timestep=500, seed=0, api_name="/forward_noise")
