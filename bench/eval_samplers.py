@@ -1,7 +1,7 @@
 """Color and shape accuracy per sampler and step count on the embedded model (issue 27), DDIM as reference.
 
-    nice -n 10 python bench/eval_samplers.py                    # 100 prompts, 25/10/5/50 steps, writes BENCHMARKS.md
-    python bench/eval_samplers.py --num_samples 20 --steps 10 --samplers "DDIM,Heun" --no_write
+    nice -n 10 python -m bench run eval_samplers                    # 100 prompts, 25/10/5/50 steps, writes BENCHMARKS.md
+    python -m bench run eval_samplers --num_samples 20 --steps 10 --samplers "DDIM,Heun" --no_write
 
 Each sampler runs with the registry's defaults and the model's own timestep spacing (trailing) at the
 model's default guidance (3.0), on the same seeded held-out prompts (shapesworld.evaluate.eval_cases:
@@ -14,16 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.common import command, machine, update_section
 
-from bench.report import machine, update_section  # noqa: E402
-
-TITLE = "Samplers on the embedded model (issue 27)"
+SECTION = "Samplers on the embedded model (issue 27)"
 
 
 def measure(pipe, name: str, steps: int, cases, guidance: float, batch_size: int) -> dict:
@@ -112,7 +109,7 @@ def main():
     if args.no_write:
         return
     load = os.getloadavg()[0]
-    body = f"""Command: `nice -n 10 python bench/eval_samplers.py` (machine: {machine()}, {torch.get_num_threads()} torch
+    body = f"""Command: `nice -n 10 python -m bench run eval_samplers` (machine: {machine()}, {torch.get_num_threads()} torch
 thread(s), load average {load:.1f} at the end; {args.num_samples} seeded held-out prompts naming every attribute,
 guidance {guidance:g}, the registry's defaults and the model's own timestep spacing (trailing), batches of
 {args.batch_size}). Accuracy read by the project scorer (shapesworld/scorer.py); calls = UNet evaluations per
@@ -122,7 +119,7 @@ on color or shape. A cell "-" was not measured yet ({missing} cells): the comman
 
 {text}
 """
-    update_section(TITLE, body)
+    update_section(SECTION, body, regenerate=command("eval_samplers"))
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Sweep every registry sampler x timestep spacing x sigmas x steps (x modes) on a model; count outcomes.
 
-    python bench/sweep_samplers.py                                   # the issue-27 grid: 10/25/50 steps, txt2img
-    python bench/sweep_samplers.py --steps 1-150 --modes all         # everything the UI/API accepts (long)
-    python bench/sweep_samplers.py --config sd15                     # tiny components, SD 1.5's scheduler config
+    python -m bench run sweep_samplers                                   # the issue-27 grid: 10/25/50 steps, txt2img
+    python -m bench run sweep_samplers --steps 1-150 --modes all         # everything the UI/API accepts (long)
+    python -m bench run sweep_samplers --config sd15                     # tiny components, SD 1.5's scheduler config
 
 Refused = make_scheduler's ValueError before the run; crash = any exception; flat = pixel std < 2;
 wrong color = the scorer does not read the prompt's red (embedded model only).
@@ -10,13 +10,9 @@ wrong color = the scorer does not read the prompt's red (embedded model only).
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from testkit.sampler_sweep import MODES, SIGMAS, SPACINGS, counts, grid, run_case, wrong_color  # noqa: E402
+from testkit.sampler_sweep import MODES, SIGMAS, SPACINGS, counts, grid, run_case, wrong_color
 
 
 def parse_steps(text: str) -> list[int]:

@@ -1,6 +1,6 @@
 """Sweep the sampler options a user can reach: scheduler x timestep spacing x sigmas x steps x mode.
 
-Shared by tests/test_sampler_sweep.py and bench/sweep_samplers.py. One case is refused when
+Shared by tests/pipelines/test_sampler_sweep.py and bench/sweep_samplers.py. One case is refused when
 ``make_scheduler`` raises ValueError before anything runs; otherwise it runs the real pipeline and
 is a crash (any exception), nonfinite (NaN / inf in the image), flat (pixel std < FLAT_STD on the
 0-255 scale) or ok.
