@@ -45,7 +45,9 @@ def scheduler_notes_markdown() -> str:
     from pipelines.schedulers import SCHEDULERS, ZERO_SNR_NOTE
 
     lines = [f"- **{name}**: {spec.note}" for name, spec in SCHEDULERS.items() if spec.note]
-    return "Samplers: " + ZERO_SNR_NOTE + ".\n\n" + "\n".join(lines) + "\n\n"
+    return ("A name builds what diffusers' `Class.from_config(pipe.scheduler.config)` builds (settings the "
+            "model leaves unset take the sampler's own default). Samplers: " + ZERO_SNR_NOTE + ".\n\n"
+            + "\n".join(lines) + "\n\n")
 
 
 # One line at the top of each lab: what it shows and where its input comes from.
@@ -56,9 +58,8 @@ LAB_INTROS = {
             "they differ); below: sweeps on the Generate tab's prompt, seed and steps."),
     "scheduler": ("A scheduler picks which of the 1000 training timesteps t the loop visits and how it steps between "
                   "them. The plot marks each scheduler's picks on the training schedule; the comparison runs them all "
-                  "on the Generate tab's prompt and seed. A name builds what diffusers' "
-                  "`Class.from_config(pipe.scheduler.config)` builds (settings the model leaves unset take the "
-                  "sampler's own default). " + scheduler_notes_markdown()),
+                  "on the Generate tab's prompt and seed; the notes under the buttons say which samplers need "
+                  "more steps here."),
     "explorer": ("Your last run, one recorded step at a time: drag the slider (the frames are sent once, so the "
                  "images follow the drag) or press Play. x_t is what the UNet sees, predicted x0 its guess of the "
                  "final image from there."),

@@ -19,7 +19,7 @@ DEFAULT_SCHEDULERS = ["DDIM", "Euler a", "DPM++ 2M Karras", "Heun"]
 def build(g, demo: gr.Blocks, gpu: dict) -> SimpleNamespace:
     """Lay out the Scheduler lab (``g``: the Generate tab's namespace: prompt, negative prompt,
     guidance and seed of the comparison) and wire it; returns its components."""
-    gr.Markdown(docs.LAB_INTROS["scheduler"] + " " + docs.INFO["log_snr"], elem_classes="lab-note")
+    gr.Markdown(docs.LAB_INTROS["scheduler"], elem_classes="lab-note")
     s = {}
     with gr.Row():
         s["schedulers"] = gr.CheckboxGroup(eng.known_schedulers(), value=DEFAULT_SCHEDULERS, label="Schedulers")
@@ -32,6 +32,9 @@ def build(g, demo: gr.Blocks, gpu: dict) -> SimpleNamespace:
         s["plot_btn"] = gr.Button("Plot schedules", elem_id="schedule-btn")
         s["compare_btn"], status, stop = run_button("Compare samplers on the Generate prompt and seed",
                                                     "compare-status", stop=True)
+    # below the run buttons, so the buttons stay on the first screen at 1280x720
+    with gr.Accordion("Sampler notes: which need more steps on this model, and why", open=False):
+        gr.Markdown(docs.scheduler_notes_markdown() + docs.INFO["log_snr"])
     s["plot"] = gr.Plot(label="Training schedule and chosen timesteps", show_label=False, elem_id="schedule-plot")
     with gr.Accordion("Chosen timesteps (data)", open=False):
         s["data"] = gr.JSON(label="Chosen timesteps", show_label=False)

@@ -3,7 +3,7 @@
 Fast: the combinations the issue found crashing, flat or off-colour on the embedded model, run through
 the real pipeline; every registry sampler stepped with an exact Gaussian denoiser (testkit.sampler_sweep)
 at a few step counts; refusals; the naming rule; the truncation warning's logger.
-Slow (`pytest -m slow`; marker `slow`): the whole grid (scheduler x spacing x sigmas x steps 1-150 with the stand-in; the
+Grid (`pytest -m grid`; marker `grid`, not in CI: ~14 CPU-minutes): the whole grid (scheduler x spacing x sigmas x steps 1-150 with the stand-in; the
 real embedded model and SD 1.5's scheduler config on tiny components at a set of step counts, in
 every mode).
 """
@@ -171,7 +171,7 @@ def test_forward_does_not_import_schedulers():
     assert not any(m and "schedulers" in m for m in imported), imported
 
 
-# ------------------------------------------------------------------ slow: the whole grid
+# ------------------------------------------------------------------ grid: the whole grid
 
 
 STEPPED = (*range(1, 13), 15, 20, 25, 33, 50, 64, 75, 100, 149, 150)
@@ -214,7 +214,7 @@ def _schedule_faults(name, options, config, steps):
     return faults
 
 
-@pytest.mark.slow
+@pytest.mark.grid
 @pytest.mark.parametrize("config_name", ["embedded", "sd15"])
 def test_whole_grid_schedules_at_every_step_count(config_name):
     """scheduler x spacing x sigmas x every step count 1-150: the schedule each accepted combination
@@ -236,7 +236,7 @@ def test_whole_grid_schedules_at_every_step_count(config_name):
     assert not failures, f"{len(failures)} failures:\n" + "\n".join(failures[:40])
 
 
-@pytest.mark.slow
+@pytest.mark.grid
 @pytest.mark.parametrize("config_name", ["embedded", "sd15"])
 def test_whole_grid_stepped_with_the_stand_in(config_name):
     """Every accepted combination stepped with the exact Gaussian denoiser at 1-12, 15, 20, 25, 33, 50,
@@ -265,7 +265,7 @@ def test_whole_grid_stepped_with_the_stand_in(config_name):
     assert not failures, f"{len(failures)} failures:\n" + "\n".join(failures[:40])
 
 
-@pytest.mark.slow
+@pytest.mark.grid
 @pytest.mark.parametrize("config_name", ["embedded", "sd15"])
 def test_whole_grid_on_the_real_pipeline(embedded, config_name):
     """Every accepted combination makes a finite, non-flat image through the real pipeline: every
