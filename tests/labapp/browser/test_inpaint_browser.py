@@ -29,6 +29,10 @@ def page():
 
 def test_paint_a_mask_and_inpaint(page):
     page.get_by_role("tab", name="Timestep explorer").click()
+    # the page's load events have run, the editor's opening mask among them: strokes painted before it
+    # arrives are replaced by it (CI at load 5 painted first and sent an empty drawing)
+    page.wait_for_function("() => (document.querySelector('#noise-crop-note') || {innerText: ''}).innerText.trim()",
+                           timeout=60_000)
     editor = page.locator("#inpaint-editor")
     editor.scroll_into_view_if_needed()
     editor.get_by_role("button", name="Brush", exact=True).click()
