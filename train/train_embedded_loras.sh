@@ -18,6 +18,10 @@
 #   pastel-dial    the same for pastel, with the new night as its partner at drawn weights
 #   outline-dial   the same for outline, with the new night and the new pastel as its partners
 #   pastel-dial-cfg, outline-dial-2   60 more steps each (pastel with --cfg_loss_scale 3 too)
+#   pastel-dial-cfg-2, outline-dial-3, night-dial-3   a third round, DIAL3_STEPS each (weight 1 and
+#                  1 + 1 drawn more often; pastel with the guided term on every step)
+#   outline-dial-4, night-dial-4   a fourth round, DIAL4_STEPS each, for outline 1 + night 1
+#   outline-dial-5, night-dial-5   a fifth, DIAL5_STEPS each, weight 1 on 85% of the steps
 # The dial stages are not run by default and their adapters are not shipped: they keep the prompt at
 # partial weights far better but lose some at weight 1 (BENCHMARKS.md, "LoRA weights and what the prompt
 # keeps"). They need the decoder of train/finetune_vae.py --partial to draw partial styles:
@@ -28,12 +32,13 @@
 # a style's final pytorch_lora_weights.safetensors is copied into the repo after each of its stages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # train/*.py import the train package
 PY=${PY:-.venv/bin/python}
 STAGES=${STAGES:-"night outline night-partner pastel pastel-cfg"}  # the shipped adapters
 DIAL_STEPS=${DIAL_STEPS:-100}
 DIAL2_STEPS=${DIAL2_STEPS:-60}
 DIAL_FLAGS="--dial --dial_min_weight 0.05 --dial_full_prob 0.2 --train_batch_size 16"
-PRESETS=lora_presets/tiny-shapes
+PRESETS=${PRESETS:-lora_presets/tiny-shapes}  # PRESETS=<folder> trains against (and installs into) a copy
 # attention, transformer in/out and feed-forward, resnet convs and their time-embedding projections
 TARGETS="to_q,to_k,to_v,to_out.0,proj_in,proj_out,ff.net.0.proj,ff.net.2,conv1,conv2,time_emb_proj"
 # pastel leaves the cross-attention keys/values (attn2.to_k / to_v) alone: adapting them re-maps what
@@ -100,6 +105,34 @@ for stage in $STAGES; do
       --init_lora runs/loras/outline-dial/pytorch_lora_weights.safetensors --dial_full_prob 0.4 \
       --partner_lora "$PRESETS/night.safetensors,$PRESETS/pastel.safetensors" --partner_shapes_style night,pastel \
       --partner_prob 0.6 --dial_partner_equal_prob 0.7 ;;
-    *) echo "unknown stage $stage (stages: night outline night-partner pastel pastel-cfg night-dial pastel-dial outline-dial pastel-dial-cfg outline-dial-2)" >&2; exit 2 ;;
+    # third round (more steps; weight 1 and 1 + 1 drawn more often): pastel with the guided term on
+    # every step, outline with its partners at its own weight on most partner steps
+    pastel-dial-cfg-2) NUM_SAMPLES=200 train pastel-dial-cfg-2 pastel "${DIAL3_STEPS:-400}" 3e-4 10 3e-5 "$TARGETS_PASTEL" $DIAL_FLAGS \
+      --init_lora runs/loras/pastel-dial-cfg/pytorch_lora_weights.safetensors --cfg_loss_scale 3 --cfg_loss_weight 1 \
+      --dial_full_prob 0.4 --partner_lora "$PRESETS/night.safetensors" --partner_shapes_style night --partner_prob 0.4 ;;
+    outline-dial-3) NUM_SAMPLES=200 train outline-dial-3 outline "${DIAL3_STEPS:-400}" 3e-4 10 3e-5 "$TARGETS" $DIAL_FLAGS \
+      --init_lora runs/loras/outline-dial-2/pytorch_lora_weights.safetensors --dial_full_prob 0.5 \
+      --partner_lora "$PRESETS/night.safetensors,$PRESETS/pastel.safetensors" --partner_shapes_style night,pastel \
+      --partner_prob 0.8 --dial_partner_equal_prob 0.85 ;;
+    night-dial-3) NUM_SAMPLES=200 train night-dial-3 night "${DIAL3_STEPS:-400}" 3e-4 10 3e-5 "$TARGETS" $DIAL_FLAGS \
+      --init_lora runs/loras/night-dial/pytorch_lora_weights.safetensors --dial_full_prob 0.5 \
+      --partner_lora "$PRESETS/outline.safetensors,$PRESETS/pastel.safetensors" --partner_shapes_style outline,pastel \
+      --partner_prob 0.7 --dial_partner_equal_prob 0.8 ;;
+    # fourth round, for the mixer's default example (outline 1 + night 1): each with the other as its
+    # only partner, weight 1 on 60% of the steps and the partner at the same weight on 90% of its steps
+    outline-dial-4) NUM_SAMPLES=200 train outline-dial-4 outline "${DIAL4_STEPS:-600}" 3e-4 10 3e-5 "$TARGETS" $DIAL_FLAGS \
+      --init_lora runs/loras/outline-dial-3/pytorch_lora_weights.safetensors --dial_full_prob 0.6 \
+      --partner_lora "$PRESETS/night.safetensors" --partner_shapes_style night --partner_prob 0.7 --dial_partner_equal_prob 0.9 ;;
+    night-dial-4) NUM_SAMPLES=200 train night-dial-4 night "${DIAL4_STEPS:-600}" 3e-4 10 3e-5 "$TARGETS" $DIAL_FLAGS \
+      --init_lora runs/loras/night-dial-3/pytorch_lora_weights.safetensors --dial_full_prob 0.6 \
+      --partner_lora "$PRESETS/outline.safetensors" --partner_shapes_style outline --partner_prob 0.6 --dial_partner_equal_prob 0.9 ;;
+    # fifth round: the same with weight 1 on 85% of the steps (the fourth still lost shape and hollowness at 1 + 1)
+    outline-dial-5) NUM_SAMPLES=200 train outline-dial-5 outline "${DIAL5_STEPS:-500}" 3e-4 10 3e-5 "$TARGETS" $DIAL_FLAGS \
+      --init_lora runs/loras/outline-dial-4/pytorch_lora_weights.safetensors --dial_full_prob 0.85 \
+      --partner_lora "$PRESETS/night.safetensors" --partner_shapes_style night --partner_prob 0.6 --dial_partner_equal_prob 0.95 ;;
+    night-dial-5) NUM_SAMPLES=200 train night-dial-5 night "${DIAL5_STEPS:-500}" 3e-4 10 3e-5 "$TARGETS" $DIAL_FLAGS \
+      --init_lora runs/loras/night-dial-4/pytorch_lora_weights.safetensors --dial_full_prob 0.85 \
+      --partner_lora "$PRESETS/outline.safetensors" --partner_shapes_style outline --partner_prob 0.6 --dial_partner_equal_prob 0.95 ;;
+    *) echo "unknown stage $stage (stages: night outline night-partner pastel pastel-cfg night-dial pastel-dial outline-dial pastel-dial-cfg outline-dial-2 pastel-dial-cfg-2 outline-dial-3 night-dial-3 outline-dial-4 night-dial-4 outline-dial-5 night-dial-5)" >&2; exit 2 ;;
   esac
 done
