@@ -22,6 +22,7 @@
 #                  1 + 1 drawn more often; pastel with the guided term on every step)
 #   outline-dial-4, night-dial-4   a fourth round, DIAL4_STEPS each, for outline 1 + night 1
 #   outline-dial-5, night-dial-5   a fifth, DIAL5_STEPS each, weight 1 on 85% of the steps
+#   outline-dial-6   a sixth, DIAL6_STEPS, outline with night on 80% of its steps
 # The dial stages are not run by default and their adapters are not shipped: they keep the prompt at
 # partial weights far better but lose some at weight 1 (BENCHMARKS.md, "LoRA weights and what the prompt
 # keeps"). They need the decoder of train/finetune_vae.py --partial to draw partial styles:
@@ -133,6 +134,10 @@ for stage in $STAGES; do
     night-dial-5) NUM_SAMPLES=200 train night-dial-5 night "${DIAL5_STEPS:-500}" 3e-4 10 3e-5 "$TARGETS" $DIAL_FLAGS \
       --init_lora runs/loras/night-dial-4/pytorch_lora_weights.safetensors --dial_full_prob 0.85 \
       --partner_lora "$PRESETS/outline.safetensors" --partner_shapes_style outline --partner_prob 0.6 --dial_partner_equal_prob 0.95 ;;
-    *) echo "unknown stage $stage (stages: night outline night-partner pastel pastel-cfg night-dial pastel-dial outline-dial pastel-dial-cfg outline-dial-2 pastel-dial-cfg-2 outline-dial-3 night-dial-3 outline-dial-4 night-dial-4 outline-dial-5 night-dial-5)" >&2; exit 2 ;;
+    # sixth: outline, longer, with night on 80% of the steps (the originals saw outline 1 + night 1 on ~2000 steps of 32)
+    outline-dial-6) NUM_SAMPLES=200 train outline-dial-6 outline "${DIAL6_STEPS:-1500}" 3e-4 10 3e-5 "$TARGETS" $DIAL_FLAGS \
+      --init_lora runs/loras/outline-dial-5/pytorch_lora_weights.safetensors --dial_full_prob 0.85 \
+      --partner_lora "$PRESETS/night.safetensors" --partner_shapes_style night --partner_prob 0.8 --dial_partner_equal_prob 0.95 ;;
+    *) echo "unknown stage $stage (stages: night outline night-partner pastel pastel-cfg night-dial pastel-dial outline-dial pastel-dial-cfg outline-dial-2 pastel-dial-cfg-2 outline-dial-3 night-dial-3 outline-dial-4 night-dial-4 outline-dial-5 night-dial-5 outline-dial-6)" >&2; exit 2 ;;
   esac
 done
