@@ -231,6 +231,12 @@ def test_stop_keeps_the_partial_run_and_seed_buttons(browser, server):
     steps = page.locator("#generate-tab input[type=number]").first  # the Steps slider's number box
     steps.fill("150")
     steps.press("Tab")
+    # four images a step: a run long enough (~8 s here) that Stop lands before the end even when the
+    # browser shows the streamed steps late (CI at load 5 once saw step 5 after the server had finished)
+    page.get_by_text("Sampler, size and previews").click()
+    images = page.locator("#num-images input[type=number]")
+    images.fill("4")
+    images.press("Tab")
     page.locator("#generate-btn").click()
     page.wait_for_function("""() => { const m = (document.querySelector('#x0-preview label') || {}).textContent
                                           ?.match(/step (\\d+)\\/150/); return m && +m[1] >= 5; }""", timeout=120_000)
