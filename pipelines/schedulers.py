@@ -54,11 +54,14 @@ class SchedulerSpec:
 # Mapping as documented by diffusers ("A1111/k-diffusion -> diffusers") and used by ComfyUI users.
 # ``note``: one line the Scheduler lab shows beside the name (cost, and what a zero-SNR model needs).
 TWO_CALLS = "2 model calls per step: compare it with others at half the steps"
+# measured: BENCHMARKS.md, "Samplers on the embedded model (issue 27)" (5 and 10 steps more than 0.05 below DDIM)
+NEEDS_25 = "on a zero-SNR model (the embedded one) it needs about 25 steps to match DDIM (5-10 steps lose color or shape)"
 SCHEDULERS: dict[str, SchedulerSpec] = {
     "DDIM": SchedulerSpec(DDIMScheduler),
     "DDPM": SchedulerSpec(DDPMScheduler, note="adds fresh noise every step (stochastic)"),
     # A1111's "PLMS": PNDM without the Runge-Kutta warm-up (as SD's own scheduler config does).
-    "PNDM": SchedulerSpec(PNDMScheduler, {"skip_prk_steps": True}, note="its first step costs 2 model calls"),
+    "PNDM": SchedulerSpec(PNDMScheduler, {"skip_prk_steps": True},
+                          note="its first step costs 2 model calls; " + NEEDS_25 + " (its multistep history starts cold)"),
     "LMS": SchedulerSpec(LMSDiscreteScheduler),
     "LMS Karras": SchedulerSpec(LMSDiscreteScheduler, {"use_karras_sigmas": True}),
     "Euler": SchedulerSpec(EulerDiscreteScheduler),
@@ -66,11 +69,12 @@ SCHEDULERS: dict[str, SchedulerSpec] = {
     "Heun": SchedulerSpec(HeunDiscreteScheduler, note=TWO_CALLS),
     "DPM2": SchedulerSpec(KDPM2DiscreteScheduler, note=TWO_CALLS),
     "DPM2 Karras": SchedulerSpec(KDPM2DiscreteScheduler, {"use_karras_sigmas": True}, note=TWO_CALLS),
-    "DPM2 a": SchedulerSpec(KDPM2AncestralDiscreteScheduler, note=TWO_CALLS + "; ancestral"),
+    "DPM2 a": SchedulerSpec(KDPM2AncestralDiscreteScheduler, note=TWO_CALLS + "; ancestral; " + NEEDS_25),
     "DPM2 a Karras": SchedulerSpec(KDPM2AncestralDiscreteScheduler, {"use_karras_sigmas": True},
-                                   note=TWO_CALLS + "; ancestral"),
+                                   note=TWO_CALLS + "; ancestral; " + NEEDS_25),
     "DPM++ 2M": SchedulerSpec(DPMSolverMultistepScheduler),
-    "DPM++ 2M Karras": SchedulerSpec(DPMSolverMultistepScheduler, {"use_karras_sigmas": True}),
+    "DPM++ 2M Karras": SchedulerSpec(DPMSolverMultistepScheduler, {"use_karras_sigmas": True},
+                                     note="on a zero-SNR model (the embedded one) use 10 steps or more (at 5 it loses color and shape)"),
     # torchsde's Brownian tree draws its own seed when none is given; a fixed seed keeps runs
     # reproducible (the initial latents still come from the caller's generator).
     "DPM++ SDE": SchedulerSpec(DPMSolverSDEScheduler, {"noise_sampler_seed": 0}, note=TWO_CALLS + "; stochastic"),
@@ -79,8 +83,8 @@ SCHEDULERS: dict[str, SchedulerSpec] = {
     "DPM++ 2M SDE": SchedulerSpec(DPMSolverMultistepScheduler, {"algorithm_type": "sde-dpmsolver++"},
                                   note="stochastic"),
     "DPM++ 2M SDE Karras": SchedulerSpec(
-        DPMSolverMultistepScheduler, {"algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True}, note="stochastic"
-    ),
+        DPMSolverMultistepScheduler, {"algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True},
+        note="stochastic; " + NEEDS_25),
     "UniPC": SchedulerSpec(UniPCMultistepScheduler),
     "DEIS": SchedulerSpec(DEISMultistepScheduler),
     "LCM": SchedulerSpec(LCMScheduler, note="meant for LCM-distilled weights; at most 50 steps"),
