@@ -5,26 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from testkit.browser import chromium, shot
+from testkit.browser import shot
 
 pytestmark = pytest.mark.browser
-
-
-@pytest.fixture(scope="module")
-def page():
-    import torch
-
-    from testkit.app_server import launch, tiny_engine
-
-    torch.set_num_threads(1)
-    demo, url = launch(tiny_engine(), concurrency_limit=1)
-    with chromium() as context:
-        page = context.new_page()
-        page.console_errors = []
-        page.on("pageerror", lambda e: page.console_errors.append(str(e)))
-        page.goto(url, wait_until="domcontentloaded", timeout=60_000)
-        yield page
-    demo.close()
 
 
 def overlay_src(page, elem_id: str) -> str:
