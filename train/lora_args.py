@@ -78,6 +78,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dial_partner_equal_prob", type=float, default=0.5,
                    help="Share of the --dial partner steps where the partner's weight equals the adapter's "
                         "(default 0.5; else it is drawn on its own).")
+    p.add_argument("--dial_anchor_lora", type=str, default=None,
+                   help="With --dial: a frozen copy of an adapter whose prediction the trained one is held to on "
+                        "the steps at weight 1 (usually the adapter it starts from: what weight 1 already does "
+                        "well stays while the dial trains the middle weights). See train/README.md.")
+    p.add_argument("--dial_anchor_weight", type=float, default=1.0,
+                   help="Weight of the anchor term (SNR-weighted MSE to the anchor's prediction; default 1).")
+    p.add_argument("--dial_anchor_pairs", type=str, default="",
+                   help="Comma-separated partner styles whose steps with both at weight 1 are anchored too "
+                        "(default none: only the adapter alone at 1).")
+    p.add_argument("--dial_anchor_partner_loras", type=str, default="",
+                   help="One file per --dial_anchor_pairs style, in the same order: the partner the anchor pair is "
+                        "made of (default: the --partner_lora itself), e.g. the shipped partner when the partner "
+                        "was itself retrained.")
     p.add_argument("--image_column", type=str, default="image")
     p.add_argument("--caption_column", type=str, default="text")
     p.add_argument("--max_train_samples", type=int, default=None)
@@ -196,6 +209,7 @@ def validate_args(args: argparse.Namespace) -> argparse.Namespace:
                             ("--dial_partner_equal_prob", args.dial_partner_equal_prob)):
             if not 0.0 <= value <= 1.0:
                 _fail(flag, value, "must be in [0, 1]")
+    _validate_anchor(args)
     if args.init_lora is not None:
         args.init_lora = _lora_file("--init_lora", args.init_lora)
     if args.cfg_loss_scale is not None and args.cfg_loss_scale <= 1.0:
@@ -277,6 +291,30 @@ def _lora_file(flag: str, value: str) -> str:
     if not (os.path.isfile(path) and path.endswith(".safetensors")):
         _fail(flag, value, "give a LoRA .safetensors file or a folder with pytorch_lora_weights.safetensors")
     return path
+
+
+def _validate_anchor(args: argparse.Namespace) -> None:
+    pairs = [st.strip() for st in args.dial_anchor_pairs.split(",") if st.strip()]
+    files = [f.strip() for f in args.dial_anchor_partner_loras.split(",") if f.strip()]
+    args.dial_anchor_pair_styles, args.dial_anchor_partner_files = pairs, []
+    if args.dial_anchor_lora is None:
+        for flag, value in (("--dial_anchor_pairs", pairs), ("--dial_anchor_partner_loras", files)):
+            if value:
+                raise ValueError(f"{flag} needs --dial_anchor_lora (the adapter's anchor copy)")
+        return
+    if not args.dial:
+        raise ValueError("--dial_anchor_lora needs --dial (it holds the weight-1 steps of a dial run)")
+    args.dial_anchor_lora = _lora_file("--dial_anchor_lora", args.dial_anchor_lora)
+    if args.dial_anchor_weight <= 0:
+        _fail("--dial_anchor_weight", args.dial_anchor_weight, "must be > 0")
+    for st in pairs:
+        if st not in args.partner_shapes_styles:
+            _fail("--dial_anchor_pairs", args.dial_anchor_pairs,
+                  f"partner styles from --partner_shapes_style ({', '.join(args.partner_shapes_styles) or 'none given'})")
+    if files and len(files) != len(pairs):
+        _fail("--dial_anchor_partner_loras", args.dial_anchor_partner_loras,
+              f"one file per --dial_anchor_pairs style ({len(pairs)} given)")
+    args.dial_anchor_partner_files = [_lora_file("--dial_anchor_partner_loras", f) for f in files]
 
 
 def _validate_partner(args: argparse.Namespace) -> None:

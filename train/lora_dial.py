@@ -21,6 +21,14 @@ chosen by the step, is switched on at its own drawn weight w_p (equal to w on a
 --dial_partner_equal_prob share, else uniform in [--dial_min_weight, 1]) and the batch shows both
 styles at (w, w_p): the adapter learns to be right next to the partner at any pair of weights.
 
+With --dial_anchor_lora, the steps at weight 1 (and, for the partner styles in --dial_anchor_pairs,
+the steps with both at weight 1) add a second term: the SNR-weighted MSE between the adapter's
+prediction and the prediction of a frozen anchor copy standing in its place (the adapter it started
+from, whose weight 1 was already good; at a pair step the partner is replaced by its own anchor copy
+from --dial_anchor_partner_loras, if given). Without it, dial training moves weight 1 with the rest: on
+the embedded model the first dial rounds kept the prompt at half weight but lost color and hollowness
+at weight 1 and at outline 1 + night 1. The anchor holds what weight 1 did while the middle is trained.
+
 Every draw (weights, partner, examples) is a function of the seed and the micro-step, so resumed
 and distributed runs see the same steps; the data loader still advances as without --dial (its
 batch is set aside), so the checkpoint position keeps its meaning.
@@ -29,7 +37,10 @@ from __future__ import annotations
 
 import torch
 
+from contextlib import contextmanager
+
 from train.lora_data import CaptionedImages, collate, keyed_generator
+from train.lora_partner import PartnerLoRA
 
 # Keys of the dial's generators, apart from the data (epoch, index), noise (rank, step) and the
 # partner's (-3, -4) keys.
@@ -58,6 +69,53 @@ class AdapterScales:
             for layer, base in self.base[name]:
                 layer.scaling[name] = base * w
             self.weights[name] = w
+
+
+ANCHOR_ADAPTER = "anchor"
+
+
+class DialAnchor:
+    """Frozen anchor copies in the UNet: of the trained adapter and, optionally, of some partners.
+
+    ``partner_anchors`` maps a partner's index (in --partner_lora order) to the file of its anchor copy.
+    The copies sit in every LoRA layer at scaling 0 and are swapped in by ``in_place``.
+    """
+
+    def __init__(self, unet, path: str, partner_anchors: dict[int, str] | None = None):
+        self.own = PartnerLoRA(unet, path, name=ANCHOR_ADAPTER)
+        self.partners = {i: PartnerLoRA(unet, f, name=f"{ANCHOR_ADAPTER}_partner_{i}")
+                         for i, f in (partner_anchors or {}).items()}
+
+    @contextmanager
+    def in_place(self, scales: AdapterScales, partners: list[PartnerLoRA]):
+        """Inside: the anchor at the trained adapter's weight and the trained adapter off; each partner
+        with an anchor copy likewise replaced by it. Everything is put back on leaving."""
+        weight = scales.weights["default"]
+        swapped = [(p, a, p.current) for i, p in enumerate(partners)
+                   if (a := self.partners.get(i)) is not None and p.current]
+        scales.set({"default": 0.0})
+        self.own.set_weight(weight)
+        for p, a, w in swapped:
+            p.set_weight(0.0)
+            a.set_weight(w)
+        try:
+            yield
+        finally:
+            self.own.set_weight(0.0)
+            scales.set({"default": weight})
+            for p, a, w in swapped:
+                a.set_weight(0.0)
+                p.set_weight(w)
+
+
+def anchored_step(weight: float, partner_weights: list[float], partner_styles: list[str],
+                  anchor_pairs: list[str]) -> bool:
+    """Whether a dial step is held to the anchor: the adapter at weight 1, with every partner off, or
+    with one partner at weight 1 whose style is in ``anchor_pairs``."""
+    if weight != 1.0:
+        return False
+    on = [(w, st) for w, st in zip(partner_weights, partner_styles) if w]
+    return not on or (len(on) == 1 and on[0][0] == 1.0 and on[0][1] in anchor_pairs)
 
 
 def dial_weight(seed: int, micro_step: int, low: float, full_prob: float) -> float:

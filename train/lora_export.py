@@ -77,7 +77,9 @@ _SETTINGS_SHOWN = ("rank", "lora_alpha", "lora_dropout", "init_lora_weights", "t
                    "resolution", "train_batch_size", "gradient_accumulation_steps", "max_train_steps", "learning_rate",
                    "text_encoder_lr", "lr_scheduler", "lr_warmup_steps", "snr_gamma", "noise_offset",
                    "caption_dropout_prob", "prediction_type", "mixed_precision", "seed", "partner_lora", "partner_weight",
-                   "partner_prob", "init_lora", "cfg_loss_scale", "cfg_loss_weight")
+                   "partner_prob", "init_lora", "cfg_loss_scale", "cfg_loss_weight", "dial", "dial_min_weight",
+                   "dial_full_prob", "dial_partner_equal_prob", "dial_anchor_lora", "dial_anchor_weight",
+                   "dial_anchor_pairs", "dial_anchor_partner_loras")
 
 
 def write_model_card(output_dir: str, config: dict, base_model: str, dataset: str, sample_images: list[str],

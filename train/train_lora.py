@@ -24,6 +24,7 @@ import math
 import os
 import sys
 import time
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -42,7 +43,7 @@ from train.lora_optim import (
 )
 from train.lora_init import load_initial_lora
 from train.lora_partner import PARTNER_ADAPTER, PartnerLoRA, partner_batch, partner_step
-from train.lora_dial import AdapterScales, DialRenderer, dial_partner, dial_weight
+from train.lora_dial import AdapterScales, DialAnchor, DialRenderer, anchored_step, dial_partner, dial_weight
 from train.lora_validation import run_validation
 
 WEIGHT_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -111,13 +112,18 @@ def trainable(module) -> list[torch.nn.Parameter]:
     return [p for p in module.parameters() if p.requires_grad]
 
 
-def training_loss(batch, unet, text_encoder, vae, noise_scheduler, args, generator, weight_dtype, empty_ids=None):
+def training_loss(batch, unet, text_encoder, vae, noise_scheduler, args, generator, weight_dtype, empty_ids=None,
+                  teacher=None):
     """One denoising-score-matching loss: encode, noise at a random t, predict, weighted MSE.
 
     With --cfg_loss_scale G the guided prediction u + G (c - u) is held to the same target too
     (u: the prediction for the empty caption ``empty_ids``, through the same adapter), weighted by
     --cfg_loss_weight: the adapter then also has to be right where classifier-free guidance at G
     takes the sampler, not only along the conditional prediction it is trained on.
+
+    ``teacher`` (a context manager factory, --dial_anchor_lora on an anchored step): inside it the UNet
+    predicts as the anchor does; the prediction on the same noisy latents, timesteps and captions is a
+    second target, weighted by --dial_anchor_weight.
     """
     pixel_values = batch["pixel_values"].to(dtype=weight_dtype)  # (B, 3, H, W)
     with torch.no_grad():
@@ -147,11 +153,15 @@ def training_loss(batch, unet, text_encoder, vae, noise_scheduler, args, generat
                min_snr_loss_weights(snr_of_timesteps(noise_scheduler.alphas_cumprod, timesteps), args.snr_gamma,
                                     prediction_type))
 
-    def weighted_mse(pred: torch.Tensor) -> torch.Tensor:
-        per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))  # (B,)
+    def weighted_mse(pred: torch.Tensor, goal: torch.Tensor = target) -> torch.Tensor:
+        per_sample = F.mse_loss(pred.float(), goal.float(), reduction="none").mean(dim=(1, 2, 3))  # (B,)
         return per_sample.mean() if weights is None else (per_sample * weights).mean()
 
     loss = weighted_mse(model_pred)
+    if teacher is not None:
+        with torch.no_grad(), teacher():
+            anchor_pred = unet(noisy_latents, timesteps, encoder_hidden_states.detach(), return_dict=False)[0]
+        loss = loss + args.dial_anchor_weight * weighted_mse(model_pred, anchor_pred)
     if args.cfg_loss_scale is not None:
         empty_states = text_encoder(empty_ids.to(batch["input_ids"].device), return_dict=False)[0]  # (1, L, D)
         uncond_pred = unet(noisy_latents, timesteps, empty_states.expand(bsz, -1, -1), return_dict=False)[0]
@@ -254,6 +264,14 @@ def main(argv: list[str] | None = None) -> int:
                     f"{args.partner_prob / len(partners):.0%} of the steps at "
                     + ("drawn weights (--dial)" if args.dial else f"weight {args.partner_weight}"))
     dial_scales = AdapterScales(unet, ["default"]) if args.dial else None
+    anchor = None
+    if args.dial_anchor_lora:
+        partner_anchors = {args.partner_shapes_styles.index(st): f
+                           for st, f in zip(args.dial_anchor_pair_styles, args.dial_anchor_partner_files)}
+        anchor = DialAnchor(unet, args.dial_anchor_lora, partner_anchors)
+        logger.info(f"Dial anchor {args.dial_anchor_lora}: weight-1 steps (alone"
+                    + "".join(f", with {st} at 1" for st in args.dial_anchor_pair_styles)
+                    + f") held to its prediction (x{args.dial_anchor_weight})")
     if args.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
         if args.train_text_encoder:
@@ -313,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     models_to_accumulate = [unet, text_encoder] if args.train_text_encoder else [unet]
     params_to_clip = [p for group in optimizer.param_groups for p in group["params"]]
     loss_sum, loss_count, samples_seen, loop_start = 0.0, 0, 0, time.perf_counter()
-    last_loss, epoch, partner_steps = float("nan"), first_epoch, 0
+    last_loss, epoch, partner_steps, anchored_steps = float("nan"), first_epoch, 0, 0
 
     def validate(model, tag: str) -> None:
         """Validation images of the adapter alone and, with a partner, of the two together."""
@@ -346,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         for batch_in_epoch, batch in enumerate(epoch_loader, start=skip):
             micro_step = epoch * len(train_dataloader) + batch_in_epoch
             generator = keyed_generator(seed, accelerator.process_index, micro_step)
+            teacher = None
             if args.dial:  # the adapter (and maybe one partner) at drawn weights, on images drawn at them
                 weight = dial_weight(seed, micro_step, args.dial_min_weight, args.dial_full_prob)
                 style, strengths = args.shapes_style, {args.shapes_style: weight}
@@ -363,6 +382,10 @@ def main(argv: list[str] | None = None) -> int:
                 batch = renderer.batch(style, strengths, accelerator.process_index, micro_step,
                                        batch["pixel_values"].shape[0])
                 batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+                if anchor and anchored_step(weight, partner_weights, args.partner_shapes_styles,
+                                            args.dial_anchor_pair_styles):
+                    teacher = partial(anchor.in_place, dial_scales, partners)
+                    anchored_steps += 1
             elif partner:
                 with_partner = partner_step(seed, micro_step, args.partner_prob)
                 partner.switch(with_partner)
@@ -373,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
                     partner_steps += 1
             with accelerator.accumulate(*models_to_accumulate):
                 loss = training_loss(batch, unet, text_encoder, vae, noise_scheduler, args, generator, weight_dtype,
-                                     empty_ids)
+                                     empty_ids, teacher)
                 # Mean over all processes, for logging only (a collective: every rank reaches it).
                 loss_sum += accelerator.gather(loss.detach().repeat(args.train_batch_size)).mean().item()
                 loss_count += 1
@@ -432,6 +455,7 @@ def main(argv: list[str] | None = None) -> int:
         result = {"global_step": global_step, "epoch": epoch, "final_loss": last_loss, "seed": seed,
                   "num_processes": accelerator.num_processes, "rank_lora_sha256": fingerprints,
                   "partner_micro_steps_this_run": partner_steps if partner else None,
+                  "anchored_micro_steps_this_run": anchored_steps if anchor else None,
                   "samples_per_second": samples_seen / elapsed if elapsed > 0 else None,
                   "train_loop_seconds": elapsed}
         with open(os.path.join(args.output_dir, "train_result.json"), "w", encoding="utf-8") as f:

@@ -43,21 +43,31 @@ def reference_run(tiny_model, image_folder, tmp_path_factory):
     return {"out": out, "proc": proc, "hub": hub, "seconds": seconds}
 
 
-@pytest.fixture(scope="package")
-def tiny_partner(tiny_model, tmp_path_factory):
-    """A UNet-only LoRA file for the tiny model with nonzero weights: a stand-in for a trained style."""
+def make_lora_file(tiny_model: str, folder: str, seed: int) -> str:
+    """A UNet-only LoRA file for the tiny model with nonzero weights drawn from ``seed``."""
     from diffusers import UNet2DConditionModel
     from peft import LoraConfig
 
     from train.lora_export import save_adapter
 
-    folder = str(tmp_path_factory.mktemp("partner"))
     unet = UNet2DConditionModel.from_pretrained(tiny_model, subfolder="unet")
     unet.add_adapter(LoraConfig(r=2, lora_alpha=4, init_lora_weights="gaussian",
                                 target_modules=["to_q", "to_k", "to_v", "to_out.0", "conv1"]))
-    torch.manual_seed(3)
+    torch.manual_seed(seed)
     for name, param in unet.named_parameters():
         if "lora_B" in name:
             param.data.normal_(0, 0.5)
     save_adapter(folder, unet)
     return os.path.join(folder, "pytorch_lora_weights.safetensors")
+
+
+@pytest.fixture(scope="package")
+def tiny_partner(tiny_model, tmp_path_factory):
+    """A stand-in for a trained style."""
+    return make_lora_file(tiny_model, str(tmp_path_factory.mktemp("partner")), 3)
+
+
+@pytest.fixture(scope="package")
+def tiny_other(tiny_model, tmp_path_factory):
+    """A second stand-in, with other weights."""
+    return make_lora_file(tiny_model, str(tmp_path_factory.mktemp("other")), 4)

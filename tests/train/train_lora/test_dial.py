@@ -93,6 +93,111 @@ def test_several_partners_stay_frozen(tiny_model, tiny_partner):
     assert partners[0].on and not partners[1].on
 
 
+def _predict(unet, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    latents, text = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 16, 16, generator=g)
+    with torch.no_grad():
+        return unet(latents, torch.tensor([300, 700]), text).sample
+
+
+def _stock_unet(tiny_model, files: dict[str, str]):
+    """diffusers' own way to run LoRA files at weight 1 together: the reference for the anchor."""
+    from diffusers import UNet2DConditionModel
+
+    from train.lora_init import read_unet_lora
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_model, subfolder="unet").eval()
+    for name, path in files.items():
+        state_dict, alphas, metadata = read_unet_lora(path, "test")
+        unet.load_lora_adapter(state_dict, prefix="unet", network_alphas=alphas, adapter_name=name, metadata=metadata)
+    unet.set_adapters(list(files), weights=[1.0] * len(files))
+    return unet
+
+
+def _trained_unet(tiny_model):
+    from diffusers import UNet2DConditionModel
+    from peft import LoraConfig
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_model, subfolder="unet").eval()
+    unet.requires_grad_(False)
+    unet.add_adapter(LoraConfig(r=2, lora_alpha=4, init_lora_weights="gaussian", target_modules=["to_q", "conv1"]))
+    g = torch.Generator().manual_seed(9)
+    for name, p in unet.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.3, generator=g)
+    return unet
+
+
+def test_the_anchor_predicts_in_the_adapters_place(tiny_model, tiny_partner):
+    from train.lora_dial import AdapterScales, DialAnchor
+
+    unet = _trained_unet(tiny_model)
+    scales = AdapterScales(unet, ["default"])
+    anchor = DialAnchor(unet, tiny_partner)
+    before = _predict(unet)
+    with anchor.in_place(scales, []):
+        inside = _predict(unet)
+    torch.testing.assert_close(inside, _predict(_stock_unet(tiny_model, {"a": tiny_partner})), rtol=0, atol=1e-5)
+    assert (inside - before).abs().max() > 1e-3  # the anchor is another adapter than the trained one
+    torch.testing.assert_close(_predict(unet), before, rtol=0, atol=0)  # everything put back
+    assert scales.weights["default"] == 1.0 and not anchor.own.on
+
+
+def test_the_anchor_partner_replaces_the_partner_on_pair_steps(tiny_model, tiny_partner, tiny_other):
+    from train.lora_dial import AdapterScales, DialAnchor
+    from train.lora_partner import PartnerLoRA
+
+    unet = _trained_unet(tiny_model)
+    scales = AdapterScales(unet, ["default"])
+    partner = PartnerLoRA(unet, tiny_other, name="partner")  # the partner being retrained elsewhere
+    anchor = DialAnchor(unet, tiny_partner, {0: tiny_partner})  # the pair the anchor is made of: partner's own copy
+    partner.set_weight(1.0)
+    before = _predict(unet)
+    with anchor.in_place(scales, [partner]):
+        inside = _predict(unet)
+    stock = _predict(_stock_unet(tiny_model, {"a": tiny_partner, "b": tiny_partner}))
+    torch.testing.assert_close(inside, stock, rtol=0, atol=1e-5)
+    torch.testing.assert_close(_predict(unet), before, rtol=0, atol=0)
+    assert partner.current == 1.0 and not anchor.partners[0].on
+    partner.set_weight(0.0)  # a partner that is off stays off inside, and its anchor copy too
+    with anchor.in_place(scales, [partner]):
+        alone = _predict(unet)
+    torch.testing.assert_close(alone, _predict(_stock_unet(tiny_model, {"a": tiny_partner})), rtol=0, atol=1e-5)
+
+
+def test_anchored_steps_are_weight_one_alone_or_in_a_named_pair():
+    from train.lora_dial import anchored_step
+
+    styles = ["outline", "pastel"]
+    assert anchored_step(1.0, [0.0, 0.0], styles, [])
+    assert not anchored_step(0.7, [0.0, 0.0], styles, ["outline"])
+    assert anchored_step(1.0, [1.0, 0.0], styles, ["outline"])
+    assert not anchored_step(1.0, [1.0, 0.0], styles, [])  # the pair is not named
+    assert not anchored_step(1.0, [0.0, 1.0], styles, ["outline"])
+    assert not anchored_step(1.0, [0.6, 0.0], styles, ["outline"])  # the partner part-way
+
+
+@pytest.mark.training
+def test_dial_anchor_holds_weight_one(tiny_model, tiny_partner, tmp_path):
+    """Two dial runs from the same adapter at a high learning rate, one anchored to where it started: the
+    anchored one's weight-1 prediction drifts less from the start's."""
+    env = train_env(tmp_path)
+    common = ["--pretrained_model_name_or_path", tiny_model, *DIAL_ARGS, "--max_train_steps", "16",
+              "--learning_rate", "2e-2", "--dial_full_prob", "0.6", "--init_lora", tiny_partner]
+    drift = {}
+    for name, extra in (("free", []), ("anchored", ["--dial_anchor_lora", tiny_partner, "--dial_anchor_weight", "4"])):
+        out = str(tmp_path / name)
+        proc = run_train([*common, "--output_dir", out, *extra], env)
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        result = json.load(open(os.path.join(out, "train_result.json")))
+        if name == "anchored":
+            assert 0 < result["anchored_micro_steps_this_run"] < 16
+        trained = _stock_unet(tiny_model, {"t": os.path.join(out, "pytorch_lora_weights.safetensors")})
+        start = _stock_unet(tiny_model, {"s": tiny_partner})
+        drift[name] = float((_predict(trained) - _predict(start)).pow(2).mean())
+    assert drift["free"] > 0 and drift["anchored"] < 0.75 * drift["free"], drift
+
+
 @pytest.mark.training
 def test_dial_run_draws_weights_with_partners_and_resumes_exactly(tiny_model, tiny_partner, tmp_path):
     out = str(tmp_path / "out")
@@ -135,8 +240,23 @@ def test_dial_flags_are_checked(tmp_path):
         ([*night, "--dial", "--partner_lora", str(fake), "--partner_shapes_style", "sepia"],
          "--partner_shapes_style='sepia' is invalid"),
     ]
+    anchor = ["--dial_anchor_lora", str(fake)]
+    cases += [
+        ([*night, *anchor], "--dial_anchor_lora needs --dial"),
+        ([*night, "--dial_anchor_pairs", "outline"], "--dial_anchor_pairs needs --dial_anchor_lora"),
+        ([*night, "--dial", *anchor, "--dial_anchor_weight", "0"], "--dial_anchor_weight=0.0"),
+        ([*night, "--dial", *anchor, "--dial_anchor_pairs", "outline"],
+         "--dial_anchor_pairs='outline' is invalid: partner styles from --partner_shapes_style (none given)"),
+        ([*night, "--dial", *anchor, "--partner_lora", str(fake), "--partner_shapes_style", "outline",
+          "--dial_anchor_pairs", "outline", "--dial_anchor_partner_loras", f"{fake},{fake}"],
+         "--dial_anchor_partner_loras="),
+        ([*night, "--dial", "--dial_anchor_lora", str(tmp_path / "missing.safetensors")], "--dial_anchor_lora="),
+    ]
     for extra, message in cases:
         with pytest.raises(ValueError, match=re.escape(message)):
             parse_args(extra)
+    args = parse_args([*night, "--dial", *anchor, "--partner_lora", str(fake), "--partner_shapes_style", "outline",
+                       "--dial_anchor_pairs", "outline", "--dial_anchor_partner_loras", str(fake)])
+    assert args.dial_anchor_pair_styles == ["outline"] and args.dial_anchor_partner_files == [str(fake)]
     args = parse_args([*night, "--dial", "--partner_lora", f"{fake},{fake}", "--partner_shapes_style", "outline,pastel"])
     assert args.partner_loras == [str(fake), str(fake)] and args.partner_shapes_styles == ["outline", "pastel"]
