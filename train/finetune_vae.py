@@ -24,6 +24,16 @@ right in 73%), which caps what a night LoRA can show. The encoder learns to reco
 to the original encoder's (mean and log-variance), so the latents the UNet and the other LoRAs were
 trained on do not move; the largest drift is measured and stored (vae.encoder_styles).
 
+--partial: part-way styles (what a LoRA at a partial weight draws) join the pools; --partial_share
+sets how many of each style kind's images are drawn part-way (default 0.5).
+
+--keep_latents: a preservation term. A decoder trained on encoded renders drifts on what users see,
+decoded *generated* latents (which lie a little off the encoder's manifold): a --partial decoder
+alone cost pastel at weight 1 color 0.93 -> 0.77 on the embedded model. With a file of generated
+latents (train/keep_latents.py: base, each style at 1, outline + night at 1 + 1), every step also
+holds the decoder's pictures of --keep_batch of them to the pictures the VAE drew before this run
+(or --keep_teacher's), weighted by --keep_weight.
+
 --combinations: style combinations become kinds of their own, in every batch next to plain and the
 single styles. Two style LoRAs used together make images of the combined style, and the decoder had
 never seen one: the round trip of outline + night renders read hollow 20% of the time, which capped
@@ -67,6 +77,15 @@ def parse_args(argv=None):
                    help="also styles drawn part-way: half of every style kind's images get each style part at a "
                         "strength drawn in [0, 1] (shapesworld render strengths), what a LoRA at a partial weight "
                         "draws; the round trip is also read at strength 0.5 (kind@0.5)")
+    p.add_argument("--partial_share", type=float, default=0.5,
+                   help="--partial: share of each style kind's training images drawn part-way (default 0.5)")
+    p.add_argument("--keep_latents", default=None,
+                   help="a .pt file of generated latents (train/keep_latents.py): the decoder's pictures of them are "
+                        "held to the teacher's")
+    p.add_argument("--keep_teacher", default=None,
+                   help="--keep_latents: the VAE folder whose pictures are kept (default: the VAE before this run)")
+    p.add_argument("--keep_weight", type=float, default=1.0, help="--keep_latents: weight of the preservation term")
+    p.add_argument("--keep_batch", type=int, default=16, help="--keep_latents: latents per step")
     p.add_argument("--anchor_weight", type=float, default=1.0, help="--part encoder: weight of the anchor loss")
     p.add_argument("--work_dir", default=None, help="default runs/vae-<part>")
     p.add_argument("--steps", type=int, default=2500)
@@ -80,9 +99,10 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def render(kind, n: int, base_seed: int, partial: str | float | None = None):
-    """``partial``: None (full styles), a strength for every part, or "random" (half of the images at
-    strengths drawn in [0, 1] per part, seeded by ``base_seed``, the other half at full strength)."""
+def render(kind, n: int, base_seed: int, partial: str | float | None = None, share: float = 0.5):
+    """``partial``: None (full styles), a strength for every part, or "random" (a ``share`` of the images,
+    spread evenly, at strengths drawn in [0, 1] per part, seeded by ``base_seed``; the rest at full
+    strength; share 0.5 = every odd image)."""
     if partial is None or kind is None:
         images, _, attrs = images_array(np.arange(n) + base_seed, style=kind, empty_prob=0.0)
         return torch.from_numpy(images), attrs
@@ -91,7 +111,8 @@ def render(kind, n: int, base_seed: int, partial: str | float | None = None):
     samples = []
     for i in range(n):
         if partial == "random":
-            strengths = {p_: float(rng.uniform()) for p_ in parts} if i % 2 else None
+            drawn = {p_: float(rng.uniform()) for p_ in parts}  # drawn for every image: a share keeps the seeds
+            strengths = drawn if int((i + 1) * share) > int(i * share) else None
         else:
             strengths = {p_: float(partial) for p_ in parts}
         samples.append(sample(int(base_seed + i), style=kind, empty_prob=0.0, strengths=strengths))
@@ -139,6 +160,14 @@ def main(argv=None):
         if len(parts) < 2:
             raise SystemExit(f"--combinations={args.combinations!r}: {c!r} is a single style (always trained); "
                              "list combinations of two or more joined with '+'")
+    if not 0.0 < args.partial_share <= 1.0:
+        raise SystemExit(f"--partial_share={args.partial_share}: must be in (0, 1]")
+    if args.keep_latents and encoder_part:
+        raise SystemExit("--keep_latents holds the decoder's pictures: it goes with --part decoder")
+    if args.keep_latents and not os.path.isfile(args.keep_latents):
+        raise SystemExit(f"--keep_latents={args.keep_latents!r}: no such file (make one with train/keep_latents.py)")
+    if args.keep_weight <= 0 or args.keep_batch < 1:
+        raise SystemExit(f"--keep_weight={args.keep_weight}, --keep_batch={args.keep_batch}: must be > 0 and >= 1")
     kinds = KINDS + tuple(dict.fromkeys(combinations))
     kind_names = [k or "plain" for k in kinds]  # evals, records and checkpoints name them so
     if args.batch_size < len(kinds):
@@ -157,7 +186,8 @@ def main(argv=None):
 
     pools, evals = [], {}
     for k, kind in enumerate(kinds):
-        images, _ = render(kind, args.per_kind, (args.seed + k) * 1_000_000, "random" if args.partial else None)
+        images, _ = render(kind, args.per_kind, (args.seed + k) * 1_000_000, "random" if args.partial else None,
+                           args.partial_share)
         pools.append(images)
         evals[kind_names[k]] = render(kind, args.eval_per_kind, (args.seed + k) * 1_000_000 + 900_000)
         if args.partial and kind is not None:
@@ -168,6 +198,14 @@ def main(argv=None):
         before = {name: round_trip_scores(vae, *evals[name]) for name in evals}
         json.dump(before, open(before_path + ".tmp", "w"), indent=1)
         os.replace(before_path + ".tmp", before_path)
+
+    keep = None
+    if args.keep_latents:  # the teacher's pictures of the generated latents, drawn once
+        teacher = AutoencoderKL.from_pretrained(args.keep_teacher).eval() if args.keep_teacher else vae
+        z_keep = torch.load(args.keep_latents, weights_only=True)["latents"].float() / vae.config.scaling_factor
+        with torch.no_grad():
+            keep = (z_keep, torch.cat([teacher.decode(z_keep[i:i + 100]).sample for i in range(0, len(z_keep), 100)]))
+        del teacher
 
     # the half that learns: decoder + post_quant_conv, or encoder + quant_conv
     learn = (vae.encoder, vae.quant_conv) if encoder_part else (vae.decoder, vae.post_quant_conv)
@@ -224,6 +262,10 @@ def main(argv=None):
             z = post.mean + post.std * torch.randn(post.mean.shape, generator=g)
             rec = vae.decode(z).sample
             loss = F.mse_loss(rec, x) + 0.5 * F.l1_loss(rec, x)
+            if keep is not None:
+                pick = torch.randint(len(keep[0]), (args.keep_batch,), generator=g)
+                kept = vae.decode(keep[0][pick]).sample
+                loss = loss + args.keep_weight * (F.mse_loss(kept, keep[1][pick]) + 0.5 * F.l1_loss(kept, keep[1][pick]))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -274,10 +316,17 @@ def main(argv=None):
     if combinations:  # a later stage: the earlier records stay
         record.update(combinations=list(combinations))
         key = f"{args.part}_combinations"
+    if args.keep_latents:
+        record.update(keep_latents=args.keep_latents, keep_teacher=args.keep_teacher or "the VAE before this run",
+                      keep_weight=args.keep_weight, keep_batch=args.keep_batch)
     if args.partial:
-        record.update(partial=True)
+        record.update(partial=True, partial_share=args.partial_share)
         key = f"{args.part}_partial"
-    info.setdefault("vae", {})[key] = record
+    earlier = info.setdefault("vae", {}).get(key)
+    if earlier:  # a record of the same kind (an earlier run this one went on from) stays, nested
+        record["earlier_runs"] = [{k: v for k, v in earlier.items() if k != "earlier_runs"},
+                                  *earlier.get("earlier_runs", [])]
+    info["vae"][key] = record
     with open(info_path + ".tmp", "w") as f:
         json.dump(info, f, indent=2)
     os.replace(info_path + ".tmp", info_path)

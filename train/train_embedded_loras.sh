@@ -23,6 +23,10 @@
 #   outline-dial-4, night-dial-4   a fourth round, DIAL4_STEPS each, for outline 1 + night 1
 #   outline-dial-5, night-dial-5   a fifth, DIAL5_STEPS each, weight 1 on 85% of the steps
 #   outline-dial-6   a sixth, DIAL6_STEPS, outline with night on 80% of its steps
+#   night-anchor, outline-anchor   dial training from the shipped adapters with --dial_anchor_lora: the
+#                  steps at weight 1 (and night 1 + outline 1) held to the shipped adapters' predictions
+#                  while the dial trains the middle weights (ANCHOR_STEPS each); outline's pair anchor is
+#                  made of the shipped night (--dial_anchor_partner_loras), as its partner is the new night
 # The dial stages are not run by default and their adapters are not shipped: they keep the prompt at
 # partial weights far better but lose some at weight 1 (BENCHMARKS.md, "LoRA weights and what the prompt
 # keeps"). They need the decoder of train/finetune_vae.py --partial to draw partial styles:
@@ -39,6 +43,7 @@ STAGES=${STAGES:-"night outline night-partner pastel pastel-cfg"}  # the shipped
 DIAL_STEPS=${DIAL_STEPS:-100}
 DIAL2_STEPS=${DIAL2_STEPS:-60}
 DIAL_FLAGS="--dial --dial_min_weight 0.05 --dial_full_prob 0.2 --train_batch_size 16"
+ANCHOR_FLAGS="$DIAL_FLAGS --dial_full_prob 0.3 --dial_partner_equal_prob 0.7 --dial_anchor_weight ${ANCHOR_WEIGHT:-2}"
 PRESETS=${PRESETS:-lora_presets/tiny-shapes}  # PRESETS=<folder> trains against (and installs into) a copy
 # attention, transformer in/out and feed-forward, resnet convs and their time-embedding projections
 TARGETS="to_q,to_k,to_v,to_out.0,proj_in,proj_out,ff.net.0.proj,ff.net.2,conv1,conv2,time_emb_proj"
@@ -138,6 +143,18 @@ for stage in $STAGES; do
     outline-dial-6) NUM_SAMPLES=200 train outline-dial-6 outline "${DIAL6_STEPS:-1500}" 3e-4 10 3e-5 "$TARGETS" $DIAL_FLAGS \
       --init_lora runs/loras/outline-dial-5/pytorch_lora_weights.safetensors --dial_full_prob 0.85 \
       --partner_lora "$PRESETS/night.safetensors" --partner_shapes_style night --partner_prob 0.8 --dial_partner_equal_prob 0.95 ;;
-    *) echo "unknown stage $stage (stages: night outline night-partner pastel pastel-cfg night-dial pastel-dial outline-dial pastel-dial-cfg outline-dial-2 pastel-dial-cfg-2 outline-dial-3 night-dial-3 outline-dial-4 night-dial-4 outline-dial-5 night-dial-5 outline-dial-6)" >&2; exit 2 ;;
+    # the anchored dial: from the shipped adapters (snapshots), held to them at weight 1
+    night-anchor) snapshot night; snapshot outline; NUM_SAMPLES=200 train night-anchor night "${ANCHOR_STEPS:-600}" 3e-4 10 3e-5 \
+      "$TARGETS" $ANCHOR_FLAGS --init_lora runs/loras/night-dial-init.safetensors \
+      --dial_anchor_lora runs/loras/night-dial-init.safetensors --dial_anchor_pairs outline \
+      --partner_lora "runs/loras/outline-dial-init.safetensors,$PRESETS/pastel.safetensors" \
+      --partner_shapes_style outline,pastel --partner_prob 0.5 ;;
+    outline-anchor) snapshot outline; snapshot night; NUM_SAMPLES=200 train outline-anchor outline "${ANCHOR_STEPS:-600}" 3e-4 10 3e-5 \
+      "$TARGETS" $ANCHOR_FLAGS --init_lora runs/loras/outline-dial-init.safetensors \
+      --dial_anchor_lora runs/loras/outline-dial-init.safetensors --dial_anchor_pairs night \
+      --dial_anchor_partner_loras runs/loras/night-dial-init.safetensors \
+      --partner_lora "$PRESETS/night.safetensors,$PRESETS/pastel.safetensors" \
+      --partner_shapes_style night,pastel --partner_prob 0.5 ;;
+    *) echo "unknown stage $stage (stages: night outline night-partner pastel pastel-cfg night-dial pastel-dial outline-dial pastel-dial-cfg outline-dial-2 pastel-dial-cfg-2 outline-dial-3 night-dial-3 outline-dial-4 night-dial-4 outline-dial-5 night-dial-5 outline-dial-6 night-anchor outline-anchor)" >&2; exit 2 ;;
   esac
 done

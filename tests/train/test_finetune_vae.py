@@ -134,3 +134,57 @@ def test_partial_styles_are_trained_and_read_at_half_strength(tmp_path):
     rec = json.loads((model / "training.json").read_text())["vae"]["decoder_partial"]
     assert rec["partial"] and "night@0.5" in rec["round_trip_after"] and "outline+night@0.5" in rec["round_trip_after"]
     assert "plain@0.5" not in rec["round_trip_after"]
+
+
+def test_partial_share_spreads_the_part_way_images():
+    from train import finetune_vae
+
+    full, _ = finetune_vae.render("night", 8, 1000)
+    corner = lambda x: x[:, 0, 0].float().mean(-1)  # noqa: E731  the background's brightness
+    for share, drawn in ((0.25, [3, 7]), (0.5, [1, 3, 5, 7]), (1.0, list(range(8)))):
+        mixed, _ = finetune_vae.render("night", 8, 1000, "random", share)
+        kept = [i for i in range(8) if i not in drawn]
+        assert (mixed[kept] == full[kept]).all(), share  # the rest at full strength, the same images
+        assert not any((mixed[i] == full[i]).all() for i in drawn), share
+        assert float(corner(mixed[drawn]).mean()) > float(corner(full[drawn]).mean()) + 5
+
+
+def _decoded(vae_dir, z):
+    from diffusers import AutoencoderKL
+
+    with torch.no_grad():
+        return AutoencoderKL.from_pretrained(vae_dir).decode(z).sample
+
+
+def test_keep_latents_hold_the_decoder_to_its_teacher(tmp_path):
+    """Two equal runs at a high learning rate, one with the preservation term: its pictures of the kept
+    latents stay nearer the VAE's pictures from before the run."""
+    from testkit.tiny import make_tiny_components
+    from train import finetune_vae
+
+    vae = make_tiny_components()["vae"]
+    with torch.no_grad():
+        z = vae.encode(torch.zeros(1, 3, 32, 32)).latent_dist.mean
+    latents = torch.randn((24, *z.shape[1:]), generator=torch.Generator().manual_seed(0)) * vae.config.scaling_factor
+    keep_file = tmp_path / "keep.pt"
+    torch.save({"latents": latents, "settings": ["base"] * 24}, keep_file)
+    before = None
+    drift = {}
+    for name, extra in (("free", []), ("kept", ["--keep_latents", str(keep_file), "--keep_weight", "20",
+                                               "--keep_batch", "8"])):
+        model = tmp_path / name
+        vae.save_pretrained(model / "vae")
+        if before is None:
+            before = _decoded(model / "vae", latents / vae.config.scaling_factor)
+        finetune_vae.main(["--model", str(model), "--work_dir", str(tmp_path / f"work-{name}"), "--per_kind", "8",
+                           "--eval_per_kind", "2", "--batch_size", "4", "--lr", "2e-2", "--steps", "6", *extra])
+        drift[name] = float((_decoded(model / "vae", latents / vae.config.scaling_factor) - before).pow(2).mean())
+    assert drift["free"] > 0 and drift["kept"] < 0.5 * drift["free"], drift
+    rec = json.loads((tmp_path / "kept" / "training.json").read_text())["vae"]["decoder_styles_extra"]
+    assert rec["keep_weight"] == 20 and rec["keep_latents"] == str(keep_file)
+
+    for extra, message in ((["--keep_latents", str(tmp_path / "none.pt")], "no such file"),
+                           (["--keep_latents", str(keep_file), "--part", "encoder"], "goes with --part decoder"),
+                           (["--partial", "--partial_share", "0"], "--partial_share=0.0")):
+        with pytest.raises(SystemExit, match=message):
+            finetune_vae.main(["--model", str(tmp_path / "kept"), *extra])
