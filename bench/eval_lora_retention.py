@@ -35,7 +35,7 @@ from shapesworld import score_image
 from shapesworld.evaluate import eval_cases, generate
 from shapesworld.world import COLORS
 
-SECTION = "LoRA weights and what the prompt keeps"  # of BENCHMARKS.md
+SECTION = "LoRA retention table (issue 31)"  # of BENCHMARKS.md; the narrative is "LoRA weights and what the prompt keeps"
 
 STYLES = ("outline", "night", "pastel")
 PAIRS = (("outline", "night"), ("outline", "pastel"), ("night", "pastel"))

@@ -21,13 +21,13 @@ NONE = "(none)"
 EMPTY_SLOT = (NONE, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 1.0)
 # The mixer's example blend: both adapters at the weight the presets table gives (1). Chosen from
 # BENCHMARKS.md, "LoRA weights and what the prompt keeps": outline + night at 1 keeps the prompt's
-# color for 0.95 and its shape for 0.83 of 100 prompts, the best pair there; in-between weights lose
-# it (0.5 each: color 0.19; the old example, night at 0.8, turned the red circle orange).
+# color for 0.94 and its shape for 0.77 of 100 prompts, the best pair at full weight there.
 EXAMPLE_PAIR = ("outline", "night")
-BLEND_NOTE = ("Each adapter was trained at weight 1 only: at weights between about 0.3 and 0.9 the "
-              "prompt's color and shape can get lost (a red circle turns orange, a circle a triangle), "
-              "while near 0 and near 1 they hold. Measured for every preset and pair in BENCHMARKS.md, "
-              "\"LoRA weights and what the prompt keeps\".")
+BLEND_NOTE = ("Outline and night were trained as dials: at any weight from 0 to 1, alone or together, they "
+              "keep the prompt's color in most images (night loses some shapes between 0.6 and 0.8, where "
+              "the background turns dark). Pastel was trained at weight 1 only: between about 0.4 and 0.8, "
+              "and in pairs near full weight, a red circle can turn orange. Measured for every preset and "
+              "pair in BENCHMARKS.md, \"LoRA weights and what the prompt keeps\".")
 
 
 def _slot_entry(name, weight, te, down, mid, up, start, end) -> dict | None:

@@ -27,6 +27,8 @@
 #                  steps at weight 1 (and night 1 + outline 1) held to the shipped adapters' predictions
 #                  while the dial trains the middle weights (ANCHOR_STEPS each); outline's pair anchor is
 #                  made of the shipped night (--dial_anchor_partner_loras), as its partner is the new night
+#   night-anchor-2, outline-anchor-2   a second round (ANCHOR2_STEPS each): the other's new adapter as
+#                  partner, the shipped pair as the pair's anchor, weight 1 and 1 + 1 more often
 # The dial stages are not run by default and their adapters are not shipped: they keep the prompt at
 # partial weights far better but lose some at weight 1 (BENCHMARKS.md, "LoRA weights and what the prompt
 # keeps"). They need the decoder of train/finetune_vae.py --partial to draw partial styles:
@@ -155,6 +157,22 @@ for stage in $STAGES; do
       --dial_anchor_partner_loras runs/loras/night-dial-init.safetensors \
       --partner_lora "$PRESETS/night.safetensors,$PRESETS/pastel.safetensors" \
       --partner_shapes_style night,pastel --partner_prob 0.5 ;;
-    *) echo "unknown stage $stage (stages: night outline night-partner pastel pastel-cfg night-dial pastel-dial outline-dial pastel-dial-cfg outline-dial-2 pastel-dial-cfg-2 outline-dial-3 night-dial-3 outline-dial-4 night-dial-4 outline-dial-5 night-dial-5 outline-dial-6 night-anchor outline-anchor)" >&2; exit 2 ;;
+    # second round, each with the other's new adapter as partner and the shipped pair as the pair's anchor;
+    # weight 1 and 1 + 1 drawn more often, the anchor weighted up (the first round lost hollowness at 1 + 1)
+    night-anchor-2) NUM_SAMPLES=200 train night-anchor-2 night "${ANCHOR2_STEPS:-400}" 2e-4 10 2e-5 "$TARGETS" \
+      $ANCHOR_FLAGS --dial_full_prob 0.4 --dial_partner_equal_prob 0.8 --dial_anchor_weight 4 \
+      --init_lora runs/loras/night-anchor/pytorch_lora_weights.safetensors \
+      --dial_anchor_lora runs/loras/night-dial-init.safetensors --dial_anchor_pairs outline \
+      --dial_anchor_partner_loras runs/loras/outline-dial-init.safetensors \
+      --partner_lora "$PRESETS/outline.safetensors,$PRESETS/pastel.safetensors" \
+      --partner_shapes_style outline,pastel --partner_prob 0.6 ;;
+    outline-anchor-2) NUM_SAMPLES=200 train outline-anchor-2 outline "${ANCHOR2_STEPS:-400}" 2e-4 10 2e-5 "$TARGETS" \
+      $ANCHOR_FLAGS --dial_full_prob 0.4 --dial_partner_equal_prob 0.8 --dial_anchor_weight 4 \
+      --init_lora runs/loras/outline-anchor/pytorch_lora_weights.safetensors \
+      --dial_anchor_lora runs/loras/outline-dial-init.safetensors --dial_anchor_pairs night \
+      --dial_anchor_partner_loras runs/loras/night-dial-init.safetensors \
+      --partner_lora "$PRESETS/night.safetensors,$PRESETS/pastel.safetensors" \
+      --partner_shapes_style night,pastel --partner_prob 0.6 ;;
+    *) echo "unknown stage $stage (stages: night outline night-partner pastel pastel-cfg night-dial pastel-dial outline-dial pastel-dial-cfg outline-dial-2 pastel-dial-cfg-2 outline-dial-3 night-dial-3 outline-dial-4 night-dial-4 outline-dial-5 night-dial-5 outline-dial-6 night-anchor outline-anchor night-anchor-2 outline-anchor-2)" >&2; exit 2 ;;
   esac
 done
