@@ -106,6 +106,19 @@ def test_every_sampler_steps_to_the_data_with_an_exact_denoiser(name):
                 assert err <= bound, f"{name} {options} {steps} steps: rms(final - mu) / s = {err}"
 
 
+@pytest.mark.parametrize("name", DPM2_FAMILY)
+@pytest.mark.parametrize("sigmas", ["karras", "exponential"])
+@pytest.mark.parametrize("steps", [100, 111, 125, 142])
+def test_dpm2_family_at_leading_spacing_with_sigma_ramps_starts_at_the_first_step(name, sigmas, steps):
+    """Was inf (found by the grid): at these counts leading spacing starts at t = 991 / 991 / 993 / 988, on the
+    zero-SNR curve's steep top; DPM2 rounds a Karras ramp's timesteps, the ramp's second sigma rounded to the
+    first timestep, diffusers' index lookup took the second copy, and the run ended dividing by sigma = 0."""
+    options = {"timestep_spacing": "leading", "sigmas": sigmas}
+    assert _schedule_faults(name, options, EMBEDDED_CONFIG, steps) == []
+    err = stand_in_run(name, EMBEDDED_CONFIG, options, steps)
+    assert err <= 1.5, f"{name} {options} {steps} steps: rms(final - mu) / s = {err}"
+
+
 # ------------------------------------------------------------------ refusals: one line, before the run
 
 
@@ -176,7 +189,7 @@ def test_forward_does_not_import_schedulers():
 # ------------------------------------------------------------------ grid: the whole grid
 
 
-STEPPED = (*range(1, 13), 15, 20, 25, 33, 50, 64, 75, 100, 149, 150)
+STEPPED = (*range(1, 13), 15, 20, 25, 33, 50, 64, 75, 100, 111, 125, 142, 149, 150)
 
 
 def _slow_config(config_name):
@@ -190,9 +203,9 @@ def _slow_config(config_name):
 
 
 def _schedule_faults(name, options, config, steps):
-    """What made the multistep solvers crash, checked on the schedule alone: a repeated first timestep
-    (the step index starts at its second copy and runs off the end), a timestep outside [0, T), a
-    non-finite or rising sigma."""
+    """What made the multistep solvers and DPM2 crash, checked on the schedule alone: a repeated first
+    timestep (diffusers' index lookup starts the step index at its second copy and it runs off the end),
+    a timestep outside [0, T), a non-finite or rising sigma."""
     from pipelines.schedulers import check_schedule
 
     sched = cached_scheduler(name, config, options)
@@ -203,7 +216,11 @@ def _schedule_faults(name, options, config, steps):
         return None  # refused before the run
     t = sched.timesteps.double()
     faults = []
-    if len(t) > 1 and t[0] == t[1] and sched.order == 1:
+    if hasattr(sched, "index_for_timestep"):  # what the sigma-space and multistep samplers look up
+        first = sched.index_for_timestep(sched.timesteps[0])
+        if first != 0:
+            faults.append(f"the first step starts at index {first} (first timestep repeated): {t[:4].tolist()}")
+    elif len(t) > 1 and t[0] == t[1] and sched.order == 1:
         faults.append(f"first timestep repeated: {t[:3].tolist()}")
     if not (t.isfinite().all() and t.min() >= 0 and t.max() <= len(sched.alphas_cumprod) - 1):
         faults.append(f"timesteps outside [0, T): {t.min()}..{t.max()}")
@@ -242,7 +259,7 @@ def test_whole_grid_schedules_at_every_step_count(config_name):
 @pytest.mark.parametrize("config_name", ["embedded", "sd15"])
 def test_whole_grid_stepped_with_the_stand_in(config_name):
     """Every accepted combination stepped with the exact Gaussian denoiser at 1-12, 15, 20, 25, 33, 50,
-    64, 75, 100, 149, 150 steps from pure noise, and img2img at strength 0.1 / 0.5 / 1.0 at 2, 7, 50, 150."""
+    64, 75, 100, 111, 125, 142, 149, 150 steps from pure noise, and img2img at strength 0.1 / 0.5 / 1.0 at 2, 7, 50, 150."""
     config = _slow_config(config_name)
     failures = []
     for name in scheduler_names():
