@@ -27,11 +27,13 @@ from testkit.sampler_sweep import (
     run_case,
     sd15_tiny_pipeline,
     stand_in_run,
+    stock_stand_in_run,
 )
 
 EMBEDDED_CONFIG = json.loads(Path(ROOT, "models", "tiny-shapes", "scheduler", "scheduler_config.json").read_text())
 MULTISTEP = ["DPM++ 2M", "DPM++ 2M Karras", "DPM++ 2M SDE", "DPM++ 2M SDE Karras", "DEIS", "UniPC"]
 DPM2_FAMILY = ["DPM2", "DPM2 Karras", "DPM2 a", "DPM2 a Karras"]
+FEW_STEP_STOCK = ("Heun", *DPM2_FAMILY, "PNDM")  # noisy at 2-7 linspace steps on SD 1.5 in stock diffusers too
 
 
 @pytest.fixture(scope="module")
@@ -279,6 +281,12 @@ def test_whole_grid_stepped_with_the_stand_in(config_name):
                     # flaw); img2img keeps the image's own part; DDIM linspace at 2 steps (see the fast test)
                     leading = (spacing or config.get("timestep_spacing", "leading")) == "leading"
                     bound = 5.0 if leading or strength else 2.0 if steps == 2 else 1.5
+                    if (config_name, spacing, strength) == ("sd15", "linspace", None) and name in FEW_STEP_STOCK and steps <= 7:
+                        # SD 1.5's schedule (no zero-SNR fix acts): second-order samplers and PNDM at 2-7 linspace
+                        # steps end this far from the data in stock diffusers too (0.42.1, measured with
+                        # stock_stand_in_run: 2 steps Heun 13.7, DPM2 9.7, DPM2 a 27.2, PNDM 2.2; 3-7 steps
+                        # 1.55-9.4). The bound there is stock's own figure, measured here: ours no worse.
+                        bound = 1.05 * stock_stand_in_run(name, config, options, steps) + 0.01
                     if not err <= bound:
                         failures.append(f"{name} {options} {steps} {strength}: rms(final - mu) / s = {err:.3g}")
     assert not failures, f"{len(failures)} failures:\n" + "\n".join(failures[:40])
