@@ -207,8 +207,9 @@ def stand_in_run(name: str, config, options: dict, steps: int, strength: float |
         raise RuntimeError(f"ValueError during the run: {error}") from error
 
 
-def stock_stand_in_run(name: str, config, options: dict, steps: int, seed: int = 0, s: float = 0.5) -> float:
-    """``stand_in_run`` from pure noise with diffusers' own class for registry entry ``name``, built by the
+def stock_stand_in_run(name: str, config, options: dict, steps: int, strength: float | None = None, seed: int = 0,
+                       s: float = 0.5) -> float:
+    """``stand_in_run`` with diffusers' own class for registry entry ``name``, built by the
     plain idiom ``Class.from_config(config, **entry overrides, timestep_spacing=..., use_karras_sigmas=...)``
     (no zero-SNR mixin, no refusal): what stock diffusers does, to compare ours with."""
     from pipelines.schedulers import SCHEDULERS
@@ -221,7 +222,7 @@ def stock_stand_in_run(name: str, config, options: dict, steps: int, seed: int =
         kwargs.update(use_karras_sigmas=options["sigmas"] == "karras", use_exponential_sigmas=options["sigmas"] == "exponential")
     sched = spec.cls.from_config(config, **kwargs)
     sched.set_timesteps(steps, device="cpu")
-    return _stand_in_loop(sched, None, steps, seed, s)
+    return _stand_in_loop(sched, strength, steps, seed, s)
 
 
 def _stand_in_loop(sched, strength, steps, seed, s) -> float:

@@ -257,6 +257,31 @@ def test_whole_grid_schedules_at_every_step_count(config_name):
     assert not failures, f"{len(failures)} failures:\n" + "\n".join(failures[:40])
 
 
+def _stock_bound(config_name, name, options, steps, strength):
+    """The stand-in bound where stock diffusers' own sampler ends as far from the data: its figure, measured
+    side by side (stock_stand_in_run), else None. Only at 2-7 steps, only for the samplers listed.
+
+    SD 1.5's config (no zero-SNR fix acts, so ours is the stock class): Heun, the DPM2 family and PNDM at
+    2-7 steps end noisier than the usual bound in stock diffusers too (0.42.1, from noise at linspace
+    spacing: 2 steps Heun 13.7, DPM2 9.7, DPM2 a 27.2, PNDM 2.2; 3-7 steps up to 9.4 (DPM2 a, exponential);
+    img2img at strength 1.0 at 2 linspace steps the same; PNDM img2img at 0.5 x 2 trailing steps 5.7: the one
+    step left is PNDM's repeated warm-up timestep, t = 499 twice, whose second call corrects as if from
+    t = 999). Bound: ours no worse than stock's figure (x 1.05 + 0.01).
+    Embedded config, Heun / DPM2 with a Karras / exponential ramp at 5-7 linspace steps: after the exact
+    first step from pure noise (pipelines/zero_snr.py) the run is SD 1.5's own (steps - 1)-step ramp from
+    sigma 14.6, in stock's math where no later step falls more than 10-fold; stock ends there at up to 1.83
+    (Heun, exponential, 4 steps; ours 1.83 at 5). Bound: the usual one, or stock's figure where higher."""
+    if not 2 <= steps <= 7:
+        return None
+    if config_name == "sd15" and name in FEW_STEP_STOCK:
+        return 1.05 * stock_stand_in_run(name, _slow_config("sd15"), options, steps, strength) + 0.01
+    ramp = options.get("sigmas") in ("karras", "exponential") or (name == "DPM2 Karras" and "sigmas" not in options)
+    if (config_name == "embedded" and name in ("Heun", "DPM2", "DPM2 Karras") and ramp and steps >= 5 and strength is None
+            and options.get("timestep_spacing") == "linspace"):
+        return max(1.5, 1.05 * stock_stand_in_run(name, _slow_config("sd15"), options, steps - 1) + 0.01)
+    return None
+
+
 @pytest.mark.grid
 @pytest.mark.parametrize("config_name", ["embedded", "sd15"])
 def test_whole_grid_stepped_with_the_stand_in(config_name):
@@ -281,12 +306,7 @@ def test_whole_grid_stepped_with_the_stand_in(config_name):
                     # flaw); img2img keeps the image's own part; DDIM linspace at 2 steps (see the fast test)
                     leading = (spacing or config.get("timestep_spacing", "leading")) == "leading"
                     bound = 5.0 if leading or strength else 2.0 if steps == 2 else 1.5
-                    if (config_name, spacing, strength) == ("sd15", "linspace", None) and name in FEW_STEP_STOCK and steps <= 7:
-                        # SD 1.5's schedule (no zero-SNR fix acts): second-order samplers and PNDM at 2-7 linspace
-                        # steps end this far from the data in stock diffusers too (0.42.1, measured with
-                        # stock_stand_in_run: 2 steps Heun 13.7, DPM2 9.7, DPM2 a 27.2, PNDM 2.2; 3-7 steps
-                        # 1.55-9.4). The bound there is stock's own figure, measured here: ours no worse.
-                        bound = 1.05 * stock_stand_in_run(name, config, options, steps) + 0.01
+                    bound = _stock_bound(config_name, name, options, steps, strength) or bound
                     if not err <= bound:
                         failures.append(f"{name} {options} {steps} {strength}: rms(final - mu) / s = {err:.3g}")
     assert not failures, f"{len(failures)} failures:\n" + "\n".join(failures[:40])
