@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from bench.common import machine
 from testkit.sampler_sweep import MODES, SIGMAS, SPACINGS, counts, grid, run_case, wrong_color
 
 
@@ -60,6 +61,7 @@ def main():
         wrong = wrong_color(outcomes)
         result["wrong color"] = len(wrong)
     print(f"{len(cases)} runs in {time.perf_counter() - t0:.0f} s: {result}")
+    print(f"machine: {machine(threads=True, load=True)}")
     if args.config == "embedded":
         for o in wrong:
             print(f"  wrong color: {o.case.label()}")

@@ -213,8 +213,9 @@ def check_schedule(scheduler, name: str, options: dict | None, steps: int, from_
     sigmas = getattr(scheduler, "sigmas", None)
     tables = [scheduler.timesteps] + ([sigmas] if isinstance(sigmas, torch.Tensor) else [])
     if not all(bool(torch.isfinite(t.double()).all()) for t in tables):
-        # DPM2 a at 2 linspace steps on a zero-SNR model: sigma falls 4096 -> 0.03, and its ancestral split
-        # sigma_down = sigma_next^2 / sigma ~ 2e-7 rounds to 0 in float32, leaving a NaN timestep
+        # DPM2 a at 2 linspace steps (2 leading steps with a Karras / exponential ramp) on a zero-SNR model:
+        # sigma falls 4096 -> 0.03, and its ancestral split sigma_down = sigma_next^2 / sigma ~ 2e-7 rounds
+        # to 0 in float32, leaving a NaN timestep
         raise ValueError(f"{combo}: a step falls so far (sigma {float(scheduler.sigmas[0]):.4g} to near 0) that this "
                          "sampler's tables come out NaN in float32; use more steps or timestep_spacing='trailing'")
     t_min, t_max = float(scheduler.timesteps.min()), float(scheduler.timesteps.max())

@@ -9,9 +9,14 @@ sigma_max ~ 14.6 that SD 1.5's own schedule ends at. Two things break with it in
    where the model sees pure noise and does nothing useful; at 25+ steps several sigmas round to the
    same integer timestep (999), the multistep solvers' step index starts at the *second* copy and
    runs past the end of ``sigmas`` (IndexError / AssertionError; diffusers issues #10738, #12771).
-   Here the ramp is: one step from pure noise (sigma_T) to ``ramp_sigma_max`` (the sigma the schedule
-   reaches before its zero-SNR rescale: 14.6 for SD's scaled-linear betas), then the usual Karras /
-   exponential ramp from there down to the spacing's sigma_min. Every sigma is then distinct.
+   Leading spacing starts below T (t = 991 at 100 steps, 901 at 10), but at some step counts still on
+   the curve's steep top (sigma 4096 at t = 999, 277 at 991, 246 at 990): DPM2 / DPM2 a round a
+   Karras ramp's timesteps, and at 100, 111, 125 and 142 steps the ramp's second sigma rounds to the
+   first timestep; the step index starts at its second copy and the run ends dividing by sigma = 0.
+   Here the ramp is, at every spacing: one step from pure noise (sigma_T, where leading spacing too
+   starts) to ``ramp_sigma_max`` (the sigma the schedule reaches before its zero-SNR rescale: 14.6 for
+   SD's scaled-linear betas), then the usual Karras / exponential ramp from there down to the
+   spacing's sigma_min. Every sigma is then distinct, and falls to a distinct integer timestep.
 2. Second-order samplers (Heun, DPM2, DPM2 a) take their first step from sigma_T. Heun's trapezoid
    rule weighs the two x0 guesses of a step from sigma to sigma_1 by (sigma - sigma_1) / sigma_1:
    x_1 = D_1 + sigma_1 eps - ((sigma - sigma_1) / (2 sigma_1)) (D_1 - D_2), a factor ~110 on the
@@ -61,8 +66,9 @@ def exponential_ramp(sigma_max: float, sigma_min: float, n: int) -> np.ndarray:
 
 
 class ZeroSnrSigmaRamps:
-    """Karras / exponential ramps for a zero-terminal-SNR schedule: sigma_T, then the ramp from
-    ``ramp_sigma_max`` (see the module docstring, point 1). ``ramp_sigma_max`` is set by the registry."""
+    """Karras / exponential ramps for a zero-terminal-SNR schedule, at every timestep spacing: sigma_T,
+    then the ramp from ``ramp_sigma_max`` to the spacing's sigma_min (see the module docstring, point 1).
+    ``ramp_sigma_max`` is set by the registry."""
 
     ramp_sigma_max: float = 14.6
 
@@ -70,15 +76,19 @@ class ZeroSnrSigmaRamps:
         sigmas = np.asarray(in_sigmas, dtype=np.float64)
         n = int(num_inference_steps or self.num_inference_steps)
         top = terminal_sigma(self.alphas_cumprod)
-        # the spacing starts at t = T (trailing, linspace, DPM-Solver's full range): pure noise first
-        if top is None or sigmas[0] < 0.5 * top:
+        if top is None:
             return stock()
+        # Pure noise first, at every spacing. Trailing, linspace and DPM-Solver's full range start there (their
+        # own float32 sigma_T is kept); leading starts below T (t = 991 at 100 steps), on the zero-SNR curve's
+        # steep top, where a ramp from it puts two sigmas within one integer timestep (module docstring,
+        # point 1), and linspace at 1 step at t = 0: both start at sigma_T too. The spacing sets sigma_min only.
+        start = float(sigmas[0]) if sigmas[0] >= 0.5 * top else top
         if n == 1:
-            return np.array([sigmas[0]])
+            return np.array([start])
         sigma_min = float(sigmas[-1])
         if n == 2:  # a ramp ends at sigma_min (DEIS stops there)
-            return np.array([sigmas[0], sigma_min])
-        return np.concatenate([[sigmas[0]], ramp(max(self.ramp_sigma_max, sigma_min), sigma_min, n - 1)])
+            return np.array([start, sigma_min])
+        return np.concatenate([[start], ramp(max(self.ramp_sigma_max, sigma_min), sigma_min, n - 1)])
 
     def _convert_to_karras(self, in_sigmas, num_inference_steps=None):
         # LMS and DPM++ SDE call it without num_inference_steps (they read self.num_inference_steps)

@@ -207,6 +207,24 @@ def stand_in_run(name: str, config, options: dict, steps: int, strength: float |
         raise RuntimeError(f"ValueError during the run: {error}") from error
 
 
+def stock_stand_in_run(name: str, config, options: dict, steps: int, strength: float | None = None, seed: int = 0,
+                       s: float = 0.5) -> float:
+    """``stand_in_run`` with diffusers' own class for registry entry ``name``, built by the
+    plain idiom ``Class.from_config(config, **entry overrides, timestep_spacing=..., use_karras_sigmas=...)``
+    (no zero-SNR mixin, no refusal): what stock diffusers does, to compare ours with."""
+    from pipelines.schedulers import SCHEDULERS
+
+    spec = SCHEDULERS[name]
+    kwargs = dict(spec.overrides)
+    if options.get("timestep_spacing"):
+        kwargs["timestep_spacing"] = options["timestep_spacing"]
+    if options.get("sigmas"):
+        kwargs.update(use_karras_sigmas=options["sigmas"] == "karras", use_exponential_sigmas=options["sigmas"] == "exponential")
+    sched = spec.cls.from_config(config, **kwargs)
+    sched.set_timesteps(steps, device="cpu")
+    return _stand_in_loop(sched, strength, steps, seed, s)
+
+
 def _stand_in_loop(sched, strength, steps, seed, s) -> float:
     import inspect
 
