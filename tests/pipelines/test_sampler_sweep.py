@@ -3,7 +3,7 @@
 Fast: the combinations the issue found crashing, flat or off-colour on the embedded model, run through
 the real pipeline; every registry sampler stepped with an exact Gaussian denoiser (testkit.sampler_sweep)
 at a few step counts; refusals; the naming rule; the truncation warning's logger.
-Grid (`pytest -m grid`; marker `grid`, not in CI: ~14 CPU-minutes): the whole grid (scheduler x spacing x sigmas x steps 1-150 with the stand-in; the
+Grid (`pytest -m grid`; marker `grid`, not in CI: about 30 minutes on a 2-core CPU): the whole grid (scheduler x spacing x sigmas x steps 1-150 with the stand-in; the
 real embedded model and SD 1.5's scheduler config on tiny components at a set of step counts, in
 every mode).
 """
