@@ -35,9 +35,9 @@ batch is set aside), so the checkpoint position keeps its meaning.
 """
 from __future__ import annotations
 
-import torch
-
 from contextlib import contextmanager
+
+import torch
 
 from train.lora_data import CaptionedImages, collate, keyed_generator
 from train.lora_partner import PartnerLoRA

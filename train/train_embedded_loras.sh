@@ -46,6 +46,7 @@ DIAL_STEPS=${DIAL_STEPS:-100}
 DIAL2_STEPS=${DIAL2_STEPS:-60}
 DIAL_FLAGS="--dial --dial_min_weight 0.05 --dial_full_prob 0.2 --train_batch_size 16"
 ANCHOR_FLAGS="$DIAL_FLAGS --dial_full_prob 0.3 --dial_partner_equal_prob 0.7 --dial_anchor_weight ${ANCHOR_WEIGHT:-2}"
+ANCHOR2_FLAGS="--dial_full_prob 0.4 --dial_partner_equal_prob 0.8 --dial_anchor_weight 4 --partner_prob 0.6"
 PRESETS=${PRESETS:-lora_presets/tiny-shapes}  # PRESETS=<folder> trains against (and installs into) a copy
 # attention, transformer in/out and feed-forward, resnet convs and their time-embedding projections
 TARGETS="to_q,to_k,to_v,to_out.0,proj_in,proj_out,ff.net.0.proj,ff.net.2,conv1,conv2,time_emb_proj"
@@ -81,6 +82,19 @@ train() {  # train <stage> <style> <steps> <learning rate> <warmup> <lr floor> <
 snapshot() {  # the adapter a dial stage starts from: the one in $PRESETS before the first dial run
   mkdir -p runs/loras
   [ -f "runs/loras/$1-dial-init.safetensors" ] || cp "$PRESETS/$1.safetensors" "runs/loras/$1-dial-init.safetensors"
+}
+
+anchored() {  # anchored <stage> <style> <pair style> <steps> <lr> <lr floor> <init adapter> [more flags...]
+  # An anchored dial stage: <style> from <init adapter>, held at weight 1 (alone and with <pair style> at 1)
+  # to the shipped pair (the snapshots); partners: <pair style> as it is in $PRESETS now, and pastel.
+  local stage=$1 style=$2 pair=$3 steps=$4 lr=$5 lr_min=$6 init=$7
+  shift 7
+  snapshot "$style"; snapshot "$pair"
+  NUM_SAMPLES=200 train "$stage" "$style" "$steps" "$lr" 10 "$lr_min" "$TARGETS" $ANCHOR_FLAGS --init_lora "$init" \
+    --dial_anchor_lora "runs/loras/$style-dial-init.safetensors" --dial_anchor_pairs "$pair" \
+    --dial_anchor_partner_loras "runs/loras/$pair-dial-init.safetensors" \
+    --partner_lora "$PRESETS/$pair.safetensors,$PRESETS/pastel.safetensors" --partner_shapes_style "$pair,pastel" \
+    --partner_prob 0.5 "$@"
 }
 
 for stage in $STAGES; do
@@ -146,33 +160,14 @@ for stage in $STAGES; do
       --init_lora runs/loras/outline-dial-5/pytorch_lora_weights.safetensors --dial_full_prob 0.85 \
       --partner_lora "$PRESETS/night.safetensors" --partner_shapes_style night --partner_prob 0.8 --dial_partner_equal_prob 0.95 ;;
     # the anchored dial: from the shipped adapters (snapshots), held to them at weight 1
-    night-anchor) snapshot night; snapshot outline; NUM_SAMPLES=200 train night-anchor night "${ANCHOR_STEPS:-600}" 3e-4 10 3e-5 \
-      "$TARGETS" $ANCHOR_FLAGS --init_lora runs/loras/night-dial-init.safetensors \
-      --dial_anchor_lora runs/loras/night-dial-init.safetensors --dial_anchor_pairs outline \
-      --partner_lora "runs/loras/outline-dial-init.safetensors,$PRESETS/pastel.safetensors" \
-      --partner_shapes_style outline,pastel --partner_prob 0.5 ;;
-    outline-anchor) snapshot outline; snapshot night; NUM_SAMPLES=200 train outline-anchor outline "${ANCHOR_STEPS:-600}" 3e-4 10 3e-5 \
-      "$TARGETS" $ANCHOR_FLAGS --init_lora runs/loras/outline-dial-init.safetensors \
-      --dial_anchor_lora runs/loras/outline-dial-init.safetensors --dial_anchor_pairs night \
-      --dial_anchor_partner_loras runs/loras/night-dial-init.safetensors \
-      --partner_lora "$PRESETS/night.safetensors,$PRESETS/pastel.safetensors" \
-      --partner_shapes_style night,pastel --partner_prob 0.5 ;;
-    # second round, each with the other's new adapter as partner and the shipped pair as the pair's anchor;
-    # weight 1 and 1 + 1 drawn more often, the anchor weighted up (the first round lost hollowness at 1 + 1)
-    night-anchor-2) NUM_SAMPLES=200 train night-anchor-2 night "${ANCHOR2_STEPS:-400}" 2e-4 10 2e-5 "$TARGETS" \
-      $ANCHOR_FLAGS --dial_full_prob 0.4 --dial_partner_equal_prob 0.8 --dial_anchor_weight 4 \
-      --init_lora runs/loras/night-anchor/pytorch_lora_weights.safetensors \
-      --dial_anchor_lora runs/loras/night-dial-init.safetensors --dial_anchor_pairs outline \
-      --dial_anchor_partner_loras runs/loras/outline-dial-init.safetensors \
-      --partner_lora "$PRESETS/outline.safetensors,$PRESETS/pastel.safetensors" \
-      --partner_shapes_style outline,pastel --partner_prob 0.6 ;;
-    outline-anchor-2) NUM_SAMPLES=200 train outline-anchor-2 outline "${ANCHOR2_STEPS:-400}" 2e-4 10 2e-5 "$TARGETS" \
-      $ANCHOR_FLAGS --dial_full_prob 0.4 --dial_partner_equal_prob 0.8 --dial_anchor_weight 4 \
-      --init_lora runs/loras/outline-anchor/pytorch_lora_weights.safetensors \
-      --dial_anchor_lora runs/loras/outline-dial-init.safetensors --dial_anchor_pairs night \
-      --dial_anchor_partner_loras runs/loras/night-dial-init.safetensors \
-      --partner_lora "$PRESETS/night.safetensors,$PRESETS/pastel.safetensors" \
-      --partner_shapes_style night,pastel --partner_prob 0.6 ;;
+    night-anchor) anchored night-anchor night outline "${ANCHOR_STEPS:-600}" 3e-4 3e-5 runs/loras/night-dial-init.safetensors ;;
+    outline-anchor) anchored outline-anchor outline night "${ANCHOR_STEPS:-600}" 3e-4 3e-5 runs/loras/outline-dial-init.safetensors ;;
+    # second round, each with the other's new adapter as partner: weight 1 and 1 + 1 drawn more often, the
+    # anchor weighted up (the first round lost hollowness at 1 + 1)
+    night-anchor-2) anchored night-anchor-2 night outline "${ANCHOR2_STEPS:-400}" 2e-4 2e-5 \
+      runs/loras/night-anchor/pytorch_lora_weights.safetensors $ANCHOR2_FLAGS ;;
+    outline-anchor-2) anchored outline-anchor-2 outline night "${ANCHOR2_STEPS:-400}" 2e-4 2e-5 \
+      runs/loras/outline-anchor/pytorch_lora_weights.safetensors $ANCHOR2_FLAGS ;;
     *) echo "unknown stage $stage (stages: night outline night-partner pastel pastel-cfg night-dial pastel-dial outline-dial pastel-dial-cfg outline-dial-2 pastel-dial-cfg-2 outline-dial-3 night-dial-3 outline-dial-4 night-dial-4 outline-dial-5 night-dial-5 outline-dial-6 night-anchor outline-anchor night-anchor-2 outline-anchor-2)" >&2; exit 2 ;;
   esac
 done
