@@ -11,7 +11,11 @@ Three readings, all on the same seeded prompts (DDIM, guidance 3, the project's 
 2. per block: the adapter at 0.5 with one block group (down / mid / up) moved to 0 or 1.
 3. per step: the adapter at 0.5 only in one third of the steps (0 elsewhere), and at 1 but 0.5 in one third.
 4. roundtrip: the VAE's round trip of true renders drawn part-way (shapesworld render strengths), the
-   ceiling of what any adapter can show at a partial weight.
+   ceiling of what an adapter trained on encoded renders can show at a partial weight.
+5. inversion: what the decoder *can* draw: a latent fitted to each true render by gradient descent
+   through the frozen decoder (from the encoder's latent), read by the scorer next to the round trip.
+   Where the fitted latent reads right and the round trip does not, the ceiling is the encoder's map,
+   not the decoder (finetune_vae.py --part encoder).
 """
 from __future__ import annotations
 
@@ -106,7 +110,7 @@ def main():
     p.add_argument("--num_samples", type=int, default=30)
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--guidance", type=float, default=3.0)
-    p.add_argument("--parts", default="mix,blocks,steps", help="comma-separated: mix, blocks, steps, roundtrip (none: only --x0_grid)")
+    p.add_argument("--parts", default="mix,blocks,steps", help="comma-separated: mix, blocks, steps, roundtrip, inversion (none: only --x0_grid)")
     p.add_argument("--x0_grid", default=None, help="write a grid of decoded x0 predictions here")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
@@ -154,6 +158,8 @@ def main():
                 print(key, out[key], flush=True)
     if "roundtrip" in parts:
         out.update(round_trips(pipe.vae))
+    if "inversion" in parts:
+        out.update(inversions(pipe.vae, args.num_samples))
     if args.x0_grid:
         x0_grid(pipe, scales, args)
     print(json.dumps(out, indent=2))
@@ -179,6 +185,47 @@ def round_trips(vae, n: int = 60) -> dict:
             out[key] = {"color": float(np.mean([r.color == s.attributes.color for r, s in zip(rs, ss)])),
                         "shape": float(np.mean([r.shape == s.attributes.shape for r, s in zip(rs, ss)]))}
             print(key, out[key], flush=True)
+    return out
+
+
+INVERSION_CASES = (("pastel", 0.5), ("pastel", 0.75), ("night", 0.75), ("outline+pastel", 1.0),
+                   ("night+pastel", 1.0), ("night+pastel", 0.5))
+
+
+def inversions(vae, n: int = 30, iters: int = 150, lr: float = 0.05) -> dict:
+    """For true renders drawn part-way: the scorer's reading of decode(encode(x)) and of decode(z*), z* fitted
+    to x (MSE in pixels, Adam from the encoder's mean), with how far z* lies from the encoder's latent."""
+    from shapesworld.world import sample
+
+    for p_ in vae.parameters():
+        p_.requires_grad_(False)
+
+    def reading(y, ss):
+        rs = [score_image(((a.permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).byte().numpy()) for a in y]
+        return {"color": float(np.mean([r.color == s.attributes.color for r, s in zip(rs, ss)])),
+                "shape": float(np.mean([r.shape == s.attributes.shape for r, s in zip(rs, ss)]))}
+
+    out = {}
+    for style, w in INVERSION_CASES:
+        ss = [sample(50_000_000 + i, style=style, empty_prob=0.0, strengths={p: w for p in style.split("+")})
+              for i in range(n)]
+        x = torch.from_numpy(np.stack([np.asarray(s.image, np.float32) / 127.5 - 1 for s in ss])).permute(0, 3, 1, 2)
+        with torch.no_grad():
+            z0 = vae.encode(x).latent_dist.mean
+            trip = reading(vae.decode(z0).sample, ss)
+        z = z0.clone().requires_grad_(True)
+        opt = torch.optim.Adam([z], lr=lr)
+        for _ in range(iters):
+            loss = torch.nn.functional.mse_loss(vae.decode(z).sample, x)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            fitted = reading(vae.decode(z).sample, ss)
+            moved = float((z - z0).norm() / z0.norm())
+        key = f"{style} at strength {w:g}"
+        out[f"round trip {key}"], out[f"fitted latent {key}"] = trip, {**fitted, "relative_distance": moved}
+        print(key, "round trip", trip, "fitted latent", out[f"fitted latent {key}"], flush=True)
     return out
 
 
