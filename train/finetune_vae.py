@@ -3,8 +3,6 @@
     python train/finetune_vae.py --part decoder --steps 3000 --threads 1
     python train/finetune_vae.py --part encoder --encoder_styles night --steps 1200 --threads 1
     python train/finetune_vae.py --part decoder --combinations outline+night --steps 1500 --threads 1
-    python train/finetune_vae.py --part encoder --partial --encoder_partial --combinations outline+night,outline+pastel,night+pastel \
-        --encoder_styles pastel,outline+pastel,night+pastel --steps 2000 --lr 1e-3 --threads 1
 
 Why: a style LoRA can only be as good as decode(encode(styled image)). After train_base.py's short
 decoder stage (400 steps, ~1 epoch of its pool) the scorer read the VAE round trip of night images
@@ -25,13 +23,6 @@ right in 73%), which caps what a night LoRA can show. The encoder learns to reco
 --encoder_styles images through the frozen decoder, while for every other kind its posterior is held
 to the original encoder's (mean and log-variance), so the latents the UNet and the other LoRAs were
 trained on do not move; the largest drift is measured and stored (vae.encoder_styles).
-
---encoder_partial (with --part encoder --partial): the part-way images of every style kind are learned
-too, while the full-strength images of the kinds outside --encoder_styles stay anchored. The decoder can
-draw what the encoder's map loses: a latent fitted to the render through the frozen decoder reads
-night@0.75 shape 0.87 and pastel@0.75 color 1.00, where decode(encode(x)) reads 0.53 and 0.33
-(bench/lora_dial_diagnosis.py --parts inversion); LoRAs learn the encoder's latents, so a better map
-for the part-way styles and the pastel pairs is what lets a LoRA draw them.
 
 --partial: part-way styles (what a LoRA at a partial weight draws) join the pools; --partial_share
 sets how many of each style kind's images are drawn part-way (default 0.5).
@@ -95,9 +86,6 @@ def parse_args(argv=None):
                    help="--keep_latents: the VAE folder whose pictures are kept (default: the VAE before this run)")
     p.add_argument("--keep_weight", type=float, default=1.0, help="--keep_latents: weight of the preservation term")
     p.add_argument("--keep_batch", type=int, default=16, help="--keep_latents: latents per step")
-    p.add_argument("--encoder_partial", action="store_true",
-                   help="--part encoder with --partial: the encoder also learns the part-way images of every style "
-                        "kind, while the full-strength images of the kinds not in --encoder_styles stay anchored")
     p.add_argument("--anchor_weight", type=float, default=1.0, help="--part encoder: weight of the anchor loss")
     p.add_argument("--work_dir", default=None, help="default runs/vae-<part>")
     p.add_argument("--steps", type=int, default=2500)
@@ -111,21 +99,6 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def part_way_rows(n: int, share: float) -> torch.Tensor:
-    """Which of ``n`` images ``render(..., "random", share)`` draws part-way (a ``share`` of them, spread evenly)."""
-    return torch.tensor([int((i + 1) * share) > int(i * share) for i in range(n)])
-
-
-def learned_rows(kind_rows: torch.Tensor, picks: list[torch.Tensor], part_way: torch.Tensor | None) -> torch.Tensor:
-    """--part encoder: which rows of a batch the encoder learns to reconstruct (the rest are anchored).
-    ``kind_rows``: the rows of the --encoder_styles kinds; ``picks``: each kind's pool indices, in kinds order
-    (kind 0 is plain); ``part_way`` (--encoder_partial): the pool images drawn part-way, learned whatever
-    their kind."""
-    if part_way is None:
-        return kind_rows
-    return kind_rows | torch.cat([part_way[idx] & (k > 0) for k, idx in enumerate(picks)])
-
-
 def render(kind, n: int, base_seed: int, partial: str | float | None = None, share: float = 0.5):
     """``partial``: None (full styles), a strength for every part, or "random" (a ``share`` of the images,
     spread evenly, at strengths drawn in [0, 1] per part, seeded by ``base_seed``; the rest at full
@@ -135,12 +108,11 @@ def render(kind, n: int, base_seed: int, partial: str | float | None = None, sha
         return torch.from_numpy(images), attrs
     parts = style_parts(kind)
     rng = np.random.default_rng([base_seed, 0xD1A1])
-    part_way = part_way_rows(n, share)
     samples = []
     for i in range(n):
         if partial == "random":
             drawn = {p_: float(rng.uniform()) for p_ in parts}  # drawn for every image: a share keeps the seeds
-            strengths = drawn if part_way[i] else None
+            strengths = drawn if int((i + 1) * share) > int(i * share) else None
         else:
             strengths = {p_: float(partial) for p_ in parts}
         samples.append(sample(int(base_seed + i), style=kind, empty_prob=0.0, strengths=strengths))
@@ -190,8 +162,6 @@ def main(argv=None):
                              "list combinations of two or more joined with '+'")
     if not 0.0 < args.partial_share <= 1.0:
         raise SystemExit(f"--partial_share={args.partial_share}: must be in (0, 1]")
-    if args.encoder_partial and not (encoder_part and args.partial):
-        raise SystemExit("--encoder_partial: goes with --part encoder and --partial (it learns the part-way images)")
     if args.keep_latents and encoder_part:
         raise SystemExit("--keep_latents holds the decoder's pictures: it goes with --part decoder")
     if args.keep_latents and not os.path.isfile(args.keep_latents):
@@ -267,17 +237,14 @@ def main(argv=None):
     per = args.batch_size // len(kinds)
     learned = [k for k, kind in enumerate(kinds) if kind in styles] if encoder_part else list(range(len(kinds)))
     # which rows of every batch (per images of each kind, in kinds order) the encoder learns to reconstruct
-    kind_rows = torch.isin(torch.arange(len(kinds)).repeat_interleave(per), torch.tensor(learned))
-    part_way = part_way_rows(args.per_kind, args.partial_share) if args.encoder_partial else None
+    rows = torch.isin(torch.arange(len(kinds)).repeat_interleave(per), torch.tensor(learned))
     t0 = time.time()
     bar = tqdm(range(start, args.steps), initial=start, total=args.steps, desc=f"vae {args.part} (styles)")
     for m in learn:
         m.train()
     for step in bar:
         g = torch.Generator().manual_seed(args.seed * 100_003 + step)
-        picks = [torch.randint(len(pool), (per,), generator=g) for pool in pools]
-        batch = torch.cat([pool[idx] for pool, idx in zip(pools, picks)])
-        rows = learned_rows(kind_rows, picks, part_way)
+        batch = torch.cat([pool[torch.randint(len(pool), (per,), generator=g)] for pool in pools])
         x = to_model_space(batch)
         if encoder_part:
             post = vae.encode(x).latent_dist
@@ -344,8 +311,7 @@ def main(argv=None):
         "wall_seconds_this_run": round(time.time() - t0, 1),
         "round_trip_before": before, "round_trip_after": after}
     if encoder_part:
-        record.update(styles=list(styles), anchor_weight=args.anchor_weight, latent_drift=drift,
-                      encoder_partial=args.encoder_partial)
+        record.update(styles=list(styles), anchor_weight=args.anchor_weight, latent_drift=drift)
     key = "encoder_styles" if encoder_part else "decoder_styles_extra"
     if combinations:  # a later stage: the earlier records stay
         record.update(combinations=list(combinations))

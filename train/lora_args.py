@@ -91,6 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="One file per --dial_anchor_pairs style, in the same order: the partner the anchor pair is "
                         "made of (default: the --partner_lora itself), e.g. the shipped partner when the partner "
                         "was itself retrained.")
+    p.add_argument("--latent_fit_steps", type=int, default=0,
+                   help="Fit each training latent to its image through the frozen decoder for this many Adam steps "
+                        "before noising (default 0: the encoder's latent), so the adapter learns latents the decoder "
+                        "draws right where the encoder's map is poor (e.g. part-way and paired styles). With --dial, "
+                        "full-strength steps of the style alone are not fitted. Costs a decoder pass and its "
+                        "backward per step and image. See train/README.md.")
+    p.add_argument("--latent_fit_lr", type=float, default=0.1, help="Adam learning rate of --latent_fit_steps (default 0.1).")
     p.add_argument("--image_column", type=str, default="image")
     p.add_argument("--caption_column", type=str, default="text")
     p.add_argument("--max_train_samples", type=int, default=None)
@@ -216,6 +223,10 @@ def validate_args(args: argparse.Namespace) -> argparse.Namespace:
         _fail("--cfg_loss_scale", args.cfg_loss_scale, "must be > 1 (at 1 the guided prediction is the conditional one)")
     if args.cfg_loss_weight <= 0:
         _fail("--cfg_loss_weight", args.cfg_loss_weight, "must be > 0")
+    if args.latent_fit_steps < 0:
+        _fail("--latent_fit_steps", args.latent_fit_steps, "must be >= 0 (0: the encoder's latents)")
+    if args.latent_fit_lr <= 0:
+        _fail("--latent_fit_lr", args.latent_fit_lr, "must be > 0")
     if args.dataset_config_name and not args.dataset_name:
         raise ValueError("--dataset_config_name needs --dataset_name")
 

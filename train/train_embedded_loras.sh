@@ -47,7 +47,8 @@ DIAL2_STEPS=${DIAL2_STEPS:-60}
 DIAL_FLAGS="--dial --dial_min_weight 0.05 --dial_full_prob 0.2 --train_batch_size 16"
 ANCHOR_FLAGS="$DIAL_FLAGS --dial_full_prob 0.3 --dial_partner_equal_prob 0.7 --dial_anchor_weight ${ANCHOR_WEIGHT:-2}"
 ANCHOR2_FLAGS="--dial_full_prob 0.4 --dial_partner_equal_prob 0.8 --dial_anchor_weight 4 --partner_prob 0.6"
-MODEL=${MODEL:-models/tiny-shapes}  # MODEL=<copy> trains on a copy of the embedded model (e.g. a new encoder)
+FIT_FLAGS="--latent_fit_steps ${LATENT_FIT:-15}"
+MODEL=${MODEL:-models/tiny-shapes}  # MODEL=<copy> trains on a copy of the embedded model
 PRESETS=${PRESETS:-lora_presets/tiny-shapes}  # PRESETS=<folder> trains against (and installs into) a copy
 # attention, transformer in/out and feed-forward, resnet convs and their time-embedding projections
 TARGETS="to_q,to_k,to_v,to_out.0,proj_in,proj_out,ff.net.0.proj,ff.net.2,conv1,conv2,time_emb_proj"
@@ -169,17 +170,18 @@ for stage in $STAGES; do
       runs/loras/night-anchor/pytorch_lora_weights.safetensors $ANCHOR2_FLAGS ;;
     outline-anchor-2) anchored outline-anchor-2 outline night "${ANCHOR2_STEPS:-400}" 2e-4 2e-5 \
       runs/loras/outline-anchor/pytorch_lora_weights.safetensors $ANCHOR2_FLAGS ;;
-    # third round, after the encoder learned the pastel kinds (finetune_vae.py --part encoder, train/README.md):
-    # pastel's dial from the shipped pastel, held to it at weight 1; then night and outline each with the new
-    # pastel (and each other) as partners
+    # third round, on latents fitted through the decoder (--latent_fit_steps: the encoder maps part-way
+    # pastel and the pastel pairs where the decoder draws the wrong color): pastel's dial from the shipped
+    # pastel, held to it at weight 1, with night and outline as partners; outline and night again, with
+    # pastel among their partners
     pastel-anchor) snapshot pastel; NUM_SAMPLES=200 train pastel-anchor pastel "${ANCHOR3_STEPS:-600}" 3e-4 10 3e-5 \
-      "$TARGETS_PASTEL" $ANCHOR_FLAGS $ANCHOR2_FLAGS --init_lora runs/loras/pastel-dial-init.safetensors \
+      "$TARGETS_PASTEL" $ANCHOR_FLAGS $ANCHOR2_FLAGS $FIT_FLAGS --init_lora runs/loras/pastel-dial-init.safetensors \
       --dial_anchor_lora runs/loras/pastel-dial-init.safetensors \
       --partner_lora "$PRESETS/night.safetensors,$PRESETS/outline.safetensors" --partner_shapes_style night,outline ;;
     night-anchor-3) anchored night-anchor-3 night outline "${ANCHOR3_STEPS:-600}" 2e-4 2e-5 \
-      "$PRESETS/night.safetensors" $ANCHOR2_FLAGS --partner_prob 0.7 ;;
+      "$PRESETS/night.safetensors" $ANCHOR2_FLAGS $FIT_FLAGS --partner_prob 0.7 ;;
     outline-anchor-3) anchored outline-anchor-3 outline night "${ANCHOR3_STEPS:-600}" 2e-4 2e-5 \
-      "$PRESETS/outline.safetensors" $ANCHOR2_FLAGS --partner_prob 0.7 ;;
+      "$PRESETS/outline.safetensors" $ANCHOR2_FLAGS $FIT_FLAGS --partner_prob 0.7 ;;
     *) echo "unknown stage $stage (stages: night outline night-partner pastel pastel-cfg night-dial pastel-dial outline-dial pastel-dial-cfg outline-dial-2 pastel-dial-cfg-2 outline-dial-3 night-dial-3 outline-dial-4 night-dial-4 outline-dial-5 night-dial-5 outline-dial-6 night-anchor outline-anchor night-anchor-2 outline-anchor-2 pastel-anchor night-anchor-3 outline-anchor-3)" >&2; exit 2 ;;
   esac
 done

@@ -113,7 +113,7 @@ def trainable(module) -> list[torch.nn.Parameter]:
 
 
 def training_loss(batch, unet, text_encoder, vae, noise_scheduler, args, generator, weight_dtype, empty_ids=None,
-                  teacher=None):
+                  teacher=None, fit_latents_steps: int = 0):
     """One denoising-score-matching loss: encode, noise at a random t, predict, weighted MSE.
 
     With --cfg_loss_scale G the guided prediction u + G (c - u) is held to the same target too
@@ -124,11 +124,19 @@ def training_loss(batch, unet, text_encoder, vae, noise_scheduler, args, generat
     ``teacher`` (a context manager factory, --dial_anchor_lora on an anchored step): inside it the UNet
     predicts as the anchor does; the prediction on the same noisy latents, timesteps and captions is a
     second target, weighted by --dial_anchor_weight.
+
+    ``fit_latents_steps`` (--latent_fit_steps): the posterior mean is first fitted to the images through
+    the frozen decoder (train/lora_latent_fit.py), so the target latents are ones the decoder draws right.
     """
     pixel_values = batch["pixel_values"].to(dtype=weight_dtype)  # (B, 3, H, W)
     with torch.no_grad():
         posterior = vae.encode(pixel_values).latent_dist
-        latents = posterior.mean + posterior.std * torch.randn(
+        mean = posterior.mean
+        if fit_latents_steps:
+            from train.lora_latent_fit import fit_latents
+
+            mean = fit_latents(vae, pixel_values, mean, fit_latents_steps, args.latent_fit_lr)
+        latents = mean + posterior.std * torch.randn(
             posterior.mean.shape, generator=generator).to(posterior.mean)
         latents = latents.float() * vae.config.scaling_factor  # (B, 4, h, w)
     bsz, channels = latents.shape[:2]
@@ -331,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     models_to_accumulate = [unet, text_encoder] if args.train_text_encoder else [unet]
     params_to_clip = [p for group in optimizer.param_groups for p in group["params"]]
     loss_sum, loss_count, samples_seen, loop_start = 0.0, 0, 0, time.perf_counter()
-    last_loss, epoch, partner_steps, anchored_steps = float("nan"), first_epoch, 0, 0
+    last_loss, epoch, partner_steps, anchored_steps, fitted_steps = float("nan"), first_epoch, 0, 0, 0
 
     def validate(model, tag: str) -> None:
         """Validation images of the adapter alone and, with a partner, of the two together."""
@@ -364,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         for batch_in_epoch, batch in enumerate(epoch_loader, start=skip):
             micro_step = epoch * len(train_dataloader) + batch_in_epoch
             generator = keyed_generator(seed, accelerator.process_index, micro_step)
-            teacher = None
+            teacher, fit = None, args.latent_fit_steps
             if args.dial:  # the adapter (and maybe one partner) at drawn weights, on images drawn at them
                 weight = dial_weight(seed, micro_step, args.dial_min_weight, args.dial_full_prob)
                 style, strengths = args.shapes_style, {args.shapes_style: weight}
@@ -386,6 +394,8 @@ def main(argv: list[str] | None = None) -> int:
                                             args.dial_anchor_pair_styles):
                     teacher = partial(anchor.in_place, dial_scales, partners)
                     anchored_steps += 1
+                if weight == 1.0 and not any(partner_weights):  # the style alone at full strength: round-trips well
+                    fit = 0
             elif partner:
                 with_partner = partner_step(seed, micro_step, args.partner_prob)
                 partner.switch(with_partner)
@@ -396,7 +406,8 @@ def main(argv: list[str] | None = None) -> int:
                     partner_steps += 1
             with accelerator.accumulate(*models_to_accumulate):
                 loss = training_loss(batch, unet, text_encoder, vae, noise_scheduler, args, generator, weight_dtype,
-                                     empty_ids, teacher)
+                                     empty_ids, teacher, fit)
+                fitted_steps += bool(fit)
                 # Mean over all processes, for logging only (a collective: every rank reaches it).
                 loss_sum += accelerator.gather(loss.detach().repeat(args.train_batch_size)).mean().item()
                 loss_count += 1
@@ -456,6 +467,7 @@ def main(argv: list[str] | None = None) -> int:
                   "num_processes": accelerator.num_processes, "rank_lora_sha256": fingerprints,
                   "partner_micro_steps_this_run": partner_steps if partner else None,
                   "anchored_micro_steps_this_run": anchored_steps if anchor else None,
+                  "latent_fitted_micro_steps_this_run": fitted_steps if args.latent_fit_steps else None,
                   "samples_per_second": samples_seen / elapsed if elapsed > 0 else None,
                   "train_loop_seconds": elapsed}
         with open(os.path.join(args.output_dir, "train_result.json"), "w", encoding="utf-8") as f:

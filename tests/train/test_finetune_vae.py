@@ -188,28 +188,3 @@ def test_keep_latents_hold_the_decoder_to_its_teacher(tmp_path):
                            (["--partial", "--partial_share", "0"], "--partial_share=0.0")):
         with pytest.raises(SystemExit, match=message):
             finetune_vae.main(["--model", str(tmp_path / "kept"), *extra])
-
-
-def test_encoder_partial_learns_part_way_images_and_anchors_full_ones(tmp_path):
-    """--encoder_partial: the part-way images of every style kind are learned, full-strength ones of the kinds
-    outside --encoder_styles stay anchored; a run records it; the flag needs --part encoder and --partial."""
-    from testkit.tiny import make_tiny_components
-    from train import finetune_vae
-
-    part_way = finetune_vae.part_way_rows(6, 0.5)
-    assert part_way.tolist() == [False, True] * 3
-    kind_rows = torch.tensor([False, False, False, False, False, False, True, True])  # plain, outline, night, pastel
-    picks = [torch.tensor([1, 3]), torch.tensor([0, 1]), torch.tensor([5, 2]), torch.tensor([0, 1])]
-    assert finetune_vae.learned_rows(kind_rows, picks, None).tolist() == kind_rows.tolist()
-    # plain is never part-way; outline's pick 1 and night's pick 5 are; pastel is learned whole
-    assert finetune_vae.learned_rows(kind_rows, picks, part_way).tolist() == [False, False, False, True, True, False,
-                                                                                True, True]
-    model = tmp_path / "model"
-    make_tiny_components()["vae"].save_pretrained(model / "vae")
-    common = ["--model", str(model), "--work_dir", str(tmp_path / "work"), "--per_kind", "16", "--eval_per_kind", "2",
-              "--batch_size", "8", "--lr", "1e-3", "--part", "encoder", "--encoder_styles", "pastel", "--partial"]
-    finetune_vae.main(common + ["--encoder_partial", "--steps", "2"])
-    rec = json.loads((model / "training.json").read_text())["vae"]["encoder_partial"]
-    assert rec["encoder_partial"] and rec["styles"] == ["pastel"] and "night@0.5" in rec["latent_drift"]
-    with pytest.raises(SystemExit, match="--encoder_partial: goes with --part encoder and --partial"):
-        finetune_vae.main(common[:-1] + ["--encoder_partial", "--steps", "1"])
