@@ -98,6 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "full-strength steps of the style alone are not fitted. Costs a decoder pass and its "
                         "backward per step and image. See train/README.md.")
     p.add_argument("--latent_fit_lr", type=float, default=0.1, help="Adam learning rate of --latent_fit_steps (default 0.1).")
+    p.add_argument("--foreground_loss_weight", type=float, default=0.0,
+                   help="Weight the denoising loss towards the subject: latent pixels over image pixels that differ "
+                        "from the image's border color count 1 + this much more (normalised per image; default 0: "
+                        "uniform). For subjects on plain backgrounds, where a color error on the subject is a few "
+                        "latent pixels against the whole background.")
     p.add_argument("--image_column", type=str, default="image")
     p.add_argument("--caption_column", type=str, default="text")
     p.add_argument("--max_train_samples", type=int, default=None)
@@ -225,6 +230,8 @@ def validate_args(args: argparse.Namespace) -> argparse.Namespace:
         _fail("--cfg_loss_weight", args.cfg_loss_weight, "must be > 0")
     if args.latent_fit_steps < 0:
         _fail("--latent_fit_steps", args.latent_fit_steps, "must be >= 0 (0: the encoder's latents)")
+    if args.foreground_loss_weight < 0:
+        _fail("--foreground_loss_weight", args.foreground_loss_weight, "must be >= 0 (0: a uniform loss)")
     if args.latent_fit_lr <= 0:
         _fail("--latent_fit_lr", args.latent_fit_lr, "must be > 0")
     if args.dataset_config_name and not args.dataset_name:

@@ -79,7 +79,8 @@ _SETTINGS_SHOWN = ("rank", "lora_alpha", "lora_dropout", "init_lora_weights", "t
                    "caption_dropout_prob", "prediction_type", "mixed_precision", "seed", "partner_lora", "partner_weight",
                    "partner_prob", "init_lora", "cfg_loss_scale", "cfg_loss_weight", "dial", "dial_min_weight",
                    "dial_full_prob", "dial_partner_equal_prob", "dial_anchor_lora", "dial_anchor_weight",
-                   "dial_anchor_pairs", "dial_anchor_partner_loras", "latent_fit_steps", "latent_fit_lr")
+                   "dial_anchor_pairs", "dial_anchor_partner_loras", "latent_fit_steps", "latent_fit_lr",
+                   "foreground_loss_weight")
 
 
 def write_model_card(output_dir: str, config: dict, base_model: str, dataset: str, sample_images: list[str],

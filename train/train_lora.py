@@ -161,11 +161,15 @@ def training_loss(batch, unet, text_encoder, vae, noise_scheduler, args, generat
                min_snr_loss_weights(snr_of_timesteps(noise_scheduler.alphas_cumprod, timesteps), args.snr_gamma,
                                     prediction_type))
 
-    def weighted_mse(pred: torch.Tensor, goal: torch.Tensor = target) -> torch.Tensor:
-        per_sample = F.mse_loss(pred.float(), goal.float(), reduction="none").mean(dim=(1, 2, 3))  # (B,)
+    pixel_weights = (None if not args.foreground_loss_weight else
+                     foreground_weights(pixel_values, latents.shape[-2:], args.foreground_loss_weight))
+
+    def weighted_mse(pred: torch.Tensor, goal: torch.Tensor = target, where=None) -> torch.Tensor:
+        err = F.mse_loss(pred.float(), goal.float(), reduction="none")
+        per_sample = err.mean(dim=(1, 2, 3)) if where is None else (err * where).mean(dim=(1, 2, 3))  # (B,)
         return per_sample.mean() if weights is None else (per_sample * weights).mean()
 
-    loss = weighted_mse(model_pred)
+    loss = weighted_mse(model_pred, where=pixel_weights)
     if teacher is not None:
         with torch.no_grad(), teacher():
             anchor_pred = unet(noisy_latents, timesteps, encoder_hidden_states.detach(), return_dict=False)[0]
@@ -176,6 +180,19 @@ def training_loss(batch, unet, text_encoder, vae, noise_scheduler, args, generat
         guided = uncond_pred + args.cfg_loss_scale * (model_pred - uncond_pred)
         loss = loss + args.cfg_loss_weight * weighted_mse(guided)
     return loss
+
+
+def foreground_weights(pixel_values: torch.Tensor, latent_size, weight: float) -> torch.Tensor:
+    """(B, 1, h, w) loss weights at latent resolution for --foreground_loss_weight: 1 + ``weight`` x the share
+    of each latent pixel's image pixels that differ from the image's border color (the subject on a plain
+    background), normalised to mean 1 per image so the loss keeps its scale."""
+    x = pixel_values.float()
+    border = torch.cat([x[..., 0, :], x[..., -1, :], x[..., :, 0], x[..., :, -1]], dim=-1)  # (B, 3, 4W)
+    background = border.median(dim=-1).values[..., None, None]  # (B, 3, 1, 1)
+    subject = ((x - background).abs().amax(dim=1, keepdim=True) > 0.1).float()  # (B, 1, H, W)
+    share = F.adaptive_avg_pool2d(subject, tuple(latent_size))
+    w = 1.0 + weight * share
+    return w / w.mean(dim=(2, 3), keepdim=True)
 
 
 def lora_fingerprint(modules) -> str:
