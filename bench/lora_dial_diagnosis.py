@@ -16,6 +16,8 @@ Three readings, all on the same seeded prompts (DDIM, guidance 3, the project's 
    through the frozen decoder (from the encoder's latent), read by the scorer next to the round trip.
    Where the fitted latent reads right and the round trip does not, the ceiling is the encoder's map,
    not the decoder (finetune_vae.py --part encoder).
+6. schedules: pastel at full weight on a share of the steps and off on the others (the first share, the
+   last share, or spread evenly): a dial made of clean predictions only, each step's at weight 0 or 1.
 """
 from __future__ import annotations
 
@@ -110,7 +112,7 @@ def main():
     p.add_argument("--num_samples", type=int, default=30)
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--guidance", type=float, default=3.0)
-    p.add_argument("--parts", default="mix,blocks,steps", help="comma-separated: mix, blocks, steps, roundtrip, inversion (none: only --x0_grid)")
+    p.add_argument("--parts", default="mix,blocks,steps", help="comma-separated: mix, blocks, steps, roundtrip, inversion, schedules (none: only --x0_grid)")
     p.add_argument("--x0_grid", default=None, help="write a grid of decoded x0 predictions here")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
@@ -158,6 +160,13 @@ def main():
                 print(key, out[key], flush=True)
     if "roundtrip" in parts:
         out.update(round_trips(pipe.vae))
+    if "schedules" in parts:
+        for kind in ("early", "interleave", "late"):
+            for share in (0.3, 0.5, 0.7, 0.9):
+                key = f"pastel on {kind} {share:g} of the steps"
+                out[key] = blend(pipe, scales, cases, {}, args.steps, args.guidance,
+                                 step_weights=lambda i, n, kind=kind, share=share: {"pastel": on_step(kind, share, i, n)})
+                print(key, out[key], flush=True)
     if "inversion" in parts:
         out.update(inversions(pipe.vae, args.num_samples))
     if args.x0_grid:
@@ -186,6 +195,15 @@ def round_trips(vae, n: int = 60) -> dict:
                         "shape": float(np.mean([r.shape == s.attributes.shape for r, s in zip(rs, ss)]))}
             print(key, out[key], flush=True)
     return out
+
+
+def on_step(kind: str, share: float, i: int, n: int) -> float:
+    """1 on a ``share`` of the ``n`` steps (the first ones, the last ones, or spread evenly), 0 on the rest."""
+    if kind == "early":
+        return 1.0 if i < round(share * n) else 0.0
+    if kind == "late":
+        return 1.0 if i >= n - round(share * n) else 0.0
+    return 1.0 if int((i + 1) * share) > int(i * share) else 0.0
 
 
 INVERSION_CASES = (("pastel", 0.5), ("pastel", 0.75), ("night", 0.75), ("outline+pastel", 1.0),
