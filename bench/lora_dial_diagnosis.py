@@ -177,24 +177,32 @@ def main():
 @torch.no_grad()
 def round_trips(vae, n: int = 60) -> dict:
     """The scorer's reading of decode(encode(x)) for true renders drawn part-way (render strengths)."""
-    from PIL import Image
-
-    from shapesworld.world import sample
-
     out = {}
     for style in ("night", "pastel", "outline", "outline+night", "outline+pastel", "night+pastel"):
         for w in (0.25, 0.5, 0.75, 1.0):
-            ss = [sample(50_000_000 + i, style=style, empty_prob=0.0, strengths={p: w for p in style.split("+")})
-                  for i in range(n)]
-            x = torch.from_numpy(np.stack([np.asarray(s.image, np.float32) / 127.5 - 1 for s in ss])).permute(0, 3, 1, 2)
-            y = vae.decode(vae.encode(x).latent_dist.mean).sample
-            ims = [Image.fromarray(((a.permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).byte().numpy()) for a in y]
-            rs = [score_image(im) for im in ims]
+            ss, x = part_way_renders(style, w, n)
             key = f"round trip {style} at strength {w:g}"
-            out[key] = {"color": float(np.mean([r.color == s.attributes.color for r, s in zip(rs, ss)])),
-                        "shape": float(np.mean([r.shape == s.attributes.shape for r, s in zip(rs, ss)]))}
+            out[key] = read_renders(vae.decode(vae.encode(x).latent_dist.mean).sample, ss)
             print(key, out[key], flush=True)
     return out
+
+
+def part_way_renders(style: str, strength: float, n: int):
+    """``n`` seeded shapes-world samples of ``style`` with each part drawn at ``strength``, and their images
+    in model space (n, 3, H, W) in [-1, 1]."""
+    from shapesworld.world import sample
+
+    ss = [sample(50_000_000 + i, style=style, empty_prob=0.0, strengths={p: strength for p in style.split("+")})
+          for i in range(n)]
+    x = torch.from_numpy(np.stack([np.asarray(s.image, np.float32) / 127.5 - 1 for s in ss])).permute(0, 3, 1, 2)
+    return ss, x
+
+
+def read_renders(decoded: torch.Tensor, samples) -> dict:
+    """The scorer's color and shape accuracy of decoded images (n, 3, H, W) in [-1, 1] against the samples drawn."""
+    rs = [score_image(((a.permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).byte().numpy()) for a in decoded]
+    return {"color": float(np.mean([r.color == s.attributes.color for r, s in zip(rs, samples)])),
+            "shape": float(np.mean([r.shape == s.attributes.shape for r, s in zip(rs, samples)]))}
 
 
 def on_step(kind: str, share: float, i: int, n: int) -> float:
@@ -212,37 +220,23 @@ INVERSION_CASES = (("pastel", 0.5), ("pastel", 0.75), ("night", 0.75), ("outline
 
 def inversions(vae, n: int = 30, iters: int = 150, lr: float = 0.05) -> dict:
     """For true renders drawn part-way: the scorer's reading of decode(encode(x)) and of decode(z*), z* fitted
-    to x (MSE in pixels, Adam from the encoder's mean), with how far z* lies from the encoder's latent."""
-    from shapesworld.world import sample
+    to x through the frozen decoder (train/lora_latent_fit.py, from the encoder's mean), with how far z* lies
+    from the encoder's latent."""
+    from train.lora_latent_fit import fit_latents
 
-    for p_ in vae.parameters():
-        p_.requires_grad_(False)
-
-    def reading(y, ss):
-        rs = [score_image(((a.permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).byte().numpy()) for a in y]
-        return {"color": float(np.mean([r.color == s.attributes.color for r, s in zip(rs, ss)])),
-                "shape": float(np.mean([r.shape == s.attributes.shape for r, s in zip(rs, ss)]))}
-
+    vae.requires_grad_(False)
     out = {}
     for style, w in INVERSION_CASES:
-        ss = [sample(50_000_000 + i, style=style, empty_prob=0.0, strengths={p: w for p in style.split("+")})
-              for i in range(n)]
-        x = torch.from_numpy(np.stack([np.asarray(s.image, np.float32) / 127.5 - 1 for s in ss])).permute(0, 3, 1, 2)
+        ss, x = part_way_renders(style, w, n)
         with torch.no_grad():
             z0 = vae.encode(x).latent_dist.mean
-            trip = reading(vae.decode(z0).sample, ss)
-        z = z0.clone().requires_grad_(True)
-        opt = torch.optim.Adam([z], lr=lr)
-        for _ in range(iters):
-            loss = torch.nn.functional.mse_loss(vae.decode(z).sample, x)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+            trip = read_renders(vae.decode(z0).sample, ss)
+        z = fit_latents(vae, x, z0, iters, lr)
         with torch.no_grad():
-            fitted = reading(vae.decode(z).sample, ss)
-            moved = float((z - z0).norm() / z0.norm())
+            fitted = read_renders(vae.decode(z).sample, ss)
         key = f"{style} at strength {w:g}"
-        out[f"round trip {key}"], out[f"fitted latent {key}"] = trip, {**fitted, "relative_distance": moved}
+        out[f"round trip {key}"] = trip
+        out[f"fitted latent {key}"] = {**fitted, "relative_distance": float((z - z0).norm() / z0.norm())}
         print(key, "round trip", trip, "fitted latent", out[f"fitted latent {key}"], flush=True)
     return out
 
