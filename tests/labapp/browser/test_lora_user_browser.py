@@ -43,8 +43,8 @@ def test_upload_inspect_add_to_blend_and_grid(served):
         # Under load (CI runs this beside the training tier) a file picked before the accordion's upload
         # component is wired can be dropped: pick it again, as a person would, up to three times.
         for attempt in range(3):
-            page.locator("#user-lora-file input[type=file]").set_input_files(path)
             try:
+                page.locator("#user-lora-file input[type=file]").set_input_files(path)
                 page.locator("#user-lora-file").get_by_text("mystyle.safetensors").first.wait_for(timeout=30_000)
                 break
             except Exception:
