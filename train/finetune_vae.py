@@ -32,7 +32,18 @@ decoded *generated* latents (which lie a little off the encoder's manifold): a -
 alone cost pastel at weight 1 color 0.93 -> 0.77 on the embedded model. With a file of generated
 latents (train/keep_latents.py: base, each style at 1, outline + night at 1 + 1), every step also
 holds the decoder's pictures of --keep_batch of them to the pictures the VAE drew before this run
-(or --keep_teacher's), weighted by --keep_weight.
+(or --keep_teacher's), weighted by --keep_weight. Several files may be given, comma-separated; latents
+of a partial weight ("pastel@0.5") are never kept as they are (their pictures are what is being fixed).
+
+--line_weight: a style dial that stays a dial after decoding. A LoRA at weight w generates latents close to
+the straight line between the base model's latent and the full style's (pastel at 0.5 and 0.7: 8% of the
+line's length off it, at 0.55 and 0.73 of the way), and the shipped decoder draws that line through other
+hues: the blend of the two latents halfway reads the prompt's color in 73% of 30 prompts, the blend of
+the two pictures in 100% (red turns orange, blue purple). The line term holds the decoder's picture of
+lerp(z_base, z_style, t), t drawn in [0, 1], to lerp(picture(z_base), picture(z_style), t) with the
+pictures the teacher drew, for each prompt of --keep_latents that has both; and with latents the UNet
+generates at partial weights in the files, the picture of each one to the blend at its own place
+along its line (the projection). --line_batch latents a step, weighted by --line_weight.
 
 --combinations: style combinations become kinds of their own, in every batch next to plain and the
 single styles. Two style LoRAs used together make images of the combined style, and the decoder had
@@ -86,6 +97,10 @@ def parse_args(argv=None):
                    help="--keep_latents: the VAE folder whose pictures are kept (default: the VAE before this run)")
     p.add_argument("--keep_weight", type=float, default=1.0, help="--keep_latents: weight of the preservation term")
     p.add_argument("--keep_batch", type=int, default=16, help="--keep_latents: latents per step")
+    p.add_argument("--line_weight", type=float, default=0.0,
+                   help="--keep_latents: weight of the line term (0: off): latents between the base's and a full "
+                        "style's, and the UNet's own partial-weight ones, drawn as the blend of the two pictures")
+    p.add_argument("--line_batch", type=int, default=16, help="--line_weight: latents per step")
     p.add_argument("--anchor_weight", type=float, default=1.0, help="--part encoder: weight of the anchor loss")
     p.add_argument("--work_dir", default=None, help="default runs/vae-<part>")
     p.add_argument("--steps", type=int, default=2500)
@@ -97,6 +112,65 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=4321)
     p.add_argument("--threads", type=int, default=0)
     return p.parse_args(argv)
+
+
+def read_keep_latents(files: list[str]) -> tuple[torch.Tensor, list[tuple[str, int]]]:
+    """The latents of train/keep_latents.py files, concatenated, with each one's (setting label, case index).
+    Labels are made canonical (parts sorted), so "night+outline" and "outline+night" name one setting; files
+    without case indices (older ones) number each setting's latents in order."""
+    latents, labels = [], []
+    for f in files:
+        data = torch.load(f, weights_only=True)
+        settings = data["settings"]
+        cases = data.get("cases")
+        if cases is None:
+            seen: dict = {}
+            cases = [seen.__setitem__(s, seen.get(s, -1) + 1) or seen[s] for s in settings]
+        for s, c in zip(settings, cases):
+            parts, at, w = s.partition("@")
+            labels.append(("+".join(sorted(parts.split("+"))) + at + w, int(c)))
+        latents.append(data["latents"].float())
+    return torch.cat(latents), labels
+
+
+def line_pairs(z: torch.Tensor, labels: list[tuple[str, int]]) -> dict:
+    """For the line term: ``ends`` (n, 2) indices of (base, full style) latents of one prompt, and ``mids``
+    (m, 3) indices (partial-weight latent, base, full style) with ``t`` (m,), each mid's place along its line
+    (the projection, clipped to [0, 1]). A partial-weight latent whose line lacks an end is left out."""
+    index = {lab: i for i, lab in enumerate(labels)}
+    ends, mids, ts = [], [], []
+    for i, (label, case) in enumerate(labels):
+        if label == "base":
+            continue
+        style, _, weight = label.partition("@")
+        b, f = index.get(("base", case)), index.get((style, case))
+        if b is None or f is None:
+            continue
+        if not weight:
+            ends.append((b, f))
+            continue
+        d, r = (z[f] - z[b]).flatten(), (z[i] - z[b]).flatten()
+        mids.append((i, b, f))
+        ts.append(float(((r @ d) / (d @ d).clamp_min(1e-12)).clamp(0.0, 1.0)))
+    return {"ends": torch.tensor(ends, dtype=torch.long).reshape(-1, 2),
+            "mids": torch.tensor(mids, dtype=torch.long).reshape(-1, 3), "t": torch.tensor(ts)}
+
+
+def line_batch(lines: dict, n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` latents on the lines and the pictures they should decode to: half drawn at t ~ U[0, 1] between the
+    ends (all of them when there are no partial-weight latents), the rest the UNet's own partial-weight latents."""
+    z, pics = lines["latents"], lines["pictures"]
+    n_mid = n // 2 if len(lines["mids"]) else 0
+    pick = lines["ends"][torch.randint(len(lines["ends"]), (n - n_mid,), generator=g)]
+    t = torch.rand(n - n_mid, generator=g)[:, None, None, None]
+    zs = [(1 - t) * z[pick[:, 0]] + t * z[pick[:, 1]]]
+    goals = [(1 - t) * pics[pick[:, 0]] + t * pics[pick[:, 1]]]
+    if n_mid:
+        k = torch.randint(len(lines["mids"]), (n_mid,), generator=g)
+        m, tm = lines["mids"][k], lines["t"][k][:, None, None, None]
+        zs.append(z[m[:, 0]])
+        goals.append((1 - tm) * pics[m[:, 1]] + tm * pics[m[:, 2]])
+    return torch.cat(zs), torch.cat(goals)
 
 
 def render(kind, n: int, base_seed: int, partial: str | float | None = None, share: float = 0.5):
@@ -164,10 +238,16 @@ def main(argv=None):
         raise SystemExit(f"--partial_share={args.partial_share}: must be in (0, 1]")
     if args.keep_latents and encoder_part:
         raise SystemExit("--keep_latents holds the decoder's pictures: it goes with --part decoder")
-    if args.keep_latents and not os.path.isfile(args.keep_latents):
-        raise SystemExit(f"--keep_latents={args.keep_latents!r}: no such file (make one with train/keep_latents.py)")
+    keep_files = [f.strip() for f in (args.keep_latents or "").split(",") if f.strip()]
+    for f in keep_files:
+        if not os.path.isfile(f):
+            raise SystemExit(f"--keep_latents={args.keep_latents!r}: no such file {f!r} (make one with train/keep_latents.py)")
     if args.keep_weight <= 0 or args.keep_batch < 1:
         raise SystemExit(f"--keep_weight={args.keep_weight}, --keep_batch={args.keep_batch}: must be > 0 and >= 1")
+    if args.line_weight < 0 or args.line_batch < 1:
+        raise SystemExit(f"--line_weight={args.line_weight}, --line_batch={args.line_batch}: must be >= 0 and >= 1")
+    if args.line_weight and not keep_files:
+        raise SystemExit("--line_weight draws lines between latents of --keep_latents: give --keep_latents too")
     kinds = KINDS + tuple(dict.fromkeys(combinations))
     kind_names = [k or "plain" for k in kinds]  # evals, records and checkpoints name them so
     if args.batch_size < len(kinds):
@@ -199,13 +279,24 @@ def main(argv=None):
         json.dump(before, open(before_path + ".tmp", "w"), indent=1)
         os.replace(before_path + ".tmp", before_path)
 
-    keep = None
-    if args.keep_latents:  # the teacher's pictures of the generated latents, drawn once
+    keep = lines = None
+    if keep_files:  # the teacher's pictures of the generated latents, drawn once
         teacher = AutoencoderKL.from_pretrained(args.keep_teacher).eval() if args.keep_teacher else vae
-        z_keep = torch.load(args.keep_latents, weights_only=True)["latents"].float() / vae.config.scaling_factor
+        z_all, labels = read_keep_latents(keep_files)
+        z_all = z_all / vae.config.scaling_factor
         with torch.no_grad():
-            keep = (z_keep, torch.cat([teacher.decode(z_keep[i:i + 100]).sample for i in range(0, len(z_keep), 100)]))
+            pictures = torch.cat([teacher.decode(z_all[i:i + 100]).sample for i in range(0, len(z_all), 100)])
         del teacher
+        full = torch.tensor(["@" not in label for label, _ in labels])
+        keep = (z_all[full], pictures[full])
+        if args.line_weight:
+            lines = line_pairs(z_all, labels)
+            if not len(lines["ends"]):
+                raise SystemExit(f"--line_weight: no prompt in {args.keep_latents!r} has both a 'base' latent and a "
+                                 "style's at full weight (train/keep_latents.py --settings)")
+            lines["pictures"] = pictures
+            lines["latents"] = z_all
+            print(f"line term: {len(lines['ends'])} lines, {len(lines['mids'])} partial-weight latents on them")
 
     # the half that learns: decoder + post_quant_conv, or encoder + quant_conv
     learn = (vae.encoder, vae.quant_conv) if encoder_part else (vae.decoder, vae.post_quant_conv)
@@ -266,6 +357,10 @@ def main(argv=None):
                 pick = torch.randint(len(keep[0]), (args.keep_batch,), generator=g)
                 kept = vae.decode(keep[0][pick]).sample
                 loss = loss + args.keep_weight * (F.mse_loss(kept, keep[1][pick]) + 0.5 * F.l1_loss(kept, keep[1][pick]))
+            if lines is not None:
+                z_line, goal = line_batch(lines, args.line_batch, g)
+                drawn = vae.decode(z_line).sample
+                loss = loss + args.line_weight * (F.mse_loss(drawn, goal) + 0.5 * F.l1_loss(drawn, goal))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -319,6 +414,9 @@ def main(argv=None):
     if args.keep_latents:
         record.update(keep_latents=args.keep_latents, keep_teacher=args.keep_teacher or "the VAE before this run",
                       keep_weight=args.keep_weight, keep_batch=args.keep_batch)
+    if args.line_weight:
+        record.update(line_weight=args.line_weight, line_batch=args.line_batch, lines=len(lines["ends"]),
+                      partial_weight_latents=len(lines["mids"]))
     if args.partial:
         record.update(partial=True, partial_share=args.partial_share)
         key = f"{args.part}_partial"
