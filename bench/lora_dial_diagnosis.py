@@ -18,6 +18,14 @@ Three readings, all on the same seeded prompts (DDIM, guidance 3, the project's 
    not the decoder (finetune_vae.py --part encoder).
 6. schedules: pastel at full weight on a share of the steps and off on the others (the first share, the
    last share, or spread evenly): a dial made of clean predictions only, each step's at weight 0 or 1.
+7. lines: where the latent a style makes at weight w lies against the straight line from the base
+   model's latent (weight 0) to the style's at weight 1 (same prompt and seed): its place along the line
+   and its distance off it, each relative to the line's length; and the scorer's reading of the latent
+   it generated, of the latent blend lerp(z_0, z_1, w) and of the picture blend lerp(image_0, image_1, w).
+   If the generated latent lies near the line and the latent blend loses the prompt where the picture
+   blend keeps it, the adapter does its part and the decoder draws the line through the wrong pictures
+   (finetune_vae.py --line_weight). For each pair at equal weights: how far its latent lies from the sum
+   of the two styles' moves (z_0 + w (z_a - z_0) + w (z_b - z_0)).
 """
 from __future__ import annotations
 
@@ -112,7 +120,7 @@ def main():
     p.add_argument("--num_samples", type=int, default=30)
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--guidance", type=float, default=3.0)
-    p.add_argument("--parts", default="mix,blocks,steps", help="comma-separated: mix, blocks, steps, roundtrip, inversion, schedules (none: only --x0_grid)")
+    p.add_argument("--parts", default="mix,blocks,steps", help="comma-separated: mix, blocks, steps, roundtrip, inversion, schedules, lines (none: only --x0_grid)")
     p.add_argument("--x0_grid", default=None, help="write a grid of decoded x0 predictions here")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
@@ -169,9 +177,56 @@ def main():
                 print(key, out[key], flush=True)
     if "inversion" in parts:
         out.update(inversions(pipe.vae, args.num_samples))
+    if "lines" in parts:
+        out.update(lines(pipe, scales, cases, args.steps, args.guidance))
     if args.x0_grid:
         x0_grid(pipe, scales, args)
     print(json.dumps(out, indent=2))
+
+
+@torch.no_grad()
+def lines(pipe, scales, cases, steps: int, guidance: float, weights=(0.5, 0.7, 0.8)) -> dict:
+    """Part 7: the style's latent at weight w against the line from weight 0 to weight 1, and the pictures of the
+    generated latent, the latent blend and the picture blend; the pairs against the sum of their moves."""
+    def latents(ws: dict) -> torch.Tensor:
+        scales.set({s: 0.0 for s in STYLES} | ws)
+        return pipe(prompt=[c.prompt for c in cases], generator=[torch.Generator().manual_seed(c.seed) for c in cases],
+                    guidance_scale=guidance, num_inference_steps=steps, output_type="latent").images
+
+    def pictures(z: torch.Tensor) -> np.ndarray:
+        x = torch.cat([pipe.vae.decode(z[i:i + 50] / pipe.vae.config.scaling_factor).sample for i in range(0, len(z), 50)])
+        return ((x.permute(0, 2, 3, 1).clamp(-1, 1) + 1) * 127.5).numpy()
+
+    def reading(images: np.ndarray) -> dict:
+        return {k: round(v, 3) for k, v in read([im.round().astype(np.uint8) for im in images], cases).items()}
+
+    z0 = latents({})
+    p0 = pictures(z0)
+    out, ends = {}, {}
+    for style in STYLES:
+        ends[style] = z1 = latents({style: 1.0})
+        p1 = pictures(z1)
+        d = (z1 - z0).flatten(1)
+        for w in weights:
+            zw = latents({style: w})
+            r = (zw - z0).flatten(1)
+            along = (r * d).sum(1) / (d * d).sum(1)
+            off = (r - along[:, None] * d).norm(dim=1) / d.norm(dim=1)
+            key = f"{style} at {w:g}"
+            out[f"{key}: place on the line"] = {"along": round(float(along.mean()), 3), "off": round(float(off.mean()), 3)}
+            out[f"{key}: generated"] = reading(pictures(zw))
+            out[f"{key}: latent blend"] = reading(pictures((1 - w) * z0 + w * z1))
+            out[f"{key}: picture blend"] = reading((1 - w) * p0 + w * p1)
+            print(key, {k[len(key) + 2:]: v for k, v in out.items() if k.startswith(key)}, flush=True)
+    for a, b in (("outline", "night"), ("outline", "pastel"), ("night", "pastel")):
+        for w in (0.5, 1.0):
+            zab = latents({a: w, b: w})
+            moves = w * (ends[a] - z0) + w * (ends[b] - z0)
+            far = (zab - z0 - moves).flatten(1).norm(dim=1) / moves.flatten(1).norm(dim=1)
+            key = f"{a} + {b} at {w:g}: off the sum of the moves"
+            out[key] = round(float(far.mean()), 3)
+            print(key, out[key], flush=True)
+    return out
 
 
 @torch.no_grad()

@@ -101,6 +101,9 @@ def parse_args(argv=None):
                    help="--keep_latents: weight of the line term (0: off): latents between the base's and a full "
                         "style's, and the UNet's own partial-weight ones, drawn as the blend of the two pictures")
     p.add_argument("--line_batch", type=int, default=16, help="--line_weight: latents per step")
+    p.add_argument("--chroma_weight", type=float, default=0.0,
+                   help="--keep_latents / --line_weight: also weigh the error of each pixel's color away from its grey "
+                        "(RGB minus its mean) by this much: a hue shift of a washed-out color is a small RGB error")
     p.add_argument("--anchor_weight", type=float, default=1.0, help="--part encoder: weight of the anchor loss")
     p.add_argument("--work_dir", default=None, help="default runs/vae-<part>")
     p.add_argument("--steps", type=int, default=2500)
@@ -154,6 +157,15 @@ def line_pairs(z: torch.Tensor, labels: list[tuple[str, int]]) -> dict:
         ts.append(float(((r @ d) / (d @ d).clamp_min(1e-12)).clamp(0.0, 1.0)))
     return {"ends": torch.tensor(ends, dtype=torch.long).reshape(-1, 2),
             "mids": torch.tensor(mids, dtype=torch.long).reshape(-1, 3), "t": torch.tensor(ts)}
+
+
+def picture_loss(drawn: torch.Tensor, goal: torch.Tensor, chroma_weight: float = 0.0) -> torch.Tensor:
+    """MSE + 0.5 L1 of decoded pictures against their goal, plus ``chroma_weight`` x the MSE of the pixels' colors
+    away from grey (each pixel's RGB minus its mean), where a hue shift of a pale color shows."""
+    loss = F.mse_loss(drawn, goal) + 0.5 * F.l1_loss(drawn, goal)
+    if chroma_weight:
+        loss = loss + chroma_weight * F.mse_loss(drawn - drawn.mean(1, keepdim=True), goal - goal.mean(1, keepdim=True))
+    return loss
 
 
 def line_batch(lines: dict, n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -244,6 +256,8 @@ def main(argv=None):
             raise SystemExit(f"--keep_latents={args.keep_latents!r}: no such file {f!r} (make one with train/keep_latents.py)")
     if args.keep_weight <= 0 or args.keep_batch < 1:
         raise SystemExit(f"--keep_weight={args.keep_weight}, --keep_batch={args.keep_batch}: must be > 0 and >= 1")
+    if args.chroma_weight < 0:
+        raise SystemExit(f"--chroma_weight={args.chroma_weight}: must be >= 0")
     if args.line_weight < 0 or args.line_batch < 1:
         raise SystemExit(f"--line_weight={args.line_weight}, --line_batch={args.line_batch}: must be >= 0 and >= 1")
     if args.line_weight and not keep_files:
@@ -356,11 +370,10 @@ def main(argv=None):
             if keep is not None:
                 pick = torch.randint(len(keep[0]), (args.keep_batch,), generator=g)
                 kept = vae.decode(keep[0][pick]).sample
-                loss = loss + args.keep_weight * (F.mse_loss(kept, keep[1][pick]) + 0.5 * F.l1_loss(kept, keep[1][pick]))
+                loss = loss + args.keep_weight * picture_loss(kept, keep[1][pick], args.chroma_weight)
             if lines is not None:
                 z_line, goal = line_batch(lines, args.line_batch, g)
-                drawn = vae.decode(z_line).sample
-                loss = loss + args.line_weight * (F.mse_loss(drawn, goal) + 0.5 * F.l1_loss(drawn, goal))
+                loss = loss + args.line_weight * picture_loss(vae.decode(z_line).sample, goal, args.chroma_weight)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -414,6 +427,8 @@ def main(argv=None):
     if args.keep_latents:
         record.update(keep_latents=args.keep_latents, keep_teacher=args.keep_teacher or "the VAE before this run",
                       keep_weight=args.keep_weight, keep_batch=args.keep_batch)
+    if args.chroma_weight:
+        record.update(chroma_weight=args.chroma_weight)
     if args.line_weight:
         record.update(line_weight=args.line_weight, line_batch=args.line_batch, lines=len(lines["ends"]),
                       partial_weight_latents=len(lines["mids"]))
