@@ -286,6 +286,19 @@ def test_line_term_draws_the_latent_line_as_the_blend_of_its_pictures(tmp_path):
 
     for extra, message in ((["--line_weight", "1"], "give --keep_latents too"),
                            (["--keep_latents", str(mid_file), "--line_weight", "1"], "no prompt in"),
-                           (["--keep_latents", str(keep_file), "--line_weight", "-1"], "--line_weight=-1.0")):
+                           (["--keep_latents", str(keep_file), "--line_weight", "-1"], "--line_weight=-1.0"),
+                           (["--keep_latents", str(keep_file), "--chroma_weight", "-1"], "--chroma_weight=-1.0")):
         with pytest.raises(SystemExit, match=message):
             finetune_vae.main(["--model", str(tmp_path / "with"), "--work_dir", str(tmp_path / "w-bad"), *extra])
+
+
+def test_chroma_weight_weighs_a_hue_shift_of_a_pale_color():
+    """--chroma_weight: a pale red drawn pale orange differs little in RGB; the chroma term counts it more,
+    and a pure brightness change (same offset on every channel) not at all."""
+    from train.finetune_vae import picture_loss
+
+    goal = torch.tensor([0.9, 0.5, 0.5]).view(1, 3, 1, 1).expand(1, 3, 4, 4)  # pale red, model space
+    hue = torch.tensor([0.9, 0.62, 0.42]).view(1, 3, 1, 1).expand(1, 3, 4, 4)  # pale orange
+    brighter = goal + 0.05
+    assert picture_loss(hue, goal, 5.0) > 1.5 * picture_loss(hue, goal)  # 0.074 against 0.040
+    assert torch.isclose(picture_loss(brighter, goal, 5.0), picture_loss(brighter, goal))
