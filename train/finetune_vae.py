@@ -119,19 +119,18 @@ def parse_args(argv=None):
 
 def read_keep_latents(files: list[str]) -> tuple[torch.Tensor, list[tuple[str, int]]]:
     """The latents of train/keep_latents.py files, concatenated, with each one's (setting label, case index).
-    Labels are made canonical (parts sorted), so "night+outline" and "outline+night" name one setting; files
-    without case indices (older ones) number each setting's latents in order."""
+    Files without case indices (older ones) number each setting's latents in order."""
     latents, labels = [], []
     for f in files:
         data = torch.load(f, weights_only=True)
         settings = data["settings"]
         cases = data.get("cases")
         if cases is None:
-            seen: dict = {}
-            cases = [seen.__setitem__(s, seen.get(s, -1) + 1) or seen[s] for s in settings]
-        for s, c in zip(settings, cases):
-            parts, at, w = s.partition("@")
-            labels.append(("+".join(sorted(parts.split("+"))) + at + w, int(c)))
+            cases, seen = [], {}
+            for s in settings:
+                cases.append(seen.get(s, 0))
+                seen[s] = cases[-1] + 1
+        labels += [(s, int(c)) for s, c in zip(settings, cases)]
         latents.append(data["latents"].float())
     return torch.cat(latents), labels
 

@@ -26,11 +26,13 @@ import torch
 from tqdm.auto import tqdm
 
 DEFAULT_SETTINGS = "base,outline,night,pastel,outline+night"
-STYLE_NAMES = ("outline", "night", "pastel")
 
 
 def parse_setting(label: str) -> dict:
-    """ "base" -> {}; "outline+night" -> {outline: 1, night: 1}; "pastel@0.5" -> {pastel: 0.5}. ValueError names what is allowed."""
+    """ "base" -> {}; "outline+night" -> {outline: 1, night: 1}; "pastel@0.5" -> {pastel: 0.5}. The parts are
+    checked by shapesworld.world.style_parts (one spelling per combination); ValueError names what is allowed."""
+    from shapesworld.world import style_parts
+
     label = label.strip()
     if label == "base":
         return {}
@@ -41,12 +43,19 @@ def parse_setting(label: str) -> dict:
         raise ValueError(f"setting {label!r}: the weight after '@' must be a number in (0, 1]") from None
     if not 0.0 < w <= 1.0:
         raise ValueError(f"setting {label!r}: the weight after '@' must be in (0, 1], got {w:g}")
-    names = parts.split("+")
-    bad = [n for n in names if n not in STYLE_NAMES]
-    if bad or len(set(names)) != len(names):
-        raise ValueError(f"setting {label!r}: each part must be one of {', '.join(STYLE_NAMES)} (once), or the "
-                         "whole setting 'base'")
+    try:
+        names = style_parts(parts)
+    except ValueError as e:
+        raise ValueError(f"setting {label!r}: {e}; or the whole setting 'base'") from None
     return {n: w for n in names}
+
+
+def setting_label(setting: dict) -> str:
+    """The one spelling of a parsed setting, as the file records it: "base", "outline+night", "pastel@0.5"."""
+    if not setting:
+        return "base"
+    w = next(iter(setting.values()))
+    return "+".join(setting) + ("" if w == 1.0 else f"@{w:g}")
 
 
 def main(argv=None):
@@ -59,9 +68,8 @@ def main(argv=None):
     p.add_argument("--guidance", type=float, default=3.0)
     p.add_argument("--threads", type=int, default=0)
     args = p.parse_args(argv)
-    labels_in = [s.strip() for s in args.settings.split(",") if s.strip()]
     try:
-        settings = [parse_setting(s) for s in labels_in]
+        settings = [parse_setting(s) for s in args.settings.split(",") if s.strip()]
     except ValueError as e:
         raise SystemExit(f"--settings={args.settings!r}: {e}") from None
     if args.threads:
@@ -73,7 +81,7 @@ def main(argv=None):
     blender, _ = style_blender(args.model)
     cases = eval_cases(args.num_prompts, seed=31)
     latents, labels, case_ids = [], [], []
-    for label, setting in tqdm(list(zip(labels_in, settings)), desc="settings"):
+    for setting in tqdm(settings, desc="settings"):
         with blender.apply(Blend.of(setting) if setting else None) as pipe:
             for i in range(0, len(cases), 60):
                 chunk = cases[i:i + 60]
@@ -81,7 +89,7 @@ def main(argv=None):
                            guidance_scale=args.guidance, output_type="latent",
                            generator=[torch.Generator().manual_seed(c.seed) for c in chunk])
                 latents.append(out.images)
-        labels += [label] * len(cases)
+        labels += [setting_label(setting)] * len(cases)
         case_ids += list(range(len(cases)))
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     torch.save({"latents": torch.cat(latents), "settings": labels, "cases": case_ids, "model": args.model},

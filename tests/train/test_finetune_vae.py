@@ -191,13 +191,16 @@ def test_keep_latents_hold_the_decoder_to_its_teacher(tmp_path):
 
 
 def test_keep_latents_settings_are_parsed_and_refused_by_name():
-    from train.keep_latents import main, parse_setting
+    from train.keep_latents import main, parse_setting, setting_label
 
     assert parse_setting("base") == {}
     assert parse_setting("outline+night") == {"outline": 1.0, "night": 1.0}
     assert parse_setting("pastel@0.45") == {"pastel": 0.45}
-    for bad, message in (("sepia", "one of outline, night, pastel"), ("night@1.5", "in \\(0, 1\\], got 1.5"),
-                         ("night@x", "must be a number"), ("night+night", "once")):
+    assert [setting_label(parse_setting(s)) for s in ("base", "outline+night", "pastel@0.450", "night@1")] == \
+        ["base", "outline+night", "pastel@0.45", "night"]
+    for bad, message in (("sepia", "'sepia' is invalid"), ("night@1.5", "in \\(0, 1\\], got 1.5"),
+                         ("night@x", "must be a number"), ("night+night", "'night\\+night' is invalid"),
+                         ("night+outline", "in that order")):
         with pytest.raises(ValueError, match=message):
             parse_setting(bad)
     with pytest.raises(SystemExit, match="--settings='base,night@0'"):
@@ -205,7 +208,7 @@ def test_keep_latents_settings_are_parsed_and_refused_by_name():
 
 
 def test_line_pairs_place_each_partial_latent_on_its_line():
-    """Labels of one prompt line up across files (parts sorted); a partial latent's t is its projection on the
+    """Latents of one prompt line up by (label, case); a partial latent's t is its projection on the
     base -> full style line; a partial latent without both ends is left out."""
     from train.finetune_vae import line_pairs
 
@@ -215,8 +218,8 @@ def test_line_pairs_place_each_partial_latent_on_its_line():
     d = (full - base).flatten(1)
     off = off - ((off.flatten(1) * d).sum(1) / (d * d).sum(1))[:, None, None, None] * (full - base)  # orthogonal
     mid = base + 0.3 * (full - base) + 0.2 * off
-    labels = [("base", 0), ("base", 1), ("night+outline", 0), ("night+outline", 1),
-              ("night+outline@0.3", 0), ("night+outline@0.3", 1), ("night+pastel@0.5", 0)]
+    labels = [("base", 0), ("base", 1), ("outline+night", 0), ("outline+night", 1),
+              ("outline+night@0.3", 0), ("outline+night@0.3", 1), ("night+pastel@0.5", 0)]
     z = torch.cat([base, full, mid, torch.zeros(1, 4, 4, 4)])
     lines = line_pairs(z, labels)
     assert lines["ends"].tolist() == [[0, 2], [1, 3]]
@@ -224,16 +227,16 @@ def test_line_pairs_place_each_partial_latent_on_its_line():
     assert torch.allclose(lines["t"], torch.tensor([0.3, 0.3]), atol=1e-5)
 
 
-def test_read_keep_latents_canonical_labels_and_case_indices(tmp_path):
+def test_read_keep_latents_labels_and_case_indices(tmp_path):
     from train.finetune_vae import read_keep_latents
 
     z = torch.zeros(4, 4, 2, 2)
     torch.save({"latents": z, "settings": ["base", "base", "outline+night", "outline+night"]}, tmp_path / "old.pt")
-    torch.save({"latents": z[:2], "settings": ["night+outline@0.6"] * 2, "cases": [5, 7]}, tmp_path / "new.pt")
+    torch.save({"latents": z[:2], "settings": ["outline+night@0.6"] * 2, "cases": [5, 7]}, tmp_path / "new.pt")
     latents, labels = read_keep_latents([str(tmp_path / "old.pt"), str(tmp_path / "new.pt")])
     assert latents.shape[0] == 6
-    assert labels == [("base", 0), ("base", 1), ("night+outline", 0), ("night+outline", 1),
-                      ("night+outline@0.6", 5), ("night+outline@0.6", 7)]
+    assert labels == [("base", 0), ("base", 1), ("outline+night", 0), ("outline+night", 1),
+                      ("outline+night@0.6", 5), ("outline+night@0.6", 7)]
 
 
 @pytest.mark.training
