@@ -69,6 +69,7 @@ from tqdm.auto import tqdm
 from shapesworld import score_image
 from shapesworld.world import STYLES, images_array, sample, style_parts
 from train.common import warmup_cosine
+from train.pair_pictures import compose_pairs
 from train.train_base import to_model_space
 
 KINDS = (None,) + STYLES
@@ -101,6 +102,9 @@ def parse_args(argv=None):
                    help="--keep_latents: weight of the line term (0: off): latents between the base's and a full "
                         "style's, and the UNet's own partial-weight ones, drawn as the blend of the two pictures")
     p.add_argument("--line_batch", type=int, default=16, help="--line_weight: latents per step")
+    p.add_argument("--compose_pairs", default="",
+                   help="--keep_latents: comma-separated pairs with pastel (outline+pastel,night+pastel) whose teacher "
+                        "pictures are replaced by a composition of the single styles' pictures (train/pair_pictures.py)")
     p.add_argument("--chroma_weight", type=float, default=0.0,
                    help="--keep_latents / --line_weight: also weigh the error of each pixel's color away from its grey "
                         "(RGB minus its mean) by this much: a hue shift of a washed-out color is a small RGB error")
@@ -259,6 +263,14 @@ def main(argv=None):
         raise SystemExit(f"--chroma_weight={args.chroma_weight}: must be >= 0")
     if args.line_weight < 0 or args.line_batch < 1:
         raise SystemExit(f"--line_weight={args.line_weight}, --line_batch={args.line_batch}: must be >= 0 and >= 1")
+    compose = tuple(c.strip() for c in args.compose_pairs.split(",") if c.strip())
+    if compose and not keep_files:
+        raise SystemExit("--compose_pairs replaces pictures of --keep_latents latents: give --keep_latents too")
+    for c in compose:
+        try:
+            compose_pairs(torch.zeros(0, 3, 1, 1), [], (c,))
+        except ValueError as e:
+            raise SystemExit(f"--compose_pairs={args.compose_pairs!r}: {e}") from None
     if args.line_weight and not keep_files:
         raise SystemExit("--line_weight draws lines between latents of --keep_latents: give --keep_latents too")
     kinds = KINDS + tuple(dict.fromkeys(combinations))
@@ -300,6 +312,12 @@ def main(argv=None):
         with torch.no_grad():
             pictures = torch.cat([teacher.decode(z_all[i:i + 100]).sample for i in range(0, len(z_all), 100)])
         del teacher
+        if compose:
+            pictures, composed = compose_pairs(pictures, labels, compose)
+            if not composed:
+                raise SystemExit(f"--compose_pairs={args.compose_pairs!r}: no latent of those pairs in {args.keep_latents!r} "
+                                 "has the same prompt's pastel (and night) latent beside it")
+            print(f"compose pairs: {composed} pictures of {', '.join(compose)} composed from the single styles'")
         full = torch.tensor(["@" not in label for label, _ in labels])
         keep = (z_all[full], pictures[full])
         if args.line_weight:
@@ -428,6 +446,8 @@ def main(argv=None):
                       keep_weight=args.keep_weight, keep_batch=args.keep_batch)
     if args.chroma_weight:
         record.update(chroma_weight=args.chroma_weight)
+    if compose:
+        record.update(compose_pairs=",".join(compose), composed=composed)
     if args.line_weight:
         record.update(line_weight=args.line_weight, line_batch=args.line_batch, lines=len(lines["ends"]),
                       partial_weight_latents=len(lines["mids"]))
