@@ -2,6 +2,7 @@
 
     python -m bench run lora_dial_diagnosis --num_samples 30            # tables on stdout (json too)
     python -m bench run lora_dial_diagnosis --x0_grid runs/dial/x0.png  # also the x0 a few steps in
+    python -m bench run lora_dial_diagnosis --parts none --pair_grid docs/lora_pair_decoder.png --old_vae OLD_VAE_DIR
 
 Three readings, all on the same seeded prompts (DDIM, guidance 3, the project's scorer):
 1. "mix": the UNet's prediction as the weighted mix of the base's and the full-weight adapters',
@@ -25,7 +26,9 @@ Three readings, all on the same seeded prompts (DDIM, guidance 3, the project's 
    If the generated latent lies near the line and the latent blend loses the prompt where the picture
    blend keeps it, the adapter does its part and the decoder draws the line through the wrong pictures
    (finetune_vae.py --line_weight). For each pair at equal weights: how far its latent lies from the sum
-   of the two styles' moves (z_0 + w (z_a - z_0) + w (z_b - z_0)).
+   of the two styles' moves (z_0 + w (z_a - z_0) + w (z_b - z_0)), and at 1 + 1 how far it lies from each
+   style alone in lengths of the other style's own move (near 0: the other style is all but lost in the
+   pair's latent, and only the decoder can tell the two apart; train/pair_pictures.py).
 """
 from __future__ import annotations
 
@@ -120,8 +123,11 @@ def main():
     p.add_argument("--num_samples", type=int, default=30)
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--guidance", type=float, default=3.0)
-    p.add_argument("--parts", default="mix,blocks,steps", help="comma-separated: mix, blocks, steps, roundtrip, inversion, schedules, lines (none: only --x0_grid)")
+    p.add_argument("--parts", default="mix,blocks,steps", help="comma-separated: mix, blocks, steps, roundtrip, inversion, schedules, lines (none: only the grids)")
     p.add_argument("--x0_grid", default=None, help="write a grid of decoded x0 predictions here")
+    p.add_argument("--pair_grid", default=None,
+                   help="write a grid of the pastel pairs at weights 0-1 here, drawn by --old_vae (upper row) and the model's VAE")
+    p.add_argument("--old_vae", default=None, help="--pair_grid: the VAE folder to compare with")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -181,6 +187,8 @@ def main():
         out.update(lines(pipe, scales, cases, args.steps, args.guidance))
     if args.x0_grid:
         x0_grid(pipe, scales, args)
+    if args.pair_grid:
+        pair_grid(pipe, scales, args)
     print(json.dumps(out, indent=2))
 
 
@@ -226,6 +234,12 @@ def lines(pipe, scales, cases, steps: int, guidance: float, weights=(0.5, 0.7, 0
             key = f"{a} + {b} at {w:g}: off the sum of the moves"
             out[key] = round(float(far.mean()), 3)
             print(key, out[key], flush=True)
+            if w == 1.0:  # how much of each style's own move is left between the pair and the other style alone
+                for x, y in ((a, b), (b, a)):
+                    left = (zab - ends[x]).flatten(1).norm(dim=1) / (ends[y] - z0).flatten(1).norm(dim=1)
+                    key = f"{a} + {b} at 1: distance from {x} alone, in lengths of {y}'s own move"
+                    out[key] = round(float(left.mean()), 3)
+                    print(key, out[key], flush=True)
     return out
 
 
@@ -335,6 +349,42 @@ def x0_grid(pipe, scales, args):
     os.makedirs(os.path.dirname(args.x0_grid) or ".", exist_ok=True)
     grid.save(args.x0_grid)
     print("x0 grid:", args.x0_grid, "rows: night 0 / 0.5 / 0.5 mix / 1, pastel the same; columns: steps", at)
+
+
+@torch.no_grad()
+def pair_grid(pipe, scales, args):
+    """For three prompts, rows night + pastel then outline + pastel at equal weights 0, 0.3, 0.5, 0.7, 0.9, 1: the
+    same latents drawn by --old_vae (upper row of each two) and by the model's VAE (lower row)."""
+    from diffusers import AutoencoderKL
+    from PIL import Image
+
+    if not args.old_vae:
+        raise SystemExit("--pair_grid compares two decoders: give --old_vae DIR (e.g. a copy of the VAE before a run)")
+    old = AutoencoderKL.from_pretrained(args.old_vae).eval()
+    prompts = (("a large red circle in the top left", 0), ("a large blue square in the center", 1),
+               ("a small orange triangle in the bottom right", 2))
+    weights = (0.0, 0.3, 0.5, 0.7, 0.9, 1.0)
+    rows = []
+    for prompt, seed in prompts:
+        for pair in (("night", "pastel"), ("outline", "pastel")):
+            zs = []
+            for w in weights:
+                scales.set({s: 0.0 for s in STYLES} | {p_: w for p_ in pair})
+                zs.append(pipe(prompt=prompt, generator=torch.Generator().manual_seed(seed), guidance_scale=args.guidance,
+                               num_inference_steps=args.steps, output_type="latent").images)
+            z = torch.cat(zs) / pipe.vae.config.scaling_factor
+            for vae in (old, pipe.vae):
+                img = ((vae.decode(z).sample.permute(0, 2, 3, 1).clamp(-1, 1) + 1) * 127.5).byte().numpy()
+                rows.append([Image.fromarray(a).resize((96, 96), Image.NEAREST) for a in img])
+    gap = 10  # between the prompts' blocks of four rows
+    grid = Image.new("RGB", (len(weights) * 98, len(rows) * 98 + gap * (len(prompts) - 1)), "white")
+    for r, tiles in enumerate(rows):
+        for c, t in enumerate(tiles):
+            grid.paste(t, (c * 98, r * 98 + gap * (r // 4)))
+    os.makedirs(os.path.dirname(args.pair_grid) or ".", exist_ok=True)
+    grid.save(args.pair_grid)
+    print("pair grid:", args.pair_grid, "per prompt, rows: night + pastel old / new, outline + pastel old / new;"
+          " columns: weights", weights)
 
 
 if __name__ == "__main__":
