@@ -69,7 +69,7 @@ from tqdm.auto import tqdm
 from shapesworld import score_image
 from shapesworld.world import STYLES, images_array, sample, style_parts
 from train.common import warmup_cosine
-from train.pair_pictures import compose_pairs
+from train.pair_pictures import check_pair, compose_pairs
 from train.train_base import to_model_space
 
 KINDS = (None,) + STYLES
@@ -268,7 +268,7 @@ def main(argv=None):
         raise SystemExit("--compose_pairs replaces pictures of --keep_latents latents: give --keep_latents too")
     for c in compose:
         try:
-            compose_pairs(torch.zeros(0, 3, 1, 1), [], (c,))
+            check_pair(c)
         except ValueError as e:
             raise SystemExit(f"--compose_pairs={args.compose_pairs!r}: {e}") from None
     if args.line_weight and not keep_files:

@@ -54,22 +54,27 @@ def compose(pair: torch.Tensor, pastel: torch.Tensor | None, night: torch.Tensor
     return cov * color + (1.0 - cov) * bg
 
 
+def check_pair(pair: str) -> tuple[str, ...]:
+    """The parts of a pair that can be composed (two or more styles, pastel among them); ValueError otherwise."""
+    parts = style_parts(pair)
+    if len(parts) < 2 or "pastel" not in parts:
+        raise ValueError(f"compose pair {pair!r}: a combination of two or more styles with pastel "
+                         "(outline+pastel, night+pastel, outline+night+pastel)")
+    return parts
+
+
 def compose_pairs(pictures: torch.Tensor, labels: list[tuple[str, int]], pairs: tuple[str, ...]) -> tuple[torch.Tensor, int]:
     """Replace the pictures of full-weight ``pairs`` latents ("night+pastel", labels as train/keep_latents.py
     writes them) with their composition from the same case's single-style pictures. A pair whose singles are
     missing for a case keeps its picture. Returns the new pictures and how many were composed."""
-    for pair in pairs:
-        parts = style_parts(pair)
-        if len(parts) < 2 or "pastel" not in parts:
-            raise ValueError(f"compose pair {pair!r}: a combination of two or more styles with pastel "
-                             "(outline+pastel, night+pastel, outline+night+pastel)")
+    parts_of = {pair: check_pair(pair) for pair in pairs}
     index = {lab: i for i, lab in enumerate(labels)}
     out = pictures.clone()
     done = 0
     for i, (label, case) in enumerate(labels):
-        if label not in pairs:
+        parts = parts_of.get(label)
+        if parts is None:
             continue
-        parts = style_parts(label)
         p = index.get(("pastel", case))
         n = index.get(("night", case)) if "night" in parts else None
         if p is None or ("night" in parts and n is None):
