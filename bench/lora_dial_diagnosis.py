@@ -28,7 +28,11 @@ Three readings, all on the same seeded prompts (DDIM, guidance 3, the project's 
    (finetune_vae.py --line_weight). For each pair at equal weights: how far its latent lies from the sum
    of the two styles' moves (z_0 + w (z_a - z_0) + w (z_b - z_0)), and at 1 + 1 how far it lies from each
    style alone in lengths of the other style's own move (near 0: the other style is all but lost in the
-   pair's latent, and only the decoder can tell the two apart; train/pair_pictures.py).
+   pair's latent, and only the decoder can tell the two apart; train/pair_pictures.py). And for each style
+   at w, the shape's contrast in the latent: the distance between the mean latent over the shape and over
+   the background (the shape found in the base model's picture, train/pair_pictures.coverage), for the base,
+   the style at 1, the generated latent at w and the latent blend at w; a blend whose contrast falls below
+   both ends has lost the shape in the latent itself, where no decoder can draw it back.
 """
 from __future__ import annotations
 
@@ -210,6 +214,7 @@ def lines(pipe, scales, cases, steps: int, guidance: float, weights=(0.5, 0.7, 0
 
     z0 = latents({})
     p0 = pictures(z0)
+    contrast = shape_contrast(pipe.vae, z0)
     out, ends = {}, {}
     for style in STYLES:
         ends[style] = z1 = latents({style: 1.0})
@@ -225,6 +230,9 @@ def lines(pipe, scales, cases, steps: int, guidance: float, weights=(0.5, 0.7, 0
             out[f"{key}: generated"] = reading(pictures(zw))
             out[f"{key}: latent blend"] = reading(pictures((1 - w) * z0 + w * z1))
             out[f"{key}: picture blend"] = reading((1 - w) * p0 + w * p1)
+            out[f"{key}: shape contrast in the latent"] = {
+                name: round(contrast(z), 2) for name, z in (("base", z0), (f"{style} at 1", z1), ("generated", zw),
+                                                           ("latent blend", (1 - w) * z0 + w * z1))}
             print(key, {k[len(key) + 2:]: v for k, v in out.items() if k.startswith(key)}, flush=True)
     for a, b in (("outline", "night"), ("outline", "pastel"), ("night", "pastel")):
         for w in (0.5, 1.0):
@@ -241,6 +249,28 @@ def lines(pipe, scales, cases, steps: int, guidance: float, weights=(0.5, 0.7, 0
                     out[key] = round(float(left.mean()), 3)
                     print(key, out[key], flush=True)
     return out
+
+
+@torch.no_grad()
+def shape_contrast(vae, z_base: torch.Tensor):
+    """A function of latents (N, C, h, w) -> the median over prompts of |mean latent over the shape - mean over
+    the background|, the shape's pixels found in the base latents' pictures (half covered or more, per latent
+    pixel) and the background's (none covered); prompts whose shape covers no latent pixel are left out."""
+    import torch.nn.functional as F
+
+    from train.pair_pictures import coverage
+
+    pics = torch.cat([vae.decode(z_base[i:i + 50] / vae.config.scaling_factor).sample for i in range(0, len(z_base), 50)])
+    share = F.avg_pool2d((coverage(pics) > 0.5).float(), pics.shape[-1] // z_base.shape[-1])
+    shape, background = (share > 0.5).float(), (share == 0).float()
+    found = shape.sum(dim=(1, 2, 3)) > 0
+
+    def contrast(z: torch.Tensor) -> float:
+        inside = (z * shape).sum(dim=(2, 3)) / shape.sum(dim=(2, 3)).clamp_min(1)
+        outside = (z * background).sum(dim=(2, 3)) / background.sum(dim=(2, 3)).clamp_min(1)
+        return float((inside - outside).norm(dim=1)[found].median())
+
+    return contrast
 
 
 @torch.no_grad()

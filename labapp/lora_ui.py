@@ -21,13 +21,13 @@ NONE = "(none)"
 EMPTY_SLOT = (NONE, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 1.0)
 # The mixer's example blend: both adapters at the weight the presets table gives (1). Chosen from
 # BENCHMARKS.md, "LoRA weights and what the prompt keeps": outline + night at 1 keeps the prompt's
-# color for 0.97 and its shape for 0.75 of 100 prompts, the best pair at full weight there.
+# color for 0.94 and its shape for 0.72 of 100 prompts, the best pair at full weight there.
 EXAMPLE_PAIR = ("outline", "night")
-BLEND_NOTE = ("Each preset works as a dial: at any weight from 0 to 1 it keeps the prompt's color in 85-100% "
+BLEND_NOTE = ("Each preset works as a dial: at any weight from 0 to 1 it keeps the prompt's color in 82-100% "
               "of images, outline and night together at equal weights in 84-100% (night loses some shapes "
               "between 0.5 and 0.9, where the background turns dark). Pastel with another preset keeps the color "
-              "up to half weight (90-100%); above that the other preset takes over more and more of pastel's part, "
-              "and a red circle can come out orange (42-86% keep the color). Measured for every preset and pair in "
+              "up to half weight (89-100%); above that the other preset takes over more and more of pastel's part, "
+              "and a red circle can come out orange (63-86% keep the color). Measured for every preset and pair in "
               "BENCHMARKS.md, \"LoRA weights and what the prompt keeps\".")
 
 

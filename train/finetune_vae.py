@@ -105,6 +105,10 @@ def parse_args(argv=None):
     p.add_argument("--compose_pairs", default="",
                    help="--keep_latents: comma-separated pairs with pastel (outline+pastel,night+pastel) whose teacher "
                         "pictures are replaced by a composition of the single styles' pictures (train/pair_pictures.py)")
+    p.add_argument("--compose_partial", action="store_true",
+                   help="--compose_pairs: also compose those pairs' latents at a partial weight (night+pastel@0.7) "
+                        "from the singles at the same weight (pastel@0.7, night@0.7) where the files hold them; "
+                        "these are held to their composed picture in the preservation term, not put on a line")
     p.add_argument("--chroma_weight", type=float, default=0.0,
                    help="--keep_latents / --line_weight: also weigh the error of each pixel's color away from its grey "
                         "(RGB minus its mean) by this much: a hue shift of a washed-out color is a small RGB error")
@@ -139,16 +143,17 @@ def read_keep_latents(files: list[str]) -> tuple[torch.Tensor, list[tuple[str, i
     return torch.cat(latents), labels
 
 
-def line_pairs(z: torch.Tensor, labels: list[tuple[str, int]]) -> dict:
+def line_pairs(z: torch.Tensor, labels: list[tuple[str, int]], skip: set[int] = frozenset()) -> dict:
     """For the line term: ``ends`` (n, 2) indices of (base, full style) latents of one prompt, and ``mids``
     (m, 3) indices (partial-weight latent, base, full style) with ``t`` (m,), each mid's place along its line
-    (the projection, clipped to [0, 1]). A partial-weight latent whose line lacks an end is left out."""
+    (the projection, clipped to [0, 1]). A partial-weight latent whose line lacks an end, or in ``skip`` (held
+    to a picture of its own), is left out."""
     index = {lab: i for i, lab in enumerate(labels)}
     ends, mids, ts = [], [], []
     for i, (label, case) in enumerate(labels):
-        if label == "base":
-            continue
         style, _, weight = label.partition("@")
+        if label == "base" or (weight and i in skip):
+            continue
         b, f = index.get(("base", case)), index.get((style, case))
         if b is None or f is None:
             continue
@@ -266,6 +271,8 @@ def main(argv=None):
     compose = tuple(c.strip() for c in args.compose_pairs.split(",") if c.strip())
     if compose and not keep_files:
         raise SystemExit("--compose_pairs replaces pictures of --keep_latents latents: give --keep_latents too")
+    if args.compose_partial and not compose:
+        raise SystemExit("--compose_partial composes the --compose_pairs pairs at partial weights: give --compose_pairs too")
     for c in compose:
         try:
             check_pair(c)
@@ -312,16 +319,19 @@ def main(argv=None):
         with torch.no_grad():
             pictures = torch.cat([teacher.decode(z_all[i:i + 100]).sample for i in range(0, len(z_all), 100)])
         del teacher
+        composed: list[int] = []
         if compose:
-            pictures, composed = compose_pairs(pictures, labels, compose)
+            pictures, composed = compose_pairs(pictures, labels, compose, partial=args.compose_partial)
             if not composed:
                 raise SystemExit(f"--compose_pairs={args.compose_pairs!r}: no latent of those pairs in {args.keep_latents!r} "
                                  "has the same prompt's pastel (and night) latent beside it")
-            print(f"compose pairs: {composed} pictures of {', '.join(compose)} composed from the single styles'")
-        full = torch.tensor(["@" not in label for label, _ in labels])
-        keep = (z_all[full], pictures[full])
+            print(f"compose pairs: {len(composed)} pictures of {', '.join(compose)} composed from the single styles'")
+        # held to their pictures: the full-weight latents, and the partial-weight pairs given a composed picture
+        held = torch.tensor(["@" not in label for label, _ in labels])
+        held[torch.tensor(composed, dtype=torch.long)] = True
+        keep = (z_all[held], pictures[held])
         if args.line_weight:
-            lines = line_pairs(z_all, labels)
+            lines = line_pairs(z_all, labels, skip=set(composed))
             if not len(lines["ends"]):
                 raise SystemExit(f"--line_weight: no prompt in {args.keep_latents!r} has both a 'base' latent and a "
                                  "style's at full weight (train/keep_latents.py --settings)")
@@ -447,7 +457,9 @@ def main(argv=None):
     if args.chroma_weight:
         record.update(chroma_weight=args.chroma_weight)
     if compose:
-        record.update(compose_pairs=",".join(compose), composed=composed)
+        record.update(compose_pairs=",".join(compose), composed=len(composed))
+        if args.compose_partial:
+            record.update(compose_partial=True, composed_partial=sum("@" in labels[i][0] for i in composed))
     if args.line_weight:
         record.update(line_weight=args.line_weight, line_batch=args.line_batch, lines=len(lines["ends"]),
                       partial_weight_latents=len(lines["mids"]))

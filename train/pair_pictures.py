@@ -12,6 +12,10 @@ would keep the fault. ``--compose_pairs`` replaces them with a composition that 
 - the shape's color: the pastel picture of the same prompt and seed (its shape pixels' mean color);
 - the background: the night picture's when night is a part, else the pair picture's own.
 
+With ``partial=True`` a pair latent at a partial weight ("night+pastel@0.7") is composed the same way
+from the singles at that weight ("pastel@0.7", "night@0.7"): the pair dial's target at each weight is pastel's
+color at that weight on night's background at that weight, which is how the renderer draws a pair part-way.
+
 Pictures are (N, 3, H, W) in the model's [-1, 1] space.
 """
 from __future__ import annotations
@@ -63,22 +67,25 @@ def check_pair(pair: str) -> tuple[str, ...]:
     return parts
 
 
-def compose_pairs(pictures: torch.Tensor, labels: list[tuple[str, int]], pairs: tuple[str, ...]) -> tuple[torch.Tensor, int]:
+def compose_pairs(pictures: torch.Tensor, labels: list[tuple[str, int]], pairs: tuple[str, ...],
+                  partial: bool = False) -> tuple[torch.Tensor, list[int]]:
     """Replace the pictures of full-weight ``pairs`` latents ("night+pastel", labels as train/keep_latents.py
-    writes them) with their composition from the same case's single-style pictures. A pair whose singles are
-    missing for a case keeps its picture. Returns the new pictures and how many were composed."""
+    writes them) with their composition from the same case's single-style pictures; with ``partial`` also those
+    at a partial weight ("night+pastel@0.7", from "pastel@0.7" and "night@0.7"). A pair whose singles are missing
+    for a case keeps its picture. Returns the new pictures and the indices of the composed ones."""
     parts_of = {pair: check_pair(pair) for pair in pairs}
     index = {lab: i for i, lab in enumerate(labels)}
     out = pictures.clone()
-    done = 0
+    done = []
     for i, (label, case) in enumerate(labels):
-        parts = parts_of.get(label)
-        if parts is None:
+        pair, at, weight = label.partition("@")
+        parts = parts_of.get(pair)
+        if parts is None or (weight and not partial):
             continue
-        p = index.get(("pastel", case))
-        n = index.get(("night", case)) if "night" in parts else None
+        p = index.get(("pastel" + at + weight, case))
+        n = index.get(("night" + at + weight, case)) if "night" in parts else None
         if p is None or ("night" in parts and n is None):
             continue
         out[i] = compose(pictures[i:i + 1], pictures[p:p + 1], None if n is None else pictures[n:n + 1])[0]
-        done += 1
+        done.append(i)
     return out, done

@@ -63,13 +63,28 @@ def test_compose_pairs_uses_the_same_case_and_leaves_incomplete_cases():
     pics = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
     labels = [("pastel", 0), ("night", 0), ("night+pastel", 0), ("night+pastel", 1), ("pastel", 1), ("base", 0)]
     out, done = compose_pairs(pics, labels, ("night+pastel",))
-    assert done == 1  # case 1 has no night picture
+    assert done == [2]  # case 1 has no night picture
     assert torch.equal(out[3], pics[3]) and not torch.equal(out[2], pics[2])
     assert torch.equal(out[[0, 1, 4, 5]], pics[[0, 1, 4, 5]])
     with pytest.raises(ValueError, match="'outline\\+night'.*with pastel"):
         compose_pairs(pics, labels, ("outline+night",))
     with pytest.raises(ValueError, match="style='pastel\\+night' is invalid"):
         compose_pairs(pics, labels, ("pastel+night",))
+
+
+def test_compose_pairs_partial_weights_use_the_singles_at_the_same_weight():
+    from train.pair_pictures import compose, compose_pairs
+
+    pics = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    labels = [("pastel@0.7", 0), ("night@0.7", 0), ("night+pastel@0.7", 0), ("pastel", 0), ("night", 0),
+              ("night+pastel@0.6", 0), ("night@0.6", 0), ("outline+pastel@0.7", 0)]
+    out, done = compose_pairs(pics, labels, ("night+pastel", "outline+pastel"))
+    assert done == [] and torch.equal(out, pics)  # partial weights only when asked
+    out, done = compose_pairs(pics, labels, ("night+pastel", "outline+pastel"), partial=True)
+    assert done == [2, 7]  # night+pastel@0.6 has no pastel@0.6 beside it: kept
+    assert torch.equal(out[2], compose(pics[2:3], pics[0:1], pics[1:2])[0])  # the 0.7 singles, not the full ones
+    assert torch.equal(out[7], compose(pics[7:8], pics[0:1], None)[0])
+    assert torch.equal(out[5], pics[5])
 
 
 def test_finetune_vae_refuses_compose_pairs_by_name(tmp_path):
@@ -106,3 +121,25 @@ def test_finetune_vae_trains_on_composed_pair_pictures_and_records_them(tmp_path
     assert "compose pairs: 2 pictures of night+pastel" in capsys.readouterr().out
     rec = json.loads((tmp_path / "m" / "training.json").read_text())["vae"]["decoder_styles_extra"]
     assert (rec["compose_pairs"], rec["composed"], rec["lines"]) == ("night+pastel", 2, 6)
+
+
+def test_finetune_vae_composes_partial_pairs_and_keeps_them_off_the_lines(tmp_path, capsys):
+    from testkit.tiny import make_tiny_components
+    from train import finetune_vae
+
+    vae = make_tiny_components()["vae"]
+    vae.save_pretrained(tmp_path / "m" / "vae")
+    labels = ["base", "pastel", "night", "night+pastel", "pastel@0.5", "night@0.5", "night+pastel@0.5"] * 2
+    z = torch.randn(len(labels), 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    keep_file = tmp_path / "keep.pt"
+    torch.save({"latents": z, "settings": labels, "cases": [0] * 7 + [1] * 7}, keep_file)
+    common = ["--model", str(tmp_path / "m"), "--work_dir", str(tmp_path / "w"), "--per_kind", "8", "--eval_per_kind",
+              "2", "--batch_size", "4", "--steps", "2", "--keep_latents", str(keep_file), "--line_weight", "1"]
+    with pytest.raises(SystemExit, match="give --compose_pairs too"):
+        finetune_vae.main([*common, "--compose_partial"])
+    finetune_vae.main([*common, "--compose_pairs", "night+pastel", "--compose_partial"])
+    assert "compose pairs: 4 pictures of night+pastel" in capsys.readouterr().out
+    rec = json.loads((tmp_path / "m" / "training.json").read_text())["vae"]["decoder_styles_extra"]
+    assert (rec["composed"], rec["composed_partial"]) == (4, 2)
+    # lines: pastel, night and night + pastel per case; on them pastel@0.5 and night@0.5, not the composed pair
+    assert (rec["lines"], rec["partial_weight_latents"]) == (6, 4)
