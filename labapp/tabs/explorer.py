@@ -140,16 +140,21 @@ def _inpaint_box() -> dict:
     return box
 
 
-def _wire_inpaint(box, image, negative_prompt, scheduler, steps, guidance_scale, seed, trace, demo, gpu):
-    """``/inpaint`` (named parameters: image, mask, prompt, ..., mask_drawing) and the editor's
-    background (with a mask over its shape) following the explorer's image. Returns the page's
+def _wire_inpaint(box, image, negative_prompt, scheduler, steps, guidance_scale, seed, trace, gpu):
+    """``/inpaint`` (named parameters: image, mask, prompt, ..., mask_drawing). Returns the page's
     Inpaint event (app.py follows its trace into the labs)."""
-    gr.on([image.change, demo.load], inpaint.editor_value, image, box["drawing"], api_visibility="private",
-          show_progress="hidden", queue=False)  # cheap, and in place before a first Inpaint click
     inputs = [image, box["mask"], box["prompt"], negative_prompt, box["strength"], box["method"], scheduler, steps,
               guidance_scale, seed, box["drawing"]]
     return endpoint(box["button"], inpaint.inpaint, inputs, [box["result"], box["status"], box["gallery"], box["table"],
                                                               trace], "inpaint", show_progress_on=box["status"], **gpu)
+
+
+def _image_views(image):
+    """What follows the explorer's image: the model's crop and its note, and the mask editor on the image with a
+    mask over its shape (Inpaint works without painting). One response for all three: the editor's opening mask
+    replaces whatever is painted before it arrives, and the crop note showing is the sign that it has."""
+    crop, note = labs.forward_crop(image)
+    return crop, note, inpaint.editor_value(image)
 
 
 def _schedule_flaw(f) -> None:
@@ -173,15 +178,16 @@ def build(engine: eng.Engine, g, trace: gr.State, demo: gr.Blocks, decoders, vie
                        api_visibility="private", **gpu)
     f = _forward(engine)
     endpoint(f.sample_btn, labs.shapes_sample, [f.sample_index], [f.image], "shapes_sample")
-    gr.on([f.image.change, demo.load], labs.forward_crop, f.image, [f.crop, f.crop_note], api_visibility="private",
-          show_progress="hidden")
     endpoint(f.button, labs.forward_noise, [f.image, f.t, f.seed], [f.pixels, f.latent, f.info, f.plot],
              "forward_noise", show_progress_on=f.status, **gpu)
     view.img2img_run = _img2img(g, f, trace, gpu)
     box = _inpaint_box()  # issue 16: mask drawn or uploaded, two methods
     form = g.form
     view.inpaint_run = _wire_inpaint(box, f.image, form["negative_prompt"], form["scheduler"], form["steps"],
-                                    form["guidance_scale"], f.seed, trace, demo, gpu)
+                                    form["guidance_scale"], f.seed, trace, gpu)
+    # cheap, so outside the queue: in place before a first Inpaint click
+    gr.on([f.image.change, demo.load], _image_views, f.image, [f.crop, f.crop_note, box["drawing"]],
+          api_visibility="private", show_progress="hidden", queue=False)
     _schedule_flaw(f)
     view.noise_t = f.t
     return view

@@ -13,8 +13,8 @@ pytestmark = pytest.mark.browser
 
 def test_paint_a_mask_and_inpaint(page):
     page.get_by_role("tab", name="Timestep explorer").click()
-    # the page's load events have run, the editor's opening mask among them: strokes painted before it
-    # arrives are replaced by it (CI at load 5 painted first and sent an empty drawing)
+    # the editor's opening mask has arrived: it comes in the same response as the crop note (explorer.py,
+    # _image_views), and strokes painted before it are replaced by it (CI under load sent an empty drawing)
     page.wait_for_function("() => (document.querySelector('#noise-crop-note') || {innerText: ''}).innerText.trim()",
                            timeout=60_000)
     editor = page.locator("#inpaint-editor")

@@ -157,7 +157,7 @@ def test_inpaint_works_on_defaults_and_says_nothing_painted(browser_page, server
     page = open_page(browser_page, server, DESKTOPS[0])
     page.locator("#explorer-tab-button").click()
     page.wait_for_function("() => (document.querySelector('#noise-crop-note') || {innerText: ''}).innerText.trim()",
-                           timeout=60_000)  # the page's load events have run (the editor's mask among them)
+                           timeout=60_000)  # the editor's opening mask has arrived (with the crop note, explorer.py)
     button = page.locator("#inpaint-button")
     button.scroll_into_view_if_needed()
     button.click()  # nothing painted by the person: the mask the editor opened with
