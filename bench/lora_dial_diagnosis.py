@@ -214,7 +214,7 @@ def lines(pipe, scales, cases, steps: int, guidance: float, weights=(0.5, 0.7, 0
 
     z0 = latents({})
     p0 = pictures(z0)
-    contrast = shape_contrast(pipe.vae, z0)
+    contrast = shape_contrast(p0, z0.shape[-1])
     out, ends = {}, {}
     for style in STYLES:
         ends[style] = z1 = latents({style: 1.0})
@@ -251,17 +251,17 @@ def lines(pipe, scales, cases, steps: int, guidance: float, weights=(0.5, 0.7, 0
     return out
 
 
-@torch.no_grad()
-def shape_contrast(vae, z_base: torch.Tensor):
+def shape_contrast(base_pictures: np.ndarray, latent_side: int):
     """A function of latents (N, C, h, w) -> the median over prompts of |mean latent over the shape - mean over
-    the background|, the shape's pixels found in the base latents' pictures (half covered or more, per latent
-    pixel) and the background's (none covered); prompts whose shape covers no latent pixel are left out."""
+    the background|, the shape's pixels found in the base model's pictures (N, H, W, 3 in 0-255; half covered or
+    more, per latent pixel) and the background's (none covered); prompts whose shape covers no latent pixel are
+    left out."""
     import torch.nn.functional as F
 
     from train.pair_pictures import coverage
 
-    pics = torch.cat([vae.decode(z_base[i:i + 50] / vae.config.scaling_factor).sample for i in range(0, len(z_base), 50)])
-    share = F.avg_pool2d((coverage(pics) > 0.5).float(), pics.shape[-1] // z_base.shape[-1])
+    pics = torch.from_numpy(base_pictures).float().permute(0, 3, 1, 2) / 127.5 - 1.0  # the model's [-1, 1] space
+    share = F.avg_pool2d((coverage(pics) > 0.5).float(), pics.shape[-1] // latent_side)
     shape, background = (share > 0.5).float(), (share == 0).float()
     found = shape.sum(dim=(1, 2, 3)) > 0
 
